@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine (Python, pip, gcc, make):
+#   make demo   - creates .venv, installs the pinned lock, runs the main job end to end
+#   make test   - creates .venv, installs the pinned lock, runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: venv demo test test-fast bench lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -c 'import sys; assert (3, 11) <= sys.version_info[:2] < (3, 13), "selfheal needs Python 3.11 or 3.12 (durable-rules builds on those only); run: make PYTHON=python3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m ipykernel install --sys-prefix --name selfheal --display-name "selfheal (Python 3)" >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/selfheal demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python tests/benchmarks/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check engine tests
+	$(BIN)/ruff format --check engine tests
+
+clean:
+	rm -rf $(VENV) .selfheal .pytest_cache .ruff_cache

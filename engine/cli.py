@@ -1,0 +1,108 @@
+"""The ``selfheal`` command line.
+
+The root app only wires things together: every command lives in the ``commands`` module of the
+subpackage that owns it and is registered through ``register(app)``, the same way a plugin would
+add one. This is also the one place where our errors become a clean line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from engine import __version__
+from engine.errors import EngineError, SpecError
+from engine.home import Home
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "engine.telemetry.commands",
+)
+
+app = typer.Typer(
+    name="selfheal",
+    help="Self-healing for AI platforms: telemetry, detectors, policies and the engine that acts.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"selfheal {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            envvar="SELFHEAL_HOME",
+            help="Folder for all state (DuckDB, MLflow, quarantine, bundles, journals). "
+            "Default ./.selfheal.",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Logging level: DEBUG, INFO, WARNING.")] = "WARNING",
+    json_logs: Annotated[bool, typer.Option("--json-logs", help="Log as JSON lines.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Self-healing for AI platforms.
+
+    Example: selfheal --home /tmp/sh synth --days 2
+    """
+    configure_logging(log_level, json_logs=json_logs)
+    ctx.obj = {"home": Home.resolve(home)}
+
+
+def configure_logging(level: str, *, json_logs: bool = False) -> None:
+    """Logging is configured here and only here (library modules just get their logger)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the app, turning our errors into one line and exit code 2."""
+    try:
+        rv = app(args=list(argv) if argv is not None else None, prog_name="selfheal", standalone_mode=False)
+    except SpecError as exc:
+        typer.echo(f"selfheal: error: {exc.message}", err=True)
+        if exc.hint:
+            typer.echo(f"hint: {exc.hint}", err=True)
+        sys.exit(2)
+    except EngineError as exc:
+        typer.echo(f"selfheal: error: {exc}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Where selfheal keeps its state.
+
+All state (the DuckDB store, MLflow's database and artifacts, quarantine files, bundles, journals,
+executed notebooks) lives under one home folder so that a team can point every command at the same
+place, and a demo can be thrown away by deleting one directory. Resolution order: an explicit path
+(the CLI's ``--home``), then ``SELFHEAL_HOME``, then ``./.selfheal``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_VAR = "SELFHEAL_HOME"
+DEFAULT_DIR = ".selfheal"
+
+
+@dataclass(frozen=True)
+class Home:
+    """The home folder and the well-known paths inside it."""
+
+    root: Path
+
+    @classmethod
+    def resolve(cls, explicit: str | os.PathLike[str] | None = None) -> Home:
+        raw = explicit or os.environ.get(ENV_VAR) or DEFAULT_DIR
+        return cls(Path(raw).expanduser().resolve())
+
+    def ensure(self) -> Home:
+        """Create the folder tree (idempotent) and return self."""
+        for path in (self.root, self.quarantine, self.bundles, self.journals, self.notebooks_out):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    @property
+    def telemetry_db(self) -> Path:
+        return self.root / "telemetry.duckdb"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def tracking_uri(self) -> str:
+        """Default MLflow tracking URI: SQLite in the home folder (MLflow 3 refuses the file store)."""
+        return f"sqlite:///{self.mlflow_db}"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def bundles(self) -> Path:
+        return self.root / "bundles"
+
+    @property
+    def journals(self) -> Path:
+        return self.root / "journals"
+
+    @property
+    def notebooks_out(self) -> Path:
+        return self.root / "notebooks"

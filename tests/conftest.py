@@ -1,0 +1,36 @@
+"""Shared fixtures. Integration tests use real parts: DuckDB files and MLflow SQLite in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def nab_dir() -> Path | None:
+    """The NAB subset: SELFHEAL_NAB_DIR, or ../shared/data/nab beside the checkout, when present."""
+    raw = os.environ.get("SELFHEAL_NAB_DIR")
+    candidates = [Path(raw)] if raw else [REPO.parent / "shared" / "data" / "nab"]
+    for path in candidates:
+        if (path / "labels" / "combined_windows.json").is_file():
+            return path
+    return None
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh selfheal home folder, also exported as SELFHEAL_HOME for CLI calls."""
+    path = tmp_path / "home"
+    monkeypatch.setenv("SELFHEAL_HOME", str(path))
+    return path
+
+
+@pytest.fixture
+def nab_corpus() -> Path:
+    path = nab_dir()
+    if path is None:
+        pytest.skip("NAB subset not found; set SELFHEAL_NAB_DIR")
+    return path
