@@ -22,7 +22,11 @@ from engine.errors import EngineError, SpecError
 from engine.home import Home
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "engine.telemetry.commands",
+    "engine.telemetry.commands",  # ingest, synth
+    "engine.evaluation.commands",  # nab run, nab score
+    "engine.tracking.commands",  # experiment run, promote, models, evaluate
+    "engine.policy.commands",  # rules validate/test, actions list
+    "engine.bundle.commands",  # bundle build/verify/inspect
 )
 
 app = typer.Typer(
