@@ -22,7 +22,8 @@ from engine.errors import EngineError, SpecError
 from engine.home import Home
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "engine.telemetry.commands",  # ingest, synth
+    "engine.telemetry.commands",  # ingest
+    "engine.telemetry.synth_commands",  # synth
     "engine.evaluation.commands",  # nab run, nab score
     "engine.tracking.commands",  # experiment run, promote, models, evaluate
     "engine.policy.commands",  # rules validate/test, actions list

@@ -1,4 +1,4 @@
-"""CLI commands of the telemetry subpackage: ingest and synth."""
+"""CLI commands of the telemetry subpackage: ingest."""
 
 from __future__ import annotations
 
