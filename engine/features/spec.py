@@ -1,0 +1,428 @@
+"""The declared feature spec: what to compute, validated before anything runs.
+
+One ``FeatureSpec`` drives both executions (``batch_features`` over history and
+``OnlineFeatures`` one point at a time), so a model tuned on batch features is fed the very same
+columns live. The spec is strict: an unknown key, an unknown transform kind or a bad duration
+fails at load with the file, the path inside it and a "did you mean" hint, never mid-run.
+
+A spec in YAML::
+
+    interval: 10s            # bucket width; buckets are epoch-aligned [k*interval, (k+1)*interval)
+    lateness: 30s            # how long a bucket waits for late points (default 0s)
+    aggregation: mean        # per-bucket aggregation: mean|sum|min|max|last|count (default mean)
+    metrics:
+      latency_p99_ms:
+        transforms: [raw, {kind: zscore, window: 30}]
+      error_rate:
+        aggregation: max     # per-metric override
+        transforms:
+          - {kind: diff}
+          - {kind: quantile, window: 30, q: 0.95}
+
+Windows count buckets (see ``engine.features.definitions`` for the exact formulas). Feature names
+are ``<metric>__<transform>``, e.g. ``latency_p99_ms__zscore_30``, in declaration order; that order
+is the column order of every feature matrix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from engine.errors import Problem, SpecError
+
+Aggregation = Literal["mean", "sum", "min", "max", "last", "count"]
+AGGREGATIONS: tuple[str, ...] = ("mean", "sum", "min", "max", "last", "count")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|m|min|h|d)?\s*$")
+_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+DURATION_HELP = "a number of seconds or a number with a unit: 500ms, 10s, 1m, 5min, 1h, 1d"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``10s``/``1m``/``500ms``/``1h``/``1d`` or a plain number of seconds.
+
+    Durations are kept at microsecond resolution because batch buckets are computed on integer
+    microseconds; a value that is not a whole number of microseconds would put a point in different
+    buckets in the two executions.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} must be a finite, non-negative duration")
+    us = round(seconds * 1e6)
+    if abs(us - seconds * 1e6) > 1e-6 * max(1.0, seconds * 1e6):
+        raise ValueError(f"{value!r} is finer than one microsecond; round it to whole microseconds")
+    return us / 1e6
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransformBase(_Strict):
+    """Common face of every transform: a name suffix and the number of buckets it looks back on."""
+
+    name: str | None = Field(
+        default=None, min_length=1, description="override the feature-name suffix (after '<metric>__')"
+    )
+
+    @property
+    def suffix(self) -> str:
+        return self.name or self._default_suffix()
+
+    def _default_suffix(self) -> str:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    @property
+    def span(self) -> int:
+        """Observed buckets of the metric (current included) the value depends on."""
+        raise NotImplementedError  # pragma: no cover - every subclass overrides
+
+
+class Raw(TransformBase):
+    """The bucket's aggregated value."""
+
+    kind: Literal["raw"] = "raw"
+
+    def _default_suffix(self) -> str:
+        return "raw"
+
+    @property
+    def span(self) -> int:
+        return 1
+
+
+class Mean(TransformBase):
+    """Rolling mean of the last ``window`` buckets, current included."""
+
+    kind: Literal["mean"] = "mean"
+    window: int = Field(ge=1)
+
+    def _default_suffix(self) -> str:
+        return f"mean_{self.window}"
+
+    @property
+    def span(self) -> int:
+        return self.window
+
+
+class Std(TransformBase):
+    """Rolling population standard deviation (ddof=0) of the last ``window`` buckets, current included."""
+
+    kind: Literal["std"] = "std"
+    window: int = Field(ge=2)
+
+    def _default_suffix(self) -> str:
+        return f"std_{self.window}"
+
+    @property
+    def span(self) -> int:
+        return self.window
+
+
+class ZScore(TransformBase):
+    """(x - mean) / std against the ``window`` buckets before the current one (current excluded).
+
+    A constant trailing window has no scale: z is 0 unless ``min_std`` (in the metric's units)
+    gives one, e.g. ``min_std: 0.01`` for an error rate that sits at 0 and then jumps.
+    """
+
+    kind: Literal["zscore"] = "zscore"
+    window: int = Field(ge=2)
+    min_std: float = Field(default=0.0, ge=0.0, allow_inf_nan=False)
+
+    def _default_suffix(self) -> str:
+        return f"zscore_{self.window}"
+
+    @property
+    def span(self) -> int:
+        return self.window + 1
+
+
+class Diff(TransformBase):
+    """x minus the value ``lag`` observed buckets earlier."""
+
+    kind: Literal["diff"] = "diff"
+    lag: int = Field(default=1, ge=1)
+
+    def _default_suffix(self) -> str:
+        return f"diff_{self.lag}"
+
+    @property
+    def span(self) -> int:
+        return self.lag + 1
+
+
+class Quantile(TransformBase):
+    """Rolling quantile ``q`` of the last ``window`` buckets, current included (numpy's 'linear')."""
+
+    kind: Literal["quantile"] = "quantile"
+    window: int = Field(ge=1)
+    q: float = Field(ge=0.0, le=1.0, allow_inf_nan=False)
+
+    def _default_suffix(self) -> str:
+        pct = format(self.q * 100, ".6g").replace(".", "p")
+        return f"q{pct}_{self.window}"
+
+    @property
+    def span(self) -> int:
+        return self.window
+
+
+class Ratio(TransformBase):
+    """(x + eps) / (baseline + eps), baseline = mean of the ``window`` buckets before the current one.
+
+    ``eps`` keeps 0 -> 0 at 1.0 and a jump out of a zero baseline finite; a zero denominator gives 1.0.
+    """
+
+    kind: Literal["ratio"] = "ratio"
+    window: int = Field(ge=1)
+    eps: float = Field(default=1e-9, ge=0.0, allow_inf_nan=False)
+
+    def _default_suffix(self) -> str:
+        return f"ratio_{self.window}"
+
+    @property
+    def span(self) -> int:
+        return self.window + 1
+
+
+TRANSFORMS: dict[str, type[TransformBase]] = {
+    "raw": Raw,
+    "mean": Mean,
+    "std": Std,
+    "zscore": ZScore,
+    "diff": Diff,
+    "quantile": Quantile,
+    "ratio": Ratio,
+}
+
+Transform = Annotated[Raw | Mean | Std | ZScore | Diff | Quantile | Ratio, Field(discriminator="kind")]
+
+
+class MetricSpec(_Strict):
+    """The transforms of one metric and, optionally, its own per-bucket aggregation."""
+
+    aggregation: Aggregation | None = None
+    transforms: list[Transform] = Field(min_length=1)
+
+    @field_validator("transforms", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """``raw`` is short for ``{kind: raw}`` (any kind whose parameters all have defaults)."""
+        if isinstance(value, list):
+            return [{"kind": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @property
+    def span(self) -> int:
+        """Buckets of history this metric keeps: the largest span of its transforms."""
+        return max(t.span for t in self.transforms)
+
+
+class FeatureSpec(_Strict):
+    """Resample interval, per-bucket aggregation, allowed lateness and per-metric transforms."""
+
+    interval: float = Field(description="bucket width in seconds (accepts 10s, 1m, ...)")
+    lateness: float = Field(default=0.0, description="how long an open bucket waits for late points")
+    aggregation: Aggregation = "mean"
+    metrics: dict[str, MetricSpec] = Field(min_length=1)
+
+    _feature_names: list[str] = PrivateAttr(default_factory=list)
+
+    SOURCE_DEFAULT: ClassVar[str] = "<feature spec>"
+
+    @field_validator("interval", "lateness", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float:
+        return parse_duration(value)
+
+    @field_validator("interval")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("interval must be greater than 0")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, value: dict[str, MetricSpec]) -> dict[str, MetricSpec]:
+        for name in value:
+            if not name.strip():
+                raise ValueError("metric names must be non-empty")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FeatureSpec:
+        seen: dict[str, str] = {}
+        names: list[str] = []
+        for metric, mspec in self.metrics.items():
+            for i, t in enumerate(mspec.transforms):
+                name = f"{metric}__{t.suffix}"
+                where = f"metrics.{metric}.transforms[{i}]"
+                if name in seen:
+                    raise ValueError(
+                        f"{where} repeats feature {name!r} (first at {seen[name]}); "
+                        "give one of them a distinct `name`"
+                    )
+                seen[name] = where
+                names.append(name)
+        self._feature_names = names
+        return self
+
+    # ------------------------------------------------------------------------------ derived facts
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Column order of every feature matrix built from this spec."""
+        return list(self._feature_names)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self.metrics)
+
+    @property
+    def interval_us(self) -> int:
+        return round(self.interval * 1e6)
+
+    def aggregation_of(self, metric: str) -> str:
+        return self.metrics[metric].aggregation or self.aggregation
+
+    # ------------------------------------------------------------------------------ loading
+
+    @classmethod
+    def parse(cls, data: Any, *, source: str = SOURCE_DEFAULT, prefix: str = "") -> FeatureSpec:
+        """Validate ``data`` and raise ``SpecError`` listing every problem with ``source`` and its path.
+
+        ``prefix`` is the path of the spec inside a larger document (e.g. ``features``), so an
+        experiment file that embeds a feature spec reports ``exp.yaml: features.interval: ...``.
+        """
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise SpecError(problems_of(exc, source, prefix), hint=f"fix {source} and try again") from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> FeatureSpec:
+        """Load a spec from a YAML file; errors name the file and the path inside it."""
+        path = Path(path)
+        file = str(path)
+        if not path.is_file():
+            raise SpecError([Problem(file, "", "no such file", "check the path to the feature spec")])
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}" if mark is not None else ""
+            raise SpecError([Problem(file, where, f"not valid YAML: {exc}", "fix the YAML syntax")]) from exc
+        if not isinstance(data, Mapping):
+            raise SpecError(
+                [Problem(file, "", "a feature spec must be a mapping", "start with `interval: 10s`")]
+            )
+        return cls.parse(data, source=file)
+
+
+# ---------------------------------------------------------------------------------- error reporting
+
+
+def problems_of(exc: ValidationError, source: str, prefix: str = "") -> list[Problem]:
+    """Turn pydantic's errors into our ``Problem``s: readable path, plain message, a fix as hint."""
+    out: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        raw_loc = tuple(err["loc"])
+        loc = _strip_tags(raw_loc)
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        message = str(err["msg"]).removeprefix("Value error, ")
+        hint: str | None = None
+        if kind == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _allowed_keys(raw_loc[:-1])
+            message = f"unknown key {key!r}"
+            hint = _did_you_mean(key, allowed)
+        elif kind == "union_tag_invalid":
+            tag = str(ctx.get("tag", ""))
+            message = f"unknown transform kind {tag!r}"
+            hint = _did_you_mean(tag, list(TRANSFORMS))
+        elif kind == "union_tag_not_found":
+            message = "a transform needs a `kind`"
+            hint = f"one of: {', '.join(TRANSFORMS)}"
+        elif kind == "literal_error" and loc and loc[-1] == "aggregation":
+            hint = _did_you_mean(str(err.get("input")), list(AGGREGATIONS))
+        elif kind in ("model_type", "dict_type") and len(loc) == 2 and loc[0] == "metrics":
+            hint = f"write `{loc[1]}: {{transforms: [raw, {{kind: zscore, window: 30}}]}}`"
+        elif kind == "missing":
+            hint = f"add `{loc[-1]}`" if loc else None
+        out.append(Problem(source, _path(loc, prefix), message, hint))
+    return out
+
+
+def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop the discriminator tag pydantic inserts after a transform's index (``[0].zscore.window``)."""
+    out: list[Any] = []
+    for i, part in enumerate(loc):
+        if (
+            isinstance(part, str)
+            and part in TRANSFORMS
+            and i >= 2
+            and isinstance(loc[i - 1], int)
+            and loc[i - 2] == "transforms"
+        ):
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _allowed_keys(raw_loc: tuple[Any, ...]) -> list[str]:
+    """Keys accepted by the mapping at ``raw_loc`` (pydantic's loc, tags included)."""
+    model: type[BaseModel] = FeatureSpec
+    if len(raw_loc) >= 2 and raw_loc[0] == "metrics":
+        model = MetricSpec
+        if len(raw_loc) >= 5 and raw_loc[2] == "transforms" and raw_loc[4] in TRANSFORMS:
+            model = TRANSFORMS[str(raw_loc[4])]
+    return sorted(model.model_fields)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"expected one of: {', '.join(choices)}"
+
+
+def _path(loc: tuple[Any, ...], prefix: str) -> str:
+    parts: list[str] = [prefix] if prefix else []
+    for part in loc:
+        if isinstance(part, int):
+            if parts:
+                parts[-1] += f"[{part}]"
+            else:
+                parts.append(f"[{part}]")
+        else:
+            parts.append(str(part))
+    return ".".join(parts)
