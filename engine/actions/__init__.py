@@ -1,1 +1,30 @@
-"""actions."""
+"""Actuators: a registry of typed actions, backends per service, and one ``execute`` entry point.
+
+Public face::
+
+    register_action, ActionSpec, available_actions, get_action     # the registry
+    ActionContext, ActionResult                                      # what actions get and return
+    Target, TargetsConfig, load_targets                              # where they land
+    execute(action, params, target, idempotency_key, *, settings=None, requested_at=None)
+"""
+
+from __future__ import annotations
+
+from engine.actions.context import IDEMPOTENCY_HEADER, ActionContext, ActionResult
+from engine.actions.execute import execute
+from engine.actions.registry import ActionSpec, available_actions, get_action, register_action
+from engine.actions.targets import Target, TargetsConfig, load_targets
+
+__all__ = [
+    "IDEMPOTENCY_HEADER",
+    "ActionContext",
+    "ActionResult",
+    "ActionSpec",
+    "Target",
+    "TargetsConfig",
+    "available_actions",
+    "execute",
+    "get_action",
+    "load_targets",
+    "register_action",
+]

@@ -1,9 +1,215 @@
-"""CLI commands of the policy subpackage."""
+"""CLI commands of the policy subpackage: ``rules validate``, ``rules test``, ``actions list``."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from engine.errors import InputError, Problem, SpecError
+
+if TYPE_CHECKING:
+    from engine.policy.model import Bounds
+
+rules_app = typer.Typer(help="Remediation policies: validate them, test them offline.", no_args_is_help=True)
+actions_app = typer.Typer(help="Actions policies can take.", no_args_is_help=True)
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})", hint="check the path") from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: not valid JSON at line {exc.lineno}: {exc.msg}") from exc
+
+
+def _report(problems: list[Problem]) -> None:
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+    typer.echo(f"{len(problems)} problem(s)", err=True)
+
+
+@rules_app.command("validate")
+def validate(
+    path: Annotated[
+        Path, typer.Argument(help="A policy folder (with topology.yaml) or one policy file.")
+    ] = Path("rules"),
+) -> None:
+    """Check every policy: unknown keys, actions, parameters, services, unsatisfiable conditions.
+
+    Prints every problem at once (file: path: message (hint)); exit 0 when clean, 2 when not.
+
+    Example: selfheal rules validate rules/
+    """
+    from engine.actions.targets import load_targets, targets_for_policy
+    from engine.policy import compile_policies, load_policies
+    from engine.policy._util import did_you_mean
+
+    problems = []
+    try:
+        policy_set = load_policies(path)
+    except SpecError as exc:
+        problems.extend(exc.problems)
+        policy_set = None
+    targets = targets_for_policy(path)
+    if targets.is_file():
+        try:
+            config = load_targets(targets)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+        else:
+            known = policy_set.topology.services if policy_set else {}
+            for service in config.services if policy_set else ():
+                if service not in known:
+                    hint = did_you_mean(service, known)
+                    problems.append(Problem(str(targets), f"services.{service}", "unknown service", hint))
+    if problems:
+        _report(problems)
+        raise typer.Exit(2)
+    assert policy_set is not None
+    compiled = compile_policies(policy_set)
+    typer.echo(
+        f"ok: {len(policy_set.policies)} policies, {len(policy_set.rules)} rules, "
+        f"{len(compiled.rules)} durable-rules rules; fingerprint {policy_set.fingerprint[:12]}"
+    )
+
+
+@rules_app.command("test")
+def test(
+    policy: Annotated[Path, typer.Argument(help="A policy file or folder.")],
+    event: Annotated[Path, typer.Option("--event", help="An anomaly event JSON, or a golden case.")],
+    facts: Annotated[
+        Path | None, typer.Option("--facts", help="Health facts JSON: [{service, anomalous, maintenance}].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the decision as JSON.")] = False,
+) -> None:
+    """Evaluate one event offline (nothing is executed) and print what would happen.
+
+    Exit 0 when a rule matched, 1 when none did, 2 when the policy or event is invalid.
+
+    Example: selfheal rules test rules/memory_leak.yaml --event rules/golden/memory_leak/match.json
+    """
+    from engine.policy.tester import evaluate, parse_facts
+
+    try:
+        health = parse_facts(_read_json(facts), str(facts)) if facts else None
+        result = evaluate(policy, _read_json(event), health, file=str(event))
+    except SpecError as exc:
+        _report(exc.problems)
+        raise typer.Exit(2) from exc
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "matched": result.matched,
+                    "decision": result.decision.as_dict() if result.decision else None,
+                    "reasons": result.reasons,
+                    "mismatches": result.mismatches,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        _print(result)
+    for line in result.mismatches:
+        typer.echo(f"golden expectation differs: {line}", err=True)
+    raise typer.Exit(0 if result.matched else 1)
+
+
+def bounds_text(name: str, bounds: Bounds) -> str:
+    """``memory_util <= 0.7``, ``0.2 <= x <= 0.8``: how an operator says a range."""
+    if bounds.min is not None and bounds.max is not None:
+        return f"{bounds.min} <= {name} <= {bounds.max}"
+    if bounds.min is not None:
+        return f"{name} >= {bounds.min}"
+    return f"{name} <= {bounds.max}"
+
+
+def _print(result: object) -> None:
+    from engine.policy.tester import Evaluation
+
+    assert isinstance(result, Evaluation)
+    e = result.event
+    typer.echo(
+        f"event: {e.service} detector={e.detector} score={e.score:.3f} severity={e.severity} id={e.id}"
+    )
+    if result.earlier_decisions:
+        typer.echo(f"note: {len(result.earlier_decisions)} decision(s) fired on the history events")
+    d = result.decision
+    if d is None:
+        typer.echo("no match")
+        for reason in result.reasons:
+            typer.echo(f"  - {reason}")
+        return
+    typer.echo(f"matched: {d.rule_id} (policy {d.policy} v{d.policy_version})")
+    typer.echo(f"action: {d.action}({', '.join(f'{k}={v!r}' for k, v in d.params.items())}) on {d.target}")
+    inverse = f"{d.inverse.action}" if d.inverse else "none"
+    typer.echo(f"risk: {d.risk}; inverse: {inverse}")
+    s = d.safeguards
+    typer.echo(
+        f"safeguards: cooldown {s.cooldown:.0f}s per target, max {s.max_per_hour}/h per target, "
+        f"{s.max_per_hour_global}/h global, max {s.max_concurrent} concurrent, "
+        f"blast radius {s.blast_radius:.0%} of replicas"
+    )
+    if d.requires_approval:
+        a = d.approval
+        who = ", ".join(a.approvers) or "any authenticated approver"
+        typer.echo(
+            f"approval: REQUIRED (risk {d.risk}); ttl {a.ttl:.0f}s, on expiry {a.on_expiry}; approvers: {who}"
+        )
+    else:
+        typer.echo(
+            f"approval: not required (risk {d.risk} not in {d.approval.required_for}); executes at once"
+        )
+    v = d.verify
+    steady = []
+    if v.steady_state.score_below is not None:
+        steady.append(f"score < {v.steady_state.score_below}")
+    steady += [bounds_text(m, b) for m, b in v.steady_state.metrics.items()]
+    typer.echo(f"verify: {' and '.join(steady)} within {v.deadline:.0f}s; on failure {v.on_failure}")
+
+
+@actions_app.command("list")
+def list_actions(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with parameter schemas).")] = False,
+) -> None:
+    """List every registered action (built-ins and plugins) with parameters, risk and inverse.
+
+    Example: selfheal actions list
+    """
+    from engine.actions import available_actions
+
+    actions = available_actions()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    n: {
+                        "signature": a.signature_text(),
+                        "risk": a.risk,
+                        "inverse": a.inverse,
+                        "description": a.description,
+                        "module": a.module,
+                        "params": a.params_model.model_json_schema(),
+                    }
+                    for n, a in actions.items()
+                },
+                indent=2,
+            )
+        )
+        return
+    for spec in actions.values():
+        typer.echo(f"{spec.signature_text()}")
+        typer.echo(f"    risk {spec.risk}; inverse {spec.inverse or 'none'}; from {spec.module}")
+        if spec.description:
+            typer.echo(f"    {spec.description}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this subpackage's commands to the root app."""
+    app.add_typer(rules_app, name="rules")
+    app.add_typer(actions_app, name="actions")

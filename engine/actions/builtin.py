@@ -1,0 +1,108 @@
+"""The built-in actions. They register through ``register_action`` exactly as a plugin would.
+
+Platform actions (restart, scale, shift_traffic, refresh_index, rollback_model) hand the operation
+to the target's backend; ``webhook`` and ``command`` act on their own. Each returns an
+``ActionResult`` whose ``inverse_params`` feed the declared inverse (scale back, shift back, roll
+forward) when verification fails and the policy says ``rollback``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+from engine.actions.backends import request_json
+from engine.actions.context import ActionContext, ActionResult
+from engine.actions.registry import register_action
+from engine.errors import ActionError
+
+
+def _platform(
+    ctx: ActionContext, op: str, params: dict[str, Any], inverse_key: str | None = None
+) -> ActionResult:
+    backend = ctx.backend()
+    detail = backend.call(op, params, ctx)
+    inverse = None
+    if inverse_key and detail.get("previous") is not None:
+        inverse = {inverse_key: detail["previous"]}
+    return ActionResult(op, ctx.service, backend.name, ctx.idempotency_key, detail, inverse)
+
+
+@register_action(risk="medium")
+def restart(ctx: ActionContext) -> ActionResult:
+    """Rollout restart of the service: fresh pods, same spec (clears leaks, not bad data)."""
+    return _platform(ctx, "restart", {})
+
+
+@register_action(risk="low", inverse="scale")
+def scale(ctx: ActionContext, replicas: int | None = None, delta: int | None = None) -> ActionResult:
+    """Set the replica count (``replicas``) or change it by ``delta``; inverse: scale back."""
+    if (replicas is None) == (delta is None):
+        raise ActionError("scale needs exactly one of replicas or delta", hint="e.g. params: {delta: 1}")
+    if replicas is not None and replicas < 1:
+        raise ActionError(
+            f"scale to {replicas} replicas would stop the service", hint="replicas must be >= 1"
+        )
+    params = {"replicas": replicas} if replicas is not None else {"delta": delta}
+    return _platform(ctx, "scale", params, "replicas")
+
+
+@register_action(risk="medium", inverse="shift_traffic")
+def shift_traffic(ctx: ActionContext, weights: dict[str, float]) -> ActionResult:
+    """Set traffic weights between replicas or versions (e.g. {blue: 0, green: 1}); inverse: shift back."""
+    if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ActionError(
+            f"invalid traffic weights {weights}", hint="weights are >= 0 and sum to more than 0"
+        )
+    return _platform(ctx, "shift_traffic", {"weights": weights}, "weights")
+
+
+@register_action(risk="low")
+def refresh_index(ctx: ActionContext, index: str | None = None) -> ActionResult:
+    """Rebuild the service's vector index (stale retrieval); recovery follows after the rebuild."""
+    return _platform(ctx, "refresh_index", {"index": index})
+
+
+@register_action(risk="high", inverse="rollback_model")
+def rollback_model(ctx: ActionContext, version: str | None = None) -> ActionResult:
+    """Serve another model version (default: the previous one); inverse: roll forward again."""
+    return _platform(ctx, "rollback_model", {"version": version}, "version")
+
+
+@register_action(risk="low")
+def webhook(
+    ctx: ActionContext, url: str, payload: dict[str, Any] | None = None, timeout_s: float = 5.0
+) -> ActionResult:
+    """POST a JSON payload (paging, chat, ticketing) with the idempotency key as a header."""
+    if not url.startswith(("http://", "https://")):
+        raise ActionError(
+            f"webhook url {url!r} is not http(s)", hint="write the full URL, e.g. https://hooks.example/x"
+        )
+    body = {"service": ctx.service, **(payload or {})}
+    detail = request_json("POST", url, ctx=ctx, json_body=body, timeout_s=timeout_s)
+    return ActionResult("webhook", ctx.service, "http", ctx.idempotency_key, detail)
+
+
+@register_action(risk="medium")
+def command(ctx: ActionContext, argv: list[str], timeout_s: float = 30.0) -> ActionResult:
+    """Run an argv (never a shell string) whose program is in the targets file's commands.allow."""
+    if not argv:
+        raise ActionError("command needs a non-empty argv list")
+    allowed = ctx.settings.commands.allow
+    if argv[0] not in allowed:
+        raise ActionError(
+            f"command {argv[0]!r} is not in the allowlist",
+            hint=f"add it to commands.allow in the targets file (allowed: {', '.join(allowed) or 'none'})",
+        )
+    env = {**os.environ, "SELFHEAL_IDEMPOTENCY_KEY": ctx.idempotency_key, "SELFHEAL_TARGET": ctx.service}
+    try:
+        proc = subprocess.run(
+            argv, shell=False, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ActionError(f"command {argv[0]!r} failed to run: {exc}") from exc
+    detail = {"returncode": proc.returncode, "stdout": proc.stdout[-2000:], "stderr": proc.stderr[-2000:]}
+    if proc.returncode != 0:
+        raise ActionError(f"command {argv[0]!r} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return ActionResult("command", ctx.service, "local", ctx.idempotency_key, detail)

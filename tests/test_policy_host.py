@@ -1,0 +1,237 @@
+"""The durable-rules host wrapper, against a real durable-rules Host: the DESIGN.md traps and more."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from engine.errors import PolicyError
+from engine.policy import AnomalyEvent, PolicyHost, compile_policies, load_policies
+
+POLICY = """
+policy: test-host
+rules:
+  - name: restart-on-memory
+    when:
+      services: [inference-a, inference-b, vector-db]
+      score: {min: 0.7}
+      metrics: {memory_util: {min: 0.8}}
+    then: {action: restart}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+  - name: scale-persistent
+    when:
+      services: [gateway]
+      persistence: {count: 3, of: 5}
+    then: {action: scale, params: {delta: 1}}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+  - name: restart-after-5m
+    when:
+      services: [feature-store]
+      persistence: {for: 5m}
+    then: {action: restart}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+  - name: refresh-with-template
+    when:
+      services: [ingestion]
+    then:
+      action: webhook
+      params: {url: "http://127.0.0.1:9/hook", payload: {depth: "${metrics.queue_depth}"}}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+"""
+
+
+@pytest.fixture
+def policy_set(tmp_path: Path):  # type: ignore[no-untyped-def]
+    shutil.copy(REPO / "rules" / "topology.yaml", tmp_path / "topology.yaml")
+    (tmp_path / "p.yaml").write_text(POLICY)
+    return load_policies(tmp_path)
+
+
+def mem_event(service: str = "inference-a", tick: int = 1, **kw: object) -> AnomalyEvent:
+    data: dict = {
+        "service": service,
+        "detector": "iforest",
+        "score": 0.9,
+        "ts": 1_790_000_000 + 60 * tick,
+        "tick": tick,
+        "metrics": {"memory_util": 0.95},
+    }
+    data.update(kw)
+    return AnomalyEvent.model_validate(data)
+
+
+def test_matching_event_gives_a_rendered_decision(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    decision = host.post(mem_event())
+    assert decision is not None
+    assert (decision.rule_id, decision.action, decision.target, decision.params) == (
+        "test-host/restart-on-memory",
+        "restart",
+        "inference-a",
+        {},
+    )
+    assert decision.policy_fingerprint == policy_set.fingerprint
+    assert decision.as_dict()["event"]["service"] == "inference-a"
+
+
+def test_identical_payloads_are_both_processed(policy_set) -> None:  # type: ignore[no-untyped-def]
+    """Trap: durable-rules drops messages it has already observed; every post gets a fresh id."""
+    host = PolicyHost(policy_set)
+    payload = {
+        "service": "inference-a",
+        "detector": "iforest",
+        "score": 0.9,
+        "ts": 1_790_000_000.0,
+        "metrics": {"memory_util": 0.95},
+    }
+    first, second = host.post(payload), host.post(payload)
+    assert first is not None and second is not None
+    assert first.event.id != second.event.id and first.id != second.id
+    same = mem_event(tick=7)  # the very same event object (same id) posted again, e.g. a replay
+    assert host.post(same) is not None and host.post(same) is not None
+
+
+def test_unmatched_events_are_no_match_not_errors(policy_set) -> None:  # type: ignore[no-untyped-def]
+    """Trap: an event no rule covers raises MessageNotHandledException inside durable-rules."""
+    host = PolicyHost(policy_set)
+    assert host.post(mem_event(service="not-in-topology")) is None
+    assert host.post(mem_event(score=0.1)) is None  # covered service, filters fail: the sink consumes it
+    assert host.stats.unmatched == 2 and host.stats.errors == 0
+    assert host.post(mem_event()) is not None  # and the host still works
+
+
+def test_action_errors_surface_as_policy_error(policy_set) -> None:  # type: ignore[no-untyped-def]
+    """Trap: an action that raises does not raise from post(); the error lands in the state as a string."""
+    host = PolicyHost(policy_set)
+    with pytest.raises(PolicyError, match=r"template \$\{metrics.queue_depth\} has no value") as info:
+        host.post(mem_event(service="ingestion", metrics={}))
+    assert info.value.__cause__ is not None
+    assert host.stats.errors == 1
+    ok = host.post(mem_event(service="ingestion", metrics={"queue_depth": 7}))
+    assert ok is not None and ok.params["payload"] == {"depth": 7.0}
+
+
+def test_dependency_gating_and_no_late_firing(policy_set) -> None:  # type: ignore[no-untyped-def]
+    """A victim's event is consumed, not parked: lifting the gate later must not act on it."""
+    host = PolicyHost(policy_set)
+    host.set_health("vector-db", anomalous=True)
+    assert host.post(mem_event(service="inference-a")) is None
+    host.set_health("vector-db", anomalous=False)
+    assert host.stats.decided == 0
+    assert host.post(mem_event(service="inference-a", tick=2)) is not None
+
+
+def test_post_tick_marks_the_root_before_posting(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    decisions = host.post_tick([mem_event(service="inference-a"), mem_event(service="vector-db")])
+    assert [d.target for d in decisions] == ["vector-db"]
+
+
+def test_maintenance_flag_vetoes(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    host.set_health("inference-b", anomalous=False, maintenance=True)
+    assert host.post(mem_event(service="inference-b")) is None
+    host.set_health("inference-b", anomalous=False, maintenance=False)
+    assert host.post(mem_event(service="inference-b", tick=2)) is not None
+
+
+def test_persistence_n_of_m_counts_in_durable_rules(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    gw = lambda tick: mem_event(service="gateway", tick=tick)  # noqa: E731
+    assert host.post(gw(1)) is None
+    assert host.post(gw(4)) is None
+    decision = host.post(gw(5))  # ticks 1, 4, 5: three in the last five
+    assert decision is not None and decision.action == "scale" and len(decision.evidence) == 2
+    assert host.post(gw(6)) is None  # a decision re-arms the count
+    assert (
+        host.post(gw(20)) is None and host.post(gw(30)) is None and host.post(gw(36)) is None
+    )  # too spread out
+
+
+def test_persistence_for_a_duration(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    fs = lambda tick: mem_event(service="feature-store", tick=tick)  # noqa: E731
+    assert host.post(fs(0)) is None
+    assert host.post(fs(3)) is None
+    assert host.post(fs(6)) is not None  # anomalous since tick 0: 6 minutes >= 5
+    assert host.post(fs(7)) is None
+    host.set_health("feature-store", anomalous=False)  # the streak ends
+    assert host.post(fs(14)) is None
+
+
+def test_facts_stay_bounded(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    for tick in range(0, 3000, 3):  # never 3 of 5: history must still not grow
+        host.post(mem_event(service="gateway", tick=tick))
+        host.post(mem_event(service="feature-store", tick=tick, ts=1_790_000_000 + tick))
+    facts = host.facts()
+    history = [f for f in facts if f["t"] == "anomaly_history"]
+    health = [f for f in facts if f["t"] == "health"]
+    assert len(history) <= 5 + 5 + 1, len(history)
+    assert len(health) <= 2  # one per service at most (only facts some rule can match are stored)
+
+
+def test_snapshot_restores_into_a_fresh_host(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    host.set_health("inference-b", anomalous=False, maintenance=True)
+    host.post(mem_event(service="gateway", tick=1))
+    host.post(mem_event(service="gateway", tick=2))
+    fresh = PolicyHost(policy_set)  # a fresh Host with its own uniquely named ruleset
+    assert fresh.name != host.name
+    fresh.restore(host.snapshot())
+    assert fresh.post(mem_event(service="gateway", tick=3)) is not None  # history restored
+    assert fresh.post(mem_event(service="inference-b", tick=3)) is None  # maintenance flag restored
+
+
+def test_compiled_ruleset_is_json_with_an_index(policy_set) -> None:  # type: ignore[no-untyped-def]
+    compiled = compile_policies(policy_set)
+    text = compiled.to_json()
+    first, second = PolicyHost(compiled), PolicyHost(compiled)  # durable-rules mutates what it registers
+    assert compiled.to_json() == text
+    assert first.post(mem_event()) is not None and second.post(mem_event()) is not None
+    assert '"sink"' in text and "anomaly_history" in text
+    assert set(compiled.index.values()) >= {("test-host/restart-on-memory", "vector-db")}
+    assert compiled.history_ticks == 5 and compiled.keeps_anchor
+
+
+WINDOWS = """
+policy: windows
+rules:
+  - name: r
+    when: {services: [inference-a]}
+    unless:
+      maintenance_windows:
+        - {days: [sat], start: "23:00", end: "01:00"}
+        - {from: "2026-12-24T00:00:00", until: "2026-12-26T00:00:00"}
+    then: {action: scale, params: {replicas: "${topology.replicas}"}}
+    safeguards: {blast_radius: 0.25}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+"""
+
+
+@pytest.mark.parametrize(
+    ("moment", "acts"),
+    [
+        ("2026-11-28T23:30:00", False),  # Saturday night, inside the window
+        ("2026-11-28T22:59:00", True),
+        ("2026-11-29T00:30:00", False),  # past midnight, still the Saturday window's tail
+        ("2026-11-29T01:00:00", True),
+        ("2026-12-25T12:00:00", False),  # fixed window
+        ("2026-12-26T00:00:00", True),
+    ],
+)
+def test_maintenance_windows(tmp_path: Path, moment: str, acts: bool) -> None:
+    from datetime import UTC, datetime
+
+    shutil.copy(REPO / "rules" / "topology.yaml", tmp_path / "topology.yaml")
+    (tmp_path / "p.yaml").write_text(WINDOWS)
+    host = PolicyHost(load_policies(tmp_path))
+    ts = datetime.fromisoformat(moment).replace(tzinfo=UTC).timestamp()
+    decision = host.post(mem_event(ts=ts))
+    assert (decision is not None) == acts
+    if decision is not None:
+        assert decision.params == {"replicas": 4, "delta": None}  # typed from ${topology.replicas}
+        assert decision.target_replicas == 4 and decision.max_replicas_at_once == 1
