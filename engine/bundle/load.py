@@ -1,0 +1,202 @@
+"""Verify and load a bundle, refusing anything that does not match its manifest before unpickling.
+
+Order matters and is the point of this module: manifest, then the sha256 of every file, then the
+environment rules, then (only if all passed) ``pickle.loads`` of the very bytes that were hashed,
+then the probe replay, then the policies (recompiled and compared with the shipped durable-rules
+JSON). Nothing here imports MLflow: a bundle runs on a host that has no tracking server.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.bundle.manifest import (
+    COMPILED_FILE,
+    DETECTOR_DIR,
+    MANIFEST_NAME,
+    RULES_DIR,
+    TARGETS_FILE,
+    bundle_version,
+    check_environment,
+    check_files,
+    read_manifest,
+    sha256_bytes,
+)
+from engine.bundle.probe import probe_mismatch
+from engine.errors import BundleError, EngineError
+
+if TYPE_CHECKING:
+    from engine.actions.targets import TargetsConfig
+    from engine.detectors.pipeline import ScoringPipeline
+    from engine.policy import CompiledPolicySet, PolicySet
+    from engine.policy.topology import Topology
+
+logger = logging.getLogger(__name__)
+
+PICKLE_FILE = f"{DETECTOR_DIR}/pipeline.pkl"
+
+
+@dataclass
+class VerifyReport:
+    """What ``verify_bundle`` found; ``ok`` when there are no errors (warnings are allowed)."""
+
+    path: Path
+    digest: str
+    version: str
+    manifest: dict[str, Any]
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    n_files: int = 0
+    contents: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified, loaded bundle: what ``selfheal run BUNDLE`` runs."""
+
+    path: Path
+    manifest: dict[str, Any]
+    digest: str
+    version: str
+    pipeline: ScoringPipeline
+    policies: PolicySet
+    compiled: CompiledPolicySet
+    topology: Topology
+    targets: TargetsConfig | None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def model_version(self) -> str:
+        return str(self.manifest["model"]["version"])
+
+    @property
+    def detector_version(self) -> str:
+        """``NAME/vN``: the registry version of the detector (journaled with every event)."""
+        return f"{self.model_name}/v{self.model_version}"
+
+
+def verify_bundle(path: Path | str, *, strict: bool = False, digest: str | None = None) -> VerifyReport:
+    """Check hashes (every listed file, nothing extra, nothing missing) and compatibility.
+
+    Reads bytes and JSON only; never unpickles. ``digest`` pins the sha256 of manifest.json.
+    Raises BundleError only when there is no readable manifest; everything else is in the report.
+    """
+    from engine.detectors.pipeline import FORMAT_VERSION as PIPELINE_FORMAT
+
+    folder = Path(path)
+    manifest, raw = read_manifest(folder)
+    actual = sha256_bytes(raw)
+    report = VerifyReport(folder, actual, bundle_version(manifest, actual), manifest)
+    if digest is not None and digest.strip().lower() != actual:
+        report.errors.append(f"{MANIFEST_NAME}: digest {actual} is not the pinned {digest.strip()}")
+    files = check_files(folder, manifest)
+    report.errors.extend(files.problems)
+    report.contents = files.contents
+    report.n_files = len(manifest["files"])
+    for required in (PICKLE_FILE, COMPILED_FILE, f"{RULES_DIR}/topology.yaml"):
+        if required not in manifest["files"]:
+            report.errors.append(f"{required}: not in the manifest (every bundle has one)")
+    fmt = manifest.get("detector", {}).get("pipeline_format_version")
+    if fmt != PIPELINE_FORMAT:
+        report.errors.append(
+            f"{DETECTOR_DIR}/pipeline.json: pipeline format {fmt!r}, this selfheal reads {PIPELINE_FORMAT}"
+        )
+    errors, warnings = check_environment(manifest, strict=strict)
+    report.errors.extend(errors)
+    report.warnings.extend(warnings)
+    return report
+
+
+def load_bundle(path: Path | str, *, strict: bool = False, digest: str | None = None) -> Bundle:
+    """Verify, then load the detector, policies, topology and targets. Raises BundleError if anything
+    fails; the pickle is only touched after every hash matched."""
+    report = verify_bundle(path, strict=strict, digest=digest)
+    if not report.ok:
+        raise BundleError(
+            f"{report.path}: refusing to load bundle {report.version}: " + "; ".join(report.errors),
+            hint=f"run `selfheal bundle verify {report.path}`; rebuild the bundle rather than editing it",
+        )
+    for warning in report.warnings:
+        logger.warning("bundle %s: %s", report.version, warning)
+    pipeline = _unpickle(report)
+    mismatch = probe_mismatch(pipeline, report.manifest["detector"]["probe"])
+    if mismatch:
+        raise BundleError(
+            f"{report.path}: {mismatch}; the detector does not behave here as it did when built",
+            hint="run with the versions in the manifest (selfheal bundle inspect) or rebuild the bundle here",
+        )
+    policies, compiled = _policies(report)
+    targets = None
+    if TARGETS_FILE in report.contents:
+        from engine.actions.targets import load_targets
+
+        targets = load_targets(report.path / TARGETS_FILE)
+    logger.info("loaded bundle %s from %s", report.version, report.path)
+    return Bundle(
+        path=report.path,
+        manifest=report.manifest,
+        digest=report.digest,
+        version=report.version,
+        pipeline=pipeline,
+        policies=policies,
+        compiled=compiled,
+        topology=policies.topology,
+        targets=targets,
+        warnings=tuple(report.warnings),
+    )
+
+
+def _unpickle(report: VerifyReport) -> ScoringPipeline:
+    from engine.detectors.pipeline import ScoringPipeline
+
+    data = report.contents[PICKLE_FILE]  # the verified bytes, not a second read of the file
+    try:
+        obj = pickle.loads(data)  # sha256 of these bytes matched the manifest just above
+    except Exception as exc:
+        raise BundleError(
+            f"{report.path / PICKLE_FILE}: cannot unpickle the detector ({type(exc).__name__}: {exc})",
+            hint="load it with the library versions recorded in the manifest, or rebuild the bundle",
+        ) from exc
+    if not isinstance(obj, ScoringPipeline):
+        raise BundleError(f"{report.path / PICKLE_FILE}: holds {type(obj).__name__}, not a ScoringPipeline")
+    return obj
+
+
+def _policies(report: VerifyReport) -> tuple[PolicySet, CompiledPolicySet]:
+    """Load the source policies and check they compile, here, to the shipped durable-rules JSON."""
+    from engine.policy import compile_policies, load_policies
+
+    rules_dir = report.path / RULES_DIR
+    try:
+        policy_set = load_policies(rules_dir)
+    except EngineError as exc:
+        raise BundleError(
+            f"{rules_dir}: policies do not load here: {exc}", hint="rebuild the bundle"
+        ) from exc
+    recorded = report.manifest.get("policies", {}).get("fingerprint")
+    if policy_set.fingerprint != recorded:
+        raise BundleError(
+            f"{rules_dir}: policy fingerprint {policy_set.fingerprint[:12]} is not the recorded "
+            f"{str(recorded)[:12]} (files changed while loading)",
+            hint="rebuild the bundle",
+        )
+    compiled = compile_policies(policy_set)
+    if compiled.to_json() != report.contents[COMPILED_FILE].decode():
+        raise BundleError(
+            f"{report.path / COMPILED_FILE}: this selfheal compiles the bundle's policies differently "
+            "from the selfheal that built it",
+            hint="rebuild the bundle with this selfheal version (its rules must be reviewed again)",
+        )
+    return policy_set, compiled

@@ -1,0 +1,185 @@
+"""Anomaly likelihood: online post-processing that puts raw scores of every series on one scale.
+
+Why: NAB (and any fleet of services) is scored with one threshold for all series, but a raw
+detector score means different things on a noisy series and on a quiet one. Numenta's anomaly
+likelihood (Ahmad et al., 2017) fixes that by asking how unusual the *recent* raw scores are for
+*this* series: a short moving average of raw scores is compared with a Gaussian fitted to the
+long-run distribution of that moving average, and the tail probability becomes the score. The
+log scale (``log_likelihood``) spreads the interesting tail (0.99999 vs 0.999999) over [0, 1].
+
+``ScorePostprocessor`` adds the two rules that matter when every alarm costs and only the first
+alarm of an incident counts:
+
+* a *spatial* rule (Numenta's NAB detector): a value beyond the range seen so far by more than
+  ``spatial_tolerance`` of that range scores 1.0 at once, before any average catches up;
+* *suppression*: after an alarm-level score, further alarm-level scores within ``suppress_rows``
+  rows are capped (one incident, one alarm). Numenta's filter does this for one row.
+
+Everything here is online (one ``update`` per row, O(1) memory per series apart from the bounded
+history) so the NAB runner and the engine compute the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.errors import DetectorParamError
+
+__all__ = ["AnomalyLikelihood", "PostprocessParams", "ScorePostprocessor", "log_likelihood"]
+
+_LOG_1E_MINUS_10 = math.log(1.0 - 0.9999999999)
+
+
+def log_likelihood(likelihood: float) -> float:
+    """Numenta's log scaling: 0.5 -> 0.03, 0.999 -> 0.3, 0.99999 -> 0.5, 1 - 1e-10 -> 1.0."""
+    return math.log(1.0000000001 - likelihood) / _LOG_1E_MINUS_10
+
+
+def _tail(x: float, mean: float, std: float) -> float:
+    """Two-sided Gaussian tail probability (Numenta folds values below the mean onto the upper tail)."""
+    z = abs(x - mean) / std
+    return 0.5 * math.erfc(z / 1.4142)
+
+
+class AnomalyLikelihood:
+    """Numenta's anomaly likelihood, online.
+
+    ``update(raw, learning=True)`` only records history (returns 0.5). The first non-learning
+    update estimates the distribution of the moving average (window ``average``) of raw scores,
+    skipping the first half of the rows seen so far (the detector was still settling); it is
+    re-estimated every ``reestimate`` rows over the last ``history`` moving averages. The mean and
+    variance have floors (``mean_floor``, ``var_floor``) so a near-silent series does not turn its
+    first blip into certainty. Consecutive "red" tail probabilities (<= ``red``) are demoted to
+    ``yellow``: only the first row of a red run keeps its red score.
+    """
+
+    def __init__(
+        self,
+        average: int = 20,
+        history: int = 8640,
+        reestimate: int = 100,
+        mean_floor: float = 0.03,
+        var_floor: float = 0.0003,
+        red: float = 1e-5,
+        yellow: float = 1e-3,
+    ) -> None:
+        if average < 1 or history < 2 or reestimate < 1:
+            raise DetectorParamError(
+                f"AnomalyLikelihood needs average >= 1, history >= 2, reestimate >= 1; "
+                f"got {average}, {history}, {reestimate}",
+                hint="use the defaults (20, 8640, 100) unless you measured better",
+            )
+        self.average = average
+        self.history = history
+        self.reestimate = reestimate
+        self.mean_floor = mean_floor
+        self.var_floor = var_floor
+        self.red = red
+        self.yellow = yellow
+        self._recent: deque[float] = deque(maxlen=average)
+        self._averages: deque[float] = deque(maxlen=history)
+        self._seen = 0
+        self._skip_before = 0
+        self._since_estimate = 0
+        self._params: tuple[float, float] | None = None
+        self._prev_red = False
+
+    def _estimate(self) -> None:
+        # the history holds rows [seen - len, seen); drop those still inside the skipped start
+        first = self._seen - len(self._averages)
+        values = np.array(self._averages, dtype=np.float64)[max(0, self._skip_before - first) :]
+        if len(values) == 0:
+            self._params = (0.5, 1e3)  # Numenta's null distribution: nothing is unusual
+        else:
+            mean = max(float(values.mean()), self.mean_floor)
+            var = max(float(values.var()), self.var_floor)
+            self._params = (mean, math.sqrt(var))
+        self._since_estimate = 0
+
+    def update(self, raw: float, *, learning: bool = False) -> float:
+        """Add one raw score; return the likelihood in [0, 1] (0.5 while learning)."""
+        self._recent.append(raw)
+        avg = sum(self._recent) / len(self._recent)
+        if learning:
+            self._averages.append(avg)
+            self._seen += 1
+            return 0.5
+        if self._params is None:
+            self._skip_before = self._seen // 2
+            self._estimate()
+        elif self._since_estimate >= self.reestimate:
+            self._estimate()
+        mean, std = self._params  # type: ignore[misc]
+        tail = _tail(avg, mean, std)
+        red = tail <= self.red
+        if red and self._prev_red:
+            tail = self.yellow
+        self._prev_red = red
+        self._averages.append(avg)
+        self._seen += 1
+        self._since_estimate += 1
+        return 1.0 - tail
+
+
+@dataclass(frozen=True)
+class PostprocessParams:
+    """Parameters of ``ScorePostprocessor`` (see the module docstring)."""
+
+    squash: str = "clip"  # raw -> [0, 1]: "clip" (already a [0, 1] score) or "ratio" (r / (1 + r))
+    average: int = 20
+    history: int = 8640
+    reestimate: int = 100
+    spatial_tolerance: float | None = 0.05
+    suppress_rows: int = 50
+    suppress_level: float = 0.5
+    suppress_cap: float = 0.3
+
+
+class ScorePostprocessor:
+    """Raw detector score (and the row's value) in, final anomaly score in [0, 1] out, one row at a time."""
+
+    def __init__(self, params: PostprocessParams | None = None) -> None:
+        self.params = params or PostprocessParams()
+        if self.params.squash not in ("clip", "ratio"):
+            raise DetectorParamError(
+                f"unknown squash {self.params.squash!r}",
+                hint="use 'clip' for [0, 1] raw scores, 'ratio' otherwise",
+            )
+        p = self.params
+        self.likelihood = AnomalyLikelihood(p.average, p.history, p.reestimate)
+        self._min = math.inf
+        self._max = -math.inf
+        self._row = 0
+        self._last_alarm: int | None = None
+
+    def _spatial(self, value: float) -> bool:
+        tol = self.params.spatial_tolerance
+        hit = False
+        if tol is not None and self._max > self._min:
+            margin = (self._max - self._min) * tol
+            hit = value > self._max + margin or value < self._min - margin
+        self._min = min(self._min, value)
+        self._max = max(self._max, value)
+        return hit
+
+    def update(self, raw: float, value: float, *, warmup: bool = False) -> float:
+        """One row: returns 0.0 during warm-up (the likelihood is still learning), else the score."""
+        p = self.params
+        r = min(max(raw, 0.0), 1.0) if p.squash == "clip" else max(raw, 0.0) / (1.0 + max(raw, 0.0))
+        lik = self.likelihood.update(r, learning=warmup)
+        spatial = self._spatial(value)
+        row = self._row
+        self._row += 1
+        if warmup:
+            return 0.0
+        score = 1.0 if spatial else log_likelihood(lik)
+        if score >= p.suppress_level:
+            if self._last_alarm is not None and row - self._last_alarm <= p.suppress_rows:
+                score = min(score, p.suppress_cap)
+            else:
+                self._last_alarm = row
+        return score

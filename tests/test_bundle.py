@@ -1,0 +1,432 @@
+"""Bundles end to end with real parts: a pipeline fitted here, MLflow on SQLite in tmp, the repo's rules/.
+
+One registry and one clean bundle are built per module (logging a pyfunc model costs ~1 s); every
+test that damages a bundle works on its own copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from engine.bundle import build_bundle, load_bundle, verify_bundle
+from engine.bundle.manifest import MANIFEST_NAME, sha256_bytes
+from engine.errors import BundleError, SpecError
+from engine.home import Home
+
+pytestmark = pytest.mark.xdist_group("bundle")  # one registry and bundle per module, on one worker
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = REPO / "rules"
+MODEL = "latency"
+SPEC = {
+    "interval": "10s",
+    "metrics": {
+        "latency_p99_ms": {"transforms": ["raw", {"kind": "zscore", "window": 6}]},
+        "memory_util": {"transforms": ["raw"]},
+    },
+}
+
+
+def _features(seed: int) -> tuple[Any, pl.DataFrame]:
+    """A few hundred complete feature rows from synthetic points, through engine.features."""
+    from datetime import datetime, timedelta
+
+    from engine.features import FeatureSpec, batch_features
+
+    spec = FeatureSpec.model_validate(SPEC)
+    rng = np.random.default_rng(seed)
+    n = 400
+    start = datetime(2026, 1, 1)
+    ts = [start + timedelta(seconds=10 * i) for i in range(n)]
+    frames = [
+        pl.DataFrame(
+            {"ts": ts, "service": "inference-a", "metric": metric, "value": rng.normal(mu, sd, n)},
+            schema_overrides={"ts": pl.Datetime("us")},
+        )
+        for metric, mu, sd in (("latency_p99_ms", 120.0, 8.0), ("memory_util", 0.5, 0.03))
+    ]
+    return spec, batch_features(pl.concat(frames), spec)
+
+
+def _fit(seed: int, detector: str, params: dict[str, Any]) -> Any:
+    from engine.detectors.pipeline import ScoringPipeline
+
+    spec, frame = _features(seed)
+    return ScoringPipeline(spec, detector, params, random_state=seed).fit(frame), frame
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two registered versions of MODEL (IForest with 30 trees, then 20); champion -> v1."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from engine.tracking.model import log_pipeline
+    from engine.tracking.registry import ensure_experiment
+
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    exp = ensure_experiment("bundle-tests", tracking_uri=uri, home=Home(root))
+    pipelines, run_ids = [], []
+    for seed, det, params in ((0, "IForest", {"n_estimators": 30}), (1, "IForest", {"n_estimators": 20})):
+        pipeline, frame = _fit(seed, det, params)
+        with mlflow.start_run(experiment_id=exp) as run:
+            model_uri = log_pipeline(pipeline)
+        mlflow.register_model(model_uri, MODEL)
+        pipelines.append((pipeline, frame))
+        run_ids.append(run.info.run_id)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    return {"uri": uri, "client": client, "pipelines": pipelines, "run_ids": run_ids, "root": root}
+
+
+@pytest.fixture(scope="module")
+def built(registry: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp("bundles") / "champion"
+    return build_bundle(f"models:/{MODEL}@champion", RULES, tracking_uri=registry["uri"], output=out)
+
+
+@pytest.fixture
+def copy(built: Any, tmp_path: Path) -> Path:
+    """A private copy of the clean bundle, for tests that damage it."""
+    return Path(shutil.copytree(built.path, tmp_path / "bundle"))
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from engine.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out, out.err
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+def test_build_fixes_the_alias_to_a_version_and_hashes_every_file(built: Any, registry: dict) -> None:
+    m = built.manifest
+    assert m["model"] == m["model"] | {
+        "name": MODEL,
+        "version": "1",
+        "alias": "champion",
+        "run_id": registry["run_ids"][0],
+        "requested": f"models:/{MODEL}@champion",
+    }
+    assert built.version == f"{MODEL}@v1+{built.digest[:8]}"
+    assert built.digest == sha256_bytes((built.path / MANIFEST_NAME).read_bytes())
+    for key in ("selfheal", "python", "pyod", "scikit-learn", "numpy"):
+        assert m["environment"][key]
+    files = set(m["files"])
+    expected = {
+        "detector/pipeline.pkl",
+        "detector/pipeline.json",
+        "detector/feature_spec.yaml",
+        "compiled/policies.json",
+        "rules/topology.yaml",
+        "rules/targets.yaml",
+    } | {f"rules/{p.name}" for p in RULES.glob("*.yaml") if p.name not in ("topology.yaml", "targets.yaml")}
+    assert files == expected
+    for rel, entry in m["files"].items():
+        assert entry["sha256"] == sha256_bytes((built.path / rel).read_bytes())
+    assert m["detector"]["name"] == "IForest" and m["detector"]["params"]["n_estimators"] == 30
+    assert m["detector"]["feature_names"] == registry["pipelines"][0][0].feature_names
+    compiled = json.loads((built.path / "compiled/policies.json").read_text())
+    assert compiled["fingerprint"] == m["policies"]["fingerprint"]
+    assert not list(built.path.parent.glob(".*building*")), "staging folder left behind"
+
+
+def test_build_with_one_policy_file_and_default_output(registry: dict, tmp_path: Path) -> None:
+    result = build_bundle(
+        f"models:/{MODEL}/2",
+        RULES / "memory_leak.yaml",
+        tracking_uri=registry["uri"],
+        bundles_dir=tmp_path / "bundles",
+    )
+    assert result.path == (tmp_path / "bundles" / f"{MODEL}-v2").resolve()
+    assert result.manifest["model"]["alias"] is None
+    assert sorted(p["name"] for p in result.manifest["policies"]["policies"]) == ["memory-leak"]
+    assert {"rules/memory_leak.yaml", "rules/topology.yaml"} <= set(result.manifest["files"])
+    with pytest.raises(BundleError, match="already exists"):
+        build_bundle(
+            f"models:/{MODEL}/2", RULES, tracking_uri=registry["uri"], bundles_dir=tmp_path / "bundles"
+        )
+
+
+def test_build_refuses_invalid_policies_and_bad_uris(registry: dict, tmp_path: Path) -> None:
+    bad = tmp_path / "rules"
+    shutil.copytree(RULES, bad)
+    text = (bad / "memory_leak.yaml").read_text().replace("action: restart", "action: restrat", 1)
+    (bad / "memory_leak.yaml").write_text(text)
+    with pytest.raises(SpecError, match="restrat"):
+        build_bundle(f"models:/{MODEL}@champion", bad, tracking_uri=registry["uri"], output=tmp_path / "b")
+    with pytest.raises(BundleError, match="registry URI"):
+        build_bundle("runs:/abc/model", RULES, tracking_uri=registry["uri"], output=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_alias_moved_after_build_keeps_the_fixed_version(built: Any, registry: dict, tmp_path: Path) -> None:
+    client = registry["client"]
+    client.set_registered_model_alias(MODEL, "champion", "2")
+    try:
+        bundle = load_bundle(built.path)
+        assert bundle.model_version == "1" and bundle.pipeline.params["n_estimators"] == 30
+        v1, frame = registry["pipelines"][0]
+        np.testing.assert_array_equal(bundle.pipeline.score_frame(frame), v1.score_frame(frame))
+        rebuilt = build_bundle(
+            f"models:/{MODEL}@champion", RULES, tracking_uri=registry["uri"], output=tmp_path / "new"
+        )
+        assert rebuilt.manifest["model"]["version"] == "2"
+        assert rebuilt.manifest["detector"]["params"]["n_estimators"] == 20
+    finally:
+        client.set_registered_model_alias(MODEL, "champion", "1")
+
+
+# ----------------------------------------------------------------------------------- load, verify
+
+
+def test_load_scores_a_row_like_the_fitted_pipeline(built: Any, registry: dict) -> None:
+    bundle = load_bundle(built.path)
+    fitted, frame = registry["pipelines"][0]
+    row = frame.head(1)
+    assert bundle.pipeline.score_frame(row)[0] == pytest.approx(fitted.score_frame(row)[0], abs=1e-12)
+    assert bundle.pipeline.threshold_ == fitted.threshold_
+    assert bundle.version == built.version
+    assert bundle.detector_version == f"{MODEL}/v1"
+    assert bundle.policies.fingerprint == built.manifest["policies"]["fingerprint"]
+    assert bundle.compiled.to_json() == (built.path / "compiled/policies.json").read_text()
+    assert set(bundle.topology.services) >= {"gateway", "inference-a", "vector-db"}
+    assert bundle.targets is not None
+
+
+def test_verify_ok_and_digest_pinning(built: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    report = verify_bundle(built.path, strict=True)
+    assert report.ok and report.errors == [] and report.warnings == []
+    code, out, _ = _cli(capsys, "bundle", "verify", str(built.path), "--digest", built.digest, "--load")
+    assert code == 0, out
+    assert "verify: OK" in out and "probe scores reproduced" in out
+    code, _, err = _cli(capsys, "bundle", "verify", str(built.path), "--digest", "0" * 64)
+    assert code == 2
+    assert "is not the pinned" in err
+
+
+@pytest.mark.parametrize(
+    "rel",
+    ["detector/pipeline.pkl", "detector/pipeline.json", "rules/memory_leak.yaml", "compiled/policies.json"],
+)
+def test_one_flipped_byte_fails_verify_and_load(
+    copy: Path, rel: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytearray((copy / rel).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / rel).write_bytes(bytes(data))
+    code, _, err = _cli(capsys, "bundle", "verify", str(copy))
+    assert code == 2
+    assert f"error: {rel}: sha256 mismatch" in err
+    with pytest.raises(BundleError, match=rel):
+        load_bundle(copy)
+
+
+def test_tampered_pickle_is_never_unpickled(copy: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Evil(str(marker)))
+    (copy / "detector/pipeline.pkl").write_bytes(evil)
+    with pytest.raises(BundleError, match=r"refusing to load.*detector/pipeline\.pkl: sha256 mismatch"):
+        load_bundle(copy)
+    assert not marker.exists()
+    # the test's own evil pickle does run when unpickled: the absence above is meaningful
+    pickle.loads(evil)
+    assert marker.exists()
+
+
+def test_every_file_is_covered_one_flipped_byte_at_a_time(copy: Path) -> None:
+    listed = json.loads((copy / MANIFEST_NAME).read_text())["files"]
+    for rel in listed:
+        original = (copy / rel).read_bytes()
+        damaged = bytearray(original)
+        damaged[-1] ^= 0x20
+        (copy / rel).write_bytes(bytes(damaged))
+        assert verify_bundle(copy).errors == [f"{rel}: sha256 mismatch (modified since the bundle was built)"]
+        (copy / rel).write_bytes(original)
+    assert verify_bundle(copy).ok
+
+
+def test_a_rebuilt_manifest_is_caught_by_the_pinned_digest(copy: Path, built: Any, tmp_path: Path) -> None:
+    """Hashes alone cannot catch someone who also rewrites the manifest; pinning the digest does."""
+    marker = tmp_path / "pwned"
+    evil = pickle.dumps(_Evil(str(marker)))
+    (copy / "detector/pipeline.pkl").write_bytes(evil)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["files"]["detector/pipeline.pkl"] = {"sha256": sha256_bytes(evil), "size": len(evil)}
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(BundleError, match="is not the pinned"):
+        load_bundle(copy, digest=built.digest)
+    assert not marker.exists()
+
+
+class _Evil:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path.touch, (Path(self.path),))
+
+
+def test_extra_missing_and_symlinked_files_fail(copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (copy / "rules" / "extra.yaml").write_text("policy: sneaky\n")
+    (copy / "rules" / "targets.yaml").unlink()
+    os.symlink(copy / "rules" / "topology.yaml", copy / "detector" / "link.yaml")
+    report = verify_bundle(copy)
+    assert not report.ok
+    text = "\n".join(report.errors)
+    assert "rules/extra.yaml: not listed in the manifest" in text
+    assert "rules/targets.yaml: missing" in text
+    assert "detector/link.yaml: not listed in the manifest" in text
+    code, _, err = _cli(capsys, "bundle", "verify", str(copy))
+    assert code == 2 and "rules/extra.yaml" in err
+    with pytest.raises(BundleError):
+        load_bundle(copy)
+
+
+def test_manifest_paths_cannot_escape_the_bundle(copy: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x")
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["files"]["../outside.txt"] = {"sha256": sha256_bytes(b"x"), "size": 1}
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = verify_bundle(copy)
+    assert any("../outside.txt: path not allowed" in e for e in report.errors)
+
+
+def test_environment_rules(copy: Path) -> None:
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    env = manifest["environment"]
+    env["scikit-learn"] = "0.0.1"
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = verify_bundle(copy)
+    assert report.ok and any("scikit-learn 0.0.1 built this bundle" in w for w in report.warnings)
+    assert not verify_bundle(copy, strict=True).ok
+    env["python"] = "3.9.1"
+    env["numpy"] = "0.9.0"
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    errors = "\n".join(verify_bundle(copy).errors)
+    assert "Python 3.9.1 built this bundle" in errors and "numpy 0.9.0" in errors
+    with pytest.raises(BundleError, match=r"Python 3\.9\.1"):
+        load_bundle(copy)
+
+
+def test_probe_mismatch_refuses_a_detector_that_scores_differently(copy: Path) -> None:
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["detector"]["probe"]["raw"][3] += 0.5
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert verify_bundle(copy).ok  # static checks cannot see it
+    with pytest.raises(BundleError, match="probe rows differ"):
+        load_bundle(copy)
+
+
+@pytest.mark.slow  # a fresh interpreter importing pyod, sklearn, polars and durable-rules
+def test_bundle_loads_and_scores_without_mlflow(built: Any, registry: dict) -> None:
+    fitted, frame = registry["pipelines"][0]
+    expected = float(fitted.score_frame(frame.head(1))[0])
+    row = frame.head(1).select(fitted.feature_names).to_numpy().tolist()
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["mlflow"] = None  # any `import mlflow` now raises ImportError
+        from engine.bundle import load_bundle
+        import engine.bundle.runtime  # the engine's loader must not need MLflow either
+        b = load_bundle({str(built.path)!r})
+        print(repr(float(b.pipeline.score_matrix({row!r})[0])))
+        assert not any(m == "mlflow" or m.startswith("mlflow.") for m in sys.modules if sys.modules[m])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_runtime_loader_builds_engine_components(built: Any) -> None:
+    from engine.runtime.components import load_components
+
+    components = load_components(str(built.path), None)
+    assert components.bundle_version == built.version
+    assert components.detector_version == f"{MODEL}/v1"
+    assert components.replicas("inference-a") == 4
+    assert components.policies.version == built.manifest["policies"]["fingerprint"][:12]
+
+
+# ---------------------------------------------------------------------------------------- inspect
+
+
+def test_inspect_prints_what_is_inside(built: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _cli(capsys, "bundle", "inspect", str(built.path))
+    assert code == 0
+    assert f"bundle      {built.version}" in out
+    assert "integrity   OK" in out
+    assert f"resolved from models:/{MODEL}@champion" in out
+    assert "detector    IForest" in out and "threshold   " in out
+    assert "latency_p99_ms__zscore_6" in out
+    assert "memory-leak v" in out and "- memory-leak/" in out
+    assert "targets     rules/targets.yaml" in out
+    assert "scikit-learn" in out and "pyod" in out
+    code, out, _ = _cli(capsys, "bundle", "inspect", str(built.path), "--json")
+    doc = json.loads(out)
+    assert doc["ok"] is True and doc["manifest"]["model"]["version"] == "1"
+
+
+def test_cli_build_default_folder_under_home(
+    registry: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    args = ["--home", str(home), "bundle", "build", "--model", f"models:/{MODEL}@champion"]
+    args += ["--rules", str(RULES), "--tracking-uri", registry["uri"]]
+    code, out, err = _cli(capsys, *args)
+    assert code == 0, err
+    assert (home / "bundles" / f"{MODEL}-v1" / MANIFEST_NAME).is_file()
+    assert "digest" in out and "(alias champion)" in out
+    code, _, err = _cli(capsys, *args)
+    assert code == 2 and "already exists" in err
+
+
+def test_force_replaces_only_bundles(registry: dict, built: Any, tmp_path: Path) -> None:
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(BundleError, match="not a bundle"):
+        build_bundle(f"models:/{MODEL}/1", RULES, tracking_uri=registry["uri"], output=precious, force=True)
+    assert (precious / "notes.txt").read_text() == "keep me"
+    again = Path(shutil.copytree(built.path, tmp_path / "again"))
+    (again / "stale.txt").write_text("old")
+    result = build_bundle(f"models:/{MODEL}/1", RULES, tracking_uri=registry["uri"], output=again, force=True)
+    assert not (again / "stale.txt").exists() and verify_bundle(result.path).ok
+
+
+def test_model_uri_parsing_and_credentials_redaction() -> None:
+    from engine.bundle.build import ModelRef, redact_uri
+
+    assert ModelRef.parse("models:/m@champion") == ModelRef("m", "champion", None)
+    assert ModelRef.parse("models:/m/12") == ModelRef("m", None, "12")
+    for bad in ("models:/m", "models:/m/latest", "runs:/x/model", "models:/@x"):
+        with pytest.raises(BundleError, match="registry URI"):
+            ModelRef.parse(bad)
+    assert redact_uri("https://bob:s3cret@mlflow.example/") == "https://***@mlflow.example/"
+    assert redact_uri("sqlite:////tmp/m.db") == "sqlite:////tmp/m.db"
+
+
+def test_not_a_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _cli(capsys, "bundle", "verify", str(tmp_path))
+    assert code == 2 and "no manifest" in err
