@@ -26,7 +26,14 @@ log = logging.getLogger(__name__)
 DetectorFactory = Callable[[dict[str, Any], "int | None"], Detector]
 """``factory(params, random_state) -> Detector``; seeds ``random_state`` where the detector takes one."""
 
-PLUGIN_MODULES: tuple[str, ...] = ("engine.detectors.pyod_adapter", "engine.detectors.nab_zscore")
+PLUGIN_MODULES: tuple[str, ...] = (
+    "engine.detectors.pyod_adapter",
+    "engine.detectors.nab_zscore",
+    "engine.detectors.forecast",
+    "engine.detectors.drift",
+    "engine.detectors.cluster",
+    "engine.detectors.ensemble",
+)
 """Modules in this repo that register detectors when imported (append new detector families here)."""
 
 ENTRY_POINT_GROUP = "selfheal.detectors"

@@ -150,7 +150,6 @@ def parse_detector_spec(data: Any, *, source: str = "<detector spec>") -> Detect
     _feature_spec(spec, interval=1.0, lag=None, source=source)  # transforms are valid feature transforms
     from engine.detectors import make_detector
 
-    _ensure_plugins()
     make_detector(spec.detector.name, spec.detector.params)  # unknown names fail now, not mid-run
     return spec
 
@@ -176,11 +175,6 @@ def load_detector_spec(ref: str | os.PathLike[str] | None) -> DetectorSpec:
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise SpecError([Problem(str(path), "", f"cannot read: {exc}", "fix the file syntax")]) from exc
     return parse_detector_spec(data, source=str(path))
-
-
-def _ensure_plugins() -> None:
-    """Register our NAB detectors (the registry's PLUGIN_MODULES may not list them yet)."""
-    import engine.detectors.nab_zscore  # noqa: F401  (registers NabZScore)
 
 
 # --------------------------------------------------------------------------------- one series
@@ -253,7 +247,6 @@ class StreamScorer:
     def __init__(self, spec: DetectorSpec, warmup_points: int, *, service: str = "series") -> None:
         from engine.detectors.likelihood import PostprocessParams, ScorePostprocessor
 
-        _ensure_plugins()
         self.spec = spec
         self.warmup_points = max(int(warmup_points), 2)
         self.service = service
