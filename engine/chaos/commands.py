@@ -1,0 +1,185 @@
+"""CLI: ``selfheal chaos run|validate|list|platform`` and ``selfheal replay``."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from engine.cliutil import home_of
+
+
+def register(app: typer.Typer) -> None:
+    """Add the chaos commands (and the shadow replay) to the root app."""
+    chaos = typer.Typer(help="Chaos experiments against the simulated platform.", no_args_is_help=True)
+    chaos.command("run")(chaos_run)
+    chaos.command("validate")(chaos_validate)
+    chaos.command("list")(chaos_list)
+    chaos.command("platform")(chaos_platform)
+    app.add_typer(chaos, name="chaos")
+    app.command("replay")(replay)
+
+
+def _echo(line: str) -> None:
+    typer.echo(line, err=True)
+
+
+def chaos_run(
+    ctx: typer.Context,
+    experiments: Annotated[
+        list[str],
+        typer.Argument(help="Experiment files or names from experiments/chaos (game_day, memory_leak, ...)."),
+    ],
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", "-b", help="Run this bundle's detector and policies (default: fit one)."),
+    ] = None,
+    speed: Annotated[
+        float | None, typer.Option(help="Platform seconds per wall second (default: the experiment's).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder (default HOME/chaos/<time>).")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the home's).")
+    ] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="Log every run to MLflow.")] = True,
+) -> None:
+    """Run chaos experiments: start the simulated platform and the engine, inject faults, judge.
+
+    Writes, per experiment, the engine's journal (engine.sqlite) and journal.json; for the whole
+    run report.html (timeline and detect/recover table, self-contained) and summary.txt. Exit code
+    0 when every experiment passed, 1 when one failed or aborted.
+
+    Example: selfheal chaos run game_day bad_deploy_expired --speed 720
+    """
+    from engine.chaos.api import run_experiments
+
+    home = home_of(ctx).ensure()
+    folder = out or home.root / "chaos" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    uri = None
+    if mlflow:
+        from engine.tracking.registry import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(home, tracking_uri)
+    started = time.perf_counter()
+    report = run_experiments(experiments, folder, bundle=bundle, speed=speed, tracking_uri=uri, echo=_echo)
+    typer.echo(report.text().rstrip())
+    typer.echo(f"report: {report.html}")
+    typer.echo(f"summary: {report.summary}")
+    typer.echo(f"took {time.perf_counter() - started:.1f} s")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+def chaos_validate(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="Experiment files (default: every experiments/chaos/*.yaml).")
+    ] = None,
+) -> None:
+    """Validate chaos experiments without running them; every problem of every file at once.
+
+    Exit code 0 when all are valid, 2 otherwise.
+
+    Example: selfheal chaos validate experiments/chaos/game_day.yaml
+    """
+    from engine.chaos.api import EXPERIMENTS_DIR
+    from engine.chaos.experiment import load_experiment
+    from engine.errors import Problem, SpecError
+
+    paths = files or sorted(EXPERIMENTS_DIR.glob("*.yaml"))
+    problems: list[Problem] = []
+    for path in paths:
+        try:
+            exp = load_experiment(path)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+            continue
+        typer.echo(f"ok  {path}: {exp.title} ({', '.join(exp.kinds)})")
+    if problems:
+        raise SpecError(problems, hint="fix the experiment files; see experiments/chaos/README.md")
+
+
+def chaos_list() -> None:
+    """List the shipped chaos experiments with the incident kinds they inject.
+
+    Example: selfheal chaos list
+    """
+    from engine.chaos.api import EXPERIMENTS_DIR
+    from engine.chaos.experiment import load_experiment
+
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        exp = load_experiment(path)
+        typer.echo(f"{path.stem:<20} {', '.join(exp.kinds):<55} {exp.title}")
+
+
+def chaos_platform(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (the targets file's default is 8750).")] = 8750,
+    speed: Annotated[float, typer.Option(help="Platform seconds per wall second.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Noise and traffic seed.")] = 0,
+) -> None:
+    """Serve the simulated platform alone: /metrics (Prometheus) and the admin API, until Ctrl-C.
+
+    Point an engine at it with a Prometheus source and engine/chaos/prometheus_mapping.yaml;
+    inject faults with POST /admin/{service}/faults (see engine/actions/simulator.py).
+
+    Example: selfheal chaos platform --port 8750 --speed 60
+    """
+    import threading
+
+    from engine.chaos.clock import ScaledClock
+    from engine.chaos.platform import SimulatedPlatform
+    from engine.chaos.server import PlatformServer
+
+    clock = ScaledClock(time.time(), speed=speed)
+    platform = SimulatedPlatform(clock, seed=seed)
+    platform.start_at(clock.now())
+    server = PlatformServer(platform, port=port).start()
+    stop = threading.Event()
+    typer.echo(f"simulated platform on {server.url} (x{speed:g}); Ctrl-C to stop", err=True)
+    try:
+        while not stop.wait(0.2):
+            platform.advance_to(clock.now())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+def replay(
+    ctx: typer.Context,
+    bundle: Annotated[
+        Path, typer.Argument(help="The bundle to try (a directory made by `selfheal bundle build`).")
+    ],
+    since: Annotated[str, typer.Option(help="Start of the history to replay (ISO time, naive UTC).")],
+    until: Annotated[str, typer.Option(help="End of the history (exclusive).")],
+    services: Annotated[list[str] | None, typer.Option("--service", help="Only these services.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the replay as JSON here.")] = None,
+) -> None:
+    """Shadow replay: what a bundle would have detected, decided and asked, over stored history.
+
+    No side effects: nothing is executed and no journal is written. Anomalies, decisions (with
+    the safeguard or approval that would apply) and approvals are lined up against the incidents
+    labeled in the store (event-level precision, recall and delay).
+
+    Example: selfheal replay .selfheal/bundles/champion --since 2026-01-10 --until 2026-01-12
+    """
+    from engine.chaos.replay import replay_bundle
+
+    home = home_of(ctx)
+    result = replay_bundle(
+        bundle,
+        home.telemetry_db,
+        since=datetime.fromisoformat(since),
+        until=datetime.fromisoformat(until),
+        services=services or None,
+        progress=True,
+    )
+    typer.echo(result.render())
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(result.to_json())
+        typer.echo(f"written: {out}")

@@ -1,0 +1,408 @@
+"""Chaos experiments (experiments/chaos/*.yaml): typed, validated all at once, in Chaos Toolkit's shape.
+
+An experiment states a steady-state hypothesis (probes with tolerances), a method (faults and
+pauses), the remediation it expects from the engine (which action on which service, within what
+time, approved or not), how the experiment answers approval requests (through the engine's HTTP
+API), safeguards that abort the run when harm spreads, and rollbacks that undo its faults.
+Durations are platform time ("10m", "2h"), so one file runs at any clock speed.
+
+Every problem in a file is reported at once, with the file, the path inside it and a hint
+(``experiments/chaos/x.yaml: method[1].fault.servce: unknown key (did you mean 'service'?)``).
+"""
+
+from __future__ import annotations
+
+import difflib
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from engine.errors import Problem, SpecError
+from engine.features.spec import parse_duration
+from engine.telemetry.synth_config import INCIDENT_KINDS, KIND_ROLES
+
+SERVICE_ROLES = {
+    "gateway": "gateway",
+    "inference-a": "inference",
+    "inference-b": "inference",
+    "vector-db": "vector_db",
+    "feature-store": "feature_store",
+    "ingestion": "ingestion",
+}
+ACTIONS = ("restart", "scale", "shift_traffic", "refresh_index", "rollback_model")
+METRICS = (
+    "request_rate",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "ttft_ms",
+    "tokens_per_s",
+    "error_rate",
+    "queue_depth",
+    "retrieval_hit_rate",
+    "retrieval_precision",
+    "response_variability",
+    "cpu_util",
+    "memory_util",
+    "gpu_util",
+)
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Service = Literal["gateway", "inference-a", "inference-b", "vector-db", "feature-store", "ingestion"]
+Metric = Literal[
+    "request_rate",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "ttft_ms",
+    "tokens_per_s",
+    "error_rate",
+    "queue_depth",
+    "retrieval_hit_rate",
+    "retrieval_precision",
+    "response_variability",
+    "cpu_util",
+    "memory_util",
+    "gpu_util",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Tolerance(_Strict):
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Tolerance:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}: no value can satisfy it")
+        return self
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self) -> str:
+        parts = ([f">= {self.min:g}"] if self.min is not None else []) + (
+            [f"<= {self.max:g}"] if self.max is not None else []
+        )
+        return " and ".join(parts)
+
+
+class Probe(_Strict):
+    """A metric of a service, aggregated over a trailing window of platform time, within tolerance."""
+
+    name: str
+    service: Service
+    metric: Metric
+    aggregate: Literal["mean", "max", "min", "p95", "last"] = "mean"
+    window: Duration = 300.0
+    tolerance: Tolerance
+
+    @model_validator(mode="after")
+    def _emitted(self) -> Probe:
+        from engine.telemetry.platform_model import ROLE_METRICS
+
+        role = SERVICE_ROLES[self.service]
+        if self.metric not in ROLE_METRICS[role]:
+            raise ValueError(
+                f"{self.service} does not emit {self.metric}; it emits {', '.join(ROLE_METRICS[role])}"
+            )
+        return self
+
+
+class Hypothesis(_Strict):
+    title: str
+    probes: list[Probe] = Field(min_length=1)
+    check_after: Literal["method", "rollbacks"] = Field(
+        "method", description="when the 'after' check runs: after the method, or after the rollbacks"
+    )
+
+
+class FaultSpec(_Strict):
+    name: str
+    kind: Literal["latency_creep", "memory_leak", "stale_index", "bad_deploy", "dependency_outage"]
+    service: Service
+    params: dict[Literal["magnitude", "ramp_s", "recovery_s", "duration_s"], float] = Field(
+        default_factory=dict
+    )
+
+    @model_validator(mode="after")
+    def _role(self) -> FaultSpec:
+        role = SERVICE_ROLES[self.service]
+        if role not in KIND_ROLES[self.kind]:
+            raise ValueError(
+                f"{self.kind} cannot happen on {self.service} (a {role} service); "
+                f"it needs a {' or '.join(sorted(KIND_ROLES[self.kind]))} service"
+            )
+        return self
+
+
+class FaultStep(_Strict):
+    fault: FaultSpec
+
+
+class PauseStep(_Strict):
+    pause: Duration
+
+
+Step = FaultStep | PauseStep
+
+
+class Expectation(_Strict):
+    """The remediation a fault should get: ``action`` on ``service`` executed within ``within``."""
+
+    fault: str
+    action: Literal["restart", "scale", "shift_traffic", "refresh_index", "rollback_model"]
+    service: Service
+    within: Duration = 1800.0
+    approval: Literal["none", "approved", "rejected", "expired"] = "none"
+    executed: bool = True
+    verified: bool = True
+
+
+class ApprovalAnswer(_Strict):
+    """How the experiment answers an approval request for ``action`` on ``service``."""
+
+    action: Literal["restart", "scale", "shift_traffic", "refresh_index", "rollback_model"]
+    service: Service
+    decide: Literal["approve", "reject", "ignore"]
+    after: Duration = 60.0
+    approver: str = "chaos-experiment"
+    reason: str = "chaos experiment"
+
+
+class Safeguard(_Strict):
+    """Abort the experiment (and run the rollbacks) when this probe fails during the run."""
+
+    name: str
+    probe: Probe
+    grace: Duration = Field(0.0, description="how long the probe may fail before the abort")
+
+
+class Rollback(_Strict):
+    clear_faults: Literal["all"] | Service = "all"
+
+
+class ClockSpec(_Strict):
+    speed: float = Field(720.0, gt=0, le=100_000, description="platform seconds per wall second")
+    start: datetime = Field(datetime(2026, 1, 13, 9, 0), description="platform time the method starts")
+    settle: Duration = Field(600.0, description="healthy platform time before the 'before' check")
+
+
+class PlatformSpec(_Strict):
+    seed: int = 0
+    restart_s: Duration = 60.0
+    index_rebuild_s: Duration | None = None
+    rollout_s: Duration = 60.0
+
+
+class DetectorSpec(_Strict):
+    """The detector this experiment needs when it runs without a bundle (a feature spec to fit)."""
+
+    features: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _valid_spec(self) -> DetectorSpec:
+        from engine.features import FeatureSpec
+
+        FeatureSpec.model_validate(self.features)
+        return self
+
+
+class Experiment(_Strict):
+    title: str
+    description: str = ""
+    tags: list[str] = Field(default_factory=list)
+    clock: ClockSpec = Field(default_factory=ClockSpec)
+    platform: PlatformSpec = Field(default_factory=PlatformSpec)
+    detector: DetectorSpec | None = Field(None, description="without --bundle: fit this feature spec")
+    steady_state_hypothesis: Hypothesis
+    method: list[Step] = Field(min_length=1)
+    expect: list[Expectation] = Field(default_factory=list)
+    approvals: list[ApprovalAnswer] = Field(default_factory=list)
+    safeguards: list[Safeguard] = Field(default_factory=list)
+    rollbacks: list[Rollback] = Field(default_factory=lambda: [Rollback()])
+    recovery_timeout: Duration = Field(
+        1800.0, description="after the method: wait this long for the hypothesis"
+    )
+    allow_unexpected_actions: bool = False
+
+    @property
+    def faults(self) -> list[FaultSpec]:
+        return [s.fault for s in self.method if isinstance(s, FaultStep)]
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(dict.fromkeys(f.kind for f in self.faults))
+
+
+def _semantic(exp: Experiment, source: str) -> list[Problem]:
+    """Cross-references pydantic cannot see: fault names unique, expectations name real faults."""
+    problems: list[Problem] = []
+    names: dict[str, int] = {}
+    for i, step in enumerate(exp.method):
+        if isinstance(step, FaultStep):
+            if step.fault.name in names:
+                problems.append(
+                    Problem(
+                        source,
+                        f"method[{i}].fault.name",
+                        f"fault name {step.fault.name!r} is used twice",
+                        f"first at method[{names[step.fault.name]}]; names must be unique",
+                    )
+                )
+            names.setdefault(step.fault.name, i)
+    if not names:
+        problems.append(
+            Problem(source, "method", "the method injects no fault", "add a `- fault: {...}` step")
+        )
+    for i, e in enumerate(exp.expect):
+        if e.fault not in names:
+            close = difflib.get_close_matches(e.fault, list(names), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"faults: {', '.join(names) or 'none'}"
+            problems.append(
+                Problem(source, f"expect[{i}].fault", f"no fault named {e.fault!r} in the method", hint)
+            )
+        if e.approval in ("rejected", "expired") and e.executed:
+            problems.append(
+                Problem(
+                    source,
+                    f"expect[{i}].executed",
+                    f"an action whose approval is {e.approval} cannot execute",
+                    "set `executed: false`",
+                )
+            )
+    probe_names = [p.name for p in exp.steady_state_hypothesis.probes]
+    for dup in {n for n in probe_names if probe_names.count(n) > 1}:
+        problems.append(
+            Problem(
+                source, "steady_state_hypothesis.probes", f"probe name {dup!r} is used twice", "rename one"
+            )
+        )
+    return problems
+
+
+def load_experiment(path: Path | str) -> Experiment:
+    """Parse and validate one experiment file; every problem at once (``SpecError``)."""
+    file = Path(path)
+    source = str(file)
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise SpecError([Problem(source, "", "file not found", "ls experiments/chaos/")]) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem(source, "", f"not valid YAML: {exc}", "check the indentation")]) from exc
+    if not isinstance(raw, dict):
+        raise SpecError([Problem(source, "", "an experiment must be a mapping", "start with `title:`")])
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_problems(exc, source), hint="see experiments/chaos/README.md") from exc
+    problems = _semantic(exp, source)
+    if problems:
+        raise SpecError(problems, hint="see experiments/chaos/README.md")
+    return exp
+
+
+def _problems(exc: ValidationError, source: str) -> list[Problem]:
+    out: list[Problem] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if p not in ("FaultStep", "PauseStep")]
+        if len(loc) != len(err["loc"]) and _union_noise(err, exc):
+            continue
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+        message, hint = err["msg"], None
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+            hint = _did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))
+        elif err["type"] == "literal_error":
+            hint = "expected " + str(err.get("ctx", {}).get("expected", ""))
+            close = difflib.get_close_matches(str(err.get("input")), _literal_choices(err), n=1)
+            if close:
+                hint = f"did you mean {close[0]!r}?"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
+        key = (path, message)
+        if key not in seen:
+            seen.add(key)
+            out.append(Problem(source, path, message, hint))
+    return out
+
+
+def _union_noise(err: Any, exc: ValidationError) -> bool:
+    """A step that is neither a fault nor a pause fails both union arms; keep only the closer arm."""
+    loc = err["loc"]
+    arm = next(p for p in loc if p in ("FaultStep", "PauseStep"))
+    prefix = loc[: loc.index(arm)]
+    arms = {
+        e["loc"][len(prefix)]
+        for e in exc.errors()
+        if tuple(e["loc"][: len(prefix)]) == tuple(prefix) and len(e["loc"]) > len(prefix)
+    }
+    if len(arms) < 2:
+        return False
+    # the arm whose own key is missing is the wrong one ("fault" missing means it is a pause, and so on)
+    own = {"FaultStep": "fault", "PauseStep": "pause"}[arm]
+    rest = loc[loc.index(arm) + 1 :]
+    return (err["type"] == "missing" and rest == (own,)) or (
+        err["type"] == "extra_forbidden" and rest and rest[0] != own and len(rest) == 1
+    )
+
+
+def _literal_choices(err: Any) -> list[str]:
+    expected = str(err.get("ctx", {}).get("expected", ""))
+    return [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+
+
+def _fields_at(loc: list[Any]) -> list[str]:
+    model: Any = Experiment
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            if part in ("fault",):
+                model = FaultSpec
+                continue
+            return []
+        ann = field.annotation
+        inner = [ann, *getattr(ann, "__args__", ())]
+        for t in list(inner):
+            inner.extend(getattr(t, "__args__", ()))
+        nxt = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if nxt is None:
+            if part == "method":
+                return ["fault", "pause"]
+            return []
+        model = nxt
+    return list(getattr(model, "model_fields", {}))
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str | None:
+    close = difflib.get_close_matches(name, choices, n=1)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    return f"known keys: {', '.join(choices)}" if choices else None
+
+
+__all__ = [
+    "ACTIONS",
+    "INCIDENT_KINDS",
+    "METRICS",
+    "ApprovalAnswer",
+    "Expectation",
+    "Experiment",
+    "FaultSpec",
+    "Hypothesis",
+    "Probe",
+    "Safeguard",
+    "Tolerance",
+    "load_experiment",
+]

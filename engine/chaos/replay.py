@@ -1,0 +1,406 @@
+"""Shadow replay: run a bundle over stored history with no side effects, and judge it.
+
+How a team tries a new detector or policy before promoting it: the bundle's pipeline scores the
+history in the DuckDB store (batch features: the same code, equal to online), every anomalous row
+becomes an anomaly event as the engine would build it (contributing metrics, latest metric values,
+health changes), a fresh durable-rules host from the bundle's compiled policies decides, and the
+engine's own safeguard function (``engine.runtime.safeguards.check``) says whether each decision
+would have run, waited for approval, or been blocked; actions are assumed to succeed at once.
+Nothing is executed and no journal is written. The alarms are scored per service against the
+incidents labeled in the store (``engine.evaluation.events.event_metrics``), and every decision is
+classified by whether its target had a labeled incident at the time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_EWMA = 0.05  # as the engine: weight of a normal row in the per-service feature baseline
+INCIDENT_SLACK_S = 1800.0  # a decision this soon after an incident ended still belongs to it
+
+
+@dataclass
+class ReplayDecision:
+    ts: float
+    service: str
+    target: str
+    action: str
+    rule: str
+    risk: str
+    outcome: str  # execute | approval | blocked
+    reason: str
+    incident: str | None  # the labeled incident on the target at the time, if any
+
+    @property
+    def justified(self) -> bool:
+        return self.incident is not None
+
+
+@dataclass
+class ReplayResult:
+    bundle: str
+    since: datetime
+    until: datetime
+    rows: int
+    anomalies: int
+    per_service: dict[str, dict[str, Any]]
+    decisions: list[ReplayDecision] = field(default_factory=list)
+
+    @property
+    def approvals(self) -> list[ReplayDecision]:
+        return [d for d in self.decisions if d.outcome == "approval"]
+
+    def totals(self) -> dict[str, Any]:
+        windows = sum(m["n_windows"] for m in self.per_service.values())
+        detected = sum(m["n_detected"] for m in self.per_service.values())
+        executed = [d for d in self.decisions if d.outcome == "execute"]
+        return {
+            "rows": self.rows,
+            "anomalies": self.anomalies,
+            "incidents": windows,
+            "incidents_detected": detected,
+            "recall": detected / windows if windows else None,
+            "decisions": len(self.decisions),
+            "would_execute": len(executed),
+            "would_ask_approval": len(self.approvals),
+            "would_block": sum(d.outcome == "blocked" for d in self.decisions),
+            "unjustified_actions": sum(not d.justified for d in executed),
+        }
+
+    def render(self) -> str:
+        t = self.totals()
+        lines = [
+            f"shadow replay of {self.bundle} over [{self.since}, {self.until}) (no side effects)",
+            f"  rows scored {t['rows']:,}, anomalous {t['anomalies']:,}",
+            f"  incidents {t['incidents']}, detected {t['incidents_detected']}"
+            + (f" (recall {t['recall']:.2f})" if t["recall"] is not None else ""),
+            f"  decisions {t['decisions']}: would execute {t['would_execute']}, ask approval "
+            f"{t['would_ask_approval']}, blocked {t['would_block']}; "
+            f"actions with no incident on their target: {t['unjustified_actions']}",
+            "",
+            f"  {'service':<14} {'windows':>7} {'detected':>8} {'precision':>9} {'recall':>6} "
+            f"{'delay s':>8} {'false/day':>9}",
+        ]
+        for service, m in sorted(self.per_service.items()):
+            lines.append(
+                f"  {service:<14} {m['n_windows']:>7} {m['n_detected']:>8} {_f(m['precision']):>9} "
+                f"{_f(m['recall']):>6} {_f(m['mean_delay_s'], 0):>8} {_f(m['false_alarms_per_day'], 1):>9}"
+            )
+        if self.decisions:
+            lines.append("")
+            for d in self.decisions[:50]:
+                lines.append(
+                    f"  {_iso(d.ts)} {d.outcome:<8} {d.action} on {d.target} ({d.rule}, {d.risk})"
+                    f" {d.reason if d.outcome == 'blocked' else ''}  incident: {d.incident or 'none'}"
+                )
+            if len(self.decisions) > 50:
+                lines.append(f"  ... {len(self.decisions) - 50} more (see --out)")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "bundle": self.bundle,
+                "since": self.since.isoformat(),
+                "until": self.until.isoformat(),
+                "totals": self.totals(),
+                "per_service": self.per_service,
+                "decisions": [asdict(d) for d in self.decisions],
+            },
+            indent=2,
+            default=str,
+        )
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _iso(ts: float) -> str:
+    return (datetime(1970, 1, 1) + timedelta(seconds=ts)).isoformat(timespec="minutes")
+
+
+class _Attribution:
+    """Contributing features as the engine names them: |z| against a per-service EWMA of normal rows.
+
+    Mirrors ``engine.runtime.process.Engine._contributions`` so that the replay posts the events
+    the engine would post (the policies match on contributing metrics).
+    """
+
+    def __init__(self, feature_names: list[str]) -> None:
+        self.names = feature_names
+        self.base: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, service: str, x: np.ndarray, anomalous: bool) -> tuple[tuple[str, float], ...]:
+        base = self.base.get(service)
+        if base is None:
+            self.base[service] = (x.copy(), np.zeros_like(x))
+            return ()
+        mean, var = base
+        if anomalous:
+            z = np.abs(x - mean) / np.sqrt(var + 1e-12)
+            top = np.argsort(-z)[:3]
+            return tuple((self.names[j], round(float(z[j]), 3)) for j in top if np.isfinite(z[j]))
+        delta = x - mean
+        self.base[service] = (mean + _EWMA * delta, (1 - _EWMA) * (var + _EWMA * delta * delta))
+        return ()
+
+
+class _Ledger:
+    """Executions the replay would have made, for the safeguards' counts (replay time)."""
+
+    def __init__(self) -> None:
+        self.executions: deque[tuple[float, str]] = deque()
+
+    def counts(self, target: str, now: float) -> Any:
+        from engine.runtime.journal import TargetCounts
+
+        while self.executions and self.executions[0][0] < now - 86400:
+            self.executions.popleft()
+        mine = [t for t, tgt in self.executions if tgt == target]
+        return TargetCounts(
+            last_execution_ts=max(mine) if mine else None,
+            executions_last_hour=sum(t >= now - 3600 for t in mine),
+            in_flight_replicas=0,
+            global_executions_last_hour=sum(t >= now - 3600 for t, _ in self.executions),
+            global_in_flight=0,
+            recent_failures=0,
+        )
+
+
+def replay_bundle(
+    bundle: Path | str,
+    db_path: Path | str,
+    *,
+    since: datetime,
+    until: datetime,
+    services: list[str] | None = None,
+    progress: bool = False,
+) -> ReplayResult:
+    """Replay a verified bundle over the store's history in [since, until) (module docstring)."""
+    from engine.bundle import load_bundle
+
+    loaded = load_bundle(bundle)
+    return replay(
+        loaded.pipeline,
+        loaded.compiled,
+        db_path,
+        since=since,
+        until=until,
+        services=services,
+        label=str(bundle),
+        version=loaded.version,
+        detector_version=loaded.detector_version,
+        progress=progress,
+    )
+
+
+def replay(
+    pipeline: Any,
+    policies: Any,
+    db_path: Path | str,
+    *,
+    since: datetime,
+    until: datetime,
+    services: list[str] | None = None,
+    label: str = "pipeline",
+    version: str = "replay",
+    detector_version: str = "replay",
+    progress: bool = False,
+) -> ReplayResult:
+    """Replay a fitted pipeline and policies (a ``PolicySet`` or its compiled form) over history."""
+    from engine.chaos.detector import warmup_seconds
+    from engine.errors import InputError
+    from engine.features import batch_features
+    from engine.policy.host import PolicyHost
+    from engine.runtime.adapters import PolicyHostEngine
+    from engine.runtime.model import AnomalyEvent
+    from engine.telemetry.store import TelemetryStore
+
+    if until <= since:
+        raise InputError(f"--until {until} is not after --since {since}", hint="give a later --until")
+    spec = pipeline.feature_spec
+    warm = timedelta(seconds=warmup_seconds(spec))
+    with TelemetryStore(db_path, read_only=True) as store:
+        points = store.points(services=services, start=since - warm, end=until)
+        incidents = store.incidents(services=services, start=since - timedelta(days=1), end=until)
+    if points.is_empty():
+        raise InputError(
+            f"{db_path}: no telemetry between {since - warm} and {until}",
+            hint="check `selfheal ingest`/`selfheal synth` and the time range",
+        )
+    frame = batch_features(points, spec, with_windows=True)
+    frame = frame.filter(frame["ts"] >= since).sort(["ts", "service"])
+    if frame.is_empty():
+        raise InputError(
+            f"no complete feature rows in [{since}, {until})",
+            hint=f"the features need {warm} of history before --since; widen the range",
+        )
+    scores = pipeline.score_frame(frame)
+    threshold = float(pipeline.threshold_)
+    alarms = scores > threshold
+    latest = _latest_values(points, float(spec.interval))
+    host = PolicyHost(policies, tick_seconds=float(spec.interval))
+    engine = PolicyHostEngine(host)
+    topology = host.policy_set.topology
+    attribution = _Attribution(list(pipeline.feature_names))
+    ledger = _Ledger()
+    windows = _windows(incidents)
+    health: dict[str, bool] = {}
+    decisions: list[ReplayDecision] = []
+    X = frame.select(pipeline.feature_names).to_numpy()
+    ts_s = frame["ts"].dt.epoch("us").to_numpy() / 1e6
+    ws = frame["window_start"].dt.epoch("us").to_numpy() / 1e6
+    we = frame["window_end"].dt.epoch("us").to_numpy() / 1e6
+    service_col = frame["service"].to_list()
+    rows: Any = range(frame.height)
+    if progress:
+        import sys
+
+        from tqdm import tqdm
+
+        rows = tqdm(rows, desc="replay", unit="row", file=sys.stderr)
+    for i in rows:
+        service = service_col[i]
+        anomalous = bool(alarms[i])
+        contributing = attribution(service, X[i], anomalous)
+        if not anomalous and not health.get(service, False):
+            continue
+        event = AnomalyEvent(
+            id=f"replay-{uuid.uuid4().hex[:12]}",
+            service=service,
+            detector=pipeline.detector,
+            detector_version=detector_version,
+            bundle_version=version,
+            score=float(scores[i]),
+            threshold=threshold,
+            anomalous=anomalous,
+            contributing=contributing,
+            window_start=float(ws[i]),
+            window_end=float(we[i]),
+            ts=float(ts_s[i]),
+            metrics=latest.get((service, int(ts_s[i])), {}) if anomalous else {},
+        )
+        if health.get(service, False) != anomalous:
+            health[service] = anomalous
+            engine.set_health(service, anomalous, event.score)
+        if anomalous:
+            decisions.extend(_judge(d, event, ledger, topology, windows) for d in engine.decide(event))
+    return ReplayResult(
+        bundle=label,
+        since=since,
+        until=until,
+        rows=frame.height,
+        anomalies=int(alarms.sum()),
+        per_service=_per_service(frame, alarms, windows),
+        decisions=decisions,
+    )
+
+
+def _judge(
+    decision: Any,
+    event: Any,
+    ledger: _Ledger,
+    topology: Any,
+    windows: dict[str, list[tuple[float, float, str]]],
+) -> ReplayDecision:
+    from engine.runtime import safeguards
+
+    now = event.window_end
+    replicas = 1
+    spec = topology.services.get(decision.target)
+    if spec is not None:
+        replicas = spec.replicas
+    verdict = safeguards.check(
+        decision,
+        ledger.counts(decision.target, now),
+        now=now,
+        limits=safeguards.GlobalLimits(),
+        replicas=replicas,
+    )
+    if not verdict.allowed:
+        outcome, reason = "blocked", f"{verdict.safeguard}: {verdict.reason}"
+    elif decision.approval.required:
+        ask = decision.approval
+        outcome, reason = "approval", f"approval required (ttl {ask.ttl_s:.0f}s, on expiry {ask.on_expiry})"
+    else:
+        outcome, reason = "execute", "all safeguards passed"
+        ledger.executions.append((now, decision.target))
+    incident = next(
+        (
+            kind
+            for start, end, kind in windows.get(decision.target, [])
+            if start <= now <= end + INCIDENT_SLACK_S
+        ),
+        None,
+    )
+    return ReplayDecision(
+        ts=now,
+        service=decision.service,
+        target=decision.target,
+        action=decision.action,
+        rule=decision.rule,
+        risk=decision.risk,
+        outcome=outcome,
+        reason=reason,
+        incident=incident,
+    )
+
+
+def _latest_values(points: Any, interval: float) -> dict[tuple[str, int], dict[str, float]]:
+    """Per (service, bucket start): each metric's last value in the bucket (what the engine holds)."""
+    import polars as pl
+
+    step = int(interval * 1e6)
+    last = (
+        points.with_columns(bucket=(pl.col("ts").dt.epoch("us") // step) * step)
+        .sort("ts")
+        .group_by(["service", "bucket", "metric"])
+        .agg(pl.col("value").last())
+    )
+    out: dict[tuple[str, int], dict[str, float]] = {}
+    for service, bucket, metric, value in last.iter_rows():
+        out.setdefault((service, int(bucket // 1_000_000)), {})[metric] = float(value)
+    return out
+
+
+def _windows(incidents: Any) -> dict[str, list[tuple[float, float, str]]]:
+    out: dict[str, list[tuple[float, float, str]]] = {}
+    for row in incidents.iter_rows(named=True):
+        start = (row["start"] - datetime(1970, 1, 1)).total_seconds()
+        end = (row["end"] - datetime(1970, 1, 1)).total_seconds()
+        out.setdefault(row["service"], []).append((start, end, row["kind"]))
+    return out
+
+
+def _per_service(
+    frame: Any, alarms: np.ndarray, windows: dict[str, list[tuple[float, float, str]]]
+) -> dict[str, dict[str, Any]]:
+    from engine.evaluation.events import event_metrics
+
+    out: dict[str, dict[str, Any]] = {}
+    if not frame.height:
+        return out
+    services = frame["service"].to_numpy()
+    ts = frame["ts"].to_numpy().astype("datetime64[us]")
+    for service in sorted(set(services.tolist())):
+        mask = services == service
+        spans = [
+            (np.datetime64(int(s * 1e6), "us"), np.datetime64(int(e * 1e6), "us"))
+            for s, e, _ in windows.get(service, [])
+        ]
+        order = np.argsort(ts[mask], kind="stable")
+        m = event_metrics(ts[mask][order], alarms[mask][order], spans)
+        out[service] = m.as_dict()
+    return out

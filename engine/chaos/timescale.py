@@ -1,0 +1,66 @@
+"""Policy durations in platform time, enforced by an engine that runs on the wall clock.
+
+The engine measures cooldowns, approval TTLs and verification deadlines with ``time.time()``; a
+policy states them in platform time ("approve within 15 minutes"). When the simulated platform
+runs ``speed`` times faster than the wall, a 15-minute TTL must last 15/speed wall minutes, or a
+game day would wait a real quarter of an hour for an expiry. ``TimeScaledPolicies`` wraps the
+engine's ``PolicyEngine`` seam and divides those durations by ``speed`` in every decision, so the
+engine enforces exactly what the policy says, in the platform's time. Hourly rate limits stay per
+wall hour (stricter in platform time); a game day stays far below them.
+
+It also keeps the health facts true to the engine's last word. The engine applies a tick's health
+changes first and posts the tick's anomaly events after; the policy host marks a service anomalous
+on every post. When one tick holds both an anomalous and a recovered row of a service (the engine
+catching up on a burst), the post would leave the service marked anomalous for good, and
+dependency gating would then silence its dependents forever. After each post the wrapper restores
+the health the engine last reported (reported to the runtime's owners as a bug; remove when fixed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from engine.runtime.components import PolicyEngine
+from engine.runtime.model import AnomalyEvent, Decision
+
+
+class TimeScaledPolicies:
+    """A ``PolicyEngine`` whose decisions carry durations converted from platform to wall seconds."""
+
+    def __init__(self, inner: PolicyEngine, speed: float) -> None:
+        if speed <= 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.inner = inner
+        self.speed = float(speed)
+        self.version = inner.version
+        self._reported: dict[str, tuple[bool, float]] = {}  # the engine's last health word per service
+
+    def decide(self, event: AnomalyEvent) -> list[Decision]:
+        decisions = [self.scale(d) for d in self.inner.decide(event)]
+        reported = self._reported.get(event.service)
+        if reported is not None and not reported[0]:
+            self.inner.set_health(event.service, False, reported[1])
+        return decisions
+
+    def set_health(self, service: str, anomalous: bool, score: float) -> None:
+        self._reported[service] = (anomalous, score)
+        self.inner.set_health(service, anomalous, score)
+
+    def replay(self, event: AnomalyEvent) -> None:
+        self.inner.replay(event)
+
+    def scale(self, decision: Decision) -> Decision:
+        k = self.speed
+        verify = decision.verify
+        if verify is not None:
+            verify = dataclasses.replace(
+                verify, deadline_s=verify.deadline_s / k, settle_s=verify.settle_s / k
+            )
+        return dataclasses.replace(
+            decision,
+            safeguards=dataclasses.replace(
+                decision.safeguards, cooldown_s=decision.safeguards.cooldown_s / k
+            ),
+            verify=verify,
+            approval=dataclasses.replace(decision.approval, ttl_s=decision.approval.ttl_s / k),
+        )
