@@ -28,6 +28,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.tracking.commands",  # experiment run, promote, models, evaluate
     "engine.policy.commands",  # rules validate/test, actions list
     "engine.bundle.commands",  # bundle build/verify/inspect
+    "engine.runtime.commands",  # run, pause, resume, approvals, journal
+    "engine.chaos.commands",  # chaos run/validate/list/platform, replay
 )
 
 app = typer.Typer(
