@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from engine import __version__
@@ -102,12 +101,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     except EngineError as exc:
         typer.echo(f"selfheal: error: {exc}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: typer vendors click, these are not click's classes
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"selfheal: error: {exc}", err=True)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

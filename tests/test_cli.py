@@ -58,3 +58,18 @@ def test_version() -> None:
     result = subprocess.run([sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0
     assert result.stdout.startswith("selfheal ")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["synth", "--seed", "abc"], "Invalid value for '--seed'"),
+        (["ingest", "--bogus", "x"], "No such option: --bogus"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_usage_errors_are_one_message_not_a_traceback(argv: list[str], needle: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "engine.cli", *argv], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
