@@ -172,6 +172,16 @@ def test_http_backend_posts_to_the_admin_endpoint_and_errors_are_action_errors(
     recorder.routes[("POST", "/admin/restart")] = (503, {"error": "busy"})
     with pytest.raises(ActionError, match="answered 503") as info:
         execute("restart", {}, "vector-db", "k-2", settings=settings)
+    assert "not known to deduplicate by Idempotency-Key" in (info.value.hint or "")
+    dedup = TargetsConfig.model_validate(
+        {
+            "services": {
+                "vector-db": {"backend": "http", "http": {"url": f"{recorder.url}/admin/", "dedup": True}}
+            }
+        }
+    )
+    with pytest.raises(ActionError, match="answered 503") as info:
+        execute("restart", {}, "vector-db", "k-2", settings=dedup)
     assert "same idempotency key is safe" in (info.value.hint or "")
     closed = TargetsConfig.model_validate(
         {"services": {"x": {"backend": "http", "http": {"url": "http://127.0.0.1:9"}}}}
@@ -221,42 +231,7 @@ def test_kubernetes_rollout_restart_is_the_kubectl_patch(
     assert retry["body"] == first["body"]  # a retry is the same patch: no second rollout
 
 
-def test_kubernetes_scale_reads_then_patches_the_scale_subresource(recorder: Recorder) -> None:
-    path = "/apis/apps/v1/namespaces/ai/deployments/inference-a/scale"
-    recorder.routes[("GET", path)] = (200, {"kind": "Scale", "spec": {"replicas": 4}})
-    result = execute("scale", {"delta": 2}, "inference-a", "d-2", settings=kube_settings(recorder.url))
-    get, patch = recorder.requests
-    assert (get["method"], get["path"]) == ("GET", path)
-    assert (patch["method"], patch["path"], patch["body"]) == ("PATCH", path, {"spec": {"replicas": 6}})
-    assert header(patch, "Content-Type") == "application/merge-patch+json"
-    assert result.inverse_params == {"replicas": 4}
-
-
-def test_kubernetes_rollback_patches_the_pod_template(recorder: Recorder) -> None:
-    path = "/apis/apps/v1/namespaces/ai/deployments/inference-a"
-    recorder.routes[("GET", path)] = (
-        200,
-        {"spec": {"template": {"metadata": {"annotations": {"selfheal.io/model-version": "v7"}}}}},
-    )
-    result = execute(
-        "rollback_model", {"version": "v6"}, "inference-a", "d-3", settings=kube_settings(recorder.url)
-    )
-    _, patch = recorder.requests
-    assert patch["method"] == "PATCH" and patch["path"] == path
-    assert header(patch, "Content-Type") == "application/strategic-merge-patch+json"
-    assert patch["body"] == {
-        "spec": {
-            "template": {
-                "metadata": {"annotations": {"selfheal.io/model-version": "v6"}},
-                "spec": {"containers": [{"name": "server", "image": "registry.example/inference:v6"}]},
-            }
-        }
-    }
-    assert result.inverse_params == {"version": "v7"}
-    with pytest.raises(ActionError, match="needs an explicit version"):
-        execute("rollback_model", {}, "inference-a", "d-4", settings=kube_settings(recorder.url))
-    with pytest.raises(ActionError, match="kubernetes backend cannot refresh_index"):
-        execute("refresh_index", {}, "inference-a", "d-5", settings=kube_settings(recorder.url))
+# scale and rollback_model on kubernetes: tests/test_actions_kubernetes.py (a stateful fake API server)
 
 
 def test_webhook_posts_json_with_the_key(recorder: Recorder) -> None:

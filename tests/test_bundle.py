@@ -430,3 +430,53 @@ def test_model_uri_parsing_and_credentials_redaction() -> None:
 def test_not_a_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _cli(capsys, "bundle", "verify", str(tmp_path))
     assert code == 2 and "no manifest" in err
+
+
+# ------------------------------------------------------------------ malformed manifests, read once
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "field"),
+    [
+        ("environment", "python", 3.11, "environment.python"),
+        ("environment", "numpy", None, "environment.numpy"),
+        ("detector", "threshold", "high", "detector.threshold"),
+        ("detector", "feature_names", "a,b", "detector.feature_names"),
+        ("model", "name", ["x"], "model.name"),
+        ("files", "detector/pipeline.pkl", "deadbeef", "files.detector/pipeline.pkl"),
+        ("policies", "policies", {"a": 1}, "policies.policies"),
+    ],
+)
+def test_a_malformed_manifest_is_a_bundle_error_naming_the_field(
+    copy: Path, section: str, key: str, value: Any, field: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest[section][key] = value
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=f"malformed manifest: field {field}"):
+        verify_bundle(copy)
+    for command in ("verify", "inspect"):
+        code, _, err = _cli(capsys, "bundle", command, str(copy))
+        assert code == 2 and f"field {field}" in err and "Traceback" not in err, err
+
+
+def test_load_parses_policies_and_targets_from_the_verified_bytes(built: Any) -> None:
+    """Every bundle file is opened once (to hash it): nothing is re-read after verification."""
+    opened: list[str] = []
+
+    def audit(event: str, args: tuple[Any, ...]) -> None:
+        if event == "open" and watching and isinstance(args[0], str | Path):
+            opened.append(str(args[0]))
+
+    watching = False
+    sys.addaudithook(audit)  # audit hooks cannot be removed; `watching` scopes this one
+    watching = True
+    try:
+        bundle = load_bundle(built.path)
+    finally:
+        watching = False
+    root = str(built.path)
+    for rel in ("rules/targets.yaml", "rules/topology.yaml", "rules/memory_leak.yaml"):
+        assert opened.count(f"{root}/{rel}") == 1, (rel, [p for p in opened if p.startswith(root)])
+    assert bundle.targets is not None and bundle.targets.defaults.backend == "simulator"
+    assert bundle.policies.fingerprint == built.manifest["policies"]["fingerprint"]

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from engine.errors import PolicyError
-from engine.policy import AnomalyEvent, PolicyHost, compile_policies, load_policies
+from engine.policy import AnomalyEvent, PolicyHost, PolicyRunError, compile_policies, load_policies
 
 POLICY = """
 policy: test-host
@@ -128,6 +128,32 @@ def test_post_tick_marks_the_root_before_posting(policy_set) -> None:  # type: i
     host = PolicyHost(policy_set)
     decisions = host.post_tick([mem_event(service="inference-a"), mem_event(service="vector-db")])
     assert [d.target for d in decisions] == ["vector-db"]
+
+
+def test_a_failing_event_does_not_lose_the_ticks_other_decisions(policy_set) -> None:  # type: ignore[no-untyped-def]
+    """Event 1 decides, event 2's rule raises, event 3 decides: both decisions survive the error."""
+    host = PolicyHost(policy_set)
+    events = [
+        mem_event(service="inference-a"),
+        mem_event(service="ingestion", metrics={}),  # ${metrics.queue_depth} has no value
+        mem_event(service="inference-b"),
+    ]
+    with pytest.raises(PolicyRunError, match=r"1 of 3 event\(s\) of the tick failed") as info:
+        host.post_tick(events)
+    assert isinstance(info.value, PolicyError)  # callers catching PolicyError keep working
+    assert [d.target for d in info.value.decisions] == ["inference-a", "inference-b"]
+    (error,) = info.value.errors
+    assert "template ${metrics.queue_depth} has no value" in error.message
+    assert isinstance(info.value.__cause__, PolicyError)
+    assert (host.stats.posted, host.stats.decided, host.stats.errors) == (3, 2, 1)
+    assert host.post_tick([mem_event(service="inference-a", tick=2)])[0].target == "inference-a"
+
+
+def test_a_single_failing_post_carries_no_decision(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    with pytest.raises(PolicyRunError) as info:
+        host.post(mem_event(service="ingestion", metrics={}))
+    assert info.value.decisions == [] and info.value.errors == [info.value]
 
 
 def test_maintenance_flag_vetoes(policy_set) -> None:  # type: ignore[no-untyped-def]

@@ -4,7 +4,7 @@ Public face::
 
     register_action, ActionSpec, available_actions, get_action     # the registry
     ActionContext, ActionResult                                      # what actions get and return
-    Target, TargetsConfig, load_targets                              # where they land
+    Target, TargetsConfig, load_targets, load_targets_text           # where they land
     execute(action, params, target, idempotency_key, *, settings=None, requested_at=None)
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from engine.actions.context import IDEMPOTENCY_HEADER, ActionContext, ActionResult
 from engine.actions.execute import execute
 from engine.actions.registry import ActionSpec, available_actions, get_action, register_action
-from engine.actions.targets import Target, TargetsConfig, load_targets
+from engine.actions.targets import Target, TargetsConfig, load_targets, load_targets_text
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -26,5 +26,6 @@ __all__ = [
     "execute",
     "get_action",
     "load_targets",
+    "load_targets_text",
     "register_action",
 ]

@@ -2,9 +2,13 @@
 
 A backend exposes one method, ``call(op, params, ctx) -> dict``, for the platform operations the
 built-in actions need (``restart``, ``scale``, ``shift_traffic``, ``refresh_index``,
-``rollback_model``). Every request carries the ``Idempotency-Key`` header so the engine can retry a
-timed-out execution without acting twice. The returned dict may hold ``previous`` (the state before
-the change), which actions turn into the params of their inverse.
+``rollback_model``). The returned dict may hold ``previous`` (the state before the change), which
+actions turn into the params of their inverse.
+
+Every request carries the ``Idempotency-Key`` header. A retry with the same key is safe only where
+the far side deduplicates: the simulator honours the header; the kubernetes backend records the key
+in an annotation on the Deployment and checks it before acting; a plain ``http`` admin endpoint is
+trusted only if the targets file says so (``http.dedup: true``). Error hints say which case applies.
 """
 
 from __future__ import annotations
@@ -28,6 +32,27 @@ class Backend(Protocol):
     def call(self, op: str, params: dict[str, Any], ctx: ActionContext) -> dict[str, Any]: ...
 
 
+class HttpStatusError(ActionError):
+    """The far side answered an HTTP error; ``status_code`` lets a backend react (409 = conflict)."""
+
+    def __init__(self, message: str, *, status_code: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status_code = status_code
+
+
+#: Statuses after which the same request may succeed later (the rest are refusals: fix, do not retry).
+TRANSIENT_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+def _retry_hint(dedup: bool) -> str:
+    if dedup:
+        return "retrying with the same idempotency key is safe (the change is applied at most once)"
+    return (
+        "this endpoint is not known to deduplicate by Idempotency-Key: check whether the change "
+        "was applied before retrying"
+    )
+
+
 def request_json(
     method: str,
     url: str,
@@ -39,8 +64,15 @@ def request_json(
     bearer: str | None = None,
     verify: bool | str = True,
     content_type: str = "application/json",
+    dedup: bool = False,
 ) -> dict[str, Any]:
-    """One HTTP request with the idempotency key; non-2xx and transport failures become ActionError."""
+    """One HTTP request with the idempotency key; non-2xx and transport failures become ActionError.
+
+    ``dedup`` says whether a retry of this request with the same idempotency key is known to apply
+    the change at most once (the simulator honours the header; the kubernetes backend checks its own
+    annotation). It only decides the hint: telling an operator "retrying is safe" when it is not
+    is how a service gets scaled twice.
+    """
     sent = {IDEMPOTENCY_HEADER: ctx.idempotency_key, "Accept": "application/json", **(headers or {})}
     if json_body is not None:
         sent["Content-Type"] = content_type
@@ -54,12 +86,19 @@ def request_json(
         raise ActionError(
             f"{method} {url} failed: {exc}",
             hint="check the target's URL in the targets file and that the service is reachable; "
-            "retrying with the same idempotency key is safe",
+            + _retry_hint(dedup or method == "GET"),
         ) from exc
     if response.status_code >= 400:
-        raise ActionError(
+        transient = response.status_code in TRANSIENT_STATUSES
+        raise HttpStatusError(
             f"{method} {url} answered {response.status_code}: {response.text[:300]}",
-            hint="see the service's admin API logs; retrying with the same idempotency key is safe",
+            status_code=response.status_code,
+            hint="see the service's admin API logs; "
+            + (
+                _retry_hint(dedup or method == "GET")
+                if transient
+                else "the request was refused: retrying it unchanged will not help"
+            ),
         )
     log.info("%s %s -> %s", method, url, response.status_code, extra={"idempotency_key": ctx.idempotency_key})
     if not response.content:
@@ -88,6 +127,7 @@ class HttpBackend:
             headers=self.config.headers,
             timeout_s=self.config.timeout_s,
             bearer=self.config.bearer(),
+            dedup=self.config.dedup,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from typing import Any
 
 from engine.actions.backends import request_json
@@ -84,21 +85,63 @@ def webhook(
     return ActionResult("webhook", ctx.service, "http", ctx.idempotency_key, detail)
 
 
-@register_action(risk="medium")
+#: Inherited SELFHEAL_* variables whose names contain one of these are secrets and are not passed on.
+SECRET_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "KEY", "AUTH")
+
+
+def command_env(ctx: ActionContext, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment a ``command`` child gets: PATH, LANG and non-secret SELFHEAL_* only.
+
+    The engine's own environment holds bearer tokens (``token_env`` of every target, the API
+    token); a child inherits none of them. It learns what to act on from ``SELFHEAL_TARGET`` and
+    ``SELFHEAL_IDEMPOTENCY_KEY``.
+    """
+    source = os.environ if environ is None else environ
+    secret_names = ctx.settings.token_env_names()
+    env = {
+        name: value
+        for name, value in source.items()
+        if name.startswith("SELFHEAL_")
+        and name not in secret_names
+        and not any(marker in name.upper() for marker in SECRET_MARKERS)
+    }
+    env["PATH"] = source.get("PATH", os.defpath)
+    env["LANG"] = source.get("LANG", "C.UTF-8")
+    env["SELFHEAL_IDEMPOTENCY_KEY"] = ctx.idempotency_key
+    env["SELFHEAL_TARGET"] = ctx.service
+    return env
+
+
+@register_action(risk="medium", literal=("argv",))
 def command(ctx: ActionContext, argv: list[str], timeout_s: float = 30.0) -> ActionResult:
-    """Run an argv (never a shell string) whose program is in the targets file's commands.allow."""
+    """Run an argv (never a shell string) whose program is in the targets file's commands.allow.
+
+    ``argv`` is literal (no ``${...}`` templates, refused at ``rules validate``) and ``argv[0]`` an
+    absolute path listed in ``commands.allow``; the child runs with ``command_env`` only.
+    """
     if not argv:
         raise ActionError("command needs a non-empty argv list")
     allowed = ctx.settings.commands.allow
+    if not os.path.isabs(argv[0]):
+        raise ActionError(
+            f"command {argv[0]!r} is not an absolute path",
+            hint="write the full path of the program, e.g. /usr/local/bin/flush-cache, as listed in "
+            "commands.allow",
+        )
     if argv[0] not in allowed:
         raise ActionError(
             f"command {argv[0]!r} is not in the allowlist",
             hint=f"add it to commands.allow in the targets file (allowed: {', '.join(allowed) or 'none'})",
         )
-    env = {**os.environ, "SELFHEAL_IDEMPOTENCY_KEY": ctx.idempotency_key, "SELFHEAL_TARGET": ctx.service}
     try:
         proc = subprocess.run(
-            argv, shell=False, capture_output=True, text=True, timeout=timeout_s, env=env, check=False
+            argv,
+            shell=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env=command_env(ctx),
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ActionError(f"command {argv[0]!r} failed to run: {exc}") from exc

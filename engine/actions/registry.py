@@ -13,19 +13,19 @@ first use. There are no special cases for built-ins anywhere else.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from engine.errors import ActionError
+from engine.plugins import load_entry_points
 from engine.policy._util import did_you_mean, one_of
+from engine.policy.templates import is_template
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class ActionSpec:
     description: str
     module: str
     params_model: type[BaseModel] = field(repr=False)
+    literal: frozenset[str] = frozenset()
 
     @property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -73,6 +74,16 @@ class ActionSpec:
         """
         problems: list[tuple[str, str]] = []
         known = self.parameters
+        for name in sorted(self.literal & set(params)):
+            if is_template(params[name]):
+                problems.append(
+                    (
+                        name,
+                        f"{name!r} of {self.name} must be literal: ${{...}} templates are not allowed "
+                        "there (event data must never become arguments of a program; the action "
+                        "passes the event through its environment instead)",
+                    )
+                )
         for name in params:
             if name not in known:
                 hint = did_you_mean(name, known) or (
@@ -117,12 +128,14 @@ def register_action(
     risk: Risk = "medium",
     inverse: str | None = None,
     description: str | None = None,
+    literal: Iterable[str] = (),
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` as an action. Used by the built-ins and by plugins alike.
 
     The first parameter receives the ``ActionContext``; the others become the typed parameters a
     policy sets in ``then.params``. ``inverse`` names the action that undoes this one (its params come
-    from the ``inverse_params`` of the ``ActionResult``).
+    from the ``inverse_params`` of the ``ActionResult``). ``literal`` names parameters a policy must
+    write without ``${...}`` templates (checked at ``rules validate``), e.g. the argv of ``command``.
     """
 
     def decorate(fn: ActionFn) -> ActionFn:
@@ -151,6 +164,7 @@ def register_action(
             description=doc.strip().splitlines()[0] if doc.strip() else "",
             module=fn.__module__,
             params_model=model,
+            literal=frozenset(literal),
         )
         if action_name in _REGISTRY and _REGISTRY[action_name].fn is not fn:
             log.warning(
@@ -171,13 +185,7 @@ def _load_plugins() -> None:
     if _loaded:
         return
     _loaded = True
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plugin must not take the built-ins down with it
-            log.error("action plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
+    load_entry_points(ENTRY_POINT_GROUP, log, BUILTIN_MODULES)
 
 
 def available_actions() -> dict[str, ActionSpec]:

@@ -66,4 +66,5 @@ class SimulatorBackend:
             json_body=params,
             timeout_s=self.config.timeout_s,
             bearer=self.config.bearer(),
+            dedup=True,  # the contract above: a key seen before returns the first response again
         )

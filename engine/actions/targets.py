@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 BackendName = Literal["http", "kubernetes", "simulator"]
 TARGETS_FILE = "targets.yaml"
@@ -50,6 +50,10 @@ class HttpConfig(_Auth):
 
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    dedup: bool = Field(
+        default=False,
+        description="the endpoint applies a request at most once per Idempotency-Key (retries are safe)",
+    )
 
 
 class SimulatorConfig(_Auth):
@@ -78,7 +82,22 @@ class ServiceTarget(_Model):
 
 
 class CommandPolicy(_Model):
-    allow: list[str] = Field(default_factory=list, description="executables the command action may run")
+    allow: list[str] = Field(
+        default_factory=list, description="absolute paths of the executables the command action may run"
+    )
+
+    @field_validator("allow")
+    @classmethod
+    def _absolute(cls, value: list[str]) -> list[str]:
+        """A bare name would be looked up on PATH at run time: whoever controls PATH picks the program."""
+        for item in value:
+            if not os.path.isabs(item):
+                raise ValueError(
+                    f"{item!r} is not an absolute path; list the full path of each program "
+                    f"(e.g. /usr/local/bin/{os.path.basename(item) or 'flush-cache'}; `command -v "
+                    f"{item}` prints it)"
+                )
+        return value
 
 
 class Target(_Model):
@@ -95,6 +114,16 @@ class TargetsConfig(_Model):
     defaults: ServiceTarget = Field(default_factory=lambda: ServiceTarget(backend="simulator"))
     services: dict[str, ServiceTarget] = Field(default_factory=dict)
     commands: CommandPolicy = Field(default_factory=CommandPolicy)
+
+    def token_env_names(self) -> set[str]:
+        """Every environment variable this file names as holding a token (never passed to a child)."""
+        blocks = [self.defaults, *self.services.values()]
+        return {
+            auth.token_env
+            for block in blocks
+            for auth in (block.http, block.simulator, block.kubernetes)
+            if auth is not None and auth.token_env
+        }
 
     def target(self, service: str) -> Target:
         """The backend for ``service``: its own entry merged over ``defaults``."""
@@ -125,13 +154,22 @@ def targets_for_policy(policy_path: Path) -> Path:
 
 def load_targets(path: Path | str) -> TargetsConfig:
     """Parse and check a targets file; every problem is reported at once (SpecError)."""
+    return load_targets_text(None, source=path)
+
+
+def load_targets_text(text: str | bytes | None, *, source: Path | str = TARGETS_FILE) -> TargetsConfig:
+    """Parse and check targets from ``text`` (the file's content); ``source`` names it in problems.
+
+    A bundle passes the bytes whose sha256 it just verified, so what runs is what was checked (a
+    second read of the file could see a swapped file). ``text=None`` reads ``source`` from disk.
+    """
     from pydantic import ValidationError
 
     from engine.errors import Problem, SpecError
     from engine.policy.problems import expect_mapping, from_validation, read_yaml
 
-    file = Path(path)
-    data, problems = read_yaml(file)
+    file = Path(source)
+    data, problems = read_yaml(file, text)
     problems = problems or expect_mapping(data, str(file))
     if problems:
         raise SpecError(problems, hint="fix the targets file")

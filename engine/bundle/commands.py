@@ -209,10 +209,13 @@ def _targets_text(report: Any) -> str:
 
     if TARGETS_FILE not in report.manifest["files"]:
         return "none (actions use the default simulator backend)"
-    from engine.actions.targets import load_targets
+    from engine.actions.targets import load_targets_text
 
+    data = report.contents.get(TARGETS_FILE)
+    if data is None:  # listed but failed its hash check: do not parse what was not verified
+        return f"{TARGETS_FILE}: not verified (see integrity)"
     try:
-        config = load_targets(report.path / TARGETS_FILE)
+        config = load_targets_text(data, source=report.path / TARGETS_FILE)
     except EngineError as exc:
         return f"{TARGETS_FILE}: unreadable ({exc.message.splitlines()[0]})"
     per = ", ".join(f"{s}={config.target(s).backend}" for s in sorted(config.services))

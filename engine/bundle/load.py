@@ -2,8 +2,9 @@
 
 Order matters and is the point of this module: manifest, then the sha256 of every file, then the
 environment rules, then (only if all passed) ``pickle.loads`` of the very bytes that were hashed,
-then the probe replay, then the policies (recompiled and compared with the shipped durable-rules
-JSON). Nothing here imports MLflow: a bundle runs on a host that has no tracking server.
+then the probe replay, then the policies, topology and targets (parsed from the same verified bytes,
+never re-read from disk; policies recompiled and compared with the shipped durable-rules JSON).
+Nothing here imports MLflow: a bundle runs on a host that has no tracking server.
 """
 
 from __future__ import annotations
@@ -140,9 +141,10 @@ def load_bundle(path: Path | str, *, strict: bool = False, digest: str | None = 
     policies, compiled = _policies(report)
     targets = None
     if TARGETS_FILE in report.contents:
-        from engine.actions.targets import load_targets
+        from engine.actions.targets import load_targets_text
 
-        targets = load_targets(report.path / TARGETS_FILE)
+        # the verified bytes, not a second read of the file (which could have been swapped since)
+        targets = load_targets_text(report.contents[TARGETS_FILE], source=report.path / TARGETS_FILE)
     logger.info("loaded bundle %s from %s", report.version, report.path)
     return Bundle(
         path=report.path,
@@ -175,12 +177,21 @@ def _unpickle(report: VerifyReport) -> ScoringPipeline:
 
 
 def _policies(report: VerifyReport) -> tuple[PolicySet, CompiledPolicySet]:
-    """Load the source policies and check they compile, here, to the shipped durable-rules JSON."""
+    """Load the source policies and check they compile, here, to the shipped durable-rules JSON.
+
+    Parsed from the verified bytes (``report.contents``): the folder is never read again.
+    """
     from engine.policy import compile_policies, load_policies
 
     rules_dir = report.path / RULES_DIR
+    prefix = f"{RULES_DIR}/"
+    files = {
+        rel[len(prefix) :]: data
+        for rel, data in report.contents.items()
+        if rel.startswith(prefix) and "/" not in rel[len(prefix) :]
+    }
     try:
-        policy_set = load_policies(rules_dir)
+        policy_set = load_policies(rules_dir, contents=files)
     except EngineError as exc:
         raise BundleError(
             f"{rules_dir}: policies do not load here: {exc}", hint="rebuild the bundle"
@@ -189,7 +200,7 @@ def _policies(report: VerifyReport) -> tuple[PolicySet, CompiledPolicySet]:
     if policy_set.fingerprint != recorded:
         raise BundleError(
             f"{rules_dir}: policy fingerprint {policy_set.fingerprint[:12]} is not the recorded "
-            f"{str(recorded)[:12]} (files changed while loading)",
+            f"{str(recorded)[:12]} (the bundle's rules differ from the ones it was built from)",
             hint="rebuild the bundle",
         )
     compiled = compile_policies(policy_set)

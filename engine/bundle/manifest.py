@@ -28,7 +28,9 @@ import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine import __version__
 
@@ -101,8 +103,101 @@ def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+class _Section(BaseModel):
+    """A manifest section: the fields selfheal reads are typed; other keys are kept (newer builds)."""
+
+    model_config = ConfigDict(extra="allow", strict=False)
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str
+    size: int = Field(ge=0)
+
+
+class ModelSection(_Section):
+    name: str
+    version: str | int
+    requested: str
+    alias: str | None = None
+    run_id: str
+    tracking_uri: str
+
+
+class ProbeSection(_Section):
+    rows: list[list[float]]
+    raw: list[float]
+    scores: list[float]
+
+
+class DetectorSection(_Section):
+    name: str
+    params: dict[str, Any]
+    threshold: float
+    threshold_policy: dict[str, Any]
+    feature_names: list[str]
+    interval_s: float
+    n_train: int | None = None
+    pipeline_format_version: int
+    probe: ProbeSection
+
+
+class RuleSummary(_Section):
+    id: str
+    action: str
+    risk: str
+    services: list[str]
+    approval: bool
+
+
+class PolicySummary(_Section):
+    name: str
+    version: str
+    file: str
+    rules: list[RuleSummary]
+
+
+class PoliciesSection(_Section):
+    fingerprint: str
+    policies: list[PolicySummary]
+    services: list[str]
+
+
+class Manifest(_Section):
+    """What ``read_manifest`` checks before anything else looks at a manifest.
+
+    Every field that verify, load and inspect read is here with its type, so a damaged or
+    hand-edited manifest fails with the field's path instead of a crash (``.split`` on a number)
+    deep inside a command.
+    """
+
+    format: Literal["selfheal-bundle"]
+    format_version: int
+    created_at: str | None = None
+    model: ModelSection
+    detector: DetectorSection
+    policies: PoliciesSection
+    environment: dict[str, str]
+    files: dict[str, FileEntry]
+
+
+def _field_problems(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = "" if err["type"] == "missing" else f" (got {str(err.get('input'))[:60]!r})"
+        lines.append(f"field {loc}: {err['msg']}{got}")
+    return lines
+
+
 def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
-    """The parsed manifest and its raw bytes (the digest is the sha256 of those bytes)."""
+    """The parsed manifest and its raw bytes (the digest is the sha256 of those bytes).
+
+    The manifest is validated against ``Manifest``; any problem is a BundleError naming the field,
+    so ``bundle verify``/``inspect`` exit 2 with a clear line. The dict returned is the file's own
+    content (not a re-dump), so ``inspect --json`` shows exactly what is on disk.
+    """
     from engine.errors import BundleError
 
     path = folder / MANIFEST_NAME
@@ -118,7 +213,7 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{path}: not a selfheal bundle manifest", hint="rebuild the bundle")
     version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
         raise BundleError(
             f"{path}: format_version {version!r} is not supported "
             f"(this selfheal reads up to {FORMAT_VERSION})",
@@ -127,6 +222,13 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
     missing = [key for key in REQUIRED_SECTIONS if not isinstance(data.get(key), dict)]
     if missing:
         raise BundleError(f"{path}: section(s) {', '.join(missing)} missing", hint="rebuild the bundle")
+    try:
+        Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(
+            f"{path}: malformed manifest: " + "; ".join(_field_problems(exc)),
+            hint="the manifest was damaged or edited by hand; rebuild it with `selfheal bundle build`",
+        ) from exc
     return data, raw
 
 

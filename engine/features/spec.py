@@ -27,8 +27,6 @@ is the column order of every feature matrix.
 from __future__ import annotations
 
 import difflib
-import math
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -44,36 +42,23 @@ from pydantic import (
     model_validator,
 )
 
+from engine.durations import parse_duration as _parse_duration
 from engine.errors import Problem, SpecError
 
 Aggregation = Literal["mean", "sum", "min", "max", "last", "count"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "sum", "min", "max", "last", "count")
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|m|min|h|d)?\s*$")
-_UNIT_S = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-DURATION_HELP = "a number of seconds or a number with a unit: 500ms, 10s, 1m, 5min, 1h, 1d"
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``10s``/``1m``/``500ms``/``1h``/``1d`` or a plain number of seconds.
+    """Seconds from ``10s``/``1m``/``500ms``/``1h30m``/``1d`` or a plain number of seconds.
 
-    Durations are kept at microsecond resolution because batch buckets are computed on integer
-    microseconds; a value that is not a whole number of microseconds would put a point in different
-    buckets in the two executions.
+    The grammar is ``engine.durations`` (shared with policies and experiments); zero is allowed
+    here (``lateness: 0s``). Durations are kept at microsecond resolution because batch buckets
+    are computed on integer microseconds; a value that is not a whole number of microseconds would
+    put a point in different buckets in the two executions.
     """
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        match = _DURATION.match(value)
-        if not match:
-            raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
-        seconds = float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
-    else:
-        raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} must be a finite, non-negative duration")
+    seconds = _parse_duration(value, allow_zero=True)
     us = round(seconds * 1e6)
     if abs(us - seconds * 1e6) > 1e-6 * max(1.0, seconds * 1e6):
         raise ValueError(f"{value!r} is finer than one microsecond; round it to whole microseconds")

@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Iterable
 
-_DURATION = re.compile(
-    r"^\s*(?:(\d+(?:\.\d+)?)\s*h)?\s*(?:(\d+(?:\.\d+)?)\s*m)?\s*(?:(\d+(?:\.\d+)?)\s*s)?\s*$"
-)
+from engine.durations import parse_duration as _parse_duration
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"`` or ``"1h30m"``.
+    """Seconds from a policy duration (``90``, ``"90s"``, ``"15m"``, ``"1h30m"``, ``"1d"``).
 
-    Operators write durations the way they say them; a bare number means seconds. Raises ValueError
-    with the accepted forms so pydantic reports it at the right path.
+    The grammar is ``engine.durations``; policy durations (deadlines, windows, cooldowns) must be
+    greater than zero. Raises ValueError so pydantic reports it at the right path.
     """
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '30s', '15m', '2h', '1h30m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)) and any(match.groups()):
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
-    else:
-        raise ValueError(
-            f"{value!r} is not a duration; write a number of seconds or '30s', '15m', '2h', '1h30m'"
-        )
-    if seconds <= 0:
-        raise ValueError(f"a duration must be positive, got {value!r}")
-    return seconds
+    return _parse_duration(value, allow_zero=False)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:

@@ -5,7 +5,10 @@ It owns the durable-rules traps (see DESIGN.md) so that nothing else has to:
 - every message gets a unique id (durable-rules dedups on content/ids);
 - an event that matches no rule raises ``MessageNotHandledException``: reported as no decision;
 - an action that raises does not raise from ``post``; the error lands in the state as a string:
-  the host detects it, clears it, and raises ``PolicyError`` (the original exception chained);
+  the host detects it, clears it, and raises ``PolicyRunError`` (a ``PolicyError``, the original
+  exception chained) whose ``decisions`` keep whatever was decided before the failure: one bad rule
+  or event never makes the host forget a decision it already made (``post_tick`` posts every event
+  of the tick, then raises once with all decisions and all errors);
 - facts are bounded: one health fact per service, at most ``history_ticks`` history facts per
   service (plus the first anomaly of the current streak when a rule uses ``persistence.for``);
 - rulesets cannot be unregistered: each PolicyHost owns a fresh Host and a uniquely named ruleset
@@ -40,6 +43,28 @@ from engine.policy.model import Approval, InverseSpec, Safeguards, Verify
 from engine.policy.templates import render
 
 log = logging.getLogger(__name__)
+
+
+class PolicyRunError(PolicyError):
+    """Rule actions failed while posting; ``decisions`` holds every decision made all the same.
+
+    Why an exception that carries results: a tick posts many events, and the engine must enforce
+    the decisions of the events that worked even when another event's rule is broken, without
+    losing the error. Callers that catch ``PolicyError`` keep working; callers that want the
+    decisions read ``exc.decisions`` (and ``exc.errors``: one ``PolicyError`` per failed event).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        decisions: Sequence[Decision] = (),
+        errors: Sequence[PolicyError] = (),
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.decisions: list[Decision] = list(decisions)
+        self.errors: list[PolicyError] = list(errors) or [self]
 
 
 @dataclass(frozen=True)
@@ -213,26 +238,54 @@ class PolicyHost:
                 return None
             finally:
                 self._current = None
-            self._raise_action_error(state, evt)
             decision = self._fired[0] if self._fired else None
             if decision is not None:
                 self.stats.decided += 1
                 self._clear_history(evt.service)
-            else:
+            self._raise_action_error(state, evt, self._fired)
+            if decision is None:
                 self.stats.unmatched += 1
                 self._remember(message)
             return decision
 
     def post_tick(self, events: Sequence[AnomalyEvent], healthy: Iterable[str] = ()) -> list[Decision]:
-        """One scoring tick: mark every anomalous service first (so gating sees the root), then post."""
+        """One scoring tick: mark every anomalous service first (so gating sees the root), then post.
+
+        Every event is posted even when an earlier one fails. When any failed, raises one
+        ``PolicyRunError`` after the last event: ``.decisions`` are all the decisions of the tick
+        (what this method would have returned), ``.errors`` one PolicyError per failed event.
+        """
+        decisions: list[Decision] = []
+        errors: list[PolicyError] = []
         with self._lock:
             for service in healthy:
                 self.set_health(service, anomalous=False)
             for evt in events:
                 if evt.service in self.policy_set.topology.services:
                     self._set_health(evt.service, anomalous=True, maintenance=None)
-            decisions = [self.post(evt) for evt in events]
-        return [d for d in decisions if d is not None]
+            for evt in events:
+                try:
+                    decision = self.post(evt)
+                except PolicyRunError as exc:
+                    decisions.extend(exc.decisions)
+                    errors.append(exc)
+                except Exception as exc:  # durable-rules internals: keep the tick's other decisions
+                    self.stats.errors += 1
+                    wrapped = PolicyError(f"posting event {evt.id} ({evt.service}) failed: {exc}")
+                    wrapped.__cause__ = exc
+                    errors.append(wrapped)
+                else:
+                    if decision is not None:
+                        decisions.append(decision)
+        if errors:
+            raise PolicyRunError(
+                f"{len(errors)} of {len(events)} event(s) of the tick failed; "
+                f"{len(decisions)} decision(s) kept in .decisions: " + "; ".join(e.message for e in errors),
+                decisions=decisions,
+                errors=errors,
+                hint="fix the rule's then section; `selfheal rules test` reproduces it",
+            ) from errors[0]
+        return decisions
 
     def set_health(self, service: str, *, anomalous: bool, maintenance: bool | None = None) -> None:
         """Keep the health fact of ``service`` current. A healthy tick ends its anomaly streak."""
@@ -282,7 +335,8 @@ class PolicyHost:
             return list(self._host.get_facts(self.name))
 
     # ------------------------------------------------------------------------------- internals
-    def _raise_action_error(self, state: Any, event: AnomalyEvent) -> None:
+    def _raise_action_error(self, state: Any, event: AnomalyEvent, fired: Sequence[Decision]) -> None:
+        """Raise PolicyRunError if a rule action failed for ``event``, keeping what ``fired``."""
         text = state.get("exception") if isinstance(state, dict) else None
         if not text and not self._errors:
             return
@@ -295,8 +349,12 @@ class PolicyHost:
             message = f"policy action failed for event {event.id} ({event.service}): {cause}"
         else:
             message = f"policy action failed for event {event.id} ({event.service}): {text or cause}"
-        raise PolicyError(
-            message, hint="fix the rule's then section; `selfheal rules test` reproduces it"
+        if fired:
+            message += f" (decision(s) of {', '.join(d.rule_id for d in fired)} kept in .decisions)"
+        raise PolicyRunError(
+            message,
+            decisions=list(fired),
+            hint="fix the rule's then section; `selfheal rules test` reproduces it",
         ) from cause
 
     def _assert(self, fact: dict[str, Any]) -> bool:

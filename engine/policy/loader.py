@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,13 +94,13 @@ def load_topology(path: Path | str) -> Topology:
     return topology
 
 
-def _load_topology(path: Path) -> tuple[Topology | None, list[Problem]]:
+def _load_topology(path: Path, content: bytes | None = None) -> tuple[Topology | None, list[Problem]]:
     file = str(path)
-    if not path.is_file():
+    if content is None and not path.is_file():
         return None, [
             Problem(file, "", "topology file not found", f"create {TOPOLOGY_FILE} beside the policies")
         ]
-    data, problems = read_yaml(path)
+    data, problems = read_yaml(path, content)
     problems = problems or expect_mapping(data, file)
     if problems:
         return None, problems
@@ -149,25 +149,52 @@ def policy_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.name not in SKIPPED_FILES)
 
 
-def load_policies(path: Path | str, *, topology: Path | str | None = None) -> PolicySet:
-    """Load and check every policy in ``path`` (a folder or one file). Raises SpecError with all problems."""
+def load_policies(
+    path: Path | str,
+    *,
+    topology: Path | str | None = None,
+    contents: Mapping[str, bytes] | None = None,
+) -> PolicySet:
+    """Load and check every policy in ``path`` (a folder or one file). Raises SpecError with all problems.
+
+    ``contents`` (file name -> bytes, e.g. ``{"topology.yaml": ..., "memory_leak.yaml": ...}``)
+    gives the folder's files from memory: nothing under ``path`` is read, ``path`` only names the
+    files in problems and in ``Policy.source``. A bundle passes the bytes it verified, so the files
+    cannot change between the hash check and the parse.
+    """
     root = Path(path)
-    if not root.exists():
+    if contents is None and not root.exists():
         raise SpecError(
             [Problem(str(root), "", "no such file or folder")], hint="pass rules/ or rules/FILE.yaml"
         )
-    topo_path = Path(topology) if topology else default_topology_path(root)
-    topo, problems = _load_topology(topo_path)
-    files = policy_files(root)
+    if contents is not None:
+        topo_path = root / TOPOLOGY_FILE
+        topo_bytes = contents.get(TOPOLOGY_FILE)
+        topo, problems = (
+            _load_topology(topo_path, topo_bytes)
+            if topo_bytes is not None
+            else (None, [Problem(str(topo_path), "", "topology file not found")])
+        )
+        files = sorted(
+            root / name
+            for name in contents
+            if Path(name).suffix in (".yaml", ".yml") and name not in SKIPPED_FILES
+        )
+    else:
+        topo_path = Path(topology) if topology else default_topology_path(root)
+        topo, problems = _load_topology(topo_path)
+        files = policy_files(root)
+        topo_bytes = topo_path.read_bytes() if topo_path.is_file() else None
     if not files:
         problems.append(Problem(str(root), "", "no policy files (*.yaml) found"))
     policies: list[Policy] = []
     hashes: dict[str, str] = {}
-    if topo_path.is_file():
-        hashes[topo_path.name] = hashlib.sha256(topo_path.read_bytes()).hexdigest()
+    if topo_bytes is not None:
+        hashes[topo_path.name] = hashlib.sha256(topo_bytes).hexdigest()
     for file in files:
-        hashes[file.name] = hashlib.sha256(file.read_bytes()).hexdigest()
-        policy, found = _load_policy_file(file, topo)
+        raw = contents[file.name] if contents is not None else file.read_bytes()
+        hashes[file.name] = hashlib.sha256(raw).hexdigest()
+        policy, found = _load_policy_file(file, topo, raw)
         problems.extend(found)
         if policy is not None:
             policies.append(policy)
@@ -234,9 +261,11 @@ def _merge(defaults: dict[str, Any], own: Any) -> Any:
     return merged
 
 
-def _load_policy_file(path: Path, topo: Topology | None) -> tuple[Policy | None, list[Problem]]:
+def _load_policy_file(
+    path: Path, topo: Topology | None, content: bytes | None = None
+) -> tuple[Policy | None, list[Problem]]:
     file = str(path)
-    data, problems = read_yaml(path)
+    data, problems = read_yaml(path, content)
     problems = problems or expect_mapping(data, file)
     if problems:
         return None, problems

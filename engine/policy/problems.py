@@ -132,12 +132,24 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-def read_yaml(path: Path) -> tuple[Any, list[Problem]]:
-    """The parsed YAML document, or the problem (with line and column) that stopped the parser."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        return None, [Problem(str(path), "", f"cannot read: {exc.strerror or exc}")]
+def read_yaml(path: Path, data: bytes | str | None = None) -> tuple[Any, list[Problem]]:
+    """The parsed YAML document, or the problem (with line and column) that stopped the parser.
+
+    ``data`` is the file's content when the caller already holds it (a bundle's verified bytes):
+    then ``path`` only names the file in problems and is never read.
+    """
+    if data is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            return None, [Problem(str(path), "", f"cannot read: {exc.strerror or exc}")]
+    elif isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return None, [Problem(str(path), "", f"not UTF-8 text: {exc}")]
+    else:
+        text = data
     try:
         return yaml.safe_load(text), []
     except yaml.YAMLError as exc:
