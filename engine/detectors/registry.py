@@ -10,14 +10,13 @@ entry-point group.
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 from collections.abc import Callable
-from importlib.metadata import entry_points
 from typing import Any
 
 from engine.detectors.base import Detector
 from engine.errors import DetectorError
+from engine.plugins import load_entry_points
 
 __all__ = ["PLUGIN_MODULES", "DetectorFactory", "available_detectors", "make_detector", "register_detector"]
 
@@ -59,13 +58,7 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    for module in PLUGIN_MODULES:
-        importlib.import_module(module)
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception:  # a broken third-party plugin must not take the built-ins down
-            log.exception("detector plugin %s (%s) failed to load", ep.name, ep.value)
+    load_entry_points(ENTRY_POINT_GROUP, log, PLUGIN_MODULES)
 
 
 def available_detectors() -> list[str]:
