@@ -6,7 +6,8 @@ can be rebuilt from the parameters logged in MLflow, and learned state ends in `
 calibration are separate pieces (``engine.detectors.calibration``) so they can be retuned without
 refitting.
 
-``check_matrix`` is public so every detector family rejects bad input with the same messages.
+``check_matrix`` is public so every detector family rejects bad input with the same messages;
+``checked_input`` is the whole check a ``score`` starts with.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from engine.errors import FeatureMismatchError
+from engine.errors import FeatureMismatchError, NotFittedError
 
-__all__ = ["Detector", "as_matrix", "check_columns", "check_matrix"]
+__all__ = ["Detector", "as_matrix", "check_columns", "check_matrix", "checked_input"]
 
 
 @runtime_checkable
@@ -138,3 +139,19 @@ def check_columns(
             f"{who}: X has {n_columns} feature column(s) but the detector was fitted on {fitted_n}{fitted}",
             hint="build X with the same FeatureSpec as the training data",
         )
+
+
+def checked_input(det: Any, X: Any, feature_names: Sequence[str] | None = None) -> np.ndarray:
+    """The preamble of every ``score``: X as a finite float matrix with the columns ``det`` was fitted on.
+
+    ``det`` counts as fitted once it has ``n_features_in_`` (scikit-learn's convention; every
+    detector here sets it only when its fit has succeeded). NaN/inf are reported with the fitted
+    column names when X has none.
+    """
+    if not hasattr(det, "n_features_in_"):
+        raise NotFittedError(f"{det.name} is not fitted yet", hint="call fit(X) before score(X)")
+    arr, names = check_matrix(X, feature_names, who=det.name, default_names=det.feature_names_in_)
+    check_columns(
+        arr.shape[1], names, fitted_n=det.n_features_in_, fitted_names=det.feature_names_in_, who=det.name
+    )
+    return arr

@@ -19,37 +19,21 @@ import logging
 import warnings
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.detectors.base import check_columns, check_matrix
-from engine.detectors.core_constraints import Interval, IsNone, Options, check_params
+from engine.detectors.base import check_matrix, checked_input
+from engine.detectors.core_constraints import Constraint, Interval, IsNone, Options, ParamsMixin
 from engine.detectors.registry import register_detector
-from engine.errors import DetectorError, NotFittedError
+from engine.errors import DetectorError
 
 __all__ = ["KMeansDistance"]
 
 log = logging.getLogger(__name__)
 
-NAME = "KMeansDistance"
-_DEFAULTS: dict[str, Any] = {
-    "n_clusters": 8,
-    "standardize": "robust",
-    "n_init": 4,
-    "max_iter": 300,
-    "random_state": None,
-}
-_CONSTRAINTS = {
-    "n_clusters": (Interval(Integral, 1, None, "left"),),
-    "standardize": (Options(str, frozenset({"robust", "standard", "none"})),),
-    "n_init": (Interval(Integral, 1, None, "left"),),
-    "max_iter": (Interval(Integral, 1, None, "left"),),
-    "random_state": (Interval(Integral, 0, 2**32 - 1, "both"), IsNone()),
-}
 
-
-class KMeansDistance:
+class KMeansDistance(ParamsMixin):
     """Distance to the nearest k-means centroid, in units of that cluster's median member distance.
 
     Learned: ``center_``/``spread_`` (the standardisation), ``centroids_``, ``radius_`` (per
@@ -64,8 +48,22 @@ class KMeansDistance:
     True
     """
 
-    name = NAME
+    name = "KMeansDistance"
     sequential = False
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "n_clusters": 8,
+        "standardize": "robust",
+        "n_init": 4,
+        "max_iter": 300,
+        "random_state": None,
+    }
+    CONSTRAINTS: ClassVar[dict[str, tuple[Constraint, ...]]] = {
+        "n_clusters": (Interval(Integral, 1, None, "left"),),
+        "standardize": (Options(str, frozenset({"robust", "standard", "none"})),),
+        "n_init": (Interval(Integral, 1, None, "left"),),
+        "max_iter": (Interval(Integral, 1, None, "left"),),
+        "random_state": (Interval(Integral, 0, 2**32 - 1, "both"), IsNone()),
+    }
 
     def __init__(
         self,
@@ -81,25 +79,6 @@ class KMeansDistance:
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"KMeansDistance({args})"
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in _DEFAULTS}
-
-    def set_params(self, **params: Any) -> KMeansDistance:
-        """Change parameters (unknown names fail now, values at the next fit); returns self."""
-        unknown = {k: v for k, v in params.items() if k not in _DEFAULTS}
-        if unknown:
-            check_params(NAME, unknown, _DEFAULTS, _CONSTRAINTS)
-        for key, value in params.items():
-            setattr(self, key, value)
-        return self
-
-    def validate_params(self) -> None:
-        check_params(NAME, self.get_params(), _DEFAULTS, _CONSTRAINTS)
-
     def _standardized(self, arr: np.ndarray) -> np.ndarray:
         return (arr - self.center_) / self.spread_
 
@@ -108,10 +87,10 @@ class KMeansDistance:
         from sklearn.cluster import KMeans  # lazy: sklearn costs ~0.5 s to import
 
         self.validate_params()
-        arr, names = check_matrix(X, feature_names, who=NAME)
+        arr, names = check_matrix(X, feature_names, who=self.name)
         if arr.shape[0] < max(2, self.n_clusters):
             raise DetectorError(
-                f"{NAME} needs at least n_clusters={self.n_clusters} (and 2) training rows, "
+                f"{self.name} needs at least n_clusters={self.n_clusters} (and 2) training rows, "
                 f"got {arr.shape[0]}",
                 hint="fit on more rows or lower n_clusters",
             )
@@ -142,10 +121,10 @@ class KMeansDistance:
             [float(np.median(dist[labels == c])) if np.any(labels == c) else overall for c in range(k)]
         )
         self.radius_ = np.where(radius > 1e-12, radius, overall)
-        self.n_features_in_ = arr.shape[1]
-        self.feature_names_in_ = names
         self.train_scores_ = self._score(arr)
-        log.debug("fitted %s: %d clusters on %d rows x %d features", NAME, k, *arr.shape)
+        self.feature_names_in_ = names
+        self.n_features_in_ = arr.shape[1]
+        log.debug("fitted %s: %d clusters on %d rows x %d features", self.name, k, *arr.shape)
         return self
 
     def _score(self, arr: np.ndarray) -> np.ndarray:
@@ -160,20 +139,7 @@ class KMeansDistance:
 
     def score(self, X: Any, feature_names: Sequence[str] | None = None) -> np.ndarray:
         """Distance to the nearest centroid in cluster-radius units (float64, higher = more anomalous)."""
-        if not hasattr(self, "centroids_"):
-            raise NotFittedError(f"{NAME} is not fitted yet", hint="call fit(X) before score(X)")
-        arr, names = check_matrix(X, feature_names, who=NAME, default_names=self.feature_names_in_)
-        check_columns(
-            arr.shape[1], names, fitted_n=self.n_features_in_, fitted_names=self.feature_names_in_, who=NAME
-        )
-        return self._score(arr)
+        return self._score(checked_input(self, X, feature_names))
 
 
-def _build(params: dict[str, Any], random_state: int | None) -> KMeansDistance:
-    det = KMeansDistance().set_params(**params)
-    if "random_state" not in params:
-        det.set_params(random_state=random_state)
-    return det
-
-
-register_detector(NAME, _build, replace=True)
+register_detector(KMeansDistance.name, KMeansDistance.from_params, replace=True)

@@ -9,12 +9,13 @@ instead." We write the few lines ourselves rather than lean on scikit-learn's pr
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 
@@ -28,6 +29,7 @@ __all__ = [
     "IsCallable",
     "IsNone",
     "Options",
+    "ParamsMixin",
     "check_params",
     "unknown_param_message",
 ]
@@ -168,3 +170,58 @@ def check_params(
         raise DetectorParamError(
             "\n".join(problems), hint=f"valid parameters of {owner}: {', '.join(sorted(valid))}"
         )
+
+
+def _copied(value: Any) -> Any:
+    """A private copy of a mutable parameter (a tail mapping, an ensemble's member list)."""
+    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+
+
+class ParamsMixin:
+    """scikit-learn's parameter contract from two class-level declarations, for our own detectors.
+
+    A detector declares ``name``, ``DEFAULTS`` (every parameter and its default: the list of valid
+    names) and ``CONSTRAINTS``; it gets ``get_params``/``set_params`` (unknown names fail at once,
+    values at the next fit, as in scikit-learn), ``validate_params`` (call it first in ``fit``), a
+    ``repr`` of its parameters and the registry factory ``from_params``. Dict and list values are
+    copied in and out, so a caller mutating its spec cannot change a detector behind its back.
+    Checks that one parameter's constraint cannot express go in ``_check_params_together``.
+    """
+
+    name: str
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+    CONSTRAINTS: ClassVar[Mapping[str, Sequence[Constraint]]] = {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Every parameter with its current value."""
+        return {k: _copied(getattr(self, k)) for k in self.DEFAULTS}
+
+    def set_params(self, **params: Any) -> Self:
+        """Change parameters (unknown names fail now, values at the next fit); returns self."""
+        unknown = {k: v for k, v in params.items() if k not in self.DEFAULTS}
+        if unknown:
+            check_params(self.name, unknown, self.DEFAULTS, self.CONSTRAINTS)
+        for key, value in params.items():
+            setattr(self, key, _copied(value))
+        return self
+
+    def validate_params(self) -> None:
+        """Check every parameter against its constraints (``fit`` does this too)."""
+        check_params(self.name, self.get_params(), self.DEFAULTS, self.CONSTRAINTS)
+        self._check_params_together()
+
+    def _check_params_together(self) -> None:
+        """Checks beyond one parameter's constraints (subclasses add theirs)."""
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], random_state: int | None) -> Self:
+        """Registry factory: ``random_state`` seeds the detector where it takes one and ``params``
+        leaves it unset; a deterministic detector ignores it."""
+        det = cls().set_params(**params)
+        if "random_state" in cls.DEFAULTS and "random_state" not in params:
+            det.set_params(random_state=random_state)
+        return det

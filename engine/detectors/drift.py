@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from engine.detectors.base import checked_input
 from engine.detectors.core_constraints import Constraint, Interval, Options
 from engine.detectors.registry import register_detector
 from engine.detectors.sequence import (
@@ -199,7 +200,7 @@ class CUSUM(_TrailingReference):
     def score_with_change(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """Scores (as ``score``, advancing the state) and, per row, how many rows ago the current
         excursion began (0 = no excursion): the estimated change point is ``row - offset``."""
-        arr = self._checked(X, None)
+        arr = checked_input(self, X)
         scores, offset = self._accumulate(self._deviations(self._deseason(arr)))
         return np.ascontiguousarray(scores, dtype=np.float64), offset
 
@@ -304,14 +305,5 @@ class WindowShift(_TrailingReference):
         return self._statistic(self._codes(self._deseason(arr))).max(axis=1)
 
 
-def _factory(cls: type[SequenceDetector]) -> Any:
-    def build(params: dict[str, Any], random_state: int | None) -> SequenceDetector:
-        """Registry factory (deterministic: ``random_state`` is not used)."""
-        return cls().set_params(**params)
-
-    build.__name__ = f"make_{cls.name}"
-    return build
-
-
-register_detector(CUSUM.name, _factory(CUSUM), replace=True)
-register_detector(WindowShift.name, _factory(WindowShift), replace=True)
+register_detector(CUSUM.name, CUSUM.from_params, replace=True)
+register_detector(WindowShift.name, WindowShift.from_params, replace=True)

@@ -31,20 +31,19 @@ for every member.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import logging
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.detectors.base import check_columns, check_matrix
+from engine.detectors.base import check_matrix, checked_input
 from engine.detectors.calibration import CALIBRATION_METHODS, ScoreCalibrator
-from engine.detectors.core_constraints import InstanceOf, Interval, IsNone, Options, check_params
+from engine.detectors.core_constraints import Constraint, InstanceOf, Interval, IsNone, Options, ParamsMixin
 from engine.detectors.registry import make_detector, register_detector
-from engine.errors import DetectorParamError, NotFittedError
+from engine.errors import DetectorParamError
 
 __all__ = ["Ensemble", "select_columns"]
 
@@ -52,13 +51,6 @@ log = logging.getLogger(__name__)
 
 NAME = "Ensemble"
 COMBINE = ("max", "mean", "rank")
-_DEFAULTS: dict[str, Any] = {"members": [], "combine": "mean", "calibration": "ecdf", "random_state": 0}
-_CONSTRAINTS = {
-    "members": (InstanceOf(list),),
-    "combine": (Options(str, frozenset(COMBINE)),),
-    "calibration": (Options(str, frozenset(CALIBRATION_METHODS)),),
-    "random_state": (Interval(Integral, 0, 2**32 - 1, "both"), IsNone()),
-}
 
 
 def _member_spec(item: Any, index: int) -> tuple[str, dict[str, Any], list[str] | None]:
@@ -100,7 +92,7 @@ def select_columns(names: Sequence[str] | None, patterns: Sequence[str], who: st
     return np.array(idx, dtype=np.int64)
 
 
-class Ensemble:
+class Ensemble(ParamsMixin):
     """Combine the calibrated scores of member detectors (see the module docstring).
 
     Learned: ``members_`` (fitted detectors), ``calibrators_``, ``columns_`` (each member's
@@ -110,6 +102,18 @@ class Ensemble:
     """
 
     name = NAME
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "members": [],
+        "combine": "mean",
+        "calibration": "ecdf",
+        "random_state": 0,
+    }
+    CONSTRAINTS: ClassVar[dict[str, tuple[Constraint, ...]]] = {
+        "members": (InstanceOf(list),),
+        "combine": (Options(str, frozenset(COMBINE)),),
+        "calibration": (Options(str, frozenset(CALIBRATION_METHODS)),),
+        "random_state": (Interval(Integral, 0, 2**32 - 1, "both"), IsNone()),
+    }
 
     def __init__(
         self,
@@ -135,24 +139,8 @@ class Ensemble:
             members = [make_detector(*_member_spec(m, i)[:2]) for i, m in enumerate(self.members)]
         return any(getattr(m, "sequential", False) for m in members)
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {
-            "members": copy.deepcopy(self.members),
-            "combine": self.combine,
-            "calibration": self.calibration,
-            "random_state": self.random_state,
-        }
-
-    def set_params(self, **params: Any) -> Ensemble:
-        unknown = {k: v for k, v in params.items() if k not in _DEFAULTS}
-        if unknown:
-            check_params(NAME, unknown, _DEFAULTS, _CONSTRAINTS)
-        for key, value in params.items():
-            setattr(self, key, copy.deepcopy(value) if key == "members" else value)
-        return self
-
-    def validate_params(self) -> None:
-        check_params(NAME, self.get_params(), _DEFAULTS, _CONSTRAINTS)
+    def _check_params_together(self) -> None:
+        """Each member spec is well formed (the members' own parameters are checked at their fit)."""
         if not self.members:
             raise DetectorParamError(
                 f"The 'members' parameter of {NAME} must list at least one detector. Got [] instead.",
@@ -195,11 +183,11 @@ class Ensemble:
                 hint="check the members' `features` patterns against the feature names",
             )
         self.members_, self.calibrators_, self.columns_ = members, calibrators, columns
-        self.n_features_in_ = arr.shape[1]
-        self.feature_names_in_ = names
         common = min(len(t) for t in train)
         self.n_warmup_ = arr.shape[0] - common
         self.train_scores_ = self._combine([t[len(t) - common :] for t in train])
+        self.feature_names_in_ = names
+        self.n_features_in_ = arr.shape[1]
         return self
 
     def _combine(self, calibrated: list[np.ndarray]) -> np.ndarray:
@@ -213,12 +201,7 @@ class Ensemble:
 
     def score(self, X: Any, feature_names: Sequence[str] | None = None) -> np.ndarray:
         """Combined calibrated member scores in [0, 1] (float64, higher = more anomalous)."""
-        if not hasattr(self, "members_"):
-            raise NotFittedError(f"{NAME} is not fitted yet", hint="call fit(X) before score(X)")
-        arr, names = check_matrix(X, feature_names, who=NAME, default_names=self.feature_names_in_)
-        check_columns(
-            arr.shape[1], names, fitted_n=self.n_features_in_, fitted_names=self.feature_names_in_, who=NAME
-        )
+        arr = checked_input(self, X, feature_names)
         if arr.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
         parts = [
@@ -228,11 +211,4 @@ class Ensemble:
         return self._combine(parts)
 
 
-def _build(params: dict[str, Any], random_state: int | None) -> Ensemble:
-    det = Ensemble().set_params(**params)
-    if "random_state" not in params:
-        det.set_params(random_state=random_state)
-    return det
-
-
-register_detector(NAME, _build, replace=True)
+register_detector(NAME, Ensemble.from_params, replace=True)

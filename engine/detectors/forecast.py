@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from engine.detectors.base import checked_input
 from engine.detectors.core_constraints import Constraint, IsNone
 from engine.detectors.registry import register_detector
 from engine.detectors.sequence import (
@@ -147,7 +148,7 @@ class SeasonalResidual(SequenceDetector):
 
     def explain(self, X: Any) -> list[dict[str, float | str]]:
         """Score rows like ``score`` (advancing the state) and say which column drove each score."""
-        arr = self._checked(X, None)
+        arr = checked_input(self, X)
         z = (self._windowed(self.history_.residuals(arr)) - self.center_) / self.scale_
         scores, cols = max_over_columns(tail_transform(z, self.tails_))
         names = self.feature_names_in_ or [f"column {i}" for i in range(self.n_features_in_)]
@@ -157,9 +158,4 @@ class SeasonalResidual(SequenceDetector):
         ]
 
 
-def _build(params: dict[str, Any], random_state: int | None) -> SeasonalResidual:
-    """Registry factory (deterministic: ``random_state`` is not used)."""
-    return SeasonalResidual().set_params(**params)  # type: ignore[return-value]
-
-
-register_detector(SeasonalResidual.name, _build, replace=True)
+register_detector(SeasonalResidual.name, SeasonalResidual.from_params, replace=True)

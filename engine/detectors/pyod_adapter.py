@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.detectors.base import check_columns, check_matrix
+from engine.detectors.base import check_matrix, checked_input
 from engine.detectors.core_constraints import (
     Bool,
     Constraint,
@@ -41,7 +41,7 @@ from engine.detectors.core_constraints import (
     check_params,
 )
 from engine.detectors.registry import register_detector
-from engine.errors import DetectorError, DetectorParamError, NotFittedError
+from engine.errors import DetectorError, DetectorParamError
 
 __all__ = ["PYOD_MODULES", "ROW_WISE", "PyODDetector"]
 
@@ -312,24 +312,15 @@ class PyODDetector:
                 "varying columns), or pick a detector that tolerates them (IForest, HBOS, ECOD, KNN)",
             )
         self.estimator_ = estimator
-        self.n_features_in_ = arr.shape[1]
-        self.feature_names_in_ = names
         self.train_scores_ = train_scores
+        self.feature_names_in_ = names
+        self.n_features_in_ = arr.shape[1]
         log.debug("fitted %s on %d rows x %d features", self.name, *arr.shape)
         return self
 
     def score(self, X: Any, feature_names: Sequence[str] | None = None) -> np.ndarray:
         """Raw scores from PyOD's ``decision_function``; float64, higher = more anomalous."""
-        if not hasattr(self, "estimator_"):
-            raise NotFittedError(f"{self.name} is not fitted yet", hint="call fit(X) before score(X)")
-        arr, names = check_matrix(X, feature_names, who=self.name, default_names=self.feature_names_in_)
-        check_columns(
-            arr.shape[1],
-            names,
-            fitted_n=self.n_features_in_,
-            fitted_names=self.feature_names_in_,
-            who=self.name,
-        )
+        arr = checked_input(self, X, feature_names)
         if arr.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
         decision = self.estimator_.decision_function

@@ -37,9 +37,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from engine.detectors.base import check_columns, check_matrix
-from engine.detectors.core_constraints import Constraint, InstanceOf, Interval, IsNone, Options, check_params
-from engine.errors import DetectorError, DetectorParamError, NotFittedError
+from engine.detectors.base import check_matrix, checked_input
+from engine.detectors.core_constraints import (
+    Constraint,
+    InstanceOf,
+    Interval,
+    IsNone,
+    Options,
+    ParamsMixin,
+)
+from engine.errors import DetectorError, DetectorParamError
 
 __all__ = [
     "INT_GE0",
@@ -153,12 +160,13 @@ def tail_transform(z: np.ndarray, tails: np.ndarray) -> np.ndarray:
     return out
 
 
-class SequenceDetector:
-    """Base of the stateful detectors: parameters, input checks and the fit/score skeleton.
+class SequenceDetector(ParamsMixin):
+    """Base of the stateful detectors: input checks and the fit/score skeleton.
 
-    Subclasses declare ``name``, ``DEFAULTS`` (every parameter and its default), ``CONSTRAINTS``, and
-    implement ``_min_rows``, ``_fit_state`` (learn constants, run the fit pass, set the state and
-    ``train_scores_``) and ``_advance`` (score rows and advance the state).
+    Subclasses declare ``name``, ``DEFAULTS`` (every parameter and its default) and ``CONSTRAINTS``
+    (the ``ParamsMixin`` contract), and implement ``_min_rows``, ``_fit_state`` (learn constants,
+    run the fit pass, set the state and ``train_scores_``) and ``_advance`` (score rows and advance
+    the state).
 
     Learned: ``n_features_in_``, ``feature_names_in_``, ``train_scores_`` (scores of the training
     rows after the warm-up, computed one step ahead as ``score`` would have) and ``n_warmup_`` (the
@@ -168,45 +176,11 @@ class SequenceDetector:
     name: ClassVar[str] = "SequenceDetector"
     sequential: ClassVar[bool] = True
     """Rows must be consecutive buckets of one entity; ``score`` advances the state."""
-    DEFAULTS: ClassVar[dict[str, Any]] = {}
-    CONSTRAINTS: ClassVar[dict[str, tuple[Constraint, ...]]] = {}
 
     def __init__(self, **params: Any) -> None:
-        for key, value in {**self.DEFAULTS, **params}.items():
+        for key, value in self.DEFAULTS.items():
             setattr(self, key, value)
-        unknown = set(params) - set(self.DEFAULTS)
-        if unknown:
-            check_params(self.name, {k: params[k] for k in unknown}, self.DEFAULTS, self.CONSTRAINTS)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
-    # -- parameters -----------------------------------------------------------------------------
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """Every parameter with its current value (dicts copied, so callers cannot mutate ours)."""
-        return {
-            k: (dict(v) if isinstance(v, dict) else v)
-            for k, v in ((k, getattr(self, k)) for k in self.DEFAULTS)
-        }
-
-    def set_params(self, **params: Any) -> SequenceDetector:
-        """Change parameters (unknown names fail now, values at the next fit); returns self."""
-        unknown = {k: v for k, v in params.items() if k not in self.DEFAULTS}
-        if unknown:
-            check_params(self.name, unknown, self.DEFAULTS, self.CONSTRAINTS)
-        for key, value in params.items():
-            setattr(self, key, dict(value) if isinstance(value, dict) else value)
-        return self
-
-    def validate_params(self) -> None:
-        """Check every parameter against its constraint (``fit`` does this too)."""
-        check_params(self.name, self.get_params(), self.DEFAULTS, self.CONSTRAINTS)
-        self._check_params_together()
-
-    def _check_params_together(self) -> None:
-        """Constraints between parameters (subclasses add theirs)."""
+        self.set_params(**params)
 
     # -- helpers for subclasses -----------------------------------------------------------------
 
@@ -266,9 +240,9 @@ class SequenceDetector:
                 f"got {arr.shape[0]}",
                 hint="fit on a longer history or shorten the season/windows",
             )
-        self.n_features_in_ = arr.shape[1]
-        self.feature_names_in_ = names
         self._fit_state(arr, names)
+        self.feature_names_in_ = names
+        self.n_features_in_ = arr.shape[1]
         log.debug("fitted %s on %d rows x %d features", self.name, *arr.shape)
         return self
 
@@ -277,22 +251,9 @@ class SequenceDetector:
             f"{k}={getattr(self, k)}" for k in self.DEFAULTS if isinstance(getattr(self, k), int)
         )
 
-    def _checked(self, X: Any, feature_names: Sequence[str] | None) -> np.ndarray:
-        if not hasattr(self, "train_scores_"):
-            raise NotFittedError(f"{self.name} is not fitted yet", hint="call fit(X) before score(X)")
-        arr, names = check_matrix(X, feature_names, who=self.name, default_names=self.feature_names_in_)
-        check_columns(
-            arr.shape[1],
-            names,
-            fitted_n=self.n_features_in_,
-            fitted_names=self.feature_names_in_,
-            who=self.name,
-        )
-        return arr
-
     def score(self, X: Any, feature_names: Sequence[str] | None = None) -> np.ndarray:
         """Scores of the rows that follow the ones seen so far (float64, higher = more anomalous)."""
-        arr = self._checked(X, feature_names)
+        arr = checked_input(self, X, feature_names)
         if arr.shape[0] == 0:
             return np.empty(0, dtype=np.float64)
         return np.ascontiguousarray(self._advance(arr), dtype=np.float64)

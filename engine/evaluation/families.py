@@ -12,13 +12,19 @@ Protocol, the same for every family, so only the detector differs:
   row with data from after it);
 * "normal" training rows: outside every incident window of *any* service (a cascade is labelled on
   its root only, but its victims' metrics move too) and the ``guard_s`` after each (windowed
-  scores still see the incident). Stateless detectors are fitted on the normal rows; sequence
-  detectors on all training rows, consecutive, as they must be (their constants are robust);
-* threshold from the scores of the normal training rows, the same *false-alarm budget* for all: the
-  lowest threshold at which they raise at most ``alarms_per_day`` alarm events a day (a row
-  quantile would not do: IForest's alarms come one row at a time, a forecaster's in runs, so the
-  same share of alarming rows is several times more alarm events for IForest, and its delays would
-  be bought with false alarms);
+  scores still see the incident);
+* threshold from *out-of-sample* scores of normal training rows, for every family alike. A sequence
+  detector is fitted on all training rows, consecutive, as it must be (its constants are robust),
+  and its ``train_scores_`` are one step ahead: each row scored before the state has seen it. A
+  stateless detector (IForest, KMeans) is fitted on the normal rows of the first part of the
+  training period and scores the held-out last ``holdout_fraction`` of it. Scoring its own
+  training rows instead would set its threshold on rows it was fitted to (KMeans' centroids sit
+  among them, IForest's trees were grown on them), whose scores say little about rows it has
+  never seen: its test false-alarm rate, and so its delays, would not be bought at the same price;
+* the threshold is the same *false-alarm budget* for all: the lowest at which those scores raise
+  at most ``alarms_per_day`` alarm events a day (a row quantile would not do: IForest's alarms
+  come one row at a time, a forecaster's in runs, so the same share of alarming rows is several
+  times more alarm events for IForest, and its delays would be bought with false alarms);
 * a row's alarm counts at the *end* of its bucket (when the row exists), so a delay is the time from
   the labelled start to the first alarm an operator could have seen; only incidents that start after
   the training period count, each on its root service (labels are on the root);
@@ -281,10 +287,15 @@ def _fit_and_score(
     names: list[str],
     normal: np.ndarray,
     random_state: int,
+    holdout_fraction: float,
 ) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """Raw training scores (after the detector's warm-up), raw test scores, warm-up rows; None when
-    the family watches none of these columns. A stateless detector is fitted on the ``normal``
-    training rows only; a sequence detector needs them all, consecutive (its constants are robust)."""
+    """Out-of-sample raw scores of the last training rows, raw test scores, and the number of
+    leading training rows without such a score; None when the family watches none of the columns.
+
+    A sequence detector is fitted on all training rows, consecutive (its constants are robust); its
+    one-step-ahead ``train_scores_`` cover the rows after its warm-up. A stateless detector is
+    fitted on the ``normal`` rows before the held-out tail (the last ``holdout_fraction`` of the
+    training rows) and scores the tail."""
     from engine.detectors import make_detector
 
     if family.features is not None:
@@ -297,10 +308,11 @@ def _fit_and_score(
         det.fit(X_train, feature_names=names)
         train = np.asarray(det.train_scores_, dtype=np.float64)  # type: ignore[attr-defined]
     else:
-        det.fit(X_train[normal], feature_names=names)
-        train = det.score(X_train)
-    warmup = X_train.shape[0] - train.shape[0]
-    return train, det.score(X_test), warmup
+        split = X_train.shape[0] - round(X_train.shape[0] * holdout_fraction)
+        det.fit(X_train[:split][normal[:split]], feature_names=names)
+        train = det.score(X_train[split:])
+    unscored = X_train.shape[0] - train.shape[0]
+    return train, det.score(X_test), unscored
 
 
 def compare_families(
@@ -313,11 +325,22 @@ def compare_families(
     alarms_per_day: float = 1.0,
     merge_gap_s: float = 600.0,
     guard_s: float = 3600.0,
+    holdout_fraction: float = 0.5,
     random_state: int = 0,
 ) -> FamilyComparison:
-    """Run every family on every service of ``points`` and judge it per incident kind (module doc)."""
+    """Run every family on every service of ``points`` and judge it per incident kind (module doc).
+
+    ``holdout_fraction``: the share of the training period a stateless detector does not fit on
+    and sets its threshold on.
+    """
     from engine.evaluation.events import event_metrics
     from engine.features import parse_duration
+
+    if not 0.0 < holdout_fraction < 1.0:
+        raise EvaluationError(
+            f"holdout_fraction must be strictly between 0 and 1, got {holdout_fraction!r}",
+            hint="0.5 fits stateless detectors on the first half of the training days",
+        )
 
     _register_families()
     step = np.timedelta64(round(parse_duration(interval) * 1e6), "us")
@@ -356,16 +379,18 @@ def compare_families(
         test_days += float((test_ts[-1] - test_ts[0]) / np.timedelta64(1, "D")) if len(test_ts) > 1 else 0.0
         normal = ~_incident_mask(ts[:train_rows] + step, platform_windows, guard)
         for family in families:
-            fitted = _fit_and_score(family, X[:train_rows], X[train_rows:], names, normal, random_state)
+            fitted = _fit_and_score(
+                family, X[:train_rows], X[train_rows:], names, normal, random_state, holdout_fraction
+            )
             if fitted is None:
                 for start, _end, kind in windows:
                     if start >= cut:
                         results.setdefault((family.label, kind), []).append((False, math.nan))
                 continue
-            train, test, warmup = fitted
-            keep = normal[warmup:]
+            train, test, unscored = fitted
+            keep = normal[unscored:]
             threshold = event_rate_threshold(
-                (ts[warmup:train_rows] + step)[keep], train[keep], alarms_per_day, merge_gap_s
+                (ts[unscored:train_rows] + step)[keep], train[keep], alarms_per_day, merge_gap_s
             )
             alarms = test > threshold
             for start, end, kind in windows:
@@ -396,6 +421,7 @@ def compare_families(
             "alarms_per_day": alarms_per_day,
             "merge_gap_s": merge_gap_s,
             "guard_s": guard_s,
+            "holdout_fraction": holdout_fraction,
             "random_state": random_state,
             "families": [
                 {"label": f.label, "detector": f.detector, "params": f.params, "features": f.features}
@@ -438,6 +464,7 @@ def run_default_comparison(
     train_days: float = 4.0,
     interval: str = "10s",
     alarms_per_day: float = 1.0,
+    holdout_fraction: float = 0.5,
 ) -> FamilyComparison:
     """The README's comparison: ``days`` of the default synthetic platform per seed, pooled over seeds.
 
@@ -457,6 +484,7 @@ def run_default_comparison(
                 train_days=train_days,
                 interval=interval,
                 alarms_per_day=alarms_per_day,
+                holdout_fraction=holdout_fraction,
             )
         )
         log.info("seed %d done", seed)
