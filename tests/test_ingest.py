@@ -109,9 +109,9 @@ def test_reingest_same_file_inserts_nothing_new(tmp_path: Path, home: Path) -> N
     src = tmp_path / "m.csv"
     src.write_text(GOOD_CSV + "2026-01-01 00:00:00,gateway,latency_p99_ms,999\n")  # a repeated key
     first = ingest([src], db=home / "t.duckdb", quarantine_dir=home / "q")
-    assert (first.inserted, first.duplicates) == (3, 1)
+    assert (first.inserted, first.duplicates, first.conflicts) == (3, 0, 1)  # 999 is not 120.5
     second = ingest([src], db=home / "t.duckdb", quarantine_dir=home / "q")
-    assert (second.read, second.inserted, second.duplicates) == (4, 0, 4)
+    assert (second.read, second.inserted, second.duplicates, second.conflicts) == (4, 0, 3, 1)
     with TelemetryStore(home / "t.duckdb", read_only=True) as store:
         got = store.points()
     assert got.height == 3
@@ -271,7 +271,7 @@ def test_cli_reports_counts_and_exit_codes(
     bad.write_text(BAD_CSV)
     assert _run("ingest", str(bad)) == 0
     out = capsys.readouterr().out
-    assert "read 7, inserted 2, duplicates skipped 0, rejected 5" in out
+    assert "read 7, inserted 2, duplicates skipped 0, conflicts 0, rejected 5" in out
     assert "non_finite_value 2" in out
     assert f"store: {home / 'telemetry.duckdb'}: 2 points in 1 series of 1 services, 0 incidents" in out
     assert f"quarantine: {home / 'quarantine'}{os.sep}ingest-" in out

@@ -9,7 +9,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from engine.errors import InputError
+from engine.errors import ConfigError, InputError
 from engine.telemetry import synth_commands
 from engine.telemetry.store import TelemetryStore
 from engine.telemetry.synth import generate, load_config
@@ -79,3 +79,30 @@ def test_synth_start_option_and_its_error(home: Path) -> None:
     assert "2025-06-01T06:00:00 .. 2025-06-01T12:00:00" in printed
     with pytest.raises(InputError, match="not an ISO date"):
         _invoke("--days", "1", "--start", "yesterday")
+
+
+def test_synth_out_a_directory_is_an_input_error_with_a_hint(home: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), ["synth", "--days", "0.25", "--out", str(tmp_path)])
+    assert isinstance(result.exception, InputError)
+    assert "is a folder" in str(result.exception)
+    assert "synth.parquet" in (result.exception.hint or "")
+    assert "synth:" not in result.stderr  # refused before any work started
+    assert not (home / "telemetry.duckdb").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "message"),
+    [
+        (["--days", "0"], ConfigError, "--days must be in"),
+        (["--days", "0.0001"], ConfigError, "shorter than one interval"),
+        (["--services", "0"], ConfigError, "--services must be between"),
+        (["--start", "yesterday"], InputError, "not an ISO date"),
+    ],
+)
+def test_synth_bad_arguments_fail_before_the_progress_bar(
+    home: Path, args: list[str], error: type[Exception], message: str
+) -> None:
+    result = CliRunner().invoke(_app(), ["synth", *args])
+    assert isinstance(result.exception, error)
+    assert message in str(result.exception)
+    assert "synth:" not in result.stderr

@@ -27,9 +27,13 @@ def ingest_command(
 ) -> None:
     """Load telemetry files (CSV, Parquet, JSONL, Prometheus text, a NAB folder) into the store.
 
-    Valid rows are stored once: re-ingesting skips rows that are already there.
+    Valid rows are stored once: re-ingesting skips rows that are already there (duplicates).
+    A row whose key is stored with another value is a conflict: the stored value stays.
 
-    Bad rows (bad timestamp or value, missing field) go to a quarantine file with file, line, reason.
+    Bad rows (bad timestamp or value, missing field) and conflicts go to a quarantine file with
+    file, line, reason (conflicts also with the stored and the new value).
+
+    Incidents written by `selfheal synth --out` (*.incidents.parquet) load as incidents.
 
     Exits 2 only when nothing valid was read.
 

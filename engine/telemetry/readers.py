@@ -9,10 +9,16 @@ rejected lines.
 Formats and how they map onto ``(ts, service, metric, value, labels)``:
 
 * ``csv`` / ``parquet`` / ``jsonl``: columns (keys) ``ts`` (or ``timestamp``), ``service``,
-  ``metric``, ``value``, optional ``labels`` (JSON text). Other columns are ignored.
+  ``metric``, ``value``, optional ``labels`` (a JSON object, as text or, in JSON lines, as an
+  object). Other columns are ignored. Labels are stored in one canonical form (sorted keys,
+  compact, ``{}`` as none: ``store.canonical_labels``), so the same series written as JSON lines,
+  CSV or a Prometheus scrape is one series.
   Timestamps: ISO 8601 (``2026-01-01 00:00:00[.ffffff]``, ``T`` separator, ``Z`` or ``±HH:MM``
   offsets converted to UTC) or a number of epoch seconds; native Parquet timestamps are used as
   they are (time zones converted to naive UTC). The "line" of a Parquet row is its 1-based row number.
+* incidents ``parquet`` (what ``selfheal synth --out`` writes beside the points as
+  ``*.incidents.parquet``): a Parquet file with the columns ``service, kind, start, end, source``
+  and no ``value`` is read as incident windows, not points.
 * ``nab``: a NAB corpus folder (``data/<category>/<name>.csv`` with ``timestamp,value`` and
   ``labels/combined_windows.json``). Service ``<category>/<name>`` (the corpus' own key without
   ``.csv``), metric ``value``; each window becomes an incident of kind ``nab_window``, source ``nab``.
@@ -21,14 +27,18 @@ Formats and how they map onto ``(ts, service, metric, value, labels)``:
   become ``labels`` as JSON with sorted keys. Timestamps from the sample, else ``default_ts``
   (``--ts``), else the file's modification time.
 
-Rejection reasons (one per row, first that applies): ``missing_<field>``, ``unparsable_ts``,
-``non_numeric_value``, ``non_finite_value``, ``malformed_line`` (not JSON / not a Prometheus
-sample). Blank lines are skipped and not counted.
+Rejection reasons (one per row, first that applies): ``malformed_line`` (not JSON / not a
+Prometheus sample), ``non_string_service`` / ``non_string_metric`` (a JSON line whose service or
+metric is a number, list, object or boolean), ``missing_<field>``, ``unparsable_ts``,
+``non_numeric_value``, ``non_finite_value``, ``malformed_labels`` (labels that are not a JSON
+object). Incident rows: ``missing_<field>``, ``unparsable_start`` / ``unparsable_end``,
+``end_before_start``. Blank lines are skipped and not counted.
 
 Known limits: a CSV line number is the row's position plus the header, so a quoted field holding
 a newline shifts the numbers after it; fields beyond the header's count are dropped (polars'
-``truncate_ragged_lines``); JSON ``labels`` objects are stored as compact JSON in the key order
-written, so the same series must be written the same way to be recognised as already stored.
+``truncate_ragged_lines``); a Parquet ``service`` column of numbers is read as text; a NAB labels
+file must be a JSON object of lists of ``[start, end]`` pairs, else the whole corpus is refused
+(naming the key) rather than loaded without its windows.
 """
 
 from __future__ import annotations
@@ -43,11 +53,18 @@ from pathlib import Path
 import polars as pl
 
 from engine.errors import InputError
-from engine.telemetry.store import INCIDENTS_SCHEMA
+from engine.telemetry.store import (
+    INCIDENT_COLUMNS,
+    POINTS_SCHEMA,
+    canonical_labels,
+    normalize_labels,
+)
 
 log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("csv", "parquet", "jsonl", "nab", "prom")
+TEXT_FORMATS: frozenset[str] = frozenset({"csv", "jsonl", "nab", "prom"})
+"""Formats whose rows are lines of text, so a row can be shown as the line it came from."""
 
 EXTENSIONS: dict[str, str] = {
     ".csv": "csv",
@@ -73,16 +90,25 @@ REJECT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+Step = Callable[[str], None]
+"""Told the name of the step a reader starts (``"validate"``), so a caller can show progress."""
+
+
+def no_step(name: str) -> None:
+    """The default ``on_step``: nobody is watching."""
+
+
 @dataclass
 class ReadResult:
     """What one input (a file or a NAB corpus) yielded."""
 
     path: Path
     format: str
-    points: pl.DataFrame  # POINTS_SCHEMA, valid rows only
+    points: pl.DataFrame  # POINTS_SCHEMA plus ``line`` (and ``file`` for NAB), valid rows only
     rejects: pl.DataFrame  # REJECT_SCHEMA
     read: int  # data rows seen: valid + rejected (blank lines excluded)
-    incidents: pl.DataFrame | None = None  # INCIDENTS_SCHEMA (NAB windows)
+    incidents: pl.DataFrame | None = None  # INCIDENTS_SCHEMA (NAB windows, incident files)
+    content: str = "points"  # "incidents" for an incident file: its rows are windows, not points
 
     @property
     def source(self) -> str:
@@ -136,19 +162,21 @@ def expand_paths(paths: Iterable[Path], fmt: str | None = None) -> list[tuple[Pa
     return out
 
 
-def read_path(path: Path, fmt: str, *, default_ts: datetime | None = None) -> ReadResult:
+def read_path(
+    path: Path, fmt: str, *, default_ts: datetime | None = None, on_step: Step = no_step
+) -> ReadResult:
     """Read one input in the given format (see the module docstring for the mapping)."""
     path = path.resolve()
     if fmt == "csv":
-        return read_csv(path)
+        return read_csv(path, on_step=on_step)
     if fmt == "parquet":
-        return read_parquet(path)
+        return read_parquet(path, on_step=on_step)
     if fmt == "jsonl":
-        return read_jsonl(path)
+        return read_jsonl(path, on_step=on_step)
     if fmt == "nab":
-        return read_nab(path)
+        return read_nab(path, on_step=on_step)
     if fmt == "prom":
-        return read_prom(path, default_ts=default_ts)
+        return read_prom(path, default_ts=default_ts, on_step=on_step)
     raise InputError(f"unknown format {fmt!r}", hint=f"use one of {', '.join(FORMATS)}")
 
 
@@ -225,11 +253,17 @@ def validate_points(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
 
     ``raw`` has columns ``ts, service, metric, value`` (any dtype; strings are parsed), optional
     ``labels``, and ``line`` (plus anything else, kept in the rejects so the caller can rebuild the
-    raw text). Returns ``(points, rejects)``: points in the store's schema; rejects are the raw rows
-    with a ``reason`` column. Fully empty rows (blank lines) are in neither.
+    raw text). Returns ``(points, rejects)``: points in the store's schema plus ``line`` (and
+    ``file`` when ``raw`` has it), so that a row the store turns down can still be shown with its
+    place; rejects are the raw rows with a ``reason`` column. Fully empty rows (blank lines) are in
+    neither.
     """
     if "labels" not in raw.columns:
         raw = raw.with_columns(labels=pl.lit(None, pl.String))
+    labels = raw["labels"].cast(pl.String)
+    bad_labels: pl.Series | pl.Expr = pl.lit(False)
+    if labels.null_count() < labels.len():  # only files that carry labels pay for parsing them
+        labels, bad_labels = normalize_labels(labels)
     value_dtype = raw.schema["value"]
     value = (
         pl.col("value").cast(pl.Float64, strict=False)
@@ -239,6 +273,8 @@ def validate_points(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     parsed = raw.with_columns(
         __ts=parse_ts(raw["ts"]),
         __value=value,
+        __labels=labels,
+        __bad_labels=bad_labels,
     )
     schema = raw.schema
     reason = (
@@ -256,6 +292,8 @@ def validate_points(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         .then(pl.lit("non_numeric_value"))
         .when(~pl.col("__value").is_finite())
         .then(pl.lit("non_finite_value"))
+        .when(pl.col("__bad_labels"))
+        .then(pl.lit("malformed_labels"))
     )
     blank = pl.all_horizontal(_missing(c, schema[c]) for c in FIELDS)
     parsed = parsed.with_columns(__blank=blank, reason=reason)
@@ -271,10 +309,12 @@ def validate_points(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         pl.col("service").cast(pl.String),
         pl.col("metric").cast(pl.String),
         pl.col("__value").alias("value"),
-        pl.col("labels").cast(pl.String),
+        pl.col("__labels").alias("labels"),
+        pl.col("line"),
+        *([pl.col("file")] if "file" in raw.columns else []),
     )
     rejects = (parsed.filter(pl.col("reason").is_not_null()) if n_bad else parsed.clear()).drop(
-        "__ts", "__value"
+        "__ts", "__value", "__labels", "__bad_labels"
     )
     return points, rejects
 
@@ -323,11 +363,18 @@ def _rejects_with_text(rejects: pl.DataFrame, path_col: str | None, single: Path
         line=pl.col("line").cast(pl.Int64),
         reason=pl.col("reason"),
     )
+    return rows.with_columns(raw=line_texts(rows))
+
+
+def line_texts(rows: pl.DataFrame) -> pl.Series:
+    """The raw text of each ``(file, line)`` of ``rows``, read from the files (null past the end);
+    each file is read once, only up to the last line asked for."""
     texts: dict[tuple[str, int], str] = {}
     for file, lines in rows.group_by("file").agg("line").iter_rows():
         texts.update({(file, n): t for n, t in _lines_at(Path(file), lines).items()})
-    raw = [texts.get(key) for key in rows.select("file", "line").iter_rows()]
-    return rows.with_columns(raw=pl.Series(raw, dtype=pl.String))
+    return pl.Series(
+        "raw", [texts.get(key) for key in rows.select("file", "line").iter_rows()], dtype=pl.String
+    )
 
 
 # -- readers ----------------------------------------------------------------------------------------
@@ -346,40 +393,85 @@ def _read_csv_strings(path: Path) -> pl.DataFrame:
     return df.with_columns(line=(pl.col("__row").cast(pl.Int64) + 2)).drop("__row")
 
 
-def read_csv(path: Path) -> ReadResult:
+def read_csv(path: Path, *, on_step: Step = no_step) -> ReadResult:
     raw = _rename_aliases(_read_csv_strings(path))
     _require_columns(raw, path)
+    on_step("validate")
     points, rejects = validate_points(raw)
     return ReadResult(
         path, "csv", points, _rejects_with_text(rejects, None, path), points.height + rejects.height
     )
 
 
-def read_parquet(path: Path) -> ReadResult:
+def read_parquet(path: Path, *, on_step: Step = no_step) -> ReadResult:
+    """Points, or incident windows when the file has the incident columns and no ``value``."""
     try:
         raw = _rename_aliases(pl.read_parquet(path))
     except (pl.exceptions.PolarsError, OSError) as exc:
         raise InputError(
             f"{path} is not readable as Parquet: {exc}", hint="check the file or pass --format"
         ) from exc
+    if is_incident_frame(raw):
+        on_step("validate")
+        return _read_incidents(path, raw)
     _require_columns(raw, path)
     raw = raw.with_row_index("line", offset=1)
+    on_step("validate")
     points, rejects = validate_points(raw)
-    if rejects.height:
-        original = [c for c in raw.columns if c != "line"]
-        rejects = rejects.select(
-            file=pl.lit(str(path)),
-            line=pl.col("line").cast(pl.Int64),
-            reason=pl.col("reason"),
-            raw=pl.struct(original).struct.json_encode(),
-        )
-    else:
-        rejects = _empty_rejects()
+    rejects = _parquet_rejects(path, raw, rejects)
     return ReadResult(path, "parquet", points, rejects, points.height + rejects.height)
 
 
-def read_jsonl(path: Path) -> ReadResult:
-    """JSON lines: one object per line. Lines that are not a JSON object are ``malformed_line``."""
+def _parquet_rejects(path: Path, raw: pl.DataFrame, rejects: pl.DataFrame) -> pl.DataFrame:
+    """Rejects with the row as JSON for ``raw`` (a Parquet row has no text of its own)."""
+    if rejects.height == 0:
+        return _empty_rejects()
+    original = [c for c in raw.columns if c != "line"]
+    return rejects.select(
+        file=pl.lit(str(path)),
+        line=pl.col("line").cast(pl.Int64),
+        reason=pl.col("reason"),
+        raw=pl.struct(original).struct.json_encode(),
+    )
+
+
+def is_incident_frame(df: pl.DataFrame) -> bool:
+    """Incident windows, not points: every incident column and no ``value`` (what ``selfheal synth
+    --out`` writes as ``*.incidents.parquet``)."""
+    return all(c in df.columns for c in INCIDENT_COLUMNS) and "value" not in df.columns
+
+
+def _read_incidents(path: Path, raw: pl.DataFrame) -> ReadResult:
+    """Validate incident rows like points: each bad row is rejected with its reason, the rest load."""
+    raw = raw.with_row_index("line", offset=1)
+    parsed = raw.with_columns(__start=parse_ts(raw["start"]), __end=parse_ts(raw["end"]))
+    checks = [(_missing(name, raw.schema[name]), f"missing_{name}") for name in INCIDENT_COLUMNS]
+    checks += [
+        (pl.col("__start").is_null(), "unparsable_start"),
+        (pl.col("__end").is_null(), "unparsable_end"),
+        (pl.col("__end") < pl.col("__start"), "end_before_start"),
+    ]
+    (condition, text), *rest = checks
+    reason = pl.when(condition).then(pl.lit(text))
+    for condition, text in rest:  # the first check that applies names the row's reason
+        reason = reason.when(condition).then(pl.lit(text))
+    parsed = parsed.with_columns(reason=reason)
+    incidents = parsed.filter(pl.col("reason").is_null()).select(
+        pl.col("service").cast(pl.String),
+        pl.col("kind").cast(pl.String),
+        pl.col("__start").alias("start"),
+        pl.col("__end").alias("end"),
+        pl.col("source").cast(pl.String),
+    )
+    rejects = _parquet_rejects(path, raw, parsed.filter(pl.col("reason").is_not_null()))
+    points = pl.DataFrame(schema={**POINTS_SCHEMA, "line": pl.Int64})
+    return ReadResult(path, "parquet", points, rejects, raw.height, incidents, content="incidents")
+
+
+def read_jsonl(path: Path, *, on_step: Step = no_step) -> ReadResult:
+    """JSON lines: one object per line. Lines that are not a JSON object are ``malformed_line``;
+    a service or metric that is not a JSON string is ``non_string_<field>`` (it would otherwise be
+    stored as its JSON text, ``["x"]``, or as the text of a number)."""
     text = path.read_text(encoding="utf-8", errors="replace")
     lines = pl.Series("raw", text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
     frame = lines.to_frame().with_row_index("line", offset=1).filter(pl.col("raw").str.strip_chars() != "")
@@ -397,11 +489,14 @@ def read_jsonl(path: Path) -> ReadResult:
             fields = _jsonl_fields_slow(frame)
     else:
         malformed = frame.clear()
+    fields, non_string = _split_non_strings(fields)
+    on_step("validate")
     points, rejects = validate_points(fields)
     rejects = pl.concat(
         [
-            malformed.select("line", "raw", reason=pl.lit("malformed_line")),
-            rejects.select("line", "raw", "reason"),
+            malformed.select(pl.col("line").cast(pl.Int64), "raw", reason=pl.lit("malformed_line")),
+            non_string,
+            rejects.select(pl.col("line").cast(pl.Int64), "raw", "reason"),
         ]
     ).sort("line")
     rejects = rejects.select(
@@ -426,6 +521,45 @@ def _jsonl_fields(frame: pl.DataFrame) -> pl.DataFrame | None:
     return decoded.with_columns(ts=pl.coalesce("ts", *ALIASES), labels=labels).drop(*ALIASES)
 
 
+_STRING_FIELDS: tuple[str, ...] = ("service", "metric")
+
+
+def _split_non_strings(fields: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Set aside the lines whose service or metric is not a JSON string.
+
+    Both decoders hand every scalar over as text, so ``5``, ``true`` and ``["x"]`` look like
+    strings. Only lines whose text *could* be such a value (a number, a boolean, a list or an
+    object) are decoded again in Python to learn the JSON type; in real files that is almost none.
+    """
+    suspect = pl.any_horizontal(
+        pl.col(name).str.starts_with("[")
+        | pl.col(name).str.starts_with("{")
+        | pl.col(name).is_in(["true", "false"])
+        | pl.col(name).cast(pl.Float64, strict=False).is_not_null()
+        for name in _STRING_FIELDS
+    ).fill_null(False)
+    candidates = fields.filter(suspect).select("line", "raw")
+    reasons: dict[int, str] = {}
+    for line, raw in candidates.iter_rows():
+        doc = json.loads(raw)
+        for name in _STRING_FIELDS:
+            if doc.get(name) is not None and not isinstance(doc[name], str):
+                reasons[line] = f"non_string_{name}"
+                break
+    if not reasons:
+        return fields, pl.DataFrame(schema={"line": pl.Int64, "raw": pl.String, "reason": pl.String})
+    table = pl.DataFrame(
+        {"line": list(reasons), "reason": list(reasons.values())},
+        schema={"line": fields.schema["line"], "reason": pl.String},
+    )
+    flagged = fields.join(table, on="line", how="left")
+    keep = flagged.filter(pl.col("reason").is_null()).drop("reason")
+    bad = flagged.filter(pl.col("reason").is_not_null()).select(
+        pl.col("line").cast(pl.Int64), "raw", "reason"
+    )
+    return keep, bad
+
+
 def _jsonl_fields_slow(frame: pl.DataFrame) -> pl.DataFrame:
     """Field by field with path matches: a value that does not decode becomes null, not an error."""
     fields = [pl.col("raw").str.json_path_match(f"$.{name}").alias(name) for name in (*FIELDS, "labels")]
@@ -433,7 +567,7 @@ def _jsonl_fields_slow(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(*fields).with_columns(ts=pl.coalesce("ts", *aliases))
 
 
-def read_nab(path: Path) -> ReadResult:
+def read_nab(path: Path, *, on_step: Step = no_step) -> ReadResult:
     """A NAB corpus folder: every ``data/<category>/*.csv`` series plus its labelled windows."""
     if not is_nab_corpus(path):
         raise InputError(
@@ -459,42 +593,84 @@ def read_nab(path: Path) -> ReadResult:
         )
     if not frames:
         raise InputError(f"NAB corpus {path} holds no data/<category>/*.csv files", hint="check the folder")
+    incidents = _nab_windows(path / "labels" / "combined_windows.json", keys)  # refuse early
+    on_step("validate")
     points, rejects = validate_points(pl.concat(frames))
     rejects = _rejects_with_text(rejects, "file", None)
-    incidents = _nab_windows(path / "labels" / "combined_windows.json", keys)
     return ReadResult(path, "nab", points, rejects, points.height + rejects.height, incidents)
 
 
+_NAB_LABELS_HINT = (
+    "restore the NAB labels file: a JSON object mapping 'category/name.csv' to a list of "
+    '["YYYY-MM-DD HH:MM:SS.ffffff", "YYYY-MM-DD HH:MM:SS.ffffff"] [start, end] pairs'
+)
+
+
 def _nab_windows(labels: Path, keys: list[str]) -> pl.DataFrame:
+    """The labelled windows of the series present, as incidents. The whole file is checked first
+    (shape, timestamps, end >= start) so that a broken file refuses the corpus with the key at
+    fault instead of crashing half way or loading the series without their ground truth."""
     try:
         windows = json.loads(labels.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{labels} is not valid JSON: {exc}", hint="restore the NAB labels file") from exc
-    present = set(keys)
-    rows = [
-        (key.removesuffix(".csv"), start, end)
-        for key, spans in windows.items()
-        if key in present
-        for start, end in spans
-    ]
-    if not rows:
-        return pl.DataFrame(schema=INCIDENTS_SCHEMA)
-    frame = pl.DataFrame(rows, schema=["service", "start", "end"], orient="row")
-    parsed = frame.select(
-        "service",
+        raise InputError(f"{labels} is not valid JSON: {exc}", hint=_NAB_LABELS_HINT) from exc
+    if not isinstance(windows, dict):
+        raise InputError(
+            f"{labels} must hold a JSON object of series to windows, got a {_json_type(windows)}",
+            hint=_NAB_LABELS_HINT,
+        )
+    spans: list[tuple[str, int, str, str]] = []
+    for key, value in windows.items():
+        if not isinstance(value, list):
+            raise InputError(
+                f"{labels}: {key!r} must be a list of [start, end] pairs, got a {_json_type(value)}",
+                hint=_NAB_LABELS_HINT,
+            )
+        for i, span in enumerate(value):
+            if not (isinstance(span, list) and len(span) == 2 and all(isinstance(t, str) for t in span)):
+                raise InputError(
+                    f"{labels}: {key!r}[{i}] must be a [start, end] pair of timestamp strings, "
+                    f"got {json.dumps(span)[:80]}",
+                    hint=_NAB_LABELS_HINT,
+                )
+            spans.append((key, i, span[0], span[1]))
+    frame = pl.DataFrame(
+        spans, schema={"key": pl.String, "i": pl.Int64, "start": pl.String, "end": pl.String}, orient="row"
+    )
+    parsed = frame.with_columns(__start=parse_ts(frame["start"]), __end=parse_ts(frame["end"]))
+    for side in ("start", "end"):
+        bad = parsed.filter(pl.col(f"__{side}").is_null())
+        if bad.height:
+            key, i, text = bad.select("key", "i", side).row(0)
+            raise InputError(
+                f"{labels}: {key!r}[{i}] {side} {text!r} is not a timestamp "
+                f"({bad.height} unparsable {side} value(s) in the file)",
+                hint=_NAB_LABELS_HINT,
+            )
+    backwards = parsed.filter(pl.col("__end") < pl.col("__start"))
+    if backwards.height:
+        key, i, start, end = backwards.select("key", "i", "start", "end").row(0)
+        raise InputError(
+            f"{labels}: {key!r}[{i}] ends before it starts ({start} .. {end}; "
+            f"{backwards.height} such window(s) in the file)",
+            hint="swap the two timestamps of that window, or restore the NAB labels file",
+        )
+    return parsed.filter(pl.col("key").is_in(keys)).select(
+        service=pl.col("key").str.strip_suffix(".csv"),
         kind=pl.lit(NAB_KIND),
-        start=parse_ts(frame["start"]),
-        end=parse_ts(frame["end"]),
+        start=pl.col("__start"),
+        end=pl.col("__end"),
         source=pl.lit(NAB_SOURCE),
     )
-    if parsed.select(pl.any_horizontal(pl.col("start", "end").is_null()).any()).item():
-        raise InputError(
-            f"{labels} holds window timestamps that do not parse", hint="restore the NAB labels file"
-        )
-    return parsed
 
 
-def read_prom(path: Path, *, default_ts: datetime | None = None) -> ReadResult:
+def _json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for messages about a file's shape."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def read_prom(path: Path, *, default_ts: datetime | None = None, on_step: Step = no_step) -> ReadResult:
     """Prometheus text exposition, one sample per line (so every reject has its line number)."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -520,7 +696,7 @@ def read_prom(path: Path, *, default_ts: datetime | None = None) -> ReadResult:
                 labels = dict(sample.labels)
                 service = labels.pop("service", None) or labels.pop("job", None) or path.stem
                 ts = float(sample.timestamp) if sample.timestamp is not None else fallback
-                tags = json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else None
+                tags = canonical_labels(labels)
                 rows.append((number, ts, service, sample.name, float(sample.value), tags))
     raw = pl.DataFrame(
         rows,
@@ -534,6 +710,7 @@ def read_prom(path: Path, *, default_ts: datetime | None = None) -> ReadResult:
         },
         orient="row",
     )
+    on_step("validate")
     points, rejects = validate_points(raw)
     texts = _lines_at(path, rejects["line"].to_list()) if rejects.height else {}
     parsed_rejects = [

@@ -7,11 +7,19 @@ selfheal reads and writes through :class:`TelemetryStore`, so a schema change ha
 Design choices (the issue left them open):
 
 * **Idempotence without an index.** A row's identity is ``(service, metric, labels, ts)``; the first
-  value written for a key wins. ``insert_points`` drops keys repeated inside the batch and
-  anti-joins the batch against the rows already stored *in the batch's time range* (zone maps
-  prune the rest). A PRIMARY KEY with ``ON CONFLICT DO NOTHING`` gives the same guarantee but
-  made a 2M-row insert 2.4-4x slower here, which would miss the ingest benchmark target; it also
-  cannot cover the nullable ``labels``.
+  value written for a key wins. ``write_points`` drops keys repeated inside the batch, counts the
+  batch's keys already stored *in the batch's time range* (zone maps prune the rest), then inserts
+  the whole batch when none is (a first load pays no anti-join), anti-joins when some are, and
+  writes nothing when all are. A PRIMARY KEY with ``ON CONFLICT DO NOTHING`` gives the
+  same guarantee but made a 2M-row insert 2.4-4x slower here, which would miss the ingest
+  benchmark target; it also cannot cover the nullable ``labels``.
+* **Duplicates versus conflicts.** A repeated key with the same value is a harmless duplicate; with
+  another value it is a *conflict*: the kept value stays, and the caller gets every conflicting
+  row with both values so that it can be shown (``selfheal ingest`` quarantines them). The count
+  of matches tells them apart inside DuckDB; rows are fetched only when some conflict.
+* **One form of labels.** ``labels`` is a JSON object stored with sorted keys and compact
+  separators (``canonical_labels``), ``{}`` as NULL, whoever writes it, so that one series
+  written by a JSON-lines file and by a Prometheus scrape is one series.
 * **Short connections.** DuckDB lets one process write, and a writer locks out every other process,
   readers included. A store is a context manager: the connection lives for one ``with`` block.
   When another process holds the file we raise :class:`~engine.errors.StoreLockedError` naming the
@@ -21,9 +29,12 @@ Design choices (the issue left them open):
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -80,9 +91,30 @@ _DDL: tuple[str, ...] = (
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
 )
 
-# New rows of the batch: keys not yet stored. The existing side is limited to the batch's time range
-# so that zone maps skip the rest of the table; labels compare with IS NOT DISTINCT FROM (NULL = NULL).
-_INSERT_POINTS = """
+# The batch joined with the rows already stored under its keys. The stored side is limited to the
+# batch's time range so that zone maps skip the rest of the table; labels compare with
+# IS NOT DISTINCT FROM (NULL = NULL). Counting runs inside DuckDB: a re-ingest of millions of
+# duplicates never materialises the matches; rows are fetched only for conflicts.
+_MATCHES = """
+FROM _batch AS b
+JOIN (
+    SELECT ts, service, metric, labels, value FROM telemetry WHERE ts BETWEEN $lo AND $hi
+) AS t
+ON b.ts = t.ts AND b.service = t.service AND b.metric = t.metric
+   AND b.labels IS NOT DISTINCT FROM t.labels
+"""
+_COUNT_MATCHES = f"SELECT count(*), count(*) FILTER (WHERE b.value <> t.value) {_MATCHES}"
+_STORED_CONFLICTS = f"SELECT b.__row AS __row, t.value AS stored {_MATCHES} WHERE b.value <> t.value"
+_STORED_FIRSTS = (
+    f"SELECT b.__row AS __row, t.value AS stored {_MATCHES} WHERE b.__row IN (SELECT __first FROM _firsts)"
+)
+
+_INSERT_ALL = """
+INSERT INTO telemetry (ts, service, metric, value, labels, source)
+SELECT ts, service, metric, value, labels, $source FROM _batch
+"""
+
+_INSERT_NEW = """
 INSERT INTO telemetry (ts, service, metric, value, labels, source)
 SELECT b.ts, b.service, b.metric, b.value, b.labels, $source
 FROM _batch AS b
@@ -103,9 +135,32 @@ ON b.service = t.service AND b.kind = t.kind AND b."start" = t."start" AND b."en
 """
 
 _HASH_MIX = 0x9E3779B97F4A7C15  # odd 64-bit constant (golden ratio) to mix column hashes
+_KEY: tuple[str, ...] = ("service", "metric", "labels", "ts")
+
+CONFLICTS_SCHEMA: dict[str, pl.DataType] = {
+    "row": pl.Int64(),
+    "ts": pl.Datetime("us"),
+    "service": pl.String(),
+    "metric": pl.String(),
+    "labels": pl.String(),
+    "value": pl.Float64(),
+    "stored": pl.Float64(),
+}
+"""A conflict: ``row`` is the position in the caller's frame, ``value`` its value, ``stored`` the
+value kept for that key (already in the store, or written by an earlier row of the same frame)."""
 
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.+?) \(PID")
+
+
+@dataclass(frozen=True)
+class PointsWrite:
+    """What ``write_points`` did with a frame: every valid row is inserted, a duplicate (same key,
+    same value as the one kept) or a conflict (same key, another value; the kept one stays)."""
+
+    inserted: int
+    duplicates: int
+    conflicts: pl.DataFrame  # CONFLICTS_SCHEMA
 
 
 class TelemetryStore:
@@ -163,7 +218,11 @@ class TelemetryStore:
         except duckdb.Error as exc:
             raise _translate_open_error(self.path, exc) from exc
         if not self.read_only:
-            self._create_schema()
+            try:
+                self._create_schema()
+            except BaseException:
+                self.close()  # else the connection, and the file lock with it, outlives the error
+                raise
         return self
 
     def close(self) -> None:
@@ -179,6 +238,19 @@ class TelemetryStore:
                 hint="use it as a context manager: `with TelemetryStore(path) as store: ...`",
             )
         return self._con
+
+    @contextmanager
+    def transaction(self) -> Iterator[TelemetryStore]:
+        """Everything written inside the block is stored, or (on any exception) nothing is, so an
+        input whose points load but whose incidents fail leaves no half of itself behind."""
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            yield self
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     def _create_schema(self) -> None:
         con = self.con
@@ -197,24 +269,55 @@ class TelemetryStore:
     # -- writes -------------------------------------------------------------------------------------
 
     def insert_points(self, df: pl.DataFrame, *, source: str) -> int:
-        """Insert long-format points; return how many rows were new.
+        """Insert long-format points; return how many rows were new (see ``write_points``)."""
+        return self.write_points(df, source=source).inserted
 
-        Keys ``(service, metric, labels, ts)`` already stored, or repeated in ``df``, are skipped
-        (the first value wins), so loading the same data twice changes nothing.
+    def write_points(self, df: pl.DataFrame, *, source: str) -> PointsWrite:
+        """Insert long-format points whose key ``(service, metric, labels, ts)`` is new.
+
+        A key already stored, or repeated in ``df``, keeps its first value, so loading the same
+        data twice changes nothing. Such rows are counted as duplicates when their value equals
+        the kept one and returned as conflicts (with both values) when it does not.
         """
         batch = _conform_points(df)
         if batch.height == 0:
-            return 0
-        batch = _unique_keys(batch)
+            return PointsWrite(0, 0, pl.DataFrame(schema=CONFLICTS_SCHEMA))
+        batch = batch.with_row_index("__row")
+        batch, repeats = _split_repeats(batch)
         bounds = batch.select(lo=pl.col("ts").min(), hi=pl.col("ts").max()).row(0)
+        span = {"lo": bounds[0], "hi": bounds[1]}
         con = self.con
         con.register("_batch", batch.to_arrow())
         try:
-            inserted = int(_scalar(con, _INSERT_POINTS, {"source": source, "lo": bounds[0], "hi": bounds[1]}))
+            matched, differing = con.execute(_COUNT_MATCHES, span).fetchall()[0]
+            conflicts = _fetch(con, _STORED_CONFLICTS, span) if differing else None
+            firsts = self._stored_firsts(repeats, span) if matched and repeats.height else None
+            if matched == 0:  # nothing of it is stored yet (a first load): no anti-join to pay
+                inserted = int(_scalar(con, _INSERT_ALL, {"source": source}))
+            elif matched < batch.height:
+                inserted = int(_scalar(con, _INSERT_NEW, {"source": source, **span}))
+            else:
+                inserted = 0
         finally:
             con.unregister("_batch")
-        log.debug("inserted %d of %d points from %s", inserted, batch.height, source)
-        return inserted
+        result = _classify(batch, repeats, matched - differing, conflicts, firsts, inserted)
+        log.debug(
+            "from %s: %d inserted, %d duplicates, %d conflicts",
+            source,
+            result.inserted,
+            result.duplicates,
+            result.conflicts.height,
+        )
+        return result
+
+    def _stored_firsts(self, repeats: pl.DataFrame, span: dict[str, Any]) -> pl.DataFrame:
+        """Stored values of the rows that keys repeated in the batch first appear on."""
+        con = self.con
+        con.register("_firsts", repeats.select(pl.col("__first").unique()).to_arrow())
+        try:
+            return _fetch(con, _STORED_FIRSTS, span)
+        finally:
+            con.unregister("_firsts")
 
     def insert_incidents(self, df: pl.DataFrame) -> int:
         """Insert incident windows; return how many were new (identical windows are skipped)."""
@@ -385,22 +488,110 @@ def _conform_points(df: pl.DataFrame) -> pl.DataFrame:
             "non-finite values",
             hint="validate with engine.telemetry.readers.validate_points or drop those rows first",
         )
+    if batch["labels"].null_count() < batch.height:
+        labels, invalid = normalize_labels(batch["labels"])
+        if invalid.any():
+            example = batch["labels"].filter(invalid)[0]
+            raise InputError(
+                f"points DataFrame has {invalid.sum()} row(s) whose labels are not a JSON object "
+                f"(e.g. {example!r})",
+                hint='write labels as a JSON object of strings, e.g. {"pod":"p1"}, or leave them null',
+            )
+        batch = batch.with_columns(labels=labels)
     return batch
 
 
-def _unique_keys(batch: pl.DataFrame) -> pl.DataFrame:
-    """Drop keys repeated within the batch (the first row wins), paying as little as possible when
-    there are none: a strictly increasing ``ts`` proves it in one pass (single-series files); else
-    distinct combined column hashes prove it; only a real (or hash-collision) repeat pays the exact
-    ``unique``. The column hashes are combined arithmetically: hashing a struct costs ~2x more."""
+def _split_repeats(batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The batch without keys repeated inside it (the first row wins), and the repeats, each with
+    the ``__row`` of the row it repeats (``__first``).
+
+    Pays as little as possible when there are none: a strictly increasing ``ts`` proves it in one
+    pass (single-series files); else distinct combined column hashes prove it; only a real (or
+    hash-collision) repeat pays the exact grouping. The column hashes are combined arithmetically:
+    hashing a struct costs ~2x more.
+    """
+    none = batch.clear().with_columns(__first=pl.lit(None, pl.UInt32))
     if batch.select((pl.col("ts").diff() > pl.duration(microseconds=0)).all()).item():
-        return batch
+        return batch, none
     key = pl.col("ts").hash(1)
     for seed, name in enumerate(("service", "metric", "labels"), start=2):
         key = (key * _HASH_MIX) ^ pl.col(name).hash(seed)
     if batch.select(key.n_unique()).item() == batch.height:
-        return batch
-    return batch.unique(subset=["service", "metric", "labels", "ts"], keep="first", maintain_order=True)
+        return batch, none
+    marked = batch.with_columns(__first=pl.col("__row").first().over(_KEY))
+    is_first = pl.col("__row") == pl.col("__first")
+    return marked.filter(is_first).drop("__first"), marked.filter(~is_first)
+
+
+def _classify(
+    batch: pl.DataFrame,
+    repeats: pl.DataFrame,
+    stored_duplicates: int,
+    stored_conflicts: pl.DataFrame | None,
+    stored_firsts: pl.DataFrame | None,
+    inserted: int,
+) -> PointsWrite:
+    """Duplicates and conflicts of one write. Rows of the batch were compared with the store in
+    DuckDB (a count, plus ``__row, stored`` of the conflicting ones); a repeat is compared here with
+    the value kept for its key: the stored one (``stored_firsts``), else the batch's first row."""
+    differs = pl.col("value") != pl.col("stored")
+    duplicates = stored_duplicates
+    found: list[pl.DataFrame] = []
+    if stored_conflicts is not None:
+        found.append(batch.join(stored_conflicts, on="__row"))
+    if repeats.height:
+        kept = batch.select("__row", kept=pl.col("value"))
+        if stored_firsts is not None:
+            kept = kept.join(stored_firsts, on="__row", how="left").select(
+                "__row", kept=pl.coalesce("stored", "kept")
+            )
+        against = repeats.join(kept.rename({"__row": "__first", "kept": "stored"}), on="__first")
+        clashes = against.filter(differs)
+        duplicates += against.height - clashes.height
+        found.append(clashes.drop("__first"))
+    if not found:
+        return PointsWrite(inserted, duplicates, pl.DataFrame(schema=CONFLICTS_SCHEMA))
+    conflicts = (
+        pl.concat([f.select(pl.col("__row").alias("row"), *POINT_COLUMNS, "stored") for f in found])
+        .sort("row")
+        .cast(CONFLICTS_SCHEMA)  # type: ignore[arg-type]
+    )
+    return PointsWrite(inserted, duplicates, conflicts)
+
+
+def canonical_labels(labels: Mapping[str, Any]) -> str | None:
+    """The one stored form of a label set: JSON with sorted keys and compact separators; an empty
+    set is NULL, like a series written without labels."""
+    return json.dumps(labels, sort_keys=True, separators=(",", ":")) if labels else None
+
+
+def normalize_labels(labels: pl.Series) -> tuple[pl.Series, pl.Series]:
+    """``labels`` JSON text in its canonical form (blank text and ``{}`` become null), and a mask of
+    the values that are not a JSON object (left as they were). Each distinct text is parsed once:
+    a file has few label sets however many rows carry them, so the Python work stays small."""
+    texts = labels.drop_nulls().unique()
+    mapping: dict[str, str | None] = {}
+    bad: list[str] = []
+    for text in texts:
+        try:
+            parsed = json.loads(text) if text.strip() else {}  # blank text: no labels
+        except json.JSONDecodeError:
+            parsed = None
+        if isinstance(parsed, dict):
+            mapping[text] = canonical_labels(parsed)
+        else:
+            bad.append(text)
+    invalid = (
+        labels.is_in(pl.Series(bad, dtype=pl.String).implode()).fill_null(False)
+        if bad
+        else pl.repeat(False, labels.len(), eager=True)
+    )
+    changed = {k: v for k, v in mapping.items() if k != v}
+    if changed:
+        labels = labels.replace(
+            pl.Series(list(changed), dtype=pl.String), pl.Series(list(changed.values()), dtype=pl.String)
+        )
+    return labels, invalid
 
 
 def _translate_open_error(path: Path, exc: Exception) -> StoreError:

@@ -23,7 +23,7 @@ import polars as pl
 
 from engine.errors import ConfigError
 from engine.telemetry.platform_faults import Fault
-from engine.telemetry.platform_model import Controls, PlatformModel, resolve_services
+from engine.telemetry.platform_model import ROLE_METRICS, Controls, PlatformModel, resolve_services
 from engine.telemetry.synth_config import (
     DEFAULT_CONFIG,
     INCIDENT_KINDS,
@@ -41,6 +41,7 @@ __all__ = [
     "PlatformModel",
     "SynthConfig",
     "SynthData",
+    "check_request",
     "config_from_dict",
     "generate",
     "load_config",
@@ -167,6 +168,27 @@ def _free_slot(
     return None
 
 
+def check_request(cfg: SynthConfig, days: float, services: int | None = None) -> int:
+    """Refuse a request ``generate`` cannot honour, cheaply and before any work starts (the CLI
+    calls it before its progress bar); return the number of ticks."""
+    if not 0 < days <= MAX_DAYS:
+        raise ConfigError(f"--days must be in (0, {MAX_DAYS:g}], got {days}", hint="e.g. --days 14")
+    n = int(days * 86400 // cfg.interval_s)
+    if n < 1:
+        raise ConfigError(
+            f"--days {days} is shorter than one interval ({cfg.interval_s} s)", hint="ask for more days"
+        )
+    specs = resolve_services(cfg, services)
+    n_series = sum(len(ROLE_METRICS[s.role]) for s in specs)
+    if n * n_series > MAX_POINTS:
+        raise ConfigError(
+            f"{days:g} days of {len(specs)} services is {n * n_series:,} points, more than "
+            f"the {MAX_POINTS:,} one run builds in memory",
+            hint="generate fewer days per run and use --start to append the next period",
+        )
+    return n
+
+
 def generate(
     cfg: SynthConfig,
     days: float,
@@ -175,23 +197,10 @@ def generate(
     start: datetime | None = None,
 ) -> SynthData:
     """Generate ``days`` of platform telemetry for ``services`` services (default: as configured)."""
-    if not 0 < days <= MAX_DAYS:
-        raise ConfigError(f"--days must be in (0, {MAX_DAYS:g}], got {days}", hint="e.g. --days 14")
+    n = check_request(cfg, days, services)
     step_us = cfg.interval_s * 1_000_000
     t0_us = to_epoch_us(start or cfg.start)
-    n = int(days * 86400 // cfg.interval_s)
-    if n < 1:
-        raise ConfigError(
-            f"--days {days} is shorter than one interval ({cfg.interval_s} s)", hint="ask for more days"
-        )
     model = PlatformModel(cfg, services, seed=seed)
-    n_series = sum(len(model.metrics(s)) for s in model.services)
-    if n * n_series > MAX_POINTS:
-        raise ConfigError(
-            f"{days:g} days of {len(model.services)} services is {n * n_series:,} points, more than "
-            f"the {MAX_POINTS:,} one run builds in memory",
-            hint="generate fewer days per run and use --start to append the next period",
-        )
     ts_us = t0_us + step_us * np.arange(n, dtype=np.int64)
     t = ts_us / 1e6
     schedule_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)

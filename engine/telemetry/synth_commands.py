@@ -24,6 +24,23 @@ def _parse_start(raw: str | None) -> datetime | None:
         ) from exc
 
 
+def _check_out(out: Path | None) -> None:
+    """``--out`` names the points file to write; refuse a folder (or a path under a file) up front."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise InputError(
+            f"--out {out} is a folder; it names the Parquet file to write the points to",
+            hint=f"e.g. --out {out / 'synth.parquet'} (the incidents go beside it as "
+            "synth.incidents.parquet; `selfheal ingest` reads both back)",
+        )
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise InputError(
+            f"--out {out}: {blocker} is a file, not a folder", hint="choose a path inside a folder"
+        )
+
+
 def synth(
     ctx: typer.Context,
     days: Annotated[float, typer.Option(help="Days of history to generate.")] = 14.0,
@@ -60,15 +77,19 @@ def synth(
     """
     from tqdm import tqdm
 
-    from engine.telemetry.synth import generate, load_config, write_parquet
+    from engine.telemetry.synth import check_request, generate, load_config, write_parquet
 
     home = home_of(ctx)
     started = time.perf_counter()
+    # every argument is checked before the bar starts, so a mistake is one clean error line
+    cfg = load_config(config)
+    start_at = _parse_start(start)
+    check_request(cfg, days, services)
+    _check_out(out)
     steps = ["generate", *(["parquet"] if out else []), *(["store"] if store else [])]
     with tqdm(total=len(steps), desc="synth", unit="step", leave=False) as bar:
         bar.set_postfix_str("generate")
-        cfg = load_config(config)
-        data = generate(cfg, days=days, services=services, seed=seed, start=_parse_start(start))
+        data = generate(cfg, days=days, services=services, seed=seed, start=start_at)
         bar.update()
         written: tuple[Path, Path] | None = None
         if out:
