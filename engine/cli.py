@@ -73,9 +73,22 @@ def _root(
     ctx.obj = {"home": Home.resolve(home)}
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time, so a replaced stream (pytest's capture,
+    a notebook) never leaves the handler writing into a closed file."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # type: ignore[no-untyped-def]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # type: ignore[no-untyped-def]
+        """The stream is always the current sys.stderr; assignments are ignored."""
+
+
 def configure_logging(level: str, *, json_logs: bool = False) -> None:
     """Logging is configured here and only here (library modules just get their logger)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if json_logs:
         from pythonjsonlogger.json import JsonFormatter
 
