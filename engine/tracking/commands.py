@@ -1,9 +1,240 @@
-"""CLI commands of the tracking subpackage."""
+"""CLI commands of the tracking subpackage: experiment, promote, models, evaluate, demo.
+
+Heavy imports (mlflow, papermill, polars, pyod) happen inside the command functions so that
+``selfheal --help`` stays fast.
+"""
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from engine.cliutil import home_of
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite in the home folder).",
+    ),
+]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def experiment_run(
+    ctx: typer.Context,
+    spec: Annotated[Path, typer.Argument(help="Experiment spec (experiments/*.yaml).")],
+    tracking_uri: TrackingUri = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: one per core, at most one per config).")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Run a detector sweep from a spec and track it in MLflow (a parent run, a child per config).
+
+    Example: selfheal experiment run experiments/synth_pyod_sweep.yaml --workers 2
+    """
+    from engine.tracking.experiment import run_experiment
+
+    home = home_of(ctx)
+    result = run_experiment(spec, home=home, tracking_uri=tracking_uri, workers=workers, progress=progress)
+    typer.echo(result.table())
+    best = result.best
+    assert best is not None
+    typer.echo(
+        f"\nsweep run {result.parent_run_id}: {len(result.results)} configurations in {result.seconds:.1f}s; "
+        f"data fingerprint {result.data_fingerprint}"
+    )
+    typer.echo(
+        f"best by {result.metric}: {best.config.label} = {_fmt(best.metrics.get(result.metric))} "
+        f"(run {best.run_id})"
+    )
+    typer.echo(f"tracking: {result.tracking_uri}")
+    typer.echo(f"next: selfheal promote {best.run_id} --name selfheal-detector")
+
+
+def experiment_validate(
+    specs: Annotated[list[Path], typer.Argument(help="Spec files to validate.")],
+) -> None:
+    """Validate experiment specs without reading data; every problem is listed at once.
+
+    Example: selfheal experiment validate experiments/*.yaml
+    """
+    from engine.errors import SpecError
+    from engine.tracking.spec import load_spec
+
+    problems = []
+    for path in specs:
+        try:
+            loaded = load_spec(path)
+            typer.echo(f"{path}: ok ({len(loaded.spec.configs())} configurations)")
+        except SpecError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise SpecError(problems, hint="fix the listed keys and run again")
+
+
+def promote(
+    ctx: typer.Context,
+    run_id: Annotated[
+        str, typer.Argument(help="A configuration run id (or a sweep run id: its best child).")
+    ],
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "selfheal-detector",
+    force: Annotated[bool, typer.Option("--force", help="Override the champion/challenger gate.")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why --force (recorded as a tag).")] = None,
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Register a run's model and move alias `champion` if it beats the champion on the same evaluation.
+
+    Exit code 0 when the model is the champion afterwards, 1 when the gate kept the old champion.
+
+    Example: selfheal promote 3f2a9c... --name selfheal-detector
+    """
+    from engine.tracking import registry
+
+    uri = registry.resolve_tracking_uri(home_of(ctx), tracking_uri)
+    result = registry.promote(run_id, name, tracking_uri=uri, force=force, reason=reason)
+    typer.echo(result.summary())
+    is_champion = result.promoted or result.reason == "already the champion"
+    if not is_champion:
+        typer.echo(
+            "hint: a challenger must beat the champion on the same data; --force --reason TEXT overrides"
+        )
+        raise typer.Exit(1)
+
+
+def models_list(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Registered model name.")] = "selfheal-detector",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Show a registered model's versions, aliases and metrics.
+
+    Example: selfheal models list selfheal-detector
+    """
+    from engine.tracking import registry
+
+    uri = registry.resolve_tracking_uri(home_of(ctx), tracking_uri)
+    rows = registry.list_versions(name, tracking_uri=uri)
+    cols = ("f1", "precision", "recall", "false_alarms_per_day", "nab_score")
+    typer.echo(f"{'version':>7}  {'aliases':<12} " + " ".join(f"{c[:10]:>10}" for c in cols) + "  gate / run")
+    for r in rows:
+        vals = " ".join(f"{_fmt(r.metrics.get(c)):>10}" for c in cols)
+        gate = r.tags.get("selfheal.gate", "")
+        if r.tags.get("selfheal.forced") == "true":
+            gate = f"forced: {r.tags.get('selfheal.force_reason', '')}"
+        typer.echo(f"{r.version:>7}  {','.join(r.aliases) or '-':<12} {vals}  {gate[:60]} {r.run_id}")
+
+
+def models_rollback(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Registered model name.")] = "selfheal-detector",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Move alias `champion` back to the version that held it before the current one.
+
+    Example: selfheal models rollback selfheal-detector
+    """
+    from engine.tracking import registry
+
+    uri = registry.resolve_tracking_uri(home_of(ctx), tracking_uri)
+    result = registry.rollback(name, tracking_uri=uri)
+    typer.echo(f"{name}: champion moved back from version {result.from_version} to {result.to_version}")
+
+
+def evaluate(
+    ctx: typer.Context,
+    notebook: Annotated[Path, typer.Argument(help="Notebook to execute (notebooks/*.ipynb).")],
+    tracking_uri: TrackingUri = None,
+    kernel: Annotated[str, typer.Option(help="Jupyter kernel to run on.")] = "selfheal",
+) -> None:
+    """Execute a notebook with papermill, keep the executed copy, print papermill's verdict.
+
+    Parameters: -p NAME VALUE (repeatable; values are read as YAML scalars, so 2 is an int, 0.3 a
+    float, null None). The executed copy goes to HOME/notebooks/NAME-TIMESTAMP.ipynb; exit code 1
+    when a cell failed (for example the quality gate of 03_scheduled_evaluation).
+
+    Example: selfheal evaluate notebooks/03_scheduled_evaluation.ipynb -p window_days 2 -p min_f1 0.3
+    """
+    from engine.tracking.notebooks import coerce, run_notebook
+
+    params = {k: coerce(v) for k, v in _parameters(ctx.args)}
+    result = run_notebook(notebook, params, home=home_of(ctx), tracking_uri=tracking_uri, kernel=kernel)
+    typer.echo(result.verdict())
+    if result.run_id:
+        typer.echo(f"mlflow run: {result.run_id}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _parameters(args: list[str]) -> list[tuple[str, str]]:
+    """``-p NAME VALUE`` pairs (papermill's syntax; typer has no two-value repeatable options)."""
+    from engine.errors import ConfigError
+
+    pairs = []
+    rest = list(args)
+    while rest:
+        flag = rest.pop(0)
+        if flag not in ("-p", "--parameter") or len(rest) < 2:
+            raise ConfigError(f"cannot read notebook parameters at '{flag}'", hint="pass -p NAME VALUE pairs")
+        pairs.append((rest.pop(0), rest.pop(0)))
+    return pairs
+
+
+def demo(
+    ctx: typer.Context,
+    days: Annotated[float, typer.Option(help="Days of synthetic telemetry.")] = 10.0,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic platform.")] = 0,
+    spec: Annotated[
+        Path | None, typer.Option(help="Experiment spec (default: experiments/demo_quick.yaml).")
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes for the sweep.")] = None,
+) -> None:
+    """The main job: synth -> ingest -> experiment -> promote -> scheduled evaluation, then a summary.
+
+    Idempotent: a second run reuses the data and keeps the champion unless a challenger beats it.
+
+    Example: selfheal --home /tmp/sh demo --days 7
+    """
+    from engine.demo import run_demo
+
+    summary = run_demo(
+        home_of(ctx),
+        days=days,
+        seed=seed,
+        spec=spec,
+        tracking_uri=tracking_uri,
+        workers=workers,
+        echo=typer.echo,
+    )
+    typer.echo(summary.render())
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:
     """Add this subpackage's commands to the root app."""
+    experiment = typer.Typer(
+        help="Detector sweeps from experiment specs, tracked in MLflow.", no_args_is_help=True
+    )
+    experiment.command("run")(experiment_run)
+    experiment.command("validate")(experiment_validate)
+    app.add_typer(experiment, name="experiment")
+    app.command("promote")(promote)
+    models = typer.Typer(
+        help="Registered detector models: versions, aliases, rollback.", no_args_is_help=True
+    )
+    models.command("list")(models_list)
+    models.command("rollback")(models_rollback)
+    app.add_typer(models, name="models")
+    app.command("evaluate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        evaluate
+    )
+    app.command("demo")(demo)

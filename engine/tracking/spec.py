@@ -1,0 +1,390 @@
+"""Experiment specs (``experiments/*.yaml``): which data, which features, which detectors, how judged.
+
+A spec is the reproducible description of a sweep. It is validated completely at load, before any
+data is read or any run is created, and every problem is reported at once with the file, the path
+inside it and a hint, because a sweep that dies on its seventh configuration wastes the first six.
+
+Detector grids separate ``params`` (fixed values, passed as they are, lists included) from ``grid``
+(lists of values to sweep); the configurations are the cartesian product of each grid.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine.errors import Problem, SpecError
+
+logger = logging.getLogger(__name__)
+
+MAX_CONFIGS = 256
+
+#: Metrics a spec can select the best configuration by, and whether higher is better.
+SELECTION_METRICS: dict[str, bool] = {
+    "f1": True,
+    "precision": True,
+    "recall": True,
+    "nab_score": True,
+    "average_precision": True,
+    "mean_delay_s": False,
+    "false_alarms_per_day": False,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataSpec(_Strict):
+    """Which telemetry: an SQL query over the store, or a time range with services and metrics."""
+
+    query: str | None = Field(
+        default=None, description="SELECT over `telemetry` returning ts, service, metric, value"
+    )
+    start: datetime | None = None
+    end: datetime | None = None
+    last_days: float | None = Field(default=None, gt=0, description="the most recent N days in the store")
+    services: list[str] | None = None
+    metrics: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_way_to_say_when(self) -> DataSpec:
+        if self.last_days is not None and (self.start is not None or self.end is not None):
+            raise ValueError("give either last_days or start/end, not both")
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise ValueError("start must be before end")
+        if self.query is not None and not re.match(r"(?is)^\s*(select|with)\b", self.query):
+            raise ValueError("query must be a SELECT (or WITH ... SELECT) over the telemetry table")
+        return self
+
+
+class DetectorGrid(_Strict):
+    """One detector class: fixed ``params`` plus a ``grid`` of values to sweep."""
+
+    class_: str = Field(alias="class", min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty_lists(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = [k for k, v in grid.items() if not v]
+        if empty:
+            raise ValueError(f"grid values must be non-empty lists (empty: {', '.join(empty)})")
+        return grid
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> DetectorGrid:
+        both = sorted(set(self.params) & set(self.grid))
+        if both:
+            raise ValueError(f"parameter(s) {', '.join(both)} appear in both params and grid")
+        return self
+
+
+class ThresholdSpec(_Strict):
+    """How calibrated scores become alarms: a quantile of the training scores, or a fixed value."""
+
+    kind: Literal["quantile", "fixed"] = "quantile"
+    q: float = Field(default=0.99, gt=0, lt=1)
+    value: float | None = Field(default=None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _fixed_needs_value(self) -> ThresholdSpec:
+        if self.kind == "fixed" and self.value is None:
+            raise ValueError("kind 'fixed' needs a value in [0, 1]")
+        return self
+
+
+class CalibrationSpec(_Strict):
+    method: str | None = Field(default=None, description="ScoreCalibrator method; None = its default")
+
+
+class SplitSpec(_Strict):
+    """Train on the earlier part, test on the later part (never the other way: no look-ahead)."""
+
+    train_fraction: float | None = Field(default=None, gt=0, lt=1)
+    test_start: datetime | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SplitSpec:
+        if (self.train_fraction is None) == (self.test_start is None):
+            raise ValueError("give exactly one of train_fraction or test_start")
+        return self
+
+
+class EvaluationSpec(_Strict):
+    split: SplitSpec = Field(default_factory=lambda: SplitSpec(train_fraction=0.5))
+    metric: str = "f1"
+    level: Literal["service", "platform"] = "service"
+    nab_profile: str = "standard"
+    exclude_incidents_from_training: bool = True
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in SELECTION_METRICS:
+            close = difflib.get_close_matches(metric, SELECTION_METRICS, n=1)
+            tip = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ValueError(f"unknown metric '{metric}'{tip}; choose one of {', '.join(SELECTION_METRICS)}")
+        return metric
+
+
+class TrackingSpec(_Strict):
+    experiment: str | None = Field(default=None, description="MLflow experiment; default: the spec name")
+    model_name: str | None = Field(default=None, description="registered model name promotion uses")
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    seed: int = 0
+    data: DataSpec = Field(default_factory=DataSpec)
+    features: dict[str, Any]
+    detectors: list[DetectorGrid] = Field(min_length=1)
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    threshold: ThresholdSpec = Field(default_factory=ThresholdSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def higher_is_better(self) -> bool:
+        return SELECTION_METRICS[self.evaluation.metric]
+
+    def configs(self) -> list[DetectorConfig]:
+        """The cartesian product of every detector's grid, in file order."""
+        out: list[DetectorConfig] = []
+        for grid in self.detectors:
+            keys = sorted(grid.grid)
+            for values in itertools.product(*(grid.grid[k] for k in keys)):
+                params = {**grid.params, **dict(zip(keys, values, strict=True))}
+                out.append(DetectorConfig(index=len(out), detector=grid.class_, params=params))
+        return out
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """One point of the sweep."""
+
+    index: int
+    detector: str
+    params: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        inner = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.detector}({inner})"
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec with where it came from and a hash of its bytes (logged with every run)."""
+
+    spec: ExperimentSpec
+    path: Path
+    text: str
+    feature_spec: Any  # engine.features.FeatureSpec
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def evaluation_key(self) -> str:
+        """What two runs must share to be compared: data selection, split, level and threshold policy.
+
+        The detector grid and the spec's name are left out on purpose: a challenger from a different
+        sweep may compete with the champion as long as it was judged on the same evaluation.
+        """
+        s = self.spec
+        payload = {
+            "data": s.data.model_dump(mode="json"),
+            "features": self.feature_spec.model_dump(mode="json"),
+            "evaluation": s.evaluation.model_dump(mode="json"),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading and reporting every problem at once
+
+
+def load_spec(path: str | Path) -> LoadedSpec:
+    """Read and validate an experiment spec; raise SpecError listing every problem found."""
+    path = Path(path)
+    file = str(path)
+    if not path.is_file():
+        raise SpecError(
+            [Problem(file, "", "no such file", "pass a path to an experiments/*.yaml file")],
+            hint="ls experiments/",
+        )
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise SpecError([Problem(file, where, f"not valid YAML: {exc}", "fix the YAML syntax")]) from exc
+    return validate_spec(raw, file=file, text=text, path=path)
+
+
+def validate_spec(
+    raw: Any, *, file: str = "<spec>", text: str | None = None, path: Path | None = None
+) -> LoadedSpec:
+    """Validate an already-parsed spec (a dict); every problem is collected before raising."""
+    if not isinstance(raw, dict):
+        raise SpecError([Problem(file, "", "a spec must be a mapping", "start with `name:`")])
+    problems: list[Problem] = []
+    spec: ExperimentSpec | None = None
+    try:
+        spec = ExperimentSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(_problems_from(exc, file, ExperimentSpec))
+
+    feature_spec = None
+    if isinstance(raw.get("features"), dict):
+        feature_spec, feature_problems = _validate_features(raw["features"], file)
+        problems.extend(feature_problems)
+    problems.extend(_check_detectors(raw.get("detectors"), file))
+    if spec is not None and len(spec.configs()) > MAX_CONFIGS:
+        problems.append(
+            Problem(
+                file,
+                "detectors",
+                f"the grid expands to {len(spec.configs())} configurations (limit {MAX_CONFIGS})",
+                "narrow the grid values or split the sweep into several specs",
+            )
+        )
+    if problems:
+        raise SpecError(problems, hint=f"fix {file} and run again")
+    assert spec is not None and feature_spec is not None
+    return LoadedSpec(
+        spec=spec,
+        path=path or Path(file),
+        text=text if text is not None else yaml.safe_dump(raw, sort_keys=False),
+        feature_spec=feature_spec,
+    )
+
+
+def _validate_features(raw: dict[str, Any], file: str) -> tuple[Any, list[Problem]]:
+    """The embedded feature spec is validated by its owner, with paths under ``features``."""
+    from engine.features import FeatureSpec
+
+    try:
+        return FeatureSpec.parse(raw, source=file, prefix="features"), []
+    except SpecError as exc:
+        return None, list(exc.problems)
+
+
+def _check_detectors(raw: Any, file: str) -> list[Problem]:
+    """Unknown detector classes fail at load, with the closest registered name as a hint."""
+    if not isinstance(raw, list):
+        return []
+    from engine.detectors import available_detectors
+
+    known = list(available_detectors())
+    problems: list[Problem] = []
+    for i, item in enumerate(raw):
+        name = item.get("class") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name or name in known or _is_pyod_class(name):
+            continue
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"registered: {', '.join(sorted(known))}"
+        problems.append(Problem(file, f"detectors[{i}].class", f"unknown detector '{name}'", hint))
+    return problems
+
+
+def _is_pyod_class(name: str) -> bool:
+    """The registry also builds any PyOD class by name; probe PyOD's module layout without fitting."""
+    import importlib
+
+    try:
+        importlib.import_module(f"pyod.models.{name.lower()}")
+    except ImportError:
+        return False
+    return True
+
+
+def _problems_from(
+    exc: ValidationError, file: str, root: type[BaseModel], prefix: tuple[str | int, ...] = ()
+) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = tuple(prefix) + tuple(err["loc"])
+        message = err["msg"]
+        hint = None
+        if err["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _allowed_keys(root, tuple(err["loc"])[:-1])
+            close = difflib.get_close_matches(key, allowed, n=1)
+            message = f"unknown key '{key}'"
+            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+        elif err["type"] == "missing":
+            hint = "add this key"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        out.append(Problem(file, _path(loc), message, hint or _hint_for(err)))
+    return out
+
+
+def _hint_for(err: Any) -> str | None:
+    ctx = err.get("ctx") or {}
+    if "expected" in ctx:
+        return f"expected {ctx['expected']}"
+    return None
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys a mapping at ``loc`` accepts, found by walking the model's field annotations."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = _field_by_key(current, part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(f.alias or name for name, f in current.model_fields.items())
+    return []
+
+
+def _field_by_key(model: type[BaseModel], key: str) -> Any:
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
+    return None
+
+
+def _model_in(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out

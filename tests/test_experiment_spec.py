@@ -1,0 +1,98 @@
+"""Experiment specs: validated at load, every problem at once with file, path and hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_tracking_support import small_spec, write_spec
+
+from engine.errors import SpecError
+from engine.tracking.spec import load_spec, validate_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_specs_validate_and_expand() -> None:
+    specs = sorted((REPO / "experiments").glob("*.yaml"))
+    assert len(specs) >= 2
+    for path in specs:
+        loaded = load_spec(path)
+        assert loaded.spec.configs(), path
+        assert loaded.feature_spec.feature_names
+
+
+def test_grid_is_the_cartesian_product_with_fixed_params_merged() -> None:
+    raw = small_spec(
+        detectors=[
+            {
+                "class": "IForest",
+                "params": {"contamination": 0.01},
+                "grid": {"n_estimators": [10, 20], "max_features": [0.5, 0.8, 1.0]},
+            },
+            {"class": "HBOS"},
+        ]
+    )
+    configs = validate_spec(raw).spec.configs()
+    assert len(configs) == 7
+    assert [c.index for c in configs] == list(range(7))
+    assert configs[0].params == {"contamination": 0.01, "max_features": 0.5, "n_estimators": 10}
+    assert configs[-1].detector == "HBOS" and configs[-1].params == {}
+    assert configs[0].label == "IForest(contamination=0.01,max_features=0.5,n_estimators=10)"
+
+
+def test_every_problem_is_reported_at_once_with_file_path_and_hint(tmp_path: Path) -> None:
+    raw = small_spec(
+        detectors=[{"class": "IForrest", "grid": {"n_estimators": []}}],
+        threshold={"kind": "quantile", "q": 1.5},
+        evaluation={"split": {"train_fraction": 0.5}, "metric": "f2"},
+        features={**small_spec()["features"], "interval": "ten seconds"},
+    )
+    raw["dataa"] = {}
+    path = write_spec(tmp_path / "broken.yaml", raw)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    problems = {p.path: p for p in info.value.problems}
+    text = str(info.value)
+    assert all(p.file == str(path) for p in info.value.problems)
+    assert "dataa" in problems and "did you mean 'data'" in (problems["dataa"].hint or "")
+    assert "threshold.q" in problems
+    assert "choose one of f1" in problems["evaluation.metric"].message
+    assert "detectors[0].grid" in problems
+    assert problems["detectors[0].class"].hint == "did you mean 'IForest'?"
+    assert any(p.startswith("features.interval") for p in problems), text
+    assert len(info.value.problems) >= 6
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\ndetectors: [\n  - {class: HBOS\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert info.value.problems[0].path.startswith("line ")
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="no such file"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_data_and_split_rules() -> None:
+    with pytest.raises(SpecError) as info:
+        validate_spec(
+            small_spec(
+                data={"last_days": 2, "start": "2026-01-01T00:00:00", "query": "DELETE FROM telemetry"},
+                evaluation={"split": {"train_fraction": 0.5, "test_start": "2026-01-02T00:00:00"}},
+            )
+        )
+    messages = " | ".join(p.message for p in info.value.problems)
+    assert "either last_days or start/end" in messages or "SELECT" in messages
+    assert "exactly one of train_fraction or test_start" in messages
+
+
+def test_evaluation_key_ignores_the_grid_but_not_the_data() -> None:
+    a = validate_spec(small_spec())
+    b = validate_spec(small_spec(name="other", detectors=[{"class": "IForest"}]))
+    c = validate_spec(small_spec(data={"services": ["gateway"]}))
+    assert a.evaluation_key == b.evaluation_key
+    assert a.evaluation_key != c.evaluation_key
