@@ -1,8 +1,16 @@
-"""The main job (``selfheal demo`` / ``make demo``): the research loop end to end on synthetic data.
+"""The main job (``selfheal demo`` / ``make demo``): the whole loop end to end on synthetic data.
 
 synth -> ingest into the DuckDB store -> experiment sweep tracked in MLflow -> promote the best
 configuration (champion/challenger gate) -> the scheduled evaluation notebook through papermill ->
-a short summary with where everything is and how to open it.
+bundle the champion with the policies in rules/ (built, hash-verified) -> game day: the simulated
+platform and the engine, faults injected, healed or not -> an HTML report and a short summary with
+where everything is and how to open it.
+
+The game day runs the chaos suite's default detector (PCA on z-scores of the metrics every service
+emits), not the demo's champion: the demo sweep is tuned for labeled-incident F1 on history, and a
+champion chosen that way is not guaranteed to separate fault kinds well enough for the policies.
+Running the game day on the promoted bundle is one flag away (``selfheal chaos run game_day
+--bundle DIR``); the summary prints that command.
 
 Idempotent by construction: the synthetic data is generated from a fixed seed and start time and
 the store does not duplicate rows it already has, so a second run sees the same data fingerprint;
@@ -26,6 +34,7 @@ logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "experiments" / "demo_quick.yaml"
 EVALUATION_NOTEBOOK = REPO / "notebooks" / "03_scheduled_evaluation.ipynb"
+RULES_DIR = REPO / "rules"
 MODEL_NAME = "selfheal-detector"
 #: A fixed start keeps the data, and so its fingerprint, identical across runs.
 SYNTH_START = datetime(2026, 1, 5)
@@ -52,11 +61,17 @@ class DemoSummary:
     notebook_output: Path | None = None
     notebook_ok: bool = False
     evaluation_metrics: dict[str, float] = field(default_factory=dict)
+    bundle_path: Path | None = None
+    bundle_version: str = ""
+    bundle_verified: bool = False
+    game_day_html: Path | None = None
+    game_day_text: str = ""
+    game_day_passed: bool | None = None  # None: not run
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return self.notebook_ok
+        return self.notebook_ok and self.bundle_verified and self.game_day_passed is not False
 
     def render(self) -> str:
         m = self.best_metrics
@@ -79,13 +94,24 @@ class DemoSummary:
             f"champion    models:/{MODEL_NAME}@champion = version {self.champion_version}",
             f"evaluation  {self.notebook_verdict}",
             f"MLflow      {backend}  (artifacts: {self.home.mlflow_artifacts})",
+            f"bundle      {self.bundle_path}  {self.bundle_version}  "
+            f"({'verified' if self.bundle_verified else 'NOT verified'})",
+        ]
+        if self.game_day_passed is not None:
+            verdict = "every fault healed" if self.game_day_passed else "NOT every fault healed"
+            lines += [f"game day    {verdict}; report: {self.game_day_html}", self.game_day_text.rstrip()]
+        lines += [
             f"timing      {timing}",
             "",
             "open them:",
             f"  .venv/bin/mlflow ui --backend-store-uri {backend} --port 5000",
             f"  .venv/bin/jupyter lab {self.notebook_output or self.home.notebooks_out}",
             f"  .venv/bin/selfheal --home {self.home.root} models list {MODEL_NAME}",
+            f"  .venv/bin/selfheal bundle inspect {self.bundle_path}",
+            f"  .venv/bin/selfheal --home {self.home.root} chaos run game_day --bundle {self.bundle_path}",
         ]
+        if self.game_day_html:
+            lines.append(f"  open {self.game_day_html} in a browser")
         return "\n".join(lines)
 
 
@@ -97,9 +123,11 @@ def run_demo(
     spec: str | Path | None = None,
     tracking_uri: str | None = None,
     workers: int | None = None,
+    game_day: bool = True,
     echo: Callable[[str], None] = logger.info,
 ) -> DemoSummary:
     """Run the whole loop; the returned summary says what happened at each step."""
+    from engine.bundle import build_bundle, verify_bundle
     from engine.telemetry.store import TelemetryStore
     from engine.telemetry.synth import generate, load_config
     from engine.tracking import registry
@@ -112,14 +140,15 @@ def run_demo(
     home.ensure()
     uri = registry.resolve_tracking_uri(home, tracking_uri)
     summary = DemoSummary(home=home, tracking_uri=uri)
+    steps = 7 if game_day else 6
 
     t = time.perf_counter()
-    echo(f"[1/5] synth: {days:g} days of the synthetic platform (seed {seed})")
+    echo(f"[1/{steps}] synth: {days:g} days of the synthetic platform (seed {seed})")
     data = generate(load_config(), days=days, seed=seed, start=SYNTH_START)
     summary.seconds["synth"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo(f"[2/5] ingest: {len(data.points):,} points into {home.telemetry_db}")
+    echo(f"[2/{steps}] ingest: {len(data.points):,} points into {home.telemetry_db}")
     with TelemetryStore(home.telemetry_db) as store:
         summary.points_inserted = store.insert_points(data.points, source="synth")
         store.insert_incidents(data.incidents)
@@ -129,7 +158,7 @@ def run_demo(
     summary.seconds["ingest"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo(f"[3/5] experiment: {spec_path}")
+    echo(f"[3/{steps}] experiment: {spec_path}")
     sweep = run_experiment(spec_path, home=home, tracking_uri=uri, workers=workers, progress=True)
     best = sweep.best
     assert best is not None and best.run_id is not None
@@ -142,7 +171,7 @@ def run_demo(
     echo(sweep.table())
 
     t = time.perf_counter()
-    echo(f"[4/5] promote: run {best.run_id} as {MODEL_NAME}")
+    echo(f"[4/{steps}] promote: run {best.run_id} as {MODEL_NAME}")
     result = registry.promote(best.run_id, MODEL_NAME, tracking_uri=uri)
     summary.promotion = result.summary()
     champion = registry.resolve_version(f"models:/{MODEL_NAME}@{registry.CHAMPION}", tracking_uri=uri)
@@ -150,7 +179,7 @@ def run_demo(
     summary.seconds["promote"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo(f"[5/5] scheduled evaluation: {EVALUATION_NOTEBOOK.name} through papermill")
+    echo(f"[5/{steps}] scheduled evaluation: {EVALUATION_NOTEBOOK.name} through papermill")
     run = run_notebook(
         EVALUATION_NOTEBOOK,
         {
@@ -166,4 +195,30 @@ def run_demo(
     summary.notebook_output = run.output
     summary.notebook_ok = run.ok
     summary.seconds["evaluation"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    echo(f"[6/{steps}] bundle: models:/{MODEL_NAME}@champion with the policies in {RULES_DIR}")
+    built = build_bundle(
+        f"models:/{MODEL_NAME}@{registry.CHAMPION}",
+        RULES_DIR,
+        tracking_uri=uri,
+        bundles_dir=home.bundles,
+        force=True,
+    )
+    report = verify_bundle(built.path, digest=built.digest)
+    summary.bundle_path = built.path
+    summary.bundle_version = built.version
+    summary.bundle_verified = report.ok
+    summary.seconds["bundle"] = time.perf_counter() - t
+
+    if game_day:
+        from engine.chaos.api import run_game_day
+
+        t = time.perf_counter()
+        echo(f"[7/{steps}] game day: simulated platform + engine, faults injected (simulated clock)")
+        chaos = run_game_day(home.root / "chaos" / "game-day", tracking_uri=uri, echo=echo)
+        summary.game_day_html = chaos.html
+        summary.game_day_text = chaos.text()
+        summary.game_day_passed = chaos.passed
+        summary.seconds["game day"] = time.perf_counter() - t
     return summary

@@ -196,10 +196,14 @@ def demo(
     ] = None,
     tracking_uri: TrackingUri = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes for the sweep.")] = None,
+    game_day: Annotated[
+        bool, typer.Option("--game-day/--no-game-day", help="End with the chaos game day and its report.")
+    ] = True,
 ) -> None:
-    """The main job: synth -> ingest -> experiment -> promote -> scheduled evaluation, then a summary.
+    """The main job: synth -> ingest -> experiment -> promote -> evaluation -> bundle -> game day.
 
-    Idempotent: a second run reuses the data and keeps the champion unless a challenger beats it.
+    Ends with a summary and the path of the HTML game-day report. Idempotent: a second run reuses
+    the data and keeps the champion unless a challenger beats it.
 
     Example: selfheal --home /tmp/sh demo --days 7
     """
@@ -212,6 +216,7 @@ def demo(
         spec=spec,
         tracking_uri=tracking_uri,
         workers=workers,
+        game_day=game_day,
         echo=typer.echo,
     )
     typer.echo(summary.render())
