@@ -1,0 +1,163 @@
+"""The engine's HTTP API (FastAPI): telemetry push, journal reads, approvals, kill switch, probes.
+
+Authentication is a bearer token from the configuration (``token``), plus optional named tokens
+(``approver_tokens``) so that the recorded approver is who held the token rather than what a client
+claims. Operator actions (approve, reject, pause, resume) always need a token; when the engine
+listens beyond loopback, every ``/v1`` endpoint does.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict
+
+from engine.runtime.config import LOOPBACK
+from engine.runtime.journal import KINDS
+from engine.runtime.process import ApprovalRefused, Engine
+from engine.runtime.sources import parse_body
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = None
+    approver: str | None = None
+
+
+def identify(request: Request) -> str:
+    """The authenticated caller's name; 401 without a valid token."""
+    settings = request.app.state.engine.settings
+    header = request.headers.get("authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    for name, token in settings.approver_tokens.items():
+        if hmac.compare_digest(given.encode(), token.encode()):
+            return str(name)
+    if settings.token and hmac.compare_digest(given.encode(), settings.token.encode()):
+        return "token"
+    if not settings.token and not settings.approver_tokens:
+        raise HTTPException(401, "the engine has no token configured; set SELFHEAL_ENGINE_TOKEN and restart")
+    raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def reader(request: Request) -> None:
+    """Reads are open on loopback; beyond it every endpoint needs the token."""
+    if request.app.state.engine.settings.host not in LOOPBACK:
+        identify(request)
+
+
+Operator = Annotated[str, Depends(identify)]
+Reader = Depends(reader)
+
+
+def create_app(engine: Engine) -> FastAPI:
+    settings = engine.settings
+    app = FastAPI(title="selfheal engine", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ready = engine.ready.is_set() and engine.healthy
+        full = engine.queue.depth >= engine.queue.max_points
+        body = {"ready": ready and not full, "queue_depth": engine.queue.depth, "paused": engine.paused}
+        return JSONResponse(body, status_code=200 if ready and not full else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return PlainTextResponse(engine.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/telemetry", dependencies=[Reader])
+    async def telemetry(request: Request) -> Response:
+        body = await request.body()
+        points, rejections = parse_body(body, request.headers.get("content-type", ""))
+        if len(points) + len(rejections) > settings.max_request_points:
+            return JSONResponse(
+                {"detail": f"more than {settings.max_request_points} points in one request; split it"},
+                status_code=413,
+            )
+        if not engine.ingest(points, rejections, source="http"):
+            retry = max(1, round(engine.settings.tick_s * 4))
+            return JSONResponse(
+                {"detail": "queue full, nothing accepted; retry later", "queue_depth": engine.queue.depth},
+                status_code=429,
+                headers={"Retry-After": str(retry)},
+            )
+        if rejections:
+            first = rejections[0]
+            return JSONResponse(
+                {
+                    "detail": f"point {first.index}: field '{first.field}' {first.reason}",
+                    "accepted": len(points),
+                    "rejected": len(rejections),
+                    "errors": [r.as_dict() for r in rejections[:50]],
+                },
+                status_code=400,
+            )
+        return JSONResponse({"accepted": len(points)}, status_code=202)
+
+    @app.get("/v1/decisions", dependencies=[Reader])
+    def decisions(
+        service: str | None = None,
+        status: str | None = None,
+        since: float | None = Query(None, description="epoch seconds"),
+        kind: str = "decisions",
+        limit: int = Query(100, ge=1, le=10_000),
+    ) -> Any:
+        if kind not in KINDS:
+            raise HTTPException(422, f"kind must be one of {', '.join(KINDS)}")
+        return engine.journal.recent(kind, service=service, since=since, status=status, limit=limit)
+
+    @app.get("/v1/approvals", dependencies=[Reader])
+    def approvals() -> Any:
+        return engine.journal.pending_approvals()
+
+    def settle(approval_id: str, approve: bool, body: _Body, who: str) -> Any:
+        approver = who if who != "token" else (body.approver or "token")
+        try:
+            return engine.settle_approval(approval_id, approve=approve, approver=approver, reason=body.reason)
+        except ApprovalRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from exc
+
+    @app.post("/v1/approvals/{approval_id}/approve")
+    def approve(approval_id: str, who: Operator, body: _Body | None = None) -> Any:
+        return settle(approval_id, True, body or _Body(), who)
+
+    @app.post("/v1/approvals/{approval_id}/reject")
+    def reject(approval_id: str, who: Operator, body: _Body | None = None) -> Any:
+        return settle(approval_id, False, body or _Body(), who)
+
+    @app.post("/v1/pause")
+    def pause(who: Operator, body: _Body | None = None) -> Any:
+        body = body or _Body()
+        engine.set_paused(True, actor=body.approver or who, reason=body.reason)
+        return {"paused": True}
+
+    @app.post("/v1/resume")
+    def resume(who: Operator, body: _Body | None = None) -> Any:
+        body = body or _Body()
+        engine.set_paused(False, actor=body.approver or who, reason=body.reason)
+        return {"paused": False}
+
+    @app.get("/v1/status", dependencies=[Reader])
+    def status() -> Any:
+        return {
+            "paused": engine.paused,
+            "ready": engine.ready.is_set(),
+            "queue_depth": engine.queue.depth,
+            "points_scored": engine.points_scored,
+            "rows_scored": engine.rows_scored,
+            "bundle_version": engine.components.bundle_version,
+            "detector": engine.components.pipeline.detector,
+            "time": time.time(),
+        }
+
+    return app

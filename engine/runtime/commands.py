@@ -1,0 +1,270 @@
+"""CLI commands of the engine: run, pause, resume, approvals list|approve|reject, journal."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from engine.cliutil import home_of
+from engine.errors import ConfigError
+
+UrlOpt = Annotated[
+    str | None, typer.Option("--url", help="Engine URL (default $SELFHEAL_ENGINE_URL or :8787).")
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", help="Engine token (default $SELFHEAL_ENGINE_TOKEN).", show_default=False),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the engine's commands to the root app."""
+    app.command("run")(run)
+    app.command("pause")(pause)
+    app.command("resume")(resume)
+    app.command("journal")(journal)
+    approvals = typer.Typer(help="High-risk actions waiting for a human.", no_args_is_help=True)
+    approvals.command("list")(approvals_list)
+    approvals.command("approve")(approvals_approve)
+    approvals.command("reject")(approvals_reject)
+    app.add_typer(approvals, name="approvals")
+
+
+def run(
+    ctx: typer.Context,
+    ref: Annotated[
+        str, typer.Argument(help="A bundle directory, an engine config (.yaml), or file.py:function.")
+    ],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Engine config (YAML).")] = None,
+    host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8787).")] = None,
+    journal_path: Annotated[Path | None, typer.Option("--journal", help="Journal file (SQLite).")] = None,
+) -> None:
+    """Run the engine: ingest telemetry, score, decide, act, verify, journal. Stops cleanly on SIGTERM.
+
+    Settings come from the config file, then SELFHEAL_ENGINE_<SETTING> variables (the token is
+    usually SELFHEAL_ENGINE_TOKEN), then these options. Log as JSON with `selfheal --json-logs run`.
+
+    Example: SELFHEAL_ENGINE_TOKEN=s3cret selfheal run .selfheal/bundles/champion --port 8787
+    """
+    from engine.runtime.components import load_components
+    from engine.runtime.config import load_settings
+    from engine.runtime.server import build_engine, serve
+
+    home = home_of(ctx).ensure()
+    if ref.endswith((".yaml", ".yml")) and Path(ref).is_file():
+        if config is not None:
+            raise ConfigError(f"{ref} is already a config; --config {config} would be a second one")
+        config, ref = Path(ref), ""
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("host", host), ("port", port), ("journal", journal_path)) if v
+    }
+    settings = load_settings(config, overrides=overrides)
+    if not ref:
+        if not settings.components:
+            raise ConfigError(
+                f"{config}: no `components:` setting", hint="name a bundle directory or file.py:function"
+            )
+        ref = settings.components
+        if (
+            config is not None
+            and not Path(ref).is_absolute()
+            and (config.parent / ref.split(":")[0]).exists()
+        ):
+            ref = str(config.parent / ref)
+    settings.require_safe_binding(str(config or "command line"))
+    components = load_components(ref, settings)
+    serve(build_engine(components, settings, home.journals))
+
+
+def pause(
+    ctx: typer.Context,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded in the journal.")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Kill switch: stop every action (detection and journaling go on) until `selfheal resume`.
+
+    Example: selfheal pause --reason "incident bridge: humans in control"
+    """
+    from engine.runtime.client import EngineClient
+
+    EngineClient(url, token).pause(reason, getpass.getuser())
+    typer.echo("paused: no action will run until `selfheal resume`")
+
+
+def resume(
+    ctx: typer.Context,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded in the journal.")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Lift the kill switch: actions run again (subject to every other safeguard).
+
+    Example: selfheal resume --reason "incident closed"
+    """
+    from engine.runtime.client import EngineClient
+
+    EngineClient(url, token).resume(reason, getpass.getuser())
+    typer.echo("resumed")
+
+
+def approvals_list(
+    ctx: typer.Context,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List approval requests that are waiting, with their action, target and time left.
+
+    Example: selfheal approvals list
+    """
+    from engine.runtime.client import EngineClient
+
+    rows = EngineClient(url, token).approvals()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        typer.echo("no pending approvals")
+        return
+    now = time.time()
+    for r in rows:
+        left = max(0.0, r["expires_ts"] - now)
+        typer.echo(
+            f"{r['id']}  {r['action']} on {r['target']} (risk {r['risk']}, rule {r['policy']}/{r['rule']})  "
+            f"params {json.dumps(r['params'])}  expires in {left:.0f}s"
+        )
+
+
+def approvals_approve(
+    ctx: typer.Context,
+    approval_id: Annotated[str, typer.Argument(help="Approval id from `selfheal approvals list`.")],
+    reason: Annotated[str | None, typer.Option(help="Why; recorded with the approver.")] = None,
+    approver: Annotated[str | None, typer.Option("--as", help="Approver name (default: your user).")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Approve a waiting high-risk action; the engine runs it at once (after its safeguards).
+
+    Example: selfheal approvals approve apr-1f2e3d4c5b6a7980 --reason "canary looks bad"
+    """
+    from engine.runtime.client import EngineClient
+
+    row = EngineClient(url, token).approve(approval_id, reason, approver or getpass.getuser())
+    typer.echo(f"{row['id']} approved by {row['approver']}")
+
+
+def approvals_reject(
+    ctx: typer.Context,
+    approval_id: Annotated[str, typer.Argument(help="Approval id from `selfheal approvals list`.")],
+    reason: Annotated[str, typer.Option(help="Why (required); recorded with the approver.")],
+    approver: Annotated[str | None, typer.Option("--as", help="Approver name (default: your user).")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Reject a waiting high-risk action; it will not run.
+
+    Example: selfheal approvals reject apr-1f2e3d4c5b6a7980 --reason "known issue, fix deploying"
+    """
+    from engine.runtime.client import EngineClient
+
+    row = EngineClient(url, token).reject(approval_id, reason, approver or getpass.getuser())
+    typer.echo(f"{row['id']} rejected by {row['approver']}")
+
+
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+
+
+def _since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    match = _AGO.match(value.strip())
+    if match:
+        return time.time() - float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--since {value!r} is neither a duration nor a time", hint="e.g. 30m, 2h or 2026-11-27T08:00"
+        ) from exc
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def journal(
+    ctx: typer.Context,
+    kind: Annotated[
+        str, typer.Option(help="decisions, events, approvals, executions or verifications.")
+    ] = "decisions",
+    service: Annotated[str | None, typer.Option(help="Only this service (or target).")] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only newer rows: 30m, 2h, 1d or an ISO time (UTC).")
+    ] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only this status (for events: anomaly or health).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 50,
+    journal_path: Annotated[
+        Path | None, typer.Option("--journal", help="Journal file (default in the home).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Show recent journal rows (readable while the engine runs).
+
+    Example: selfheal journal --service inference-a --since 2h --status verified
+    """
+    from engine.runtime.journal import Journal
+
+    path = journal_path or home_of(ctx).journals / "engine.sqlite"
+    with Journal(path, read_only=True) as j:
+        rows = j.recent(kind, service=service, since=_since(since), status=status, limit=limit)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, default=str))
+        return
+    if not rows:
+        typer.echo(f"no {kind} match")
+        return
+    for row in rows:
+        typer.echo(_line(kind, row))
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _line(kind: str, r: dict[str, Any]) -> str:
+    if kind == "decisions":
+        reason = f"  ({r['reason']})" if r.get("reason") else ""
+        return (
+            f"{_when(r['ts'])}  {r['id']}  {r['status']:<20} {r['action']} on {r['target']}  "
+            f"risk {r['risk']}  {r['policy']}/{r['rule']} v{r['policy_version']}  "
+            f"detector {r['detector']}@{r['detector_version']}  bundle {r['bundle_version']}{reason}"
+        )
+    if kind == "events":
+        return (
+            f"{_when(r['ts'])}  {r['id']}  {r['kind']:<8} {r['service']}  score {r['score']:.3f} "
+            f"(threshold {r['threshold']:.3f})  window {_when(r['window_start'])} .. {_when(r['window_end'])}"
+        )
+    if kind == "approvals":
+        return (
+            f"{_when(r['created_ts'])}  {r['id']}  {r['status']:<9} decision {r['decision_id']}  "
+            f"approver {r['approver'] or '-'}  reason {r['reason'] or '-'}  expires {_when(r['expires_ts'])}"
+        )
+    if kind == "executions":
+        err = f"  error: {r['error']}" if r.get("error") else ""
+        return (
+            f"{_when(r['started_ts'])}  {r['id']}  {r['status']:<9} {r['kind']} {r['action']} "
+            f"on {r['target']}  key {r['idempotency_key']}{err}"
+        )
+    return (
+        f"{_when(r['started_ts'])}  {r['id']}  {r['status']:<9} decision {r['decision_id']}  "
+        f"deadline {_when(r['deadline_ts'])}  {json.dumps(r.get('detail'))}"
+    )

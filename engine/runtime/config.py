@@ -1,0 +1,190 @@
+"""Engine configuration: one declared table of settings, from a YAML file plus the environment.
+
+Why declared and strict: a typo in a production config must fail at start with the key, the expected
+type and a hint, never be silently ignored (Datasette's settings table is the model). Precedence:
+defaults < the YAML file < ``SELFHEAL_ENGINE_<KEY>`` environment variables (top-level scalar keys;
+``SELFHEAL_ENGINE_TOKEN`` is the usual one, so the token need not sit in a file).
+
+``selfheal run`` accepts either a bundle directory (components come from the bundle) or a YAML file
+with these settings and ``components:`` naming a bundle or a ``file.py:function`` factory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.errors import ConfigError, Problem, SpecError
+from engine.runtime.safeguards import GlobalLimits, MaintenanceWindow
+
+ENV_PREFIX = "SELFHEAL_ENGINE_"
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrometheusTarget(_Strict):
+    """Scrape ``url`` every ``interval_s``; ``mapping`` (YAML) turns metric names + labels into points."""
+
+    url: str
+    interval_s: float = Field(5.0, gt=0)
+    mapping: Path
+
+
+class Sources(_Strict):
+    http: bool = True
+    files: list[str] = Field(default_factory=list, description="NDJSON files to tail; '-' is stdin")
+    from_start: bool = Field(False, description="read files from their start instead of their end")
+    prometheus: list[PrometheusTarget] = Field(default_factory=list)
+
+
+class Limits(_Strict):
+    max_actions_per_hour: int = Field(30, ge=1)
+    max_failures_per_hour: int = Field(5, ge=1)
+    max_concurrent: int = Field(4, ge=1)
+
+    def to_global(self) -> GlobalLimits:
+        return GlobalLimits(self.max_actions_per_hour, self.max_failures_per_hour, self.max_concurrent)
+
+
+class Maintenance(_Strict):
+    services: list[str]
+    start: datetime
+    end: datetime
+    reason: str = ""
+
+    def window(self) -> MaintenanceWindow:
+        return MaintenanceWindow(tuple(self.services), _epoch(self.start), _epoch(self.end), self.reason)
+
+
+class EngineSettings(_Strict):
+    """Every setting of ``selfheal run`` (name, type, default, meaning)."""
+
+    components: str | None = Field(None, description="bundle directory or file.py:function factory")
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback needs a token")
+    port: int = Field(8787, ge=0, le=65535)
+    token: str | None = Field(None, description="bearer token for approvals, pause/resume and non-loopback")
+    approver_tokens: dict[str, str] = Field(
+        default_factory=dict, description="named tokens: the approver recorded is the token's name"
+    )
+    journal: Path | None = Field(None, description="SQLite journal (default HOME/journals/engine.sqlite)")
+    dead_letter: Path | None = Field(None, description="rejected points, NDJSON (default beside the journal)")
+    queue_max_points: int = Field(500_000, ge=1, description="accepted-but-unscored points before 429")
+    max_request_points: int = Field(100_000, ge=1, description="largest batch one request may carry")
+    tick_s: float = Field(0.05, gt=0, description="scoring tick: longest a point waits to be scored")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="scoring processes (services partitioned across them); 0 scores in-process. Workers "
+        "are spawned: a script embedding the engine needs the `if __name__ == '__main__':` guard",
+    )
+    sources: Sources = Field(default_factory=Sources)
+    limits: Limits = Field(default_factory=Limits)
+    maintenance: list[Maintenance] = Field(default_factory=list)
+    approval_ttl_s: float = Field(900.0, gt=0, description="default TTL when a policy gives none")
+    escalation_webhook: str | None = Field(None, description="URL that receives failed verifications")
+    action_timeout_s: float = Field(10.0, gt=0)
+    verify_interval_s: float = Field(1.0, gt=0, description="how often steady states are checked")
+    stale_decision_s: float = Field(
+        600.0,
+        ge=0,
+        description="after a crash, decisions younger than this still execute; older are reported",
+    )
+    replay_horizon_s: float = Field(3600.0, ge=0, description="events replayed into the policy host at start")
+    drain_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: time allowed to score what was accepted")
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and len(value.strip()) < 8:
+            raise ValueError("the token must have at least 8 characters")
+        return value
+
+    def require_safe_binding(self, source: str) -> None:
+        """Refuse to listen beyond loopback without a token: approvals and pause would be open to anyone."""
+        if self.host not in LOOPBACK and not self.token:
+            raise ConfigError(
+                f"{source}: host {self.host!r} is not loopback and no token is set",
+                hint=f"set `token:` in the config or {ENV_PREFIX}TOKEN, or bind to 127.0.0.1",
+            )
+
+    def journal_path(self, home_journals: Path) -> Path:
+        return self.journal or home_journals / "engine.sqlite"
+
+    def dead_letter_path(self, home_journals: Path) -> Path:
+        return self.dead_letter or self.journal_path(home_journals).with_name("dead-letter.ndjson")
+
+
+def load_settings(
+    path: Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> EngineSettings:
+    """Read, merge and validate; every problem is reported at once with a 'did you mean' hint."""
+    source = str(path) if path else "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(
+                f"{path}: cannot read the engine config ({exc})", hint="check the YAML"
+            ) from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the engine config must be a mapping of settings")
+        raw.update(loaded)
+    env = os.environ if environ is None else environ
+    fields = EngineSettings.model_fields
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in fields:
+            raise ConfigError(
+                f"environment variable {key} names no engine setting",
+                hint=_did_you_mean(name, fields) or f"settings: {', '.join(fields)}",
+            )
+        raw[name] = value
+    raw.update(overrides or {})
+    try:
+        return EngineSettings.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(
+            [_problem(source, err) for err in exc.errors()], hint="see `selfheal run --help`"
+        ) from exc
+
+
+def _problem(source: str, err: Any) -> Problem:
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        parent: type[BaseModel] = EngineSettings
+        for part in err["loc"][:-1]:
+            if isinstance(part, int):
+                continue
+            annotation = parent.model_fields[str(part)].annotation
+            inner = getattr(annotation, "__args__", (annotation,))
+            parent = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), parent)
+        hint = _did_you_mean(str(err["loc"][-1]), parent.model_fields)
+        return Problem(source, loc, "unknown setting", hint or f"known: {', '.join(parent.model_fields)}")
+    return Problem(source, loc, err["msg"], None)
+
+
+def _did_you_mean(name: str, choices: Any) -> str | None:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f"did you mean '{close[0]}'?" if close else None
+
+
+def _epoch(value: datetime) -> float:
+    from datetime import UTC
+
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()

@@ -1,0 +1,576 @@
+"""The engine's journal: every event, decision, approval, execution and verification, on disk.
+
+Why SQLite in WAL mode with ``synchronous=FULL``: a committed row survives ``kill -9`` and power
+loss, and WAL lets ``selfheal journal`` (another process, another connection) read while the engine
+writes. The journal is also the engine's memory: safeguards count executions in it, approvals wait
+in it, and a restarted engine rebuilds its state from it (see ``engine.runtime.recovery``).
+
+Rows carry the versions that caused them (bundle, detector, policy) and the input window (epoch
+seconds, UTC) so that any action can be traced back to the telemetry behind it.
+
+One ``Journal`` object is shared by the engine's threads; a lock serialises its one connection
+(SQLite allows one writer anyway). Timestamps are float epoch seconds (UTC).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.errors import RuntimeEngineError
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, service TEXT NOT NULL,
+    detector TEXT, detector_version TEXT, bundle_version TEXT,
+    score REAL, threshold REAL, contributing TEXT, window_start REAL, window_end REAL, payload TEXT
+);
+CREATE INDEX IF NOT EXISTS events_service_ts ON events (service, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS decisions (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, updated_ts REAL NOT NULL, event_id TEXT,
+    service TEXT NOT NULL, target TEXT NOT NULL, policy TEXT, policy_version TEXT, rule TEXT,
+    action TEXT NOT NULL, params TEXT NOT NULL, risk TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+    bundle_version TEXT, detector TEXT, detector_version TEXT, window_start REAL, window_end REAL,
+    spec TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_target_ts ON decisions (target, ts);
+CREATE INDEX IF NOT EXISTS decisions_status ON decisions (status);
+CREATE INDEX IF NOT EXISTS decisions_active ON decisions (target, rule, action)
+    WHERE status IN ('awaiting_approval', 'ready', 'executing', 'verifying');
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY, decision_id TEXT NOT NULL UNIQUE, created_ts REAL NOT NULL,
+    expires_ts REAL NOT NULL, status TEXT NOT NULL, approver TEXT, reason TEXT, decided_ts REAL,
+    allowed_approvers TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_status ON approvals (status);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY, decision_id TEXT NOT NULL, idempotency_key TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL, action TEXT NOT NULL, service TEXT NOT NULL, target TEXT NOT NULL,
+    params TEXT NOT NULL, replicas INTEGER NOT NULL DEFAULT 1, status TEXT NOT NULL,
+    started_ts REAL NOT NULL, finished_ts REAL, settled_ts REAL, result TEXT, error TEXT
+);
+CREATE INDEX IF NOT EXISTS executions_target_ts ON executions (target, started_ts);
+CREATE INDEX IF NOT EXISTS executions_ts ON executions (started_ts);
+CREATE INDEX IF NOT EXISTS executions_kind_ts ON executions (kind, started_ts);
+CREATE INDEX IF NOT EXISTS executions_target_kind_ts ON executions (target, kind, started_ts);
+CREATE INDEX IF NOT EXISTS executions_decision ON executions (decision_id);
+CREATE INDEX IF NOT EXISTS executions_in_flight ON executions (target) WHERE settled_ts IS NULL;
+CREATE TABLE IF NOT EXISTS verifications (
+    id TEXT PRIMARY KEY, decision_id TEXT NOT NULL, execution_id TEXT NOT NULL UNIQUE,
+    started_ts REAL NOT NULL, deadline_ts REAL NOT NULL, status TEXT NOT NULL, detail TEXT,
+    finished_ts REAL
+);
+CREATE INDEX IF NOT EXISTS verifications_status ON verifications (status);
+CREATE TABLE IF NOT EXISTS control (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL, actor TEXT, reason TEXT, updated_ts REAL NOT NULL
+);
+"""
+
+KINDS = ("events", "decisions", "approvals", "executions", "verifications")
+_TS_COLUMN = {
+    "events": "ts",
+    "decisions": "ts",
+    "approvals": "created_ts",
+    "executions": "started_ts",
+    "verifications": "started_ts",
+}
+_JSON_COLUMNS = {"contributing", "payload", "params", "spec", "result", "detail", "allowed_approvers"}
+
+
+class DecisionStatus:
+    """Where a decision is in its life. Terminal states end with the verification or a refusal."""
+
+    BLOCKED = "blocked"  # a safeguard refused it (reason says which)
+    AWAITING_APPROVAL = "awaiting_approval"
+    DENIED = "denied"  # rejected or expired approval
+    READY = "ready"  # cleared safeguards (and approval); about to be executed
+    EXECUTING = "executing"
+    VERIFYING = "verifying"
+    VERIFIED = "verified"
+    FAILED = "failed"  # the action itself failed
+    VERIFICATION_FAILED = "verification_failed"
+    ROLLED_BACK = "rolled_back"
+    UNKNOWN = "unknown"  # the engine died mid-call; reported, never repeated
+    STALE = "stale"  # decided before a crash and too old to act on; reported
+
+    ACTIVE = (READY, EXECUTING, VERIFYING)
+
+
+class ExecutionStatus:
+    STARTED = "started"  # committed before the call: a crash leaves this behind
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    UNKNOWN = "unknown"  # found 'started' after a crash
+
+    IN_FLIGHT = (STARTED,)
+
+
+class ApprovalStatus:
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+def new_id(prefix: str) -> str:
+    """Sortable-enough unique ids: a prefix that says what it is, then a random UUID."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True)
+class TargetCounts:
+    """What the safeguards need to know about one target, read in one go."""
+
+    last_execution_ts: float | None
+    executions_last_hour: int
+    in_flight_replicas: int
+    global_executions_last_hour: int
+    global_in_flight: int
+    recent_failures: int
+    rule_in_flight: int = 0  # executions of the same policy rule (any target) still in flight
+
+
+class Journal:
+    """The engine's durable record. Thread-safe; open one per process and ``close()`` it."""
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        try:
+            if read_only:
+                if not self.path.is_file():
+                    raise RuntimeEngineError(
+                        f"{self.path}: no journal here",
+                        hint="pass the journal the engine writes (see `journal_path` in its config) "
+                        "or start the engine once",
+                    )
+                uri = f"file:{self.path}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(
+                    self.path, check_same_thread=False, timeout=30, isolation_level=None
+                )
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+        except sqlite3.DatabaseError as exc:
+            raise RuntimeEngineError(
+                f"{self.path}: cannot open the journal ({exc})",
+                hint="check the path is a selfheal journal and the folder is writable",
+            ) from exc
+        self._db.row_factory = sqlite3.Row
+        self._in_tx = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- transactions
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes into one commit (one fsync). Nested calls join the outer transaction."""
+        with self._lock:
+            if self._in_tx:
+                yield
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._in_tx = False
+
+    def _write(self, sql: str, params: Sequence[Any]) -> int:
+        with self._lock:
+            if self.read_only:
+                raise RuntimeEngineError(f"{self.path}: journal opened read-only")
+            return self._db.execute(sql, params).rowcount
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(sql, params).fetchall()
+        return [_decode(dict(r)) for r in rows]
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    # ---------------------------------------------------------------- events
+    def record_event(
+        self, event: Mapping[str, Any], *, kind: str = "anomaly", ts: float | None = None
+    ) -> str:
+        """Journal an anomaly (or health-change) event; returns its id (the event's own, if it has one)."""
+        event_id = str(event.get("id") or new_id("evt"))
+        self._write(
+            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                event_id,
+                time.time() if ts is None else ts,
+                kind,
+                event["service"],
+                event.get("detector"),
+                event.get("detector_version"),
+                event.get("bundle_version"),
+                event.get("score"),
+                event.get("threshold"),
+                _enc(event.get("contributing")),
+                event.get("window_start"),
+                event.get("window_end"),
+                _enc(dict(event)),
+            ),
+        )
+        return event_id
+
+    def events_since(
+        self, since: float, kinds: Sequence[str] = ("anomaly", "health")
+    ) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(kinds))
+        return self._rows(
+            f"SELECT * FROM events WHERE ts >= ? AND kind IN ({marks}) ORDER BY ts, rowid", (since, *kinds)
+        )
+
+    def last_health(self) -> dict[str, bool]:
+        """The latest known health per service (True = anomalous), from health-change events."""
+        rows = self._rows(
+            "SELECT service, payload FROM events WHERE kind = 'health' AND rowid IN "
+            "(SELECT max(rowid) FROM events WHERE kind = 'health' GROUP BY service)"
+        )
+        return {r["service"]: bool(r["payload"].get("anomalous")) for r in rows}
+
+    # ---------------------------------------------------------------- decisions
+    def record_decision(self, decision: Mapping[str, Any], *, status: str, reason: str | None = None) -> str:
+        now = time.time()
+        decision_id = str(decision.get("id") or new_id("dec"))
+        self._write(
+            "INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                decision_id,
+                now,
+                now,
+                decision.get("event_id"),
+                decision["service"],
+                decision.get("target") or decision["service"],
+                decision.get("policy"),
+                decision.get("policy_version"),
+                decision.get("rule"),
+                decision["action"],
+                _enc(decision.get("params") or {}),
+                decision.get("risk", "low"),
+                status,
+                reason,
+                decision.get("bundle_version"),
+                decision.get("detector"),
+                decision.get("detector_version"),
+                decision.get("window_start"),
+                decision.get("window_end"),
+                _enc(decision.get("spec") or {}),
+            ),
+        )
+        return decision_id
+
+    def set_decision_status(self, decision_id: str, status: str, reason: str | None = None) -> None:
+        self._write(
+            "UPDATE decisions SET status = ?, reason = coalesce(?, reason), updated_ts = ? WHERE id = ?",
+            (status, reason, time.time(), decision_id),
+        )
+
+    def decision(self, decision_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM decisions WHERE id = ?", (decision_id,))
+
+    def active_decision(self, target: str, rule: str, action: str) -> dict[str, Any] | None:
+        """A decision for the same rule, target and action still waiting, running or being verified."""
+        return self._one(
+            "SELECT * FROM decisions WHERE target = ? AND rule = ? AND action = ? AND status IN "
+            "('awaiting_approval', 'ready', 'executing', 'verifying') LIMIT 1",
+            (target, rule, action),
+        )
+
+    def decisions_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(statuses))
+        return self._rows(f"SELECT * FROM decisions WHERE status IN ({marks}) ORDER BY ts", tuple(statuses))
+
+    # ---------------------------------------------------------------- approvals
+    def create_approval(
+        self,
+        decision_id: str,
+        *,
+        ttl_s: float,
+        allowed_approvers: Sequence[str] = (),
+        now: float | None = None,
+    ) -> str:
+        now = time.time() if now is None else now
+        approval_id = new_id("apr")
+        self._write(
+            "INSERT INTO approvals VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                approval_id,
+                decision_id,
+                now,
+                now + ttl_s,
+                ApprovalStatus.PENDING,
+                None,
+                None,
+                None,
+                _enc(list(allowed_approvers)),
+            ),
+        )
+        return approval_id
+
+    def approval(self, approval_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM approvals WHERE id = ?", (approval_id,))
+
+    def approval_for(self, decision_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM approvals WHERE decision_id = ?", (decision_id,))
+
+    def pending_approvals(self) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT a.*, d.service, d.target, d.action, d.params, d.risk, d.policy, d.rule "
+            "FROM approvals a JOIN decisions d ON d.id = a.decision_id "
+            "WHERE a.status = 'pending' ORDER BY a.created_ts"
+        )
+
+    def settle_approval(
+        self,
+        approval_id: str,
+        status: str,
+        *,
+        approver: str | None,
+        reason: str | None,
+        now: float | None = None,
+    ) -> bool:
+        """Move a pending approval to a final state; False when it was no longer pending (a race lost)."""
+        return (
+            self._write(
+                "UPDATE approvals SET status = ?, approver = ?, reason = ?, decided_ts = ? "
+                "WHERE id = ? AND status = 'pending'",
+                (status, approver, reason, time.time() if now is None else now, approval_id),
+            )
+            == 1
+        )
+
+    # ---------------------------------------------------------------- executions
+    def start_execution(
+        self,
+        decision: Mapping[str, Any],
+        *,
+        kind: str,
+        action: str,
+        params: Mapping[str, Any],
+        idempotency_key: str,
+        replicas: int = 1,
+    ) -> str | None:
+        """Record an execution *before* the call. None when the key was already used: do not call."""
+        execution_id = new_id("exe")
+        inserted = self._write(
+            "INSERT OR IGNORE INTO executions "
+            "(id, decision_id, idempotency_key, kind, action, service, target, params, replicas, status, "
+            "started_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                execution_id,
+                decision["id"],
+                idempotency_key,
+                kind,
+                action,
+                decision["service"],
+                decision["target"],
+                _enc(dict(params)),
+                replicas,
+                ExecutionStatus.STARTED,
+                time.time(),
+            ),
+        )
+        return execution_id if inserted else None
+
+    def finish_execution(
+        self, execution_id: str, status: str, *, result: Any = None, error: str | None = None
+    ) -> None:
+        self._write(
+            "UPDATE executions SET status = ?, finished_ts = ?, result = ?, error = ? WHERE id = ?",
+            (status, time.time(), _enc(result), error, execution_id),
+        )
+
+    def settle_execution(self, execution_id: str) -> None:
+        """The action's effect is over (verified, failed or rolled back): it no longer counts as in flight."""
+        self._write("UPDATE executions SET settled_ts = ? WHERE id = ?", (time.time(), execution_id))
+
+    def execution(self, execution_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM executions WHERE id = ?", (execution_id,))
+
+    def executions_for(self, decision_id: str) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT * FROM executions WHERE decision_id = ? ORDER BY started_ts", (decision_id,)
+        )
+
+    def executions_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(statuses))
+        return self._rows(f"SELECT * FROM executions WHERE status IN ({marks})", tuple(statuses))
+
+    def target_counts(
+        self,
+        target: str,
+        *,
+        now: float,
+        rule: str | None = None,
+        failure_window_s: float = 3600.0,
+        cap: int = 100_000,
+    ) -> TargetCounts:
+        """Counts behind every safeguard, from the journal (so they survive restarts).
+
+        Hourly counts stop at ``cap`` (pass the largest limit + 1): a limit only needs to know it
+        is reached, and the cost stays bounded however busy the last hour was.
+        """
+        hour_ago = now - 3600.0
+        with self._lock:
+            rule_in_flight = 0
+            if rule is not None:
+                rule_in_flight = int(
+                    self._db.execute(
+                        "SELECT count(*) FROM executions e INDEXED BY executions_in_flight "
+                        "JOIN decisions d ON d.id = e.decision_id "
+                        "WHERE e.settled_ts IS NULL AND e.kind = 'action' "
+                        "AND e.status IN ('started', 'succeeded') AND d.rule = ?",
+                        (rule,),
+                    ).fetchone()[0]
+                )
+            row = self._db.execute(
+                "SELECT "
+                " (SELECT max(started_ts) FROM executions WHERE target = ?1 AND kind = 'action'),"
+                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE target = ?1 AND kind = 'action'"
+                "   AND started_ts >= ?2 LIMIT ?4)),"
+                " (SELECT coalesce(sum(replicas), 0) FROM executions INDEXED BY executions_in_flight"
+                "   WHERE target = ?1 AND kind = 'action'"
+                "   AND settled_ts IS NULL AND status IN ('started', 'succeeded')),"
+                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE kind = 'action' AND started_ts >= ?2"
+                "   LIMIT ?4)),"
+                " (SELECT count(*) FROM executions INDEXED BY executions_in_flight"
+                "   WHERE kind = 'action' AND settled_ts IS NULL"
+                "   AND status IN ('started', 'succeeded')),"
+                " (SELECT count(*) FROM decisions WHERE status IN ('failed', 'verification_failed',"
+                "   'rolled_back') AND updated_ts >= ?3)",
+                (target, hour_ago, now - failure_window_s, cap),
+            ).fetchone()
+        return TargetCounts(row[0], row[1], row[2], row[3], row[4], row[5], rule_in_flight)
+
+    # ---------------------------------------------------------------- verifications
+    def start_verification(self, decision_id: str, execution_id: str, *, deadline_ts: float) -> str:
+        verification_id = new_id("ver")
+        self._write(
+            "INSERT OR IGNORE INTO verifications VALUES (?,?,?,?,?,?,?,?)",
+            (verification_id, decision_id, execution_id, time.time(), deadline_ts, "watching", None, None),
+        )
+        return verification_id
+
+    def finish_verification(self, verification_id: str, status: str, detail: Any = None) -> None:
+        self._write(
+            "UPDATE verifications SET status = ?, detail = ?, finished_ts = ? WHERE id = ?",
+            (status, _enc(detail), time.time(), verification_id),
+        )
+
+    def watching_verifications(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT * FROM verifications WHERE status = 'watching' ORDER BY deadline_ts")
+
+    # ---------------------------------------------------------------- control (kill switch)
+    def set_control(self, key: str, value: Any, *, actor: str | None, reason: str | None = None) -> None:
+        self._write(
+            "INSERT INTO control VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET "
+            "value = excluded.value, actor = excluded.actor, reason = excluded.reason, "
+            "updated_ts = excluded.updated_ts",
+            (key, _enc(value), actor, reason, time.time()),
+        )
+
+    def control(self, key: str) -> dict[str, Any] | None:
+        row = self._one("SELECT * FROM control WHERE key = ?", (key,))
+        if row is not None:
+            row["value"] = json.loads(row["value"])
+        return row
+
+    # ---------------------------------------------------------------- listing
+    def recent(
+        self,
+        kind: str = "decisions",
+        *,
+        service: str | None = None,
+        since: float | None = None,
+        status: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """Recent rows of one kind, newest first, filtered (what `selfheal journal` shows)."""
+        if kind not in KINDS:
+            raise RuntimeEngineError(f"unknown journal kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+        ts = _TS_COLUMN[kind]
+        where, params = [], []
+        if service is not None:
+            if kind in ("approvals", "verifications"):
+                where.append("decision_id IN (SELECT id FROM decisions WHERE service = ? OR target = ?)")
+                params += [service, service]
+            elif kind == "events":
+                where.append("service = ?")
+                params.append(service)
+            else:
+                where.append("(service = ? OR target = ?)")
+                params += [service, service]
+        if since is not None:
+            where.append(f"{ts} >= ?")
+            params.append(since)
+        if status is not None:
+            if kind == "events":
+                where.append("kind = ?")  # events have a kind (anomaly, health), not a status
+            else:
+                where.append("status = ?")
+            params.append(status)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        return self._rows(
+            f"SELECT * FROM {kind} {clause} ORDER BY {ts} DESC, rowid DESC LIMIT ?", (*params, limit)
+        )
+
+    def count(self, kind: str, status: str | None = None) -> int:
+        if kind not in KINDS:
+            raise RuntimeEngineError(f"unknown journal kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+        with self._lock:
+            if status is None:
+                return int(self._db.execute(f"SELECT count(*) FROM {kind}").fetchone()[0])
+            return int(
+                self._db.execute(f"SELECT count(*) FROM {kind} WHERE status = ?", (status,)).fetchone()[0]
+            )
+
+
+def _enc(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str, separators=(",", ":"))
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for key in _JSON_COLUMNS.intersection(row):
+        if isinstance(row[key], str):
+            row[key] = json.loads(row[key])
+    return row

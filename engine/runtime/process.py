@@ -1,0 +1,803 @@
+"""The engine: points in, scored features, anomaly events, decisions, safeguards, actions, verification.
+
+Threads and why:
+- sources (HTTP handlers, file tails, scrapers) only parse and ``offer`` to the bounded queue;
+- one scoring thread takes whole batches per tick and pushes them through the online features,
+  scoring every closed feature row of the tick in one micro-batch across services (or hands them
+  to scoring worker processes, ``workers: N``, services partitioned across them); it turns scores
+  into anomaly events and health changes and queues them, in tick order, for
+- one deciding thread, the only one that talks to the durable-rules host: it journals the events
+  and asks the policies, and each decision passes the safeguards under one lock (so two deciders
+  never both see "1 slot left"); events, decisions and execution rows of a batch of ticks are
+  committed together (one fsync) *before* any actuator is called: after a crash a 'started'
+  execution is reported, never repeated, and its idempotency key refuses a second attempt;
+- a worker pool calls actuators (they do I/O) so a slow target never stalls scoring or deciding;
+- a supervisor thread expires approvals, runs approved decisions, watches verifications and reads
+  the kill switch from the journal (so ``selfheal pause`` works even against a busy engine).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ActionError, RuntimeEngineError
+from engine.runtime import safeguards
+from engine.runtime.components import EngineComponents
+from engine.runtime.config import EngineSettings
+from engine.runtime.journal import ApprovalStatus, DecisionStatus, ExecutionStatus, Journal, new_id
+from engine.runtime.metrics import EngineMetrics
+from engine.runtime.model import ActionCall, AnomalyEvent, Decision
+from engine.runtime.sources import DeadLetter, IngestQueue, Point, Rejection
+from engine.runtime.verify import steady_state
+
+log = logging.getLogger(__name__)
+
+PAUSE_KEY = "paused"
+MAX_TICK_POINTS = 20_000  # per scoring tick: short ticks keep arrival-to-event latency low
+_EWMA = 0.05  # weight of a new normal row in the per-service feature baseline (contributions)
+
+
+class ApprovalRefused(RuntimeEngineError):
+    """An approve/reject that cannot apply: unknown id, already settled, expired or not allowed."""
+
+    def __init__(self, message: str, *, status: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class Engine:
+    """One running engine. ``start()``, feed it (``ingest``), ``stop()``; or run it with ``serve``."""
+
+    def __init__(
+        self,
+        components: EngineComponents,
+        settings: EngineSettings,
+        *,
+        journal_path: Path,
+        dead_letter_path: Path,
+        record_latencies: bool = False,
+    ) -> None:
+        self.components = components
+        self.settings = settings
+        self.journal = Journal(journal_path)
+        self.queue = IngestQueue(settings.queue_max_points)
+        self.dead_letter = DeadLetter(dead_letter_path)
+        self.limits = settings.limits.to_global()
+        self.maintenance = [m.window() for m in settings.maintenance]
+        self._pending_approvals = 0
+        self.metrics = EngineMetrics(lambda: self.queue.depth, lambda: self._pending_approvals)
+        self.features = components.new_features()
+        self.threshold = float(components.pipeline.threshold_)
+        self.feature_names = list(components.pipeline.feature_names)
+        self._spec_metrics = list(dict.fromkeys(f.split("__", 1)[0] for f in self.feature_names))
+        self.paused = False
+        self.ready = threading.Event()
+        self.latest_score: dict[str, tuple[float, float]] = {}
+        self.latest_metric: dict[tuple[str, str], tuple[float, float]] = {}
+        self.health: dict[str, bool] = {}
+        self._baseline: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._settling: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._decide_stop = threading.Event()
+        self._decider: threading.Thread | None = None
+        self._sources_stop = threading.Event()
+        self._wake = threading.Event()
+        self._act_lock = threading.RLock()
+        self._events_lock = threading.Lock()
+        self._decide_queue: queue.Queue[tuple[list[AnomalyEvent], list[AnomalyEvent], float]] = queue.Queue()
+        self._shards: Any = None
+        self._threads: list[threading.Thread] = []
+        self._pool = ThreadPoolExecutor(max_workers=self.limits.max_concurrent + 2, thread_name_prefix="act")
+        self.latencies: dict[str, deque[float]] | None = (
+            {
+                k: deque(maxlen=200_000)
+                for k in ("arrival_to_event", "event_to_journaled", "event_to_dispatch")
+            }
+            if record_latencies
+            else None
+        )
+        self.points_scored = 0
+        self.rows_scored = 0
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+
+    # ================================================================ lifecycle
+    def start(self) -> Engine:
+        from engine.runtime.recovery import recover
+
+        recover(self)
+        if self.settings.workers and self.components.features_factory is None:
+            from engine.runtime.shards import ShardPool
+
+            self._shards = ShardPool(self.components.pipeline, self.settings.workers, self._on_scored)
+        self._spawn("score", self._score_loop)
+        self._decider = self._spawn("decide", self._decide_loop)
+        self._spawn("supervise", self._supervise_loop)
+        self._start_sources()
+        self.ready.set()
+        log.info("engine started (bundle %s, journal %s)", self.components.bundle_version, self.journal.path)
+        return self
+
+    def stop(self, *, drain: bool = True) -> None:
+        """Stop sources, score what was accepted (up to ``drain_timeout_s``), finish actions, close."""
+        self.ready.clear()
+        self._sources_stop.set()
+        if drain and self._threads:  # nothing scores in an engine that never started
+            deadline = time.monotonic() + self.settings.drain_timeout_s
+            while self.queue.depth and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if self._shards is not None:
+                self._shards.wait_idle(max(0.0, deadline - time.monotonic()))
+            while self._decide_queue.qsize() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if self.queue.depth or (self._shards is not None and self._shards.outstanding):
+                log.warning("drain timed out with %d points unscored", self.queue.depth)
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            if thread is not self._decider:
+                thread.join(timeout=10)
+        if self._shards is not None:
+            self._shards.close()  # its reader threads hand their last results over first
+        self._decide_stop.set()  # the decider finishes what the scorers queued, then exits
+        if self._decider is not None:
+            self._decider.join(timeout=30)
+        self._pool.shutdown(wait=True)
+        self.journal.close()
+        log.info("engine stopped")
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
+        thread = threading.Thread(target=self._guard(name, target), name=f"selfheal-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return thread
+
+    def _guard(self, stage: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except Exception:  # a source dying must be loud but must not kill the engine
+                log.exception("%s thread died", stage)
+                self.metrics.errors.labels(stage).inc()
+
+        return run
+
+    def _start_sources(self) -> None:
+        from engine.runtime.sources import PromMapping, scrape_loop, tail_ndjson
+
+        src = self.settings.sources
+        for path in src.files:
+            self._spawn(
+                f"tail:{path}",
+                lambda p=path: tail_ndjson(
+                    p, self._blocking_sink(f"file:{p}"), self._sources_stop, from_start=src.from_start
+                ),
+            )
+        for target in src.prometheus:
+            mapping = PromMapping.from_yaml(target.mapping)
+            self._spawn(
+                f"scrape:{target.url}",
+                lambda t=target, m=mapping: scrape_loop(
+                    t.url,
+                    m,
+                    t.interval_s,
+                    self._blocking_sink(f"prometheus:{t.url}"),
+                    self._sources_stop,
+                    on_error=lambda url: self.metrics.scrape_errors.labels(url).inc(),
+                ),
+            )
+
+    def _blocking_sink(self, source: str) -> Callable[[list[Point], list[Rejection]], bool]:
+        def sink(points: list[Point], rejections: list[Rejection]) -> bool:
+            self.reject(rejections, source)
+            if not self.queue.put(points, stop=self._sources_stop):
+                return False
+            self.metrics.points_in.labels(source).inc(len(points))
+            return True
+
+        return sink
+
+    # ================================================================ ingestion
+    def ingest(
+        self, points: list[Point], rejections: Sequence[Rejection] = (), *, source: str = "http"
+    ) -> bool:
+        """Offer parsed points; False when the queue is full (nothing was accepted: answer 429)."""
+        if not self.queue.offer(points, arrival=time.perf_counter()):
+            self.metrics.requests_throttled.inc()
+            return False
+        if points:
+            self.metrics.points_in.labels(source).inc(len(points))
+        self.reject(rejections, source)
+        return True
+
+    def reject(self, rejections: Sequence[Rejection], source: str) -> None:
+        if not rejections:
+            return
+        for r in rejections:
+            self.metrics.points_rejected.labels(source, r.field).inc()
+        self.dead_letter.write(source, rejections)
+
+    # ================================================================ scoring
+    @property
+    def shards(self) -> Any:
+        """The scoring worker pool (``engine.runtime.shards.ShardPool``), or None when scoring in-process."""
+        return self._shards
+
+    @property
+    def healthy(self) -> bool:
+        """False when a scoring worker died (its services are no longer scored)."""
+        return self._shards is None or not self._shards.failed
+
+    def _score_loop(self) -> None:
+        while not self._stop.is_set():
+            if self._shards is not None and not self._shards.wait_idle(
+                self.settings.tick_s, below=MAX_TICK_POINTS
+            ):
+                continue  # workers are busy: leave points in the bounded queue (429 when it fills)
+            batches = self.queue.take(MAX_TICK_POINTS, self.settings.tick_s)
+            if batches:
+                try:
+                    if self._shards is not None:
+                        self._remember_metrics(batches)
+                        self._shards.submit(batches)
+                    else:
+                        self.process(batches)
+                except Exception:  # one bad tick must not stop scoring
+                    log.exception("scoring tick failed")
+                    self.metrics.errors.labels("score").inc()
+
+    def _remember_metrics(self, batches: Sequence[tuple[float, list[Point]]]) -> None:
+        latest = self.latest_metric
+        seen = time.time()
+        for _, points in batches:
+            for _ts, service, metric, value in points:
+                latest[(service, metric)] = (value, seen)
+
+    def _on_scored(
+        self, rows: list[Any], scores: np.ndarray, arrivals: list[float], n: int, elapsed: float
+    ) -> None:
+        """Results of one worker's micro-batch (sharded mode); serialised with every other tick."""
+        with self._events_lock:
+            self.points_scored += n
+            if rows:
+                self.metrics.scoring_latency.observe(elapsed)
+                self.metrics.feature_rows.inc(len(rows))
+                self.rows_scored += len(rows)
+                self._events(rows, scores, arrivals)
+
+    def process(self, batches: Sequence[tuple[float, list[Point]]]) -> list[AnomalyEvent]:
+        """One tick in-process: push points, score closed rows as one micro-batch, queue the events."""
+        push = self.features.push
+        latest = self.latest_metric
+        rows: list[Any] = []
+        arrivals: list[float] = []
+        seen = time.time()
+        n = 0
+        for arrival, points in batches:
+            n += len(points)
+            for ts, service, metric, value in points:
+                latest[(service, metric)] = (value, seen)
+                closed = push(ts, service, metric, value)
+                if closed:
+                    rows.extend(closed)
+                    arrivals.extend([arrival] * len(closed))
+        self.points_scored += n
+        if not rows:
+            return []
+        started = time.perf_counter()
+        scores = self.components.pipeline.score_rows(rows)
+        self.metrics.scoring_latency.observe(time.perf_counter() - started)
+        self.metrics.feature_rows.inc(len(rows))
+        self.rows_scored += len(rows)
+        with self._events_lock:
+            return self._events(rows, scores, arrivals)
+
+    def _events(
+        self, rows: Sequence[Any], scores: np.ndarray, arrivals: Sequence[float]
+    ) -> list[AnomalyEvent]:
+        now = time.time()
+        X = np.asarray([r.values for r in rows], dtype=np.float64)
+        events: list[AnomalyEvent] = []
+        changes: list[AnomalyEvent] = []
+        pipeline = self.components.pipeline
+        for i, row in enumerate(rows):
+            score = float(scores[i])
+            anomalous = score > self.threshold
+            service = row.service
+            self.latest_score[service] = (score, now)
+            contributing = self._contributions(service, X[i], anomalous)
+            if not anomalous and not self.health.get(service, False):
+                continue
+            event = AnomalyEvent(
+                id=new_id("evt"),
+                service=service,
+                detector=pipeline.detector,
+                detector_version=self.components.detector_version,
+                bundle_version=self.components.bundle_version,
+                score=score,
+                threshold=self.threshold,
+                anomalous=anomalous,
+                contributing=contributing,
+                window_start=float(row.window_start),
+                window_end=float(row.window_end),
+                ts=float(row.ts),
+                arrival=arrivals[i],
+                metrics=self._metrics_of(service) if anomalous else {},
+            )
+            if anomalous:
+                events.append(event)
+            if self.health.get(service, False) != anomalous:
+                self.health[service] = anomalous
+                changes.append(event)
+        if not events and not changes:
+            return []
+        emitted = time.perf_counter()
+        for event in events:
+            self.metrics.anomalies.labels(event.service).inc()
+            self.metrics.arrival_to_event.observe(emitted - event.arrival)
+            if self.latencies is not None:
+                self.latencies["arrival_to_event"].append(emitted - event.arrival)
+            self._notify("anomaly", event.as_dict())
+        # Health changes first, then the tick's anomalies (so gating sees every root of this tick),
+        # in tick order, to the one thread that journals them and talks to the policy host.
+        self._decide_queue.put((changes, events, emitted))
+        return events
+
+    def _metrics_of(self, service: str) -> dict[str, float]:
+        latest = self.latest_metric
+        return {m: latest[(service, m)][0] for m in self._spec_metrics if (service, m) in latest}
+
+    def _contributions(self, service: str, x: np.ndarray, anomalous: bool) -> tuple[tuple[str, float], ...]:
+        """Which features stray furthest from this service's recent normal (|z| against an EWMA)."""
+        base = self._baseline.get(service)
+        if base is None:
+            self._baseline[service] = (x.copy(), np.zeros_like(x))
+            return ()
+        mean, var = base
+        out: tuple[tuple[str, float], ...] = ()
+        if anomalous:
+            z = np.abs(x - mean) / np.sqrt(var + 1e-12)
+            top = np.argsort(-z)[:3]
+            out = tuple((self.feature_names[j], round(float(z[j]), 3)) for j in top if np.isfinite(z[j]))
+        else:
+            delta = x - mean
+            mean = mean + _EWMA * delta
+            var = (1 - _EWMA) * (var + _EWMA * delta * delta)
+            self._baseline[service] = (mean, var)
+        return out
+
+    # ================================================================ decisions
+    def _decide_loop(self) -> None:
+        """Journal, policy host and safeguards for queued ticks; many ticks share one commit (fsync).
+
+        Events and the decisions they caused are committed together: after a crash there is never a
+        journaled decision without its event, nor an event whose decisions were silently lost.
+        """
+        while True:
+            try:
+                items = [self._decide_queue.get(timeout=0.1)]
+            except queue.Empty:
+                if self._decide_stop.is_set():
+                    return
+                continue
+            while len(items) < 64:
+                try:
+                    items.append(self._decide_queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._decide_ticks(items)
+            except Exception:  # a failed batch must not stop deciding
+                log.exception("deciding a batch of %d ticks failed", len(items))
+                self.metrics.errors.labels("decide").inc()
+
+    def _decide_ticks(self, items: Sequence[tuple[list[AnomalyEvent], list[AnomalyEvent], float]]) -> None:
+        dispatch: list[tuple[Decision, str, float | None]] = []
+        notes: list[tuple[str, dict[str, Any]]] = []
+        policies = self.components.policies
+        now = time.time()
+        with self._act_lock, self.journal.transaction():
+            for changes, events, _ in items:
+                for event in changes:
+                    self.journal.record_event(
+                        {**event.as_dict(), "id": f"{event.id}-h"}, kind="health", ts=now
+                    )
+                for event in events:
+                    self.journal.record_event(event.as_dict(), kind="anomaly", ts=now)
+            for changes, events, emitted in items:
+                for event in changes:
+                    policies.set_health(event.service, event.anomalous, event.score)
+                for event in events:
+                    try:
+                        decisions = policies.decide(event)
+                    except Exception as exc:
+                        log.exception("policy host failed on event %s", event.id)
+                        self.metrics.errors.labels("policy").inc()
+                        notes.append(("policy_error", {"event_id": event.id, "error": str(exc)}))
+                        continue
+                    for decision in decisions:
+                        self._enact(decision, emitted, dispatch, notes)
+        self._after_commit(dispatch, notes)
+
+    def handle_decision(self, decision: Decision, *, emitted: float | None = None) -> str:
+        """Journal a new decision and act on it: execute, ask for approval, or refuse. Returns its status."""
+        dispatch: list[tuple[Decision, str, float | None]] = []
+        notes: list[tuple[str, dict[str, Any]]] = []
+        with self._act_lock, self.journal.transaction():
+            status = self._enact(decision, emitted, dispatch, notes)
+        self._after_commit(dispatch, notes)
+        return status
+
+    def _after_commit(
+        self, dispatch: list[tuple[Decision, str, float | None]], notes: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """Only once decisions and executions are durable: tell listeners, call actuators."""
+        if self.latencies is not None:
+            now = time.perf_counter()
+            for _, _, emitted in dispatch:
+                if emitted is not None:
+                    self.latencies["event_to_journaled"].append(now - emitted)
+        for kind, data in notes:
+            self._notify(kind, data)
+        for decision, execution_id, emitted in dispatch:
+            call = ActionCall(decision.action, decision.params)
+            self._dispatch(decision, execution_id, kind="action", call=call, emitted=emitted)
+
+    def _enact(
+        self,
+        decision: Decision,
+        emitted: float | None,
+        dispatch: list[tuple[Decision, str, float | None]],
+        notes: list[tuple[str, dict[str, Any]]],
+    ) -> str:
+        """Journal writes for one decision (inside the caller's transaction); no I/O to targets here."""
+        if self.journal.active_decision(decision.target, decision.rule, decision.action) is not None:
+            # The same remedy is already waiting or under way: one incident, one action.
+            self.metrics.decisions.labels("duplicate").inc()
+            return "duplicate"
+        verdict = self._verdict(decision)
+        if not verdict.allowed:
+            self.journal.record_decision(
+                decision.to_record(),
+                status=DecisionStatus.BLOCKED,
+                reason=f"{verdict.safeguard}: {verdict.reason}",
+            )
+            self.metrics.decisions.labels(f"blocked_{verdict.safeguard}").inc()
+            notes.append(("blocked", {"decision_id": decision.id, "safeguard": verdict.safeguard}))
+            return DecisionStatus.BLOCKED
+        if decision.approval.required:
+            ttl = decision.approval.ttl_s or self.settings.approval_ttl_s
+            self.journal.record_decision(decision.to_record(), status=DecisionStatus.AWAITING_APPROVAL)
+            approval_id = self.journal.create_approval(
+                decision.id, ttl_s=ttl, allowed_approvers=decision.approval.approvers
+            )
+            self._pending_approvals += 1
+            self.metrics.decisions.labels("awaiting_approval").inc()
+            notes.append(("approval_requested", {"decision_id": decision.id, "approval_id": approval_id}))
+            return DecisionStatus.AWAITING_APPROVAL
+        self.journal.record_decision(decision.to_record(), status=DecisionStatus.READY)
+        started = self._start(decision)
+        self.metrics.decisions.labels("executed").inc()
+        if started is not None:
+            dispatch.append((decision, started, emitted))
+        return DecisionStatus.EXECUTING
+
+    def _verdict(self, decision: Decision) -> safeguards.Verdict:
+        now = time.time()
+        spec = decision.safeguards
+        cap = 1 + max(self.limits.max_actions_per_hour, spec.max_per_hour or 0, spec.max_per_hour_global or 0)
+        counts = self.journal.target_counts(decision.target, now=now, rule=decision.rule, cap=cap)
+        return safeguards.check(
+            decision,
+            counts,
+            now=now,
+            limits=self.limits,
+            paused=self.paused,
+            replicas=self.components.replicas(decision.target),
+            maintenance=self.maintenance,
+        )
+
+    def _start(self, decision: Decision) -> str | None:
+        """Commit the execution row before the call; None when this decision already ran."""
+        execution_id = self.journal.start_execution(
+            decision.to_record(),
+            kind="action",
+            action=decision.action,
+            params=decision.params,
+            idempotency_key=f"{decision.id}:action",
+            replicas=decision.replicas,
+        )
+        if execution_id is None:
+            log.warning("decision %s was already executed; not executing it again", decision.id)
+            return None
+        self.journal.set_decision_status(decision.id, DecisionStatus.EXECUTING)
+        return execution_id
+
+    def run_ready(self, decision: Decision) -> str:
+        """Execute a journaled decision that is cleared to run (approved, or recovered after a crash)."""
+        with self._act_lock:
+            verdict = self._verdict(decision)
+            if not verdict.allowed:
+                self.journal.set_decision_status(
+                    decision.id, DecisionStatus.BLOCKED, f"{verdict.safeguard}: {verdict.reason}"
+                )
+                self.metrics.decisions.labels(f"blocked_{verdict.safeguard}").inc()
+                return DecisionStatus.BLOCKED
+            with self.journal.transaction():
+                self.journal.set_decision_status(decision.id, DecisionStatus.READY)
+                started = self._start(decision)
+        if started is not None:
+            self._dispatch(
+                decision, started, kind="action", call=ActionCall(decision.action, decision.params)
+            )
+        return DecisionStatus.EXECUTING
+
+    # ================================================================ execution
+    def _dispatch(
+        self,
+        decision: Decision,
+        execution_id: str,
+        *,
+        kind: str,
+        call: ActionCall,
+        emitted: float | None = None,
+    ) -> None:
+        self._pool.submit(self._execute, decision, execution_id, kind, call, emitted)
+
+    def _execute(
+        self, decision: Decision, execution_id: str, kind: str, call: ActionCall, emitted: float | None
+    ) -> None:
+        if emitted is not None:
+            lag = time.perf_counter() - emitted
+            self.metrics.event_to_dispatch.observe(lag)
+            if self.latencies is not None:
+                self.latencies["event_to_dispatch"].append(lag)
+        self._notify("dispatch", {"decision_id": decision.id, "kind": kind, "action": call.action})
+        try:
+            result = self.components.actions.run(
+                call,
+                service=decision.service,
+                target=decision.target,
+                idempotency_key=f"{decision.id}:{kind}",
+                timeout_s=self.settings.action_timeout_s,
+            )
+        except Exception as exc:
+            error = str(exc) if isinstance(exc, ActionError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s %s on %s failed: %s", kind, call.action, decision.target, error)
+            self.journal.finish_execution(execution_id, ExecutionStatus.FAILED, error=error)
+            self.journal.settle_execution(execution_id)
+            self.metrics.actions.labels("failed").inc()
+            if kind == "action":
+                self.journal.set_decision_status(decision.id, DecisionStatus.FAILED, error)
+                self._escalate(decision, f"action failed: {error}")
+            self._notify("action_failed", {"decision_id": decision.id, "kind": kind, "error": error})
+            return
+        self.journal.finish_execution(execution_id, ExecutionStatus.SUCCEEDED, result=_jsonable(result))
+        self.metrics.actions.labels("succeeded").inc()
+        self._notify("executed", {"decision_id": decision.id, "kind": kind, "action": call.action})
+        if kind == "action":
+            self.begin_verification(decision, execution_id)
+        else:
+            self.journal.settle_execution(execution_id)
+
+    def begin_verification(self, decision: Decision, execution_id: str) -> None:
+        spec = decision.verify
+        deadline = time.time() + (spec.deadline_s if spec else 300.0)
+        with self.journal.transaction():
+            self.journal.start_verification(decision.id, execution_id, deadline_ts=deadline)
+            self.journal.set_decision_status(decision.id, DecisionStatus.VERIFYING)
+        self._wake.set()
+
+    def _escalate(self, decision: Decision, why: str) -> None:
+        """Tell a human: the policy's escalation action, else the configured webhook, else a log line."""
+        payload = {
+            "decision_id": decision.id,
+            "service": decision.service,
+            "target": decision.target,
+            "action": decision.action,
+            "policy": decision.policy,
+            "rule": decision.rule,
+            "reason": why,
+        }
+        call = decision.escalate
+        url = (decision.verify.escalate_to if decision.verify else None) or self.settings.escalation_webhook
+        if call is None and url:
+            call = ActionCall("webhook", {"url": url, "payload": payload})
+        if call is None:
+            log.error("escalation for %s (no webhook configured): %s", decision.id, why)
+            return
+        call = ActionCall(
+            call.action, {**call.params, "payload": {**call.params.get("payload", {}), **payload}}
+        )
+        execution_id = self.journal.start_execution(
+            decision.to_record(),
+            kind="escalation",
+            action=call.action,
+            params=call.params,
+            idempotency_key=f"{decision.id}:escalation",
+        )
+        if execution_id is not None:
+            self._dispatch(decision, execution_id, kind="escalation", call=call)
+
+    # ================================================================ supervision
+    def _supervise_loop(self) -> None:
+        interval = min(self.settings.verify_interval_s, 1.0)
+        while not self._stop.is_set():
+            try:
+                self.supervise()
+            except Exception:
+                log.exception("supervision pass failed")
+                self.metrics.errors.labels("supervise").inc()
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def supervise(self, now: float | None = None) -> None:
+        """One pass: kill switch, approvals (expire, run approved, settle rejected), verifications."""
+        now = time.time() if now is None else now
+        control = self.journal.control(PAUSE_KEY)
+        self.paused = bool(control and control["value"])
+        pending = self.journal.decisions_with_status([DecisionStatus.AWAITING_APPROVAL])
+        waiting = 0
+        for row in pending:
+            approval = self.journal.approval_for(row["id"])
+            if approval is None:
+                continue
+            status = approval["status"]
+            if status == ApprovalStatus.PENDING and approval["expires_ts"] <= now:
+                decision = Decision.from_record(row)
+                if decision.approval.on_expiry == "approve":  # only when the policy says so explicitly
+                    if self.journal.settle_approval(
+                        approval["id"], ApprovalStatus.APPROVED, approver="expiry", reason="expired", now=now
+                    ):
+                        self.run_ready(decision)
+                elif self.journal.settle_approval(
+                    approval["id"], ApprovalStatus.EXPIRED, approver=None, reason="expired", now=now
+                ):
+                    self.journal.set_decision_status(row["id"], DecisionStatus.DENIED, "approval expired")
+                    self._notify(
+                        "approval_expired", {"decision_id": row["id"], "approval_id": approval["id"]}
+                    )
+            elif status == ApprovalStatus.PENDING:
+                waiting += 1
+            elif status == ApprovalStatus.APPROVED:
+                self.run_ready(Decision.from_record(row))
+            else:
+                self.journal.set_decision_status(row["id"], DecisionStatus.DENIED, f"approval {status}")
+        self._pending_approvals = waiting
+        for verification in self.journal.watching_verifications():
+            self._check_verification(verification, now)
+
+    def _check_verification(self, verification: dict[str, Any], now: float) -> None:
+        row = self.journal.decision(verification["decision_id"])
+        if row is None:
+            return
+        decision = Decision.from_record(row)
+        spec = decision.verify or _default_verify(self.threshold)
+        state = steady_state(
+            spec,
+            decision.target,
+            since=verification["started_ts"],
+            scores=self.latest_score,
+            metrics=self.latest_metric,
+        )
+        vid = verification["id"]
+        if state.holds:
+            first = self._settling.setdefault(vid, now)
+            if now - first >= spec.settle_s:
+                self._settling.pop(vid, None)
+                with self.journal.transaction():
+                    self.journal.finish_verification(vid, "verified", state.detail)
+                    self.journal.set_decision_status(decision.id, DecisionStatus.VERIFIED)
+                    self.journal.settle_execution(verification["execution_id"])
+                self.metrics.actions.labels("verified").inc()
+                self._notify("verified", {"decision_id": decision.id, "detail": state.detail})
+            return
+        self._settling.pop(vid, None)
+        if now < verification["deadline_ts"]:
+            return
+        with self.journal.transaction():
+            self.journal.finish_verification(vid, "failed", state.detail)
+            self.journal.set_decision_status(
+                decision.id,
+                DecisionStatus.VERIFICATION_FAILED,
+                f"steady state not back by the deadline: {state.detail}",
+            )
+            self.journal.settle_execution(verification["execution_id"])
+        self.metrics.actions.labels("verification_failed").inc()
+        self._notify("verification_failed", {"decision_id": decision.id, "detail": state.detail})
+        if "escalate" in spec.on_failure:
+            self._escalate(decision, f"verification failed: {state.detail}")
+        if "rollback" in spec.on_failure and decision.inverse is not None:
+            done = self.journal.execution(verification["execution_id"]) or {}
+            result = done.get("result")
+            learned = result.get("inverse_params") if isinstance(result, dict) else None
+            call = ActionCall(decision.inverse.action, {**decision.inverse.params, **(learned or {})})
+            execution_id = self.journal.start_execution(
+                decision.to_record(),
+                kind="rollback",
+                action=call.action,
+                params=call.params,
+                idempotency_key=f"{decision.id}:rollback",
+            )
+            if execution_id is not None:
+                self.journal.set_decision_status(decision.id, DecisionStatus.ROLLED_BACK)
+                self._dispatch(decision, execution_id, kind="rollback", call=call)
+
+    # ================================================================ operator actions
+    def set_paused(self, paused: bool, *, actor: str, reason: str | None = None) -> None:
+        """The kill switch: journaled (it survives restarts) and applied at once."""
+        self.journal.set_control(PAUSE_KEY, paused, actor=actor, reason=reason)
+        self.paused = paused
+        log.warning(
+            "actions %s by %s%s", "paused" if paused else "resumed", actor, f": {reason}" if reason else ""
+        )
+        self._notify("paused" if paused else "resumed", {"actor": actor, "reason": reason})
+
+    def settle_approval(
+        self, approval_id: str, *, approve: bool, approver: str, reason: str | None
+    ) -> dict[str, Any]:
+        """Approve or reject a pending request; the supervisor runs approved decisions at once."""
+        approval = self.journal.approval(approval_id)
+        if approval is None:
+            raise ApprovalRefused(
+                f"no approval request {approval_id}",
+                status=404,
+                hint="list them with `selfheal approvals list`",
+            )
+        if approval["status"] != ApprovalStatus.PENDING:
+            raise ApprovalRefused(f"approval {approval_id} is already {approval['status']}", status=409)
+        if approval["expires_ts"] <= time.time():
+            self._wake.set()
+            raise ApprovalRefused(f"approval {approval_id} has expired (expiry denies)", status=409)
+        allowed = approval.get("allowed_approvers") or []
+        if allowed and approver not in allowed:
+            raise ApprovalRefused(
+                f"{approver!r} may not approve this action",
+                status=403,
+                hint=f"approvers: {', '.join(allowed)}",
+            )
+        if not approve and not reason:
+            raise ApprovalRefused("a rejection needs a reason", status=422, hint="pass --reason")
+        status = ApprovalStatus.APPROVED if approve else ApprovalStatus.REJECTED
+        if not self.journal.settle_approval(approval_id, status, approver=approver, reason=reason):
+            raise ApprovalRefused(f"approval {approval_id} was settled meanwhile", status=409)
+        self._notify("approval_" + status, {"approval_id": approval_id, "approver": approver})
+        self._wake.set()
+        out = self.journal.approval(approval_id)
+        assert out is not None
+        return out
+
+    def _notify(self, kind: str, data: dict[str, Any]) -> None:
+        for listener in self.listeners:
+            try:
+                listener(kind, data)
+            except Exception:
+                log.exception("listener failed on %s", kind)
+
+
+def _default_verify(threshold: float) -> Any:
+    from engine.runtime.model import VerifySpec
+
+    return VerifySpec(deadline_s=300.0, score_below=threshold)
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    as_dict = getattr(value, "as_dict", None)
+    if callable(as_dict):
+        value = as_dict()
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+    return value

@@ -1,0 +1,171 @@
+"""Scoring in worker processes, services partitioned across them (``workers: N`` in the config).
+
+Why: online features cost several microseconds per point in pure Python, and one interpreter runs
+one thread at a time; past ~50k points/s the scoring thread is the bottleneck. Each worker owns
+the ``OnlineFeatures`` of its services (a stable hash of the service name picks the worker, so a
+service's points stay in order) and its own copy of the pipeline; it returns the closed feature
+rows with their calibrated scores. Everything that must be serial (health facts, journal,
+policies, safeguards, actions) stays in the engine process.
+
+Workers are started with ``spawn`` (no fork of a threaded process). A worker that dies takes its
+services' open buckets with it; the engine logs it, counts it, and reports not ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import pickle
+import threading
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from engine.errors import RuntimeEngineError
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[float, list[tuple[float, str, str, float]]]
+OnScored = Callable[[list[Any], np.ndarray, list[float], int, float], None]
+
+
+def _worker(conn: Any, pipeline_bytes: bytes) -> None:
+    """Worker process: push points, score closed rows as one micro-batch, send them back."""
+    from engine.features import OnlineFeatures
+
+    pipeline = pickle.loads(pipeline_bytes)  # the engine pickled its own (verified) pipeline
+    online = OnlineFeatures(pipeline.feature_spec)
+    push = online.push
+    conn.send("ready")
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        rows: list[Any] = []
+        arrivals: list[float] = []
+        n = 0
+        for arrival, points in message:
+            n += len(points)
+            for ts, service, metric, value in points:
+                closed = push(ts, service, metric, value)
+                if closed:
+                    rows.extend(closed)
+                    arrivals.extend([arrival] * len(closed))
+        started = time.perf_counter()
+        scores = pipeline.score_rows(rows) if rows else np.empty(0)
+        conn.send((rows, scores, arrivals, n, time.perf_counter() - started))
+
+
+class ShardPool:
+    """N scoring processes; ``submit`` partitions a tick's batches, ``on_scored`` gets the results."""
+
+    def __init__(
+        self, pipeline: Any, workers: int, on_scored: OnScored, *, start_timeout_s: float = 120.0
+    ) -> None:
+        ctx = mp.get_context("spawn")
+        blob = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
+        self._conns: list[Any] = []
+        self._procs: list[Any] = []
+        self._shard_of: dict[str, int] = {}
+        self._outstanding = 0
+        self._cond = threading.Condition()
+        self._on_scored = on_scored
+        self._closing = False
+        self.failed = False
+        for i in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, blob), name=f"selfheal-shard-{i}", daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        for i, conn in enumerate(self._conns):
+            if not conn.poll(start_timeout_s) or conn.recv() != "ready":
+                self.close()
+                raise RuntimeEngineError(f"scoring worker {i} did not start", hint="see the engine's log")
+        self._readers = [
+            threading.Thread(target=self._read, args=(i,), name=f"selfheal-shard-read-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._readers:
+            thread.start()
+
+    @property
+    def alive(self) -> int:
+        """How many worker processes are running."""
+        return sum(1 for proc in self._procs if proc.is_alive())
+
+    @property
+    def outstanding(self) -> int:
+        """Points sent to workers and not yet scored (counted as queued for draining)."""
+        return self._outstanding
+
+    def submit(self, batches: Sequence[Batch]) -> None:
+        n = len(self._conns)
+        parts: list[list[Batch]] = [[] for _ in range(n)]
+        shard_of = self._shard_of
+        total = 0
+        for arrival, points in batches:
+            split: list[list[tuple[float, str, str, float]]] = [[] for _ in range(n)]
+            for point in points:
+                shard = shard_of.get(point[1])
+                if shard is None:
+                    shard = shard_of[point[1]] = zlib.crc32(point[1].encode()) % n
+                split[shard].append(point)
+            for i, pts in enumerate(split):
+                if pts:
+                    parts[i].append((arrival, pts))
+            total += len(points)
+        with self._cond:
+            self._outstanding += total
+        for i, part in enumerate(parts):
+            if part:
+                self._conns[i].send(part)
+
+    def _read(self, i: int) -> None:
+        conn = self._conns[i]
+        while True:
+            try:
+                rows, scores, arrivals, n, elapsed = conn.recv()
+            except (EOFError, OSError):
+                if not self._closing:
+                    self.failed = True
+                    log.critical("scoring worker %d died; its services are no longer scored", i)
+                return
+            try:
+                self._on_scored(rows, scores, arrivals, n, elapsed)
+            except Exception:
+                log.exception("handling scores from worker %d failed", i)
+            finally:
+                with self._cond:
+                    self._outstanding -= n
+                    self._cond.notify_all()
+
+    def wait_idle(self, timeout: float, below: int = 1) -> bool:
+        """Wait until fewer than ``below`` points are in the workers (back-pressure, draining)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._outstanding >= below and not self.failed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self) -> None:
+        self._closing = True
+        for conn in self._conns:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        for thread in getattr(self, "_readers", []):
+            thread.join(timeout=5)
+        for conn in self._conns:
+            conn.close()

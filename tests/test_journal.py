@@ -1,0 +1,169 @@
+"""The engine journal: durable settings, readable from a second connection, filters, idempotency."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from engine.errors import RuntimeEngineError
+from engine.runtime.journal import DecisionStatus, ExecutionStatus, Journal
+from engine.runtime.model import Decision, SafeguardSpec, VerifySpec
+
+
+def _decision(i: int = 0, service: str = "inference-a", **kw: object) -> Decision:
+    base = dict(
+        id=f"dec-{i}",
+        event_id=f"evt-{i}",
+        service=service,
+        target=service,
+        action="restart",
+        params={"service": service},
+        policy="memory",
+        policy_version="3",
+        rule="restart-on-leak",
+        bundle_version="b-7",
+        detector="IForest",
+        detector_version="12",
+        window_start=100.0,
+        window_end=160.0,
+        safeguards=SafeguardSpec(cooldown_s=60, max_per_hour=2, blast_radius=0.5),
+        verify=VerifySpec(deadline_s=30, score_below=0.5, metrics={"memory_util": (None, 0.8)}),
+    )
+    base.update(kw)
+    return Decision(**base)  # type: ignore[arg-type]
+
+
+def test_journal_is_wal_with_full_sync(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_second_connection_reads_while_writer_is_open(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    writer = Journal(path)
+    try:
+        d = _decision()
+        writer.record_decision(d.to_record(), status=DecisionStatus.READY)
+        reader = Journal(path, read_only=True)
+        try:
+            rows = reader.recent("decisions")
+            assert [r["id"] for r in rows] == ["dec-0"]
+            with pytest.raises(RuntimeEngineError, match="read-only"):
+                reader.set_decision_status("dec-0", "x")
+            writer.set_decision_status("dec-0", DecisionStatus.VERIFIED)  # reader still open
+            assert reader.decision("dec-0")["status"] == DecisionStatus.VERIFIED  # type: ignore[index]
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+
+
+def test_decision_round_trips_with_versions_and_window(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        d = _decision()
+        journal.record_decision(d.to_record(), status=DecisionStatus.READY)
+        row = journal.decision(d.id)
+        assert row is not None
+        assert (row["bundle_version"], row["detector_version"], row["policy_version"]) == ("b-7", "12", "3")
+        assert (row["window_start"], row["window_end"]) == (100.0, 160.0)
+        assert Decision.from_record(row) == d
+
+
+def test_idempotency_key_refuses_a_second_execution(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        d = _decision().to_record()
+        journal.record_decision(d, status=DecisionStatus.READY)
+        first = journal.start_execution(
+            d, kind="action", action="restart", params={}, idempotency_key="dec-0:action"
+        )
+        again = journal.start_execution(
+            d, kind="action", action="restart", params={}, idempotency_key="dec-0:action"
+        )
+        assert first is not None and again is None
+        assert len(journal.executions_for("dec-0")) == 1
+
+
+def test_target_counts_track_executions_in_flight_and_failures(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        now = time.time()
+        for i in range(3):
+            d = _decision(i).to_record()
+            journal.record_decision(d, status=DecisionStatus.EXECUTING)
+            journal.start_execution(
+                d, kind="action", action="restart", params={}, idempotency_key=f"k{i}", replicas=2
+            )
+        other = _decision(9, service="vector-db").to_record()
+        journal.record_decision(other, status=DecisionStatus.FAILED)
+        exe = journal.start_execution(other, kind="action", action="restart", params={}, idempotency_key="k9")
+        assert exe is not None
+        journal.finish_execution(exe, ExecutionStatus.FAILED, error="boom")
+        journal.settle_execution(exe)
+        counts = journal.target_counts("inference-a", now=now + 1, rule="restart-on-leak")
+        assert counts.rule_in_flight == 3  # the failed vector-db one is settled
+        assert journal.target_counts("inference-a", now=now, rule="other").rule_in_flight == 0
+        assert counts.executions_last_hour == 3
+        assert counts.in_flight_replicas == 6
+        assert counts.global_executions_last_hour == 4
+        assert counts.global_in_flight == 3
+        assert counts.recent_failures == 1
+        assert counts.last_execution_ts is not None and counts.last_execution_ts <= now + 1
+        later = journal.target_counts("inference-a", now=now + 3700)
+        assert later.executions_last_hour == 0 and later.global_executions_last_hour == 0
+
+
+def test_recent_filters_by_service_status_since_and_kind(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record_decision(_decision(1).to_record(), status=DecisionStatus.BLOCKED, reason="cooldown: x")
+        time.sleep(0.01)
+        cut = time.time()
+        journal.record_decision(_decision(2).to_record(), status=DecisionStatus.VERIFIED)
+        journal.record_decision(_decision(3, service="vector-db").to_record(), status=DecisionStatus.VERIFIED)
+        journal.record_event({"id": "e1", "service": "vector-db", "score": 0.9}, kind="anomaly")
+        assert [r["id"] for r in journal.recent("decisions", service="inference-a")] == ["dec-2", "dec-1"]
+        assert [r["id"] for r in journal.recent("decisions", status="verified")] == ["dec-3", "dec-2"]
+        assert [r["id"] for r in journal.recent("decisions", since=cut)] == ["dec-3", "dec-2"]
+        assert [r["id"] for r in journal.recent("events", service="vector-db")] == ["e1"]
+        with pytest.raises(RuntimeEngineError, match="unknown journal kind"):
+            journal.recent("bananas")
+
+
+def test_approval_settles_once(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record_decision(_decision().to_record(), status=DecisionStatus.AWAITING_APPROVAL)
+        aid = journal.create_approval("dec-0", ttl_s=60, allowed_approvers=["alice"])
+        assert [a["id"] for a in journal.pending_approvals()] == [aid]
+        assert journal.settle_approval(aid, "approved", approver="alice", reason="ok")
+        assert not journal.settle_approval(aid, "rejected", approver="bob", reason="late")
+        row = journal.approval(aid)
+        assert row is not None and (row["status"], row["approver"]) == ("approved", "alice")
+        assert journal.pending_approvals() == []
+
+
+def test_a_committed_row_survives_an_unclosed_writer(tmp_path: Path) -> None:
+    """No close, no checkpoint: what was committed is there for the next process."""
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal.record_decision(_decision().to_record(), status=DecisionStatus.READY)
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("SELECT status FROM decisions").fetchall() == [("ready",)]
+    finally:
+        raw.close()
+        journal.close()
+
+
+def test_transaction_rolls_back_everything_on_error(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        with pytest.raises(ValueError), journal.transaction():
+            journal.record_decision(_decision().to_record(), status=DecisionStatus.READY)
+            raise ValueError("boom")
+        assert journal.decision("dec-0") is None
+
+
+def test_read_only_needs_an_existing_journal(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeEngineError, match="no journal here"):
+        Journal(tmp_path / "missing.sqlite", read_only=True)

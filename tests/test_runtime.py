@@ -1,0 +1,296 @@
+"""The engine end to end in one process: HTTP push → features → scores → durable-rules → safeguards →
+http actions on a local admin server → verification, all recorded in the journal."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_runtime_support import (
+    TOKEN,
+    AdminServer,
+    fit_pipeline,
+    ndjson,
+    service_points,
+    wait_for,
+    write_rules,
+)
+
+from engine.runtime.adapters import assemble
+from engine.runtime.config import load_settings
+from engine.runtime.journal import DecisionStatus, Journal
+from engine.runtime.server import RunningEngine, build_engine, serve_in_thread
+
+T0 = 1_800_000_000.0
+ALICE = "alice-token-5678"
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Any:
+    return fit_pipeline()
+
+
+class Harness:
+    def __init__(self, running: RunningEngine, admin: AdminServer, journals: Path) -> None:
+        self.running = running
+        self.engine = running.engine
+        self.admin = admin
+        self.url = running.url
+        self.journal_path = journals / "engine.sqlite"
+        self.t = T0
+
+    def push(self, seconds: int, **anomalous: bool) -> httpx.Response:
+        body = ndjson(list(service_points(self.t, seconds, **anomalous)))
+        self.t += seconds
+        r = httpx.post(
+            f"{self.url}/v1/telemetry", content=body, headers={"content-type": "application/x-ndjson"}
+        )
+        assert r.status_code == 202, r.text
+        return r
+
+    def decisions(self, **filters: Any) -> list[dict[str, Any]]:
+        with Journal(self.journal_path, read_only=True) as j:
+            return j.recent("decisions", **filters)
+
+    def rows(self, kind: str, **filters: Any) -> list[dict[str, Any]]:
+        with Journal(self.journal_path, read_only=True) as j:
+            return j.recent(kind, **filters)
+
+    def decision_with(self, status: str, service: str) -> dict[str, Any] | None:
+        rows = self.decisions(service=service, status=status)
+        return rows[0] if rows else None
+
+
+@pytest.fixture
+def harness(tmp_path: Path, pipeline: Any) -> Iterator[Harness]:
+    with AdminServer() as admin:
+        rules = write_rules(tmp_path / "rules", admin.url)
+        components = assemble(pipeline, rules, bundle_version="b-test", detector_version="1")
+        settings = load_settings(
+            overrides={
+                "port": 0,
+                "token": TOKEN,
+                "approver_tokens": {"alice": ALICE},
+                "tick_s": 0.01,
+                "verify_interval_s": 0.05,
+            },
+            environ={},
+        )
+        engine = build_engine(components, settings, tmp_path / "journals")
+        running = serve_in_thread(engine)
+        try:
+            yield Harness(running, admin, tmp_path / "journals")
+        finally:
+            running.stop()
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_pushed_points_lead_to_a_verified_action_in_the_journal(harness: Harness) -> None:
+    harness.push(5)
+    harness.push(4, inference_a=True)
+    call = wait_for(lambda: harness.admin.calls("/admin/restart"))[0]
+    decision = wait_for(lambda: harness.decision_with(DecisionStatus.VERIFYING, "inference-a"))
+    assert call["key"] == f"{decision['id']}:action"
+    harness.push(4)  # back to normal: the steady state returns
+    verified = wait_for(lambda: harness.decision_with(DecisionStatus.VERIFIED, "inference-a"))
+    assert verified["id"] == decision["id"]
+    assert verified["bundle_version"] == "b-test" and verified["detector"] == "IForest"
+    assert verified["detector_version"] == "1" and verified["policy_version"].startswith("7+")
+    assert verified["rule"] == "platform/restart-inference" or "restart-inference" in verified["rule"]
+    assert verified["window_start"] < verified["window_end"]
+    (execution,) = harness.rows("executions", service="inference-a")
+    assert execution["status"] == "succeeded" and execution["idempotency_key"] == call["key"]
+    (verification,) = harness.rows("verifications", service="inference-a")
+    assert verification["status"] == "verified" and verification["detail"]["score"] < 0.95
+    events = harness.rows("events", service="inference-a", status="anomaly")
+    assert events and events[0]["bundle_version"] == "b-test" and events[0]["score"] > events[0]["threshold"]
+    assert {c[0].split("__")[0] for c in events[-1]["contributing"]} & {"latency_p99_ms", "memory_util"}
+    assert len(harness.admin.calls("/admin/restart")) == 1  # persistent anomaly, one action
+    api = httpx.get(
+        f"{harness.url}/v1/decisions", params={"service": "inference-a", "status": "verified"}
+    ).json()
+    assert [d["id"] for d in api] == [decision["id"]]
+    metrics = httpx.get(f"{harness.url}/metrics").text
+    for name in (
+        "selfheal_points_in_total",
+        "selfheal_scoring_latency_seconds_bucket",
+        "selfheal_anomalies_total",
+        'selfheal_actions_total{status="verified"} 1.0',
+        "selfheal_approvals_pending 0.0",
+        "selfheal_queue_depth",
+    ):
+        assert name in metrics, name
+
+
+def test_high_risk_action_waits_for_an_authenticated_approver(harness: Harness) -> None:
+    harness.push(3)
+    harness.push(2, vector_db=True)
+    pending = wait_for(lambda: httpx.get(f"{harness.url}/v1/approvals").json())
+    assert len(pending) == 1 and pending[0]["action"] == "rollback_model"
+    approval_id = pending[0]["id"]
+    assert harness.admin.calls() == []
+    url = f"{harness.url}/v1/approvals/{approval_id}/approve"
+    assert httpx.post(url, json={"reason": "x"}).status_code == 401
+    assert httpx.post(url, json={"reason": "x"}, headers=_auth("wrong-token-000")).status_code == 401
+    mallory = httpx.post(url, json={"reason": "x", "approver": "mallory"}, headers=_auth(TOKEN))
+    assert mallory.status_code == 403
+    ok = httpx.post(url, json={"reason": "canary is bad"}, headers=_auth(ALICE))
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["approver"] == "alice"
+    call = wait_for(lambda: harness.admin.calls("/admin/rollback_model"))[0]
+    (approval,) = harness.rows("approvals")
+    assert (approval["status"], approval["approver"], approval["reason"]) == (
+        "approved",
+        "alice",
+        "canary is bad",
+    )
+    assert call["key"] == f"{approval['decision_id']}:action"
+    assert httpx.post(url, json={}, headers=_auth(ALICE)).status_code == 409  # settled once
+
+
+def test_rejection_and_expiry_deny(harness: Harness) -> None:
+    harness.push(3)
+    harness.push(2, vector_db=True)
+    first = wait_for(lambda: httpx.get(f"{harness.url}/v1/approvals").json())[0]
+    url = f"{harness.url}/v1/approvals/{first['id']}/reject"
+    assert httpx.post(url, json={}, headers=_auth(ALICE)).status_code == 422  # a reason is required
+    assert httpx.post(url, json={"reason": "known issue"}, headers=_auth(ALICE)).status_code == 200
+    wait_for(lambda: harness.decision_with(DecisionStatus.DENIED, "vector-db"))
+    harness.push(2, vector_db=True)
+    second = wait_for(
+        lambda: [a for a in httpx.get(f"{harness.url}/v1/approvals").json() if a["id"] != first["id"]]
+    )[0]
+    harness.engine.supervise(now=second["expires_ts"] + 1)  # the TTL passes
+    approval = next(a for a in harness.rows("approvals") if a["id"] == second["id"])
+    assert approval["status"] == "expired"
+    assert (
+        httpx.post(
+            f"{harness.url}/v1/approvals/{second['id']}/approve", json={}, headers=_auth(ALICE)
+        ).status_code
+        == 409
+    )
+    assert [d["status"] for d in harness.decisions(service="vector-db")] == ["denied", "denied"]
+    assert harness.admin.calls() == []
+
+
+def test_kill_switch_stops_actions_but_keeps_detecting_and_journaling(harness: Harness) -> None:
+    assert httpx.post(f"{harness.url}/v1/pause", json={"reason": "drill"}).status_code == 401
+    assert httpx.post(f"{harness.url}/v1/pause", json={"reason": "drill"}, headers=_auth(TOKEN)).json() == {
+        "paused": True
+    }
+    harness.push(3)
+    harness.push(4, inference_a=True)
+    blocked = wait_for(lambda: harness.decision_with(DecisionStatus.BLOCKED, "inference-a"))
+    assert blocked["reason"].startswith("kill_switch")
+    assert harness.rows("events", service="inference-a", status="anomaly")
+    assert harness.admin.calls() == []
+    assert httpx.post(f"{harness.url}/v1/resume", headers=_auth(TOKEN)).json() == {"paused": False}
+    harness.push(4, inference_a=True)
+    wait_for(lambda: harness.admin.calls("/admin/restart"))
+    with Journal(harness.journal_path, read_only=True) as j:
+        control = j.control("paused")
+    assert control is not None and control["value"] is False and control["actor"] == "token"
+
+
+def test_failed_verification_escalates_and_rolls_back(harness: Harness) -> None:
+    harness.push(3)
+    harness.push(3, feature_store=True)
+    wait_for(lambda: harness.admin.calls("/admin/scale"))
+    rolled = wait_for(lambda: harness.decision_with(DecisionStatus.ROLLED_BACK, "feature-store"), timeout=15)
+    scale_calls = wait_for(lambda: (c := harness.admin.calls("/admin/scale")) and len(c) == 2 and c)
+    assert scale_calls[0]["body"] == {"delta": 1}
+    assert scale_calls[1]["body"] == {"replicas": 2}  # the inverse, from what the target reported
+    assert scale_calls[1]["key"] == f"{rolled['id']}:rollback"
+    hook = wait_for(lambda: harness.admin.calls("/hook"))[0]
+    assert hook["body"]["decision_id"] == rolled["id"] and "verification failed" in hook["body"]["reason"]
+    (verification,) = harness.rows("verifications", service="feature-store")
+    assert verification["status"] == "failed"
+    kinds = sorted(e["kind"] for e in harness.rows("executions", service="feature-store"))
+    assert kinds == ["action", "escalation", "rollback"]
+
+
+def test_malformed_points_are_refused_by_field_and_dead_lettered(harness: Harness) -> None:
+    good = {"ts": T0, "service": "gateway", "metric": "latency_p99_ms", "value": 1.0}
+    lines = [
+        json.dumps(good),
+        json.dumps({**good, "value": "abc"}),
+        json.dumps({k: v for k, v in good.items() if k != "service"}),
+        "{not json",
+        json.dumps({**good, "ts": "yesterday"}),
+        json.dumps({**good, "ts": T0 + 1}),
+    ]
+    r = httpx.post(
+        f"{harness.url}/v1/telemetry",
+        content="\n".join(lines),
+        headers={"content-type": "application/x-ndjson"},
+    )
+    assert r.status_code == 400
+    body = r.json()
+    assert body["accepted"] == 2 and body["rejected"] == 4
+    assert "field 'value'" in body["detail"]
+    assert [e["field"] for e in body["errors"]] == ["value", "service", "line", "ts"]
+    dead = harness.engine.dead_letter.path.read_text().splitlines()
+    assert [json.loads(x)["field"] for x in dead] == ["value", "service", "line", "ts"]
+    metrics = httpx.get(f"{harness.url}/metrics").text
+    assert 'selfheal_points_rejected_total{field="value",source="http"} 1.0' in metrics
+    assert 'selfheal_points_in_total{source="http"} 2.0' in metrics
+    assert httpx.get(f"{harness.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{harness.url}/readyz").status_code == 200
+
+
+def test_json_array_and_points_object_bodies(harness: Harness) -> None:
+    pts = [{"ts": T0, "service": "gateway", "metric": "memory_util", "value": 0.5}]
+    assert httpx.post(f"{harness.url}/v1/telemetry", json=pts).json() == {"accepted": 1}
+    assert httpx.post(f"{harness.url}/v1/telemetry", json={"points": pts * 3}).json() == {"accepted": 3}
+    bad = httpx.post(
+        f"{harness.url}/v1/telemetry", json={"ts": T0, "service": "g", "metric": "m", "value": None}
+    )
+    assert bad.status_code == 400 and "'value'" in bad.json()["detail"]
+
+
+def test_health_facts_gate_the_victim_and_act_on_the_root(harness: Harness) -> None:
+    """gateway depends on vector-db: both anomalous in one tick, only the root gets a decision."""
+    harness.push(3)
+    harness.push(4, vector_db=True, gateway=True)
+    wait_for(lambda: httpx.get(f"{harness.url}/v1/approvals").json())  # vector-db's rollback waits
+    harness.push(2)
+    wait_for(lambda: harness.rows("events", service="gateway", status="health"))
+    assert harness.decisions(service="gateway") == []
+    assert harness.rows("events", service="gateway", status="anomaly")  # detected and journaled
+    assert harness.admin.calls("/admin/restart") == []
+
+
+@pytest.mark.slow
+def test_sharded_scoring_workers_give_the_same_outcome(tmp_path: Path, pipeline: Any) -> None:
+    """workers: 2 — features and scores in two processes, decisions and journal in the engine."""
+    with AdminServer() as admin:
+        rules = write_rules(tmp_path / "rules", admin.url)
+        settings = load_settings(
+            overrides={"port": 0, "token": TOKEN, "tick_s": 0.01, "verify_interval_s": 0.05, "workers": 2},
+            environ={},
+        )
+        running = serve_in_thread(build_engine(assemble(pipeline, rules), settings, tmp_path / "journals"))
+        harness = Harness(running, admin, tmp_path / "journals")
+        try:
+            harness.push(5)
+            harness.push(4, inference_a=True)
+            wait_for(lambda: admin.calls("/admin/restart"), timeout=30)
+            harness.push(4)
+            verified = wait_for(
+                lambda: harness.decision_with(DecisionStatus.VERIFIED, "inference-a"), timeout=30
+            )
+            assert verified["detector"] == "IForest"
+            assert running.engine.points_scored == 4 * 2 * 13  # services x metrics x seconds
+            assert httpx.get(f"{running.url}/readyz").status_code == 200
+            shards = running.engine.shards
+            assert shards is not None and shards.alive == 2
+        finally:
+            running.stop()
+        assert shards.alive == 0

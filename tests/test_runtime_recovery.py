@@ -1,0 +1,187 @@
+"""kill -9 a real engine process and start it again: nothing pending is lost, nothing is done twice.
+
+The engine runs as ``selfheal run CONFIG`` in a subprocess, its components from
+``tests/test_runtime_support.py:build_components`` (a real pipeline, policies compiled into
+durable-rules, the ``http`` backend against a local admin server that records every call).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_runtime_support import TOKEN, AdminServer, ndjson, service_points, wait_for, write_rules
+
+from engine import cli
+from engine.runtime.journal import DecisionStatus, Journal
+
+pytestmark = pytest.mark.slow
+
+SUPPORT = Path(__file__).with_name("test_runtime_support.py")
+ALICE = "alice-token-5678"
+T0 = 1_800_000_000.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _command() -> list[str]:
+    if "engine.runtime.commands" in cli.COMMAND_MODULES:
+        return [sys.executable, "-m", "engine.cli"]
+    shim = (
+        "import typer; from engine.runtime.commands import register; "
+        "app = typer.Typer(); register(app); app()"
+    )
+    return [sys.executable, "-c", shim]
+
+
+class EngineProcess:
+    def __init__(self, tmp: Path, admin: AdminServer) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.journal = tmp / "journal.sqlite"
+        self.config = tmp / "engine.yaml"
+        self.config.write_text(
+            f"components: {SUPPORT}:build_components\n"
+            f"port: {self.port}\n"
+            f"token: {TOKEN}\n"
+            f"approver_tokens: {{alice: {ALICE}}}\n"
+            "tick_s: 0.01\n"
+            "verify_interval_s: 0.05\n"
+            f"journal: {self.journal}\n"
+        )
+        self.env = {
+            **os.environ,
+            "SELFHEAL_TEST_RULES": str(write_rules(tmp / "rules", admin.url)),
+            "SELFHEAL_HOME": str(tmp / "home"),
+        }
+        self.log = tmp / "engine.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.t = T0
+
+    def start(self) -> EngineProcess:
+        self.proc = subprocess.Popen(
+            [*_command(), "run", str(self.config)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("ab"),
+        )
+
+        def ready() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+            try:
+                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60, interval=0.1)
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def push(self, seconds: int, **anomalous: bool) -> None:
+        body = ndjson(list(service_points(self.t, seconds, **anomalous)))
+        self.t += seconds
+        assert httpx.post(f"{self.url}/v1/telemetry", content=body).status_code == 202
+
+    def rows(self, kind: str, **filters: Any) -> list[dict[str, Any]]:
+        with Journal(self.journal, read_only=True) as j:
+            return j.recent(kind, **filters)
+
+    def status_of(self, service: str, status: str) -> dict[str, Any] | None:
+        rows = self.rows("decisions", service=service, status=status)
+        return rows[0] if rows else None
+
+
+@pytest.fixture
+def admin() -> Iterator[AdminServer]:
+    with AdminServer() as server:
+        yield server
+
+
+def test_kill_9_keeps_approvals_repeats_nothing_and_restores_policy_state(
+    tmp_path: Path, admin: AdminServer
+) -> None:
+    engine = EngineProcess(tmp_path, admin).start()
+    try:
+        engine.push(3)
+        engine.push(2, vector_db=True)
+        engine.push(2)  # vector-db healthy again (so it does not gate the gateway)
+        pending = wait_for(lambda: httpx.get(f"{engine.url}/v1/approvals").json())
+        engine.push(3, inference_a=True)
+        wait_for(lambda: engine.status_of("inference-a", DecisionStatus.VERIFYING))
+        assert len(admin.calls("/admin/restart")) == 1
+        engine.push(1, gateway=True)  # one anomalous tick of two needed (2 of 3)
+        engine.push(1)
+        wait_for(lambda: engine.rows("events", service="gateway", status="anomaly"))
+        engine.kill9()
+
+        engine.start()
+        again = httpx.get(f"{engine.url}/v1/approvals").json()
+        assert [a["id"] for a in again] == [pending[0]["id"]]  # still pending
+        # Normal for inference-a (its verification resumes); one more anomalous gateway tick, which
+        # completes "2 of the last 3" only if the durable-rules state came back.
+        engine.push(2, gateway=True)
+        verified = wait_for(lambda: engine.status_of("inference-a", DecisionStatus.VERIFIED))
+        assert len(admin.calls("/admin/restart")) == 1  # executed before the crash, not again
+        wait_for(lambda: [c for c in admin.calls("/admin/restart") if c["key"] != f"{verified['id']}:action"])
+        ok = httpx.post(
+            f"{engine.url}/v1/approvals/{pending[0]['id']}/approve",
+            json={"reason": "ok"},
+            headers={"Authorization": f"Bearer {ALICE}"},
+        )
+        assert ok.status_code == 200
+        wait_for(lambda: admin.calls("/admin/rollback_model"))
+        assert engine.proc is not None
+        engine.proc.send_signal(signal.SIGTERM)
+        assert engine.proc.wait(timeout=30) == 0
+        assert "signal 15: stopping intake, draining" in engine.log.read_text()
+        assert len(admin.calls("/admin/rollback_model")) == 1
+    finally:
+        if engine.proc is not None and engine.proc.poll() is None:
+            engine.kill9()
+
+
+def test_kill_9_mid_call_is_reported_not_repeated_and_an_approved_decision_runs_once(tmp_path: Path) -> None:
+    with AdminServer(delay_s=4.0) as admin:
+        engine = EngineProcess(tmp_path, admin).start()
+        try:
+            engine.push(3)
+            engine.push(1, vector_db=True)
+            engine.push(1)
+            pending = wait_for(lambda: httpx.get(f"{engine.url}/v1/approvals").json())
+            engine.push(3, inference_a=True)
+            wait_for(lambda: admin.calls("/admin/restart"))  # the target is handling it (slowly)
+            engine.kill9()  # ... when the engine dies
+            with Journal(engine.journal) as j:  # the approval commits, then the engine dies again
+                assert j.settle_approval(pending[0]["id"], "approved", approver="alice", reason="go")
+
+            engine.start()
+            unknown = wait_for(lambda: engine.status_of("inference-a", DecisionStatus.UNKNOWN))
+            assert "not repeated" in unknown["reason"]
+            (execution,) = engine.rows("executions", service="inference-a")
+            assert execution["status"] == "unknown"
+            wait_for(lambda: admin.calls("/admin/rollback_model"), timeout=15)
+            time.sleep(0.5)
+            assert len(admin.calls("/admin/restart")) == 1
+            assert len(admin.calls("/admin/rollback_model")) == 1
+            log = engine.log.read_text()
+            assert "reported as unknown, not repeated" in log
+        finally:
+            if engine.proc is not None and engine.proc.poll() is None:
+                engine.kill9()

@@ -1,0 +1,247 @@
+"""Configuration and sources: strict settings, point validation, back-pressure, file tail, scrape."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_runtime_support import TOKEN, AdminServer, fit_pipeline, ndjson, points, wait_for, write_rules
+
+from engine.errors import ConfigError, SpecError
+from engine.runtime.adapters import assemble
+from engine.runtime.config import load_settings
+from engine.runtime.server import build_engine, serve_in_thread
+from engine.runtime.sources import IngestQueue, PointError, PromMapping, parse_body, parse_point
+
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Any:
+    return fit_pipeline()
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+def test_unknown_keys_fail_with_a_hint(tmp_path: Path) -> None:
+    cfg = tmp_path / "engine.yaml"
+    cfg.write_text("tick: 1\nlimits: {max_concurent: 2}\nport: eighty\n")
+    with pytest.raises(SpecError) as info:
+        load_settings(cfg, environ={})
+    text = str(info.value)
+    assert "3 problem(s)" in text
+    assert f"{cfg}: tick: unknown setting (did you mean 'tick_s'?)" in text
+    assert "limits.max_concurent: unknown setting (did you mean 'max_concurrent'?)" in text
+    assert f"{cfg}: port:" in text
+
+
+def test_environment_overrides_the_file_and_unknown_variables_fail(tmp_path: Path) -> None:
+    cfg = tmp_path / "engine.yaml"
+    cfg.write_text("port: 9000\ntoken: from-the-file\n")
+    settings = load_settings(
+        cfg, environ={"SELFHEAL_ENGINE_PORT": "9100", "SELFHEAL_ENGINE_TOKEN": "from-env-123"}
+    )
+    assert (settings.port, settings.token) == (9100, "from-env-123")
+    with pytest.raises(ConfigError, match="SELFHEAL_ENGINE_TOKN names no engine setting") as info:
+        load_settings(cfg, environ={"SELFHEAL_ENGINE_TOKN": "x"})
+    assert info.value.hint == "did you mean 'token'?"
+
+
+def test_binding_beyond_loopback_needs_a_token() -> None:
+    settings = load_settings(overrides={"host": "0.0.0.0"}, environ={})
+    with pytest.raises(ConfigError, match="not loopback and no token"):
+        settings.require_safe_binding("engine.yaml")
+    load_settings(overrides={"host": "0.0.0.0", "token": TOKEN}, environ={}).require_safe_binding("x")
+    with pytest.raises(SpecError, match="at least 8 characters"):
+        load_settings(overrides={"token": "short"}, environ={})
+
+
+# ------------------------------------------------------------------------------------ points
+
+
+@given(
+    ts=st.floats(min_value=1.0, max_value=4e9),
+    service=st.text(min_size=1, max_size=20),
+    metric=st.text(min_size=1, max_size=20),
+    value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**12), 10**12),
+)
+def test_valid_points_parse_and_each_broken_field_is_named(
+    ts: float, service: str, metric: str, value: Any
+) -> None:
+    good = {"ts": ts, "service": service, "metric": metric, "value": value}
+    assert parse_point(good) == (float(ts), service, metric, float(value))
+    for field, broken in (("ts", "soon"), ("service", ""), ("metric", 3), ("value", "1.0")):
+        with pytest.raises(PointError) as info:
+            parse_point({**good, field: broken})
+        assert info.value.field == field
+    for field in good:
+        with pytest.raises(PointError) as info:
+            parse_point({k: v for k, v in good.items() if k != field})
+        assert info.value.field == field and info.value.reason == "is missing"
+
+
+def test_nan_bool_and_iso_timestamps() -> None:
+    base = {"ts": "2027-01-15T08:00:00Z", "service": "s", "metric": "m", "value": 1}
+    assert parse_point(base)[0] == 1_800_000_000.0
+    with pytest.raises(PointError, match="finite"):
+        parse_point({**base, "value": float("nan")})
+    with pytest.raises(PointError, match="got bool"):
+        parse_point({**base, "value": True})
+    good, bad = parse_body(b'{"ts": 1e9, "service": "s", "metric": "m", "value": 1}\n{"ts": 1e9}\n')
+    assert len(good) == 1 and [b.field for b in bad] == ["service"]
+
+
+def test_queue_accepts_whole_batches_or_nothing() -> None:
+    q = IngestQueue(max_points=10)
+    batch = [(1.0, "s", "m", 1.0)] * 6
+    assert q.offer(batch)
+    assert not q.offer(batch)  # 12 > 10: refused whole
+    assert q.offer(batch[:4]) and q.depth == 10
+    taken = q.take(max_points=100, timeout=0)
+    assert [len(b) for _, b in taken] == [6, 4] and q.depth == 0
+    assert q.offer([(1.0, "s", "m", 1.0)] * 50)  # an empty queue takes any batch (no livelock)
+
+
+# ------------------------------------------------------------------------------------ engines
+
+
+@pytest.fixture
+def make_engine(tmp_path: Path, pipeline: Any) -> Iterator[Any]:
+    running: list[Any] = []
+    admin = AdminServer().__enter__()
+
+    def make(start_engine: bool = True, **overrides: Any) -> Any:
+        rules = write_rules(tmp_path / "rules", admin.url)
+        settings = load_settings(
+            overrides={"port": 0, "token": TOKEN, "tick_s": 0.01, **overrides}, environ={}
+        )
+        engine = build_engine(assemble(pipeline, rules), settings, tmp_path / "journals")
+        server = serve_in_thread(engine, start_engine=start_engine)
+        running.append(server)
+        return server
+
+    yield make
+    for server in running:
+        server.stop()
+    admin.__exit__()
+
+
+def test_full_queue_answers_429_and_loses_nothing_accepted(make_engine: Any) -> None:
+    server = make_engine(start_engine=False, queue_max_points=100)
+    body = ndjson(points("gateway", T0, 40))  # 80 points
+    first = httpx.post(f"{server.url}/v1/telemetry", content=body)
+    assert first.status_code == 202
+    second = httpx.post(f"{server.url}/v1/telemetry", content=body)
+    assert second.status_code == 429 and int(second.headers["Retry-After"]) >= 1
+    assert httpx.get(f"{server.url}/readyz").status_code == 503  # not started: not ready
+    server.engine.start()
+    wait_for(lambda: server.engine.points_scored == 80)
+    third = httpx.post(f"{server.url}/v1/telemetry", content=ndjson(points("gateway", T0 + 40, 40)))
+    assert third.status_code == 202
+    wait_for(lambda: server.engine.points_scored == 160)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert "selfheal_requests_throttled_total 1.0" in metrics
+    assert 'selfheal_points_in_total{source="http"} 160.0' in metrics
+
+
+def test_ndjson_file_is_tailed_with_bad_lines_dead_lettered(make_engine: Any, tmp_path: Path) -> None:
+    feed = tmp_path / "feed.ndjson"
+    feed.write_text(ndjson(points("gateway", T0, 5)).decode() + "garbage\n")
+    server = make_engine(sources={"files": [str(feed)], "from_start": True})
+    wait_for(lambda: server.engine.points_scored == 10)
+    with feed.open("a") as fh:  # appended later: followed like tail -F
+        fh.write(ndjson(points("gateway", T0 + 5, 3)).decode())
+    wait_for(lambda: server.engine.points_scored == 16)
+    dead = [json.loads(x) for x in server.engine.dead_letter.path.read_text().splitlines()]
+    assert [(d["source"], d["field"]) for d in dead] == [(f"file:{feed}", "line")]
+    assert server.engine.latest_metric[("gateway", "memory_util")][0] == pytest.approx(0.5, abs=0.01)
+
+
+PROM_TEXT = """# HELP vllm_memory Memory in use.
+# TYPE vllm_memory gauge
+vllm_memory{model="llama",instance="a"} 0.61
+vllm_memory{model="llama",instance="b"} 0.99
+# TYPE vllm_latency_seconds summary
+vllm_latency_seconds{quantile="0.99",instance="a"} 0.25
+vllm_latency_seconds{quantile="0.5",instance="a"} 0.05
+vllm_latency_seconds_count{instance="a"} 10
+"""
+
+
+def test_prometheus_scrape_maps_names_and_labels(make_engine: Any, tmp_path: Path) -> None:
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = PROM_TEXT.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/plain; version=0.0.4")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    target = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=target.serve_forever, daemon=True).start()
+    mapping = tmp_path / "vllm.yaml"
+    mapping.write_text(
+        "service: inference-a\n"
+        "metrics:\n"
+        "  vllm_memory: {metric: memory_util, match: {instance: a}}\n"
+        "  vllm_latency_seconds: {metric: latency_p99_ms, scale: 1000, match: {quantile: '0.99'}}\n"
+    )
+    assert PromMapping.from_yaml(mapping).convert(PROM_TEXT, 5.0) == [
+        (5.0, "inference-a", "memory_util", 0.61),
+        (5.0, "inference-a", "latency_p99_ms", 250.0),
+    ]
+    url = f"http://127.0.0.1:{target.server_address[1]}/metrics"
+    try:
+        server = make_engine(
+            sources={"prometheus": [{"url": url, "interval_s": 0.1, "mapping": str(mapping)}]}
+        )
+        wait_for(lambda: server.engine.points_scored >= 4)
+        assert server.engine.latest_metric[("inference-a", "latency_p99_ms")][0] == 250.0
+        assert (
+            f'selfheal_points_in_total{{source="prometheus:{url}"}}'
+            in httpx.get(f"{server.url}/metrics").text
+        )
+    finally:
+        target.shutdown()
+        target.server_close()
+
+
+def test_sigterm_like_stop_drains_what_was_accepted(make_engine: Any) -> None:
+    server = make_engine(start_engine=False)
+    body = ndjson(points("gateway", T0, 500))
+    assert httpx.post(f"{server.url}/v1/telemetry", content=body).status_code == 202
+    server.engine.start()
+    started = time.monotonic()
+    server.stop()  # what SIGTERM does after uvicorn stops accepting
+    assert server.engine.points_scored == 1000 and time.monotonic() - started < 10
+
+
+def test_stdin_is_read_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from engine.runtime.sources import tail_ndjson
+
+    text = (
+        ndjson(points("gateway", T0, 3)).decode()
+        + '{"ts": 1}\n'
+        + ndjson(points("gateway", T0 + 3, 1)).decode()
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(text.rstrip("\n")))  # last line without newline
+    got: list[Any] = []
+    bad: list[Any] = []
+    tail_ndjson("-", lambda g, b: got.extend(g) or bad.extend(b) or True, threading.Event(), batch_lines=2)
+    assert len(got) == 8 and [b.field for b in bad] == ["service"]

@@ -1,0 +1,194 @@
+"""Shared parts for the engine tests (no tests here): a fitted pipeline, policies, an admin server.
+
+Everything is real: a ScoringPipeline fitted on synthetic normal telemetry, policies loaded and
+compiled into a durable-rules host, actions through the registry's ``http`` backend against a local
+HTTP server on 127.0.0.1 that records what it receives. ``build_components`` is also the factory a
+subprocess engine loads (``components: tests/test_runtime_support.py:build_components``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SERVICES = ("inference-a", "vector-db", "feature-store", "gateway")
+SPEC = {
+    "interval": "1s",
+    "metrics": {"latency_p99_ms": {"transforms": ["raw"]}, "memory_util": {"transforms": ["raw"]}},
+}
+NORMAL = {"latency_p99_ms": (100.0, 5.0), "memory_util": (0.5, 0.02)}
+ANOMALY = {"latency_p99_ms": 450.0, "memory_util": 0.97}
+TOKEN = "test-token-123"
+
+TOPOLOGY = """
+services:
+  vector-db: {replicas: 1, tier: data}
+  inference-a: {replicas: 2}
+  feature-store: {replicas: 4, tier: data}
+  gateway: {replicas: 2, tier: edge, depends_on: [vector-db]}
+"""
+
+POLICY = """
+policy: platform
+version: 7
+rules:
+  - name: restart-inference
+    when:
+      services: [inference-a, gateway]
+      persistence: {count: 2, of: 3}
+    then:
+      action: restart
+    safeguards: {cooldown: 1h, max_per_hour: 3, blast_radius: 1.0, max_concurrent: 4}
+    verify:
+      steady_state: {score_below: 0.95}
+      deadline: 60s
+      on_failure: escalate
+      escalate_to: "{admin}/hook"
+  - name: rollback-vector-db
+    when:
+      services: [vector-db]
+    then:
+      action: rollback_model
+    safeguards: {cooldown: 1h, max_concurrent: 4}
+    verify:
+      steady_state: {score_below: 0.95}
+      deadline: 4s
+    approval: {ttl: {ttl}, approvers: [alice]}
+  - name: scale-feature-store
+    when:
+      services: [feature-store]
+    then:
+      action: scale
+      params: {delta: 1}
+    safeguards: {cooldown: 1h, max_concurrent: 4}
+    verify:
+      steady_state: {score_below: 0.5}
+      deadline: 1s
+      on_failure: both
+      escalate_to: "{admin}/hook"
+"""
+
+
+def write_rules(folder: Path, admin_url: str, *, approval_ttl: str = "30s") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "topology.yaml").write_text(TOPOLOGY)
+    (folder / "platform.yaml").write_text(POLICY.replace("{admin}", admin_url).replace("{ttl}", approval_ttl))
+    (folder / "targets.yaml").write_text(
+        f"defaults:\n  backend: http\n  http: {{url: '{admin_url}/admin', timeout_s: 30}}\n"
+    )
+    return folder
+
+
+def fit_pipeline(seed: int = 0) -> Any:
+    from engine.detectors.pipeline import ScoringPipeline
+    from engine.features import FeatureSpec
+
+    spec = FeatureSpec.model_validate(SPEC)
+    rng = np.random.default_rng(seed)
+    X = np.column_stack([rng.normal(*NORMAL[m], 2000) for m in spec.metrics])
+    return ScoringPipeline(spec, "IForest", {"n_estimators": 50}, random_state=seed).fit(X)
+
+
+def build_components(settings: Any) -> Any:
+    """Factory for ``selfheal run`` in a subprocess: rules folder from SELFHEAL_TEST_RULES."""
+    from engine.runtime.adapters import assemble
+
+    return assemble(
+        fit_pipeline(), os.environ["SELFHEAL_TEST_RULES"], bundle_version="b-test", detector_version="1"
+    )
+
+
+def points(service: str, t0: float, seconds: int, *, anomalous: bool = False, seed: int = 1) -> list[dict]:
+    """Two metrics per second; normal points sit at the training mean (clearly low scores)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(seconds):
+        for metric, (mean, sd) in NORMAL.items():
+            value = ANOMALY[metric] if anomalous else mean + rng.normal() * sd * 0.1
+            out.append({"ts": t0 + k + 0.5, "service": service, "metric": metric, "value": float(value)})
+    return out
+
+
+def ndjson(items: list[dict]) -> bytes:
+    return ("\n".join(json.dumps(p) for p in items) + "\n").encode()
+
+
+class AdminServer:
+    """A service admin API on 127.0.0.1 that records every request (path, idempotency key, body)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.delay_s = delay_s
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with owner.lock:
+                    owner.requests.append(
+                        {"path": self.path, "key": self.headers.get("Idempotency-Key"), "body": body}
+                    )
+                if owner.delay_s and self.path.startswith("/admin"):
+                    time.sleep(owner.delay_s)
+                answer = json.dumps({"ok": True, "previous": 2}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # bursts of actions must not be reset by a short listen backlog
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> AdminServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def calls(self, prefix: str = "/admin") -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for r in self.requests if r["path"].startswith(prefix)]
+
+
+def wait_for(check: Any, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``check`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {getattr(check, '__name__', check)}"
+            )
+        time.sleep(interval)
+
+
+def service_points(t0: float, seconds: int, **anomalous: bool) -> Iterator[dict]:
+    """Interleaved points of every service, second by second (ts order, as a live feed would be)."""
+    for k in range(seconds):
+        for service in SERVICES:
+            yield from points(
+                service, t0 + k, 1, anomalous=anomalous.get(service.replace("-", "_"), False), seed=k
+            )
