@@ -20,6 +20,19 @@ def nab_dir() -> Path | None:
     return None
 
 
+@pytest.fixture(autouse=True)
+def _isolated_mlflow_env() -> object:
+    """MLflow keeps the tracking URI in the environment; no test may leak it into the next one."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {key: os.environ.get(key) for key in keys}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh selfheal home folder, also exported as SELFHEAL_HOME for CLI calls."""

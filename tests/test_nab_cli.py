@@ -40,7 +40,9 @@ def test_nab_run_writes_results_prints_scores_and_logs_to_mlflow(tmp_path: Path,
 
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    from engine.tracking.registry import use_tracking
+
+    use_tracking(uri)
     runs = mlflow.search_runs(experiment_names=["nab"], output_format="list")
     assert len(runs) == 1
     metrics = runs[0].data.metrics

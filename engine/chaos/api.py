@@ -173,7 +173,9 @@ def run_game_day(
 def _log_mlflow(result: RunResult, out_dir: Path, tracking_uri: str) -> None:
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from engine.tracking.registry import use_tracking
+
+    use_tracking(tracking_uri)
     mlflow.set_experiment(MLFLOW_EXPERIMENT)
     rec = result.record
     with mlflow.start_run(run_name=result.name):

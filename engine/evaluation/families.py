@@ -498,7 +498,9 @@ def log_comparison(comparison: FamilyComparison, *, tracking_uri: str, experimen
     per-kind recall and median delay; returns the parent run id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from engine.tracking.registry import use_tracking
+
+    use_tracking(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else mlflow.create_experiment(experiment)
     with mlflow.start_run(experiment_id=exp_id, run_name="families comparison") as parent:

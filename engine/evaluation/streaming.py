@@ -497,9 +497,10 @@ def log_run(
 
     from engine.errors import TrackingError
     from engine.evaluation.nab import format_report
+    from engine.tracking.registry import use_tracking
 
     try:
-        mlflow.set_tracking_uri(tracking_uri)
+        use_tracking(tracking_uri)
         mlflow.set_experiment(NAB_EXPERIMENT)
         with mlflow.start_run(run_name=spec.name) as run:
             mlflow.set_tags({"corpus": str(corpus), "results": str(out or ""), "kind": "nab-streaming"})
