@@ -55,8 +55,7 @@ def _root(
         typer.Option(
             "--home",
             envvar="SELFHEAL_HOME",
-            help="Folder for all state (DuckDB, MLflow, quarantine, bundles, journals). "
-            "Default ./.selfheal.",
+            help="Folder for all state (DuckDB, MLflow, quarantine, bundles, journals). Default ./.selfheal.",
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="Logging level: DEBUG, INFO, WARNING.")] = "WARNING",

@@ -36,5 +36,7 @@ def test_readme_names_the_two_setup_commands() -> None:
 
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     ci = (REPO / ".ci" / "run").read_text().splitlines()
-    commands = [line.strip() for line in ci if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    commands = [
+        line.strip() for line in ci if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))
+    ]
     assert commands == ["make test"]

@@ -49,7 +49,6 @@ Aggregation = Literal["mean", "sum", "min", "max", "last", "count"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "sum", "min", "max", "last", "count")
 
 
-
 def parse_duration(value: Any) -> float:
     """Seconds from ``10s``/``1m``/``500ms``/``1h30m``/``1d`` or a plain number of seconds.
 

@@ -7,6 +7,7 @@ Heavy imports (mlflow, papermill, polars, pyod) happen inside the command functi
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -57,6 +58,55 @@ def experiment_run(
     )
     typer.echo(f"tracking: {result.tracking_uri}")
     typer.echo(f"next: selfheal promote {best.run_id} --name selfheal-detector")
+
+
+def experiment_families(
+    ctx: typer.Context,
+    spec: Annotated[
+        Path | None,
+        typer.Argument(help="Comparison spec (default: experiments/families/compare.yaml)."),
+    ] = None,
+    tracking_uri: TrackingUri = None,
+    no_mlflow: Annotated[bool, typer.Option("--no-mlflow", help="Do not log to MLflow.")] = False,
+) -> None:
+    """Compare detector families per incident kind (recall, detection delay) on synthetic data.
+
+    Generates the platform for each seed, fits every family on the training days, scores the rest
+    in time order, prints the per-kind table and logs it to MLflow (experiment "families").
+
+    Example: selfheal experiment families experiments/families/compare.yaml
+    """
+    from tqdm import tqdm
+
+    from engine.evaluation.families import compare_families, log_comparison, merge
+    from engine.evaluation.families_spec import load_comparison_spec
+    from engine.telemetry.synth import generate, load_config
+    from engine.tracking import registry
+
+    loaded = load_comparison_spec(spec)
+    families = [f.to_family() for f in loaded.families]
+    cfg = load_config()
+    parts = []
+    for seed in tqdm(loaded.seeds, desc="seeds", unit="seed", file=sys.stderr):
+        data = generate(cfg, days=loaded.days, seed=seed)
+        parts.append(
+            compare_families(
+                data.points,
+                data.incidents,
+                families=families,
+                train_days=loaded.train_days,
+                interval=loaded.interval,
+                alarms_per_day=loaded.alarms_per_day,
+                holdout_fraction=loaded.holdout_fraction,
+            )
+        )
+    comparison = merge(parts)
+    comparison.settings.update({"seeds": loaded.seeds, "days": loaded.days, "spec": loaded.name})
+    typer.echo(comparison.table())
+    if not no_mlflow:
+        uri = registry.resolve_tracking_uri(home_of(ctx).ensure(), tracking_uri)
+        run_id = log_comparison(comparison, tracking_uri=uri, experiment=loaded.name)
+        typer.echo(f"logged to {uri}: run {run_id} (experiment {loaded.name!r})")
 
 
 def experiment_validate(
@@ -231,6 +281,7 @@ def register(app: typer.Typer) -> None:
     )
     experiment.command("run")(experiment_run)
     experiment.command("validate")(experiment_validate)
+    experiment.command("families")(experiment_families)
     app.add_typer(experiment, name="experiment")
     app.command("promote")(promote)
     models = typer.Typer(

@@ -19,7 +19,9 @@ from harness import Row, render  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=3, help="samples per figure (median is shown)")
     parser.add_argument("only", nargs="*", help="run only benchmark modules whose name contains this")
     args = parser.parse_args()
