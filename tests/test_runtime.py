@@ -267,6 +267,30 @@ def test_health_facts_gate_the_victim_and_act_on_the_root(harness: Harness) -> N
     assert harness.admin.calls("/admin/restart") == []
 
 
+def test_a_recovery_in_the_same_tick_leaves_the_root_healthy_and_its_dependents_ungated(
+    harness: Harness,
+) -> None:
+    """vector-db anomalous then normal inside one tick: its last row wins, so gateway (which depends
+    on it) is not gated later. The host marks every posted service anomalous; the engine must
+    restore the tick's last word after posting, or gating silences gateway for good."""
+    harness.push(3)
+    burst = list(service_points(harness.t, 1, vector_db=True)) + list(service_points(harness.t + 1, 2))
+    harness.t += 3
+    r = httpx.post(f"{harness.url}/v1/telemetry", content=ndjson(burst))  # one request, one tick
+    assert r.status_code == 202, r.text
+
+    def vector_db_health() -> list[bool] | None:
+        rows = harness.rows("events", service="vector-db", status="health")
+        return [bool(e["payload"]["anomalous"]) for e in reversed(rows)] or None
+
+    assert wait_for(vector_db_health) == [True, False]  # both rows in one tick, the recovery last
+    assert harness.rows("events", service="vector-db", status="anomaly")
+    harness.push(4, gateway=True)
+    decisions = wait_for(lambda: harness.decisions(service="gateway"))
+    assert [d["action"] for d in decisions] == ["restart"]
+    assert not harness.engine.components.policies.host.health()["vector-db"].anomalous
+
+
 @pytest.mark.slow
 def test_sharded_scoring_workers_give_the_same_outcome(tmp_path: Path, pipeline: Any) -> None:
     """workers: 2 — features and scores in two processes, decisions and journal in the engine."""

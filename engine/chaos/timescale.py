@@ -7,13 +7,6 @@ game day would wait a real quarter of an hour for an expiry. ``TimeScaledPolicie
 engine's ``PolicyEngine`` seam and divides those durations by ``speed`` in every decision, so the
 engine enforces exactly what the policy says, in the platform's time. Hourly rate limits stay per
 wall hour (stricter in platform time); a game day stays far below them.
-
-It also keeps the health facts true to the engine's last word. The engine applies a tick's health
-changes first and posts the tick's anomaly events after; the policy host marks a service anomalous
-on every post. When one tick holds both an anomalous and a recovered row of a service (the engine
-catching up on a burst), the post would leave the service marked anomalous for good, and
-dependency gating would then silence its dependents forever. After each post the wrapper restores
-the health the engine last reported (reported to the runtime's owners as a bug; remove when fixed).
 """
 
 from __future__ import annotations
@@ -33,17 +26,11 @@ class TimeScaledPolicies:
         self.inner = inner
         self.speed = float(speed)
         self.version = inner.version
-        self._reported: dict[str, tuple[bool, float]] = {}  # the engine's last health word per service
 
     def decide(self, event: AnomalyEvent) -> list[Decision]:
-        decisions = [self.scale(d) for d in self.inner.decide(event)]
-        reported = self._reported.get(event.service)
-        if reported is not None and not reported[0]:
-            self.inner.set_health(event.service, False, reported[1])
-        return decisions
+        return [self.scale(d) for d in self.inner.decide(event)]
 
     def set_health(self, service: str, anomalous: bool, score: float) -> None:
-        self._reported[service] = (anomalous, score)
         self.inner.set_health(service, anomalous, score)
 
     def replay(self, event: AnomalyEvent) -> None:

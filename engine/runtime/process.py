@@ -426,6 +426,13 @@ class Engine:
                         continue
                     for decision in decisions:
                         self._enact(decision, emitted, dispatch, notes)
+                # The host marks every posted service anomalous. A service whose last row of the
+                # tick was normal must end healthy, or gating silences its dependents for good.
+                posted = {event.service for event in events}
+                last = {event.service: event for event in changes}
+                for service, event in last.items():
+                    if service in posted and not event.anomalous:
+                        policies.set_health(service, False, event.score)
         self._after_commit(dispatch, notes)
 
     def handle_decision(self, decision: Decision, *, emitted: float | None = None) -> str:
