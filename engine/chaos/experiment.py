@@ -22,6 +22,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from engine.errors import Problem, SpecError
 from engine.features.spec import parse_duration
+from engine.telemetry.platform_model import PLATFORM_METRICS
 from engine.telemetry.synth_config import INCIDENT_KINDS, KIND_ROLES
 
 SERVICE_ROLES = {
@@ -33,39 +34,11 @@ SERVICE_ROLES = {
     "ingestion": "ingestion",
 }
 ACTIONS = ("restart", "scale", "shift_traffic", "refresh_index", "rollback_model")
-METRICS = (
-    "request_rate",
-    "latency_p50_ms",
-    "latency_p99_ms",
-    "ttft_ms",
-    "tokens_per_s",
-    "error_rate",
-    "queue_depth",
-    "retrieval_hit_rate",
-    "retrieval_precision",
-    "response_variability",
-    "cpu_util",
-    "memory_util",
-    "gpu_util",
-)
+METRICS = PLATFORM_METRICS
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Service = Literal["gateway", "inference-a", "inference-b", "vector-db", "feature-store", "ingestion"]
-Metric = Literal[
-    "request_rate",
-    "latency_p50_ms",
-    "latency_p99_ms",
-    "ttft_ms",
-    "tokens_per_s",
-    "error_rate",
-    "queue_depth",
-    "retrieval_hit_rate",
-    "retrieval_precision",
-    "response_variability",
-    "cpu_util",
-    "memory_util",
-    "gpu_util",
-]
+Metric = Literal[PLATFORM_METRICS]  # type: ignore[valid-type]
 
 
 class _Strict(BaseModel):

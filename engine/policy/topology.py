@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.telemetry.platform_model import PLATFORM_METRICS
+
 Tier = Literal["edge", "serving", "data", "batch"]
 
 
@@ -26,24 +28,6 @@ class ServiceSpec(BaseModel):
     replicas: int = Field(default=1, ge=1, description="replicas normally running (blast radius base)")
     depends_on: tuple[str, ...] = Field(default=(), description="upstream services this one calls")
     description: str = ""
-
-
-PLATFORM_METRICS: tuple[str, ...] = (
-    "request_rate",
-    "latency_p50_ms",
-    "latency_p99_ms",
-    "ttft_ms",
-    "tokens_per_s",
-    "error_rate",
-    "queue_depth",
-    "retrieval_hit_rate",
-    "retrieval_precision",
-    "response_variability",
-    "cpu_util",
-    "memory_util",
-    "gpu_util",
-)
-"""The synthetic platform's metric names (CONTRACTS.md); a topology may declare its own list."""
 
 
 class Topology(BaseModel):

@@ -89,6 +89,9 @@ ROLE_METRICS: dict[str, tuple[str, ...]] = {
     ),
 }
 
+PLATFORM_METRICS: tuple[str, ...] = tuple(dict.fromkeys(m for ms in ROLE_METRICS.values() for m in ms))
+"""Every metric name the platform emits: the one list policies, chaos experiments and tests share."""
+
 MAX_SERVICES = 64
 RHO_MAX = 0.95  # utilisation is capped: beyond it the queue grows without bound in reality
 TIMEOUT_MS = 5000.0  # a caller gives up on a dependency call after this
