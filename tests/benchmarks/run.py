@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import sys
 import time
+import traceback
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,6 +27,7 @@ def main() -> int:
     parser.add_argument("only", nargs="*", help="run only benchmark modules whose name contains this")
     args = parser.parse_args()
     rows: list[Row] = []
+    failed: list[str] = []
     for path in sorted(HERE.glob("bench_*.py")):
         if args.only and not any(s in path.stem for s in args.only):
             continue
@@ -36,10 +38,16 @@ def main() -> int:
         for bench in module.BENCHMARKS:
             start = time.perf_counter()
             print(f"running {path.stem}.{bench.__name__} ...", file=sys.stderr, flush=True)
-            rows.extend(bench(args.repeats))
+            try:
+                rows.extend(bench(args.repeats))
+            except Exception:  # one broken benchmark must not hide the others' figures
+                traceback.print_exc()
+                failed.append(f"{path.stem}.{bench.__name__}")
             print(f"  done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
     print(render(rows))
-    return 0
+    if failed:
+        print(f"FAILED benchmarks (tracebacks above): {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
