@@ -96,3 +96,82 @@ def test_evaluation_key_ignores_the_grid_but_not_the_data() -> None:
     c = validate_spec(small_spec(data={"services": ["gateway"]}))
     assert a.evaluation_key == b.evaluation_key
     assert a.evaluation_key != c.evaluation_key
+
+
+def _demo_quick_with(tmp_path: Path, *edits: tuple[str, str]) -> Path:
+    """A copy of the shipped demo spec with textual edits (each must apply exactly once)."""
+    text = (REPO / "experiments" / "demo_quick.yaml").read_text()
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    path = tmp_path / "demo_quick.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_detector_params_are_checked_at_load_every_problem_once(tmp_path: Path) -> None:
+    path = _demo_quick_with(
+        tmp_path,
+        ("n_estimators: [50, 150]", "n_estimatorz: [50, 150]"),
+        ("contamination: 0.01", "contamination: 0.9"),
+        ("n_bins: [10, 30]", "n_bins: [10, -3]"),
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    problems = {p.path: p for p in info.value.problems}
+    assert set(problems) == {
+        "detectors[0].grid.n_estimatorz",
+        "detectors[0].params.contamination",
+        "detectors[1].grid.n_bins[1]",
+    }, str(info.value)
+    assert len(info.value.problems) == 3  # two configurations share the typo: reported once
+    assert problems["detectors[0].grid.n_estimatorz"].hint == "did you mean 'n_estimators'?"
+    assert "0.9" in problems["detectors[0].params.contamination"].message
+    assert "-3" in problems["detectors[1].grid.n_bins[1]"].message
+    assert all(p.file == str(path) for p in info.value.problems)
+
+
+def test_own_detector_params_are_checked_at_load() -> None:
+    raw = small_spec(detectors=[{"class": "CUSUM", "grid": {"refrence": [60]}}])
+    with pytest.raises(SpecError) as info:
+        validate_spec(raw, file="cusum.yaml")
+    [problem] = info.value.problems
+    assert problem.path == "detectors[0].grid.refrence"
+    assert problem.hint == "did you mean 'reference'?"
+
+
+def test_experiment_validate_command_fails_on_a_misspelt_param(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine import cli
+
+    path = _demo_quick_with(tmp_path, ("n_estimators: [50, 150]", "n_estimatorz: [50, 150]"))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--home", str(tmp_path / "home"), "experiment", "validate", str(path)])
+    captured = capsys.readouterr()
+    assert info.value.code == 2
+    assert "ok (" not in captured.out
+    assert "detectors[0].grid.n_estimatorz" in captured.err
+    assert "did you mean 'n_estimators'?" in captured.err
+
+
+def test_evaluate_help_example_uses_parameters_the_notebook_declares(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The example `-p NAME VALUE` pairs of `selfheal evaluate --help` must exist in the notebook."""
+    import json
+    import re
+
+    from engine import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    example = re.search(r"Example: selfheal evaluate (\S+\.ipynb)(.*)", help_text)
+    assert example, help_text
+    names = re.findall(r"-p (\w+) ", example.group(2))
+    assert names
+    notebook = json.loads((REPO / example.group(1)).read_text())
+    [cell] = [c for c in notebook["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    declared = set(re.findall(r"^(\w+)\s*=", "".join(cell["source"]), flags=re.M))
+    assert set(names) <= declared, (names, declared)

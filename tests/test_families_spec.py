@@ -73,3 +73,26 @@ def test_command_prints_the_per_kind_table(tmp_path: Path, capsys: pytest.Captur
     out = capsys.readouterr().out
     assert out.splitlines()[0].startswith("| incident kind (n) | IForest | CUSUM |")
     assert "false alarms / day" in out
+
+
+def test_family_params_and_interval_are_checked_at_load(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump(
+            {
+                "interval": "banana",
+                "families": [
+                    {"label": "IForest", "detector": "IForest", "params": {"n_estimatorz": 20}},
+                    {"label": "CUSUM", "detector": "CUSUM", "params": {"reference": 60}},
+                    {"label": "HBOS", "detector": "HBOS", "params": {"n_bins": -3}},
+                ],
+            }
+        )
+    )
+    with pytest.raises(SpecError) as info:
+        load_comparison_spec(bad)
+    problems = {p.path: p for p in info.value.problems}
+    assert set(problems) == {"interval", "families[0].params.n_estimatorz", "families[2].params.n_bins"}
+    assert "banana" in problems["interval"].message
+    assert problems["families[0].params.n_estimatorz"].hint == "did you mean 'n_estimators'?"
+    assert "-3" in problems["families[2].params.n_bins"].message

@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.durations import DURATION_HELP, parse_duration
 from engine.errors import Problem, SpecError
 from engine.evaluation.families import Family
+from engine.tracking.spec import detector_param_problems
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "families" / "compare.yaml"
 
@@ -49,11 +51,19 @@ class ComparisonSpec(BaseModel):
     holdout_fraction: float = Field(0.5, gt=0, lt=1)
     families: list[FamilySpec] = Field(min_length=1)
 
+    @field_validator("interval")
+    @classmethod
+    def _a_duration(cls, interval: str) -> str:
+        """Parsed here, as the comparison will parse it, so `banana` fails before any data is made."""
+        parse_duration(interval, allow_zero=False, what="interval")
+        return interval
+
+
+_HINTS = {"interval": f"write {DURATION_HELP}"}
+
 
 def load_comparison_spec(path: str | Path | None = None) -> ComparisonSpec:
     """Parse and validate a comparison spec; unknown detectors fail here, not after a minute of data."""
-    from engine.detectors import available_detectors
-
     source = Path(path) if path else DEFAULT_SPEC
     try:
         raw = yaml.safe_load(source.read_text())
@@ -61,34 +71,51 @@ def load_comparison_spec(path: str | Path | None = None) -> ComparisonSpec:
         raise SpecError(
             [Problem(str(source), "", f"cannot read: {exc}", "check the path and the YAML syntax")]
         ) from exc
+    problems: list[Problem] = []
+    spec: ComparisonSpec | None = None
     try:
         spec = ComparisonSpec.model_validate(raw)
     except ValidationError as exc:
-        problems = [
+        problems.extend(
             Problem(
                 str(source),
                 ".".join(str(p) for p in err["loc"]),
-                err["msg"],
-                "see experiments/families/compare.yaml",
+                err["msg"].removeprefix("Value error, "),
+                _HINTS.get(str(err["loc"][0]) if err["loc"] else "", "see experiments/families/compare.yaml"),
             )
             for err in exc.errors(include_url=False)
-        ]
-        raise SpecError(problems) from exc
-    known = set(available_detectors())
-    bad = [
-        Problem(
-            str(source),
-            f"families[{i}].detector",
-            f"unknown detector {f.detector!r}",
-            "see `available_detectors()`",
         )
-        for i, f in enumerate(spec.families)
-        if f.detector not in known
-    ]
-    if bad:
-        raise SpecError(bad)
-    if spec.train_days >= spec.days:
-        raise SpecError(
-            [Problem(str(source), "train_days", "must be shorter than days", "leave days to score")]
+    families = raw.get("families") if isinstance(raw, dict) else None
+    problems.extend(_family_problems(families if isinstance(families, list) else [], str(source)))
+    if spec is not None and spec.train_days >= spec.days:
+        problems.append(
+            Problem(str(source), "train_days", "must be shorter than days", "leave days to score")
         )
+    if problems or spec is None:
+        raise SpecError(problems)
     return spec
+
+
+def _family_problems(raw: list[Any], file: str) -> list[Problem]:
+    """Unknown detectors and bad parameters of each well-formed contender, checked without fitting."""
+    from engine.detectors import available_detectors
+
+    known = set(available_detectors())
+    problems: list[Problem] = []
+    for i, item in enumerate(raw):
+        try:
+            family = FamilySpec.model_validate(item)
+        except ValidationError:
+            continue  # reported with its path by the model validation
+        if family.detector not in known:
+            problems.append(
+                Problem(
+                    file,
+                    f"families[{i}].detector",
+                    f"unknown detector {family.detector!r}",
+                    "see `available_detectors()`",
+                )
+            )
+        else:
+            problems.extend(detector_param_problems(file, f"families[{i}]", family.detector, family.params))
+    return problems

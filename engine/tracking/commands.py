@@ -210,7 +210,7 @@ def evaluate(
     float, null None). The executed copy goes to HOME/notebooks/NAME-TIMESTAMP.ipynb; exit code 1
     when a cell failed (for example the quality gate of 03_scheduled_evaluation).
 
-    Example: selfheal evaluate notebooks/03_scheduled_evaluation.ipynb -p window_days 2 -p min_f1 0.3
+    Example: selfheal evaluate notebooks/03_scheduled_evaluation.ipynb -p window_days 2 -p min_quality 0.3
     """
     from engine.tracking.notebooks import coerce, run_notebook
 
