@@ -70,7 +70,8 @@ def available_detectors() -> list[str]:
 def make_detector(
     name: str, params: dict[str, Any] | None = None, *, random_state: int | None = 0
 ) -> Detector:
-    """Build a registered detector; parameters are validated when it is fitted (sklearn contract)."""
+    """Build a registered detector; parameters are validated when it is fitted (sklearn contract), or
+    earlier by calling its ``validate_params()`` (spec loaders do, so a typo fails at load)."""
     _load_plugins()
     factory = _registry.get(name)
     if factory is None:
