@@ -26,7 +26,7 @@ from engine.runtime.commands import register
 from engine.runtime.config import load_settings
 from engine.runtime.server import RunningEngine, build_engine, serve_in_thread
 
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0  # in the past: points more than 10 minutes ahead are refused
 
 
 def _app() -> typer.Typer:
@@ -125,6 +125,29 @@ def test_pause_resume_and_journal_filters(running: tuple[RunningEngine, AdminSer
     resumed = cli.invoke(app, ["resume", "--url", server.url, "--token", TOKEN])
     assert resumed.exit_code == 0
     assert httpx.get(f"{server.url}/v1/status").json()["paused"] is False
+
+
+def test_journal_since_takes_compound_durations_and_iso_times(tmp_path: Path) -> None:
+    from engine.runtime.journal import Journal
+
+    path = tmp_path / "engine.sqlite"
+    record = {
+        "id": "dec-1",
+        "event_id": "evt-1",
+        "service": "gateway",
+        "target": "gateway",
+        "action": "restart",
+        "params": {},
+        "policy": "platform",
+        "rule": "r",
+    }
+    with Journal(path) as j:
+        j.record_decision(record, status="blocked", reason="kill_switch: drill")
+    cli = CliRunner()
+    for since, shown in (("1h30m", True), ("90m", True), ("2000-01-01T00:00", True), ("2099-01-01", False)):
+        out = cli.invoke(_app(), ["journal", "--journal", str(path), "--since", since])
+        assert out.exit_code == 0, (since, out.output, out.exception)
+        assert ("restart on gateway" in out.output) is shown, since
 
 
 def test_every_command_has_an_example() -> None:

@@ -167,3 +167,16 @@ def test_transaction_rolls_back_everything_on_error(tmp_path: Path) -> None:
 def test_read_only_needs_an_existing_journal(tmp_path: Path) -> None:
     with pytest.raises(RuntimeEngineError, match="no journal here"):
         Journal(tmp_path / "missing.sqlite", read_only=True)
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as first:
+        with pytest.raises(RuntimeEngineError, match=r"j\.sqlite\.lock") as info:
+            Journal(path)
+        assert "in use by another engine" in str(info.value) and info.value.hint
+        with Journal(path, read_only=True) as reader:  # readers never take the lock
+            assert reader.count("decisions") == 0
+        first.record_decision(_decision().to_record(), status=DecisionStatus.READY)
+    with Journal(path) as again:  # released on close
+        assert again.count("decisions") == 1

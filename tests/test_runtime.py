@@ -4,6 +4,7 @@ http actions on a local admin server → verification, all recorded in the journ
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,10 @@ from test_runtime_support import (
 from engine.runtime.adapters import assemble
 from engine.runtime.config import load_settings
 from engine.runtime.journal import DecisionStatus, Journal
+from engine.runtime.safeguards import MaintenanceWindow
 from engine.runtime.server import RunningEngine, build_engine, serve_in_thread
 
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0  # in the past: points more than 10 minutes ahead are refused
 ALICE = "alice-token-5678"
 
 
@@ -155,6 +157,25 @@ def test_high_risk_action_waits_for_an_authenticated_approver(harness: Harness) 
     assert httpx.post(url, json={}, headers=_auth(ALICE)).status_code == 409  # settled once
 
 
+def test_shared_token_cannot_claim_a_named_approver_and_named_tokens_record_themselves(
+    harness: Harness,
+) -> None:
+    harness.push(3)
+    harness.push(2, vector_db=True)
+    approval_id = wait_for(lambda: httpx.get(f"{harness.url}/v1/approvals").json())[0]["id"]
+    url = f"{harness.url}/v1/approvals/{approval_id}/approve"
+    claimed = httpx.post(url, json={"reason": "x", "approver": "alice"}, headers=_auth(TOKEN))
+    assert claimed.status_code == 403 and "approver_tokens" in claimed.text
+    assert harness.rows("approvals")[0]["status"] == "pending"
+    pause = httpx.post(f"{harness.url}/v1/pause", json={"approver": "bob"}, headers=_auth(ALICE))
+    assert pause.status_code == 200
+    with Journal(harness.journal_path, read_only=True) as j:
+        control = j.control("paused")
+    assert control is not None and control["actor"] == "alice"
+    ok = httpx.post(url, json={"reason": "go", "approver": "bob"}, headers=_auth(ALICE))
+    assert ok.status_code == 200 and ok.json()["approver"] == "alice"
+
+
 def test_rejection_and_expiry_deny(harness: Harness) -> None:
     harness.push(3)
     harness.push(2, vector_db=True)
@@ -214,6 +235,26 @@ def test_failed_verification_escalates_and_rolls_back(harness: Harness) -> None:
     assert verification["status"] == "failed"
     kinds = sorted(e["kind"] for e in harness.rows("executions", service="feature-store"))
     assert kinds == ["action", "escalation", "rollback"]
+
+
+@pytest.mark.parametrize("guard", ["kill_switch", "maintenance"])
+def test_rollback_after_failed_verification_obeys_kill_switch_and_maintenance(
+    harness: Harness, guard: str
+) -> None:
+    harness.push(3)
+    harness.push(3, feature_store=True)
+    wait_for(lambda: harness.admin.calls("/admin/scale"))
+    if guard == "kill_switch":
+        harness.engine.set_paused(True, actor="test", reason="drill")
+    else:
+        harness.engine.maintenance = [MaintenanceWindow(("feature-*",), 0.0, 4e9, "upgrade")]
+    blocked = wait_for(lambda: harness.decision_with(DecisionStatus.BLOCKED, "feature-store"), timeout=15)
+    assert blocked["reason"].startswith(f"verification failed; rollback blocked by {guard}")
+    hook = wait_for(lambda: harness.admin.calls("/hook"))
+    assert len(hook) == 1 and "rollback blocked" in hook[0]["body"]["reason"]
+    assert len(harness.admin.calls("/admin/scale")) == 1  # no rollback call
+    kinds = sorted(e["kind"] for e in harness.rows("executions", service="feature-store"))
+    assert kinds == ["action", "escalation"]
 
 
 def test_malformed_points_are_refused_by_field_and_dead_lettered(harness: Harness) -> None:
@@ -292,6 +333,65 @@ def test_a_recovery_in_the_same_tick_leaves_the_root_healthy_and_its_dependents_
 
 
 @pytest.mark.slow
+def test_recovery_fails_a_decision_whose_actions_all_failed(tmp_path: Path, pipeline: Any) -> None:
+    """What a crash between the failed execution and its decision's status left: 'executing' for ever,
+    blocking every later decision of its rule, target and action as a duplicate."""
+    settings = load_settings(overrides={"port": 0, "token": TOKEN}, environ={})
+    path = settings.journal_path(tmp_path / "journals")
+    record = {
+        "id": "dec-1",
+        "event_id": "evt-1",
+        "service": "gateway",
+        "target": "gateway",
+        "action": "restart",
+        "params": {},
+        "policy": "platform",
+        "rule": "restart-inference",
+    }
+    with Journal(path) as j:
+        j.record_decision(record, status=DecisionStatus.EXECUTING)
+        started = j.start_execution(
+            record, kind="action", action="restart", params={}, idempotency_key="dec-1:action"
+        )
+        assert started is not None
+        j.finish_execution(started, "failed", error="HTTP 500")
+        j.settle_execution(started)
+    with AdminServer() as admin:
+        components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
+        engine = build_engine(components, settings, tmp_path / "journals").start()
+        engine.stop(drain=False)
+    with Journal(path, read_only=True) as j:
+        row = j.decision("dec-1")
+        assert row is not None and (row["status"], row["reason"]) == ("failed", "HTTP 500")
+        assert j.active_decision("gateway", "restart-inference", "restart") is None
+
+
+def test_stop_keeps_the_journal_open_while_the_decider_is_still_writing(
+    tmp_path: Path, pipeline: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    release = threading.Event()
+    settings = load_settings(overrides={"port": 0, "token": TOKEN, "drain_timeout_s": 0.3}, environ={})
+    with AdminServer() as admin:
+        components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
+        engine = build_engine(components, settings, tmp_path / "journals").start()
+        engine.listeners.append(lambda kind, data: kind == "blocked" and release.wait(10))
+        engine.set_paused(True, actor="test")
+        engine.ingest(list(_tuples(service_points(T0, 3))), [], source="test")
+        engine.ingest(list(_tuples(service_points(T0 + 3, 4, inference_a=True))), [], source="test")
+        wait_for(lambda: engine.journal.count("decisions", "blocked"))  # the decider now waits
+        engine.stop(drain=False)
+        assert "decider did not stop" in caplog.text
+        assert engine.journal.count("decisions", "blocked") >= 1  # still open, still usable
+        release.set()
+        assert engine._decider is not None
+        engine._decider.join(timeout=10)
+        engine.journal.close()
+
+
+def _tuples(items: Any) -> Any:
+    return ((p["ts"], p["service"], p["metric"], p["value"]) for p in items)
+
+
 def test_sharded_scoring_workers_give_the_same_outcome(tmp_path: Path, pipeline: Any) -> None:
     """workers: 2 — features and scores in two processes, decisions and journal in the engine."""
     with AdminServer() as admin:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from engine.runtime.config import load_settings
 from engine.runtime.server import build_engine, serve_in_thread
 from engine.runtime.sources import IngestQueue, PointError, PromMapping, parse_body, parse_point
 
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0  # in the past: points more than 10 minutes ahead are refused
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def test_binding_beyond_loopback_needs_a_token() -> None:
 
 
 @given(
-    ts=st.floats(min_value=1.0, max_value=4e9),
+    ts=st.floats(min_value=1.0, max_value=1.7e9),
     service=st.text(min_size=1, max_size=20),
     metric=st.text(min_size=1, max_size=20),
     value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**12), 10**12),
@@ -91,14 +92,30 @@ def test_valid_points_parse_and_each_broken_field_is_named(
 
 
 def test_nan_bool_and_iso_timestamps() -> None:
-    base = {"ts": "2027-01-15T08:00:00Z", "service": "s", "metric": "m", "value": 1}
-    assert parse_point(base)[0] == 1_800_000_000.0
+    base = {"ts": "2023-11-14T22:13:20Z", "service": "s", "metric": "m", "value": 1}
+    assert parse_point(base)[0] == 1_700_000_000.0
     with pytest.raises(PointError, match="finite"):
         parse_point({**base, "value": float("nan")})
     with pytest.raises(PointError, match="got bool"):
         parse_point({**base, "value": True})
     good, bad = parse_body(b'{"ts": 1e9, "service": "s", "metric": "m", "value": 1}\n{"ts": 1e9}\n')
     assert len(good) == 1 and [b.field for b in bad] == ["service"]
+
+
+@pytest.mark.parametrize("ts", [T0 * 1000, 1e11, 0.0, -5.0, 4e9, "2099-01-01T00:00:00Z"])
+def test_millisecond_and_future_timestamps_are_refused_by_field(ts: Any) -> None:
+    now = T0 + 3600
+    with pytest.raises(PointError) as info:
+        parse_point({"ts": ts, "service": "s", "metric": "m", "value": 1.0}, now)
+    assert info.value.field == "ts" and "epoch seconds, not milliseconds" in info.value.reason
+    assert parse_point({"ts": now + 599.0, "service": "s", "metric": "m", "value": 1.0}, now)[0] == now + 599
+    good, bad = parse_body(
+        json.dumps(
+            [{"ts": 1e9, "service": "s", "metric": "m", "value": 1.0}] * 2
+            + [{"ts": time.time() * 1000, "service": "s", "metric": "m", "value": 1.0}]
+        ).encode()
+    )
+    assert len(good) == 2 and [(r.index, r.field) for r in bad] == [(2, "ts")]
 
 
 def test_queue_accepts_whole_batches_or_nothing() -> None:
@@ -152,6 +169,24 @@ def test_full_queue_answers_429_and_loses_nothing_accepted(make_engine: Any) -> 
     metrics = httpx.get(f"{server.url}/metrics").text
     assert "selfheal_requests_throttled_total 1.0" in metrics
     assert 'selfheal_points_in_total{source="http"} 160.0' in metrics
+
+
+def test_oversized_body_is_refused_by_its_content_length_before_it_is_read(make_engine: Any) -> None:
+    server = make_engine(start_engine=False, max_request_bytes=1000)
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:  # announces 1 GB, sends none
+        sock.sendall(
+            b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+            b"Content-Length: 1000000000\r\n\r\n"
+        )
+        head = b""
+        while b"max_request_bytes" not in head and (chunk := sock.recv(4096)):
+            head += chunk
+    assert head.startswith(b"HTTP/1.1 413") and b"max_request_bytes" in head
+    small = httpx.post(f"{server.url}/v1/telemetry", content=ndjson(points("gateway", T0, 2)))
+    assert small.status_code == 202
+    big = httpx.post(f"{server.url}/v1/telemetry", content=ndjson(points("gateway", T0, 20)))
+    assert big.status_code == 413 and server.engine.queue.depth == 4
 
 
 def test_ndjson_file_is_tailed_with_bad_lines_dead_lettered(make_engine: Any, tmp_path: Path) -> None:

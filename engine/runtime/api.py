@@ -21,6 +21,8 @@ from engine.runtime.journal import KINDS
 from engine.runtime.process import ApprovalRefused, Engine
 from engine.runtime.sources import parse_body
 
+SHARED = "token"  # the caller's name when it authenticated with the shared ``token``
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -39,10 +41,16 @@ def identify(request: Request) -> str:
         if hmac.compare_digest(given.encode(), token.encode()):
             return str(name)
     if settings.token and hmac.compare_digest(given.encode(), settings.token.encode()):
-        return "token"
+        return SHARED
     if not settings.token and not settings.approver_tokens:
         raise HTTPException(401, "the engine has no token configured; set SELFHEAL_ENGINE_TOKEN and restart")
     raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def actor_of(who: str, body: _Body) -> str:
+    """Whom to record: a named token's holder, never the body's claim; the shared token may say who
+    sent it (``approver``) because it identifies nobody by itself."""
+    return (body.approver or SHARED) if who == SHARED else who
 
 
 def reader(request: Request) -> None:
@@ -77,7 +85,12 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/telemetry", dependencies=[Reader])
     async def telemetry(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > settings.max_request_bytes:
+            return _too_large(settings.max_request_bytes)
         body = await request.body()
+        if len(body) > settings.max_request_bytes:  # chunked bodies declare no length
+            return _too_large(settings.max_request_bytes)
         points, rejections = parse_body(body, request.headers.get("content-type", ""))
         if len(points) + len(rejections) > settings.max_request_points:
             return JSONResponse(
@@ -121,7 +134,17 @@ def create_app(engine: Engine) -> FastAPI:
         return engine.journal.pending_approvals()
 
     def settle(approval_id: str, approve: bool, body: _Body, who: str) -> Any:
-        approver = who if who != "token" else (body.approver or "token")
+        """Named tokens record their own name; the shared token cannot prove who sent it, so it may
+        not settle an approval restricted to named approvers (whatever ``approver`` the body claims)."""
+        if who == SHARED:
+            pending = engine.journal.approval(approval_id)
+            if pending and pending.get("allowed_approvers"):
+                raise HTTPException(
+                    403,
+                    "the shared token cannot approve an action restricted to named approvers; "
+                    "use your own token from approver_tokens",
+                )
+        approver = actor_of(who, body)
         try:
             return engine.settle_approval(approval_id, approve=approve, approver=approver, reason=body.reason)
         except ApprovalRefused as exc:
@@ -138,13 +161,13 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/v1/pause")
     def pause(who: Operator, body: _Body | None = None) -> Any:
         body = body or _Body()
-        engine.set_paused(True, actor=body.approver or who, reason=body.reason)
+        engine.set_paused(True, actor=actor_of(who, body), reason=body.reason)
         return {"paused": True}
 
     @app.post("/v1/resume")
     def resume(who: Operator, body: _Body | None = None) -> Any:
         body = body or _Body()
-        engine.set_paused(False, actor=body.approver or who, reason=body.reason)
+        engine.set_paused(False, actor=actor_of(who, body), reason=body.reason)
         return {"paused": False}
 
     @app.get("/v1/status", dependencies=[Reader])
@@ -161,3 +184,9 @@ def create_app(engine: Engine) -> FastAPI:
         }
 
     return app
+
+
+def _too_large(cap: int) -> Response:
+    return JSONResponse(
+        {"detail": f"body larger than {cap} bytes (max_request_bytes); split it"}, status_code=413
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import json
-import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from engine.cliutil import home_of
+from engine.durations import parse_duration
 from engine.errors import ConfigError
 
 UrlOpt = Annotated[
@@ -180,20 +180,20 @@ def approvals_reject(
     typer.echo(f"{row['id']} rejected by {row['approver']}")
 
 
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
-
-
 def _since(value: str | None) -> float | None:
+    """``--since``: how long ago in the one duration grammar (30m, 2h, 1h30m), else an ISO time."""
     if value is None:
         return None
-    match = _AGO.match(value.strip())
-    if match:
-        return time.time() - float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    try:
+        return time.time() - parse_duration(value, what="--since")
+    except ValueError:
+        pass
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
         raise ConfigError(
-            f"--since {value!r} is neither a duration nor a time", hint="e.g. 30m, 2h or 2026-11-27T08:00"
+            f"--since {value!r} is neither a duration nor a time",
+            hint="e.g. 30m, 1h30m or 2026-11-27T08:00",
         ) from exc
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 

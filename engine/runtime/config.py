@@ -79,6 +79,9 @@ class EngineSettings(_Strict):
     dead_letter: Path | None = Field(None, description="rejected points, NDJSON (default beside the journal)")
     queue_max_points: int = Field(500_000, ge=1, description="accepted-but-unscored points before 429")
     max_request_points: int = Field(100_000, ge=1, description="largest batch one request may carry")
+    max_request_bytes: int = Field(
+        32 * 2**20, ge=1, description="largest telemetry body, refused (413) before it is read"
+    )
     tick_s: float = Field(0.05, gt=0, description="scoring tick: longest a point waits to be scored")
     workers: int = Field(
         0,

@@ -14,8 +14,10 @@ One ``Journal`` object is shared by the engine's threads; a lock serialises its 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -145,6 +147,23 @@ class TargetCounts:
     rule_in_flight: int = 0  # executions of the same policy rule (any target) still in flight
 
 
+def _exclusive_lock(lock_path: Path) -> int:
+    """One writer per journal: a second engine would recover (and so rewrite) the live one's
+    in-flight executions and approvals. The kernel frees the lock when its holder dies (kill -9
+    included), so a stale lock file never blocks a restart."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise RuntimeEngineError(
+            f"{lock_path.with_suffix('')}: the journal is in use by another engine (it holds {lock_path})",
+            hint="stop the running `selfheal run` first (or give this one another journal_path); "
+            "the lock is released when that process exits",
+        ) from None
+    return fd
+
+
 class Journal:
     """The engine's durable record. Thread-safe; open one per process and ``close()`` it."""
 
@@ -152,6 +171,7 @@ class Journal:
         self.path = Path(path)
         self.read_only = read_only
         self._lock = threading.RLock()
+        self._lock_fd: int | None = None
         try:
             if read_only:
                 if not self.path.is_file():
@@ -164,6 +184,7 @@ class Journal:
                 self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fd = _exclusive_lock(self.path.with_name(self.path.name + ".lock"))
                 self._db = sqlite3.connect(
                     self.path, check_same_thread=False, timeout=30, isolation_level=None
                 )
@@ -174,6 +195,7 @@ class Journal:
                     "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
                 )
         except sqlite3.DatabaseError as exc:
+            self._unlock()
             raise RuntimeEngineError(
                 f"{self.path}: cannot open the journal ({exc})",
                 hint="check the path is a selfheal journal and the folder is writable",
@@ -184,6 +206,12 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def __enter__(self) -> Journal:
         return self

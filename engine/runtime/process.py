@@ -34,7 +34,14 @@ from engine.errors import ActionError, RuntimeEngineError
 from engine.runtime import safeguards
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
-from engine.runtime.journal import ApprovalStatus, DecisionStatus, ExecutionStatus, Journal, new_id
+from engine.runtime.journal import (
+    ApprovalStatus,
+    DecisionStatus,
+    ExecutionStatus,
+    Journal,
+    TargetCounts,
+    new_id,
+)
 from engine.runtime.metrics import EngineMetrics
 from engine.runtime.model import ActionCall, AnomalyEvent, Decision
 from engine.runtime.sources import DeadLetter, IngestQueue, Point, Rejection
@@ -150,8 +157,17 @@ class Engine:
             self._shards.close()  # its reader threads hand their last results over first
         self._decide_stop.set()  # the decider finishes what the scorers queued, then exits
         if self._decider is not None:
-            self._decider.join(timeout=30)
+            self._decider.join(timeout=self.settings.drain_timeout_s)
         self._pool.shutdown(wait=True)
+        if self._decider is not None and self._decider.is_alive():
+            # Closing under a decider that still writes would lose its commit or crash it midway;
+            # the journal stays open (the process is ending anyway) and recovery sorts it out.
+            log.error(
+                "the decider did not stop within %.0fs; journal %s left open",
+                self.settings.drain_timeout_s,
+                self.journal.path,
+            )
+            return
         self.journal.close()
         log.info("engine stopped")
 
@@ -580,11 +596,15 @@ class Engine:
         except Exception as exc:
             error = str(exc) if isinstance(exc, ActionError) else f"{type(exc).__name__}: {exc}"
             log.warning("%s %s on %s failed: %s", kind, call.action, decision.target, error)
-            self.journal.finish_execution(execution_id, ExecutionStatus.FAILED, error=error)
-            self.journal.settle_execution(execution_id)
+            # One commit: a crash between these would leave the decision 'executing' forever, and
+            # every later decision for its rule, target and action dropped as a duplicate.
+            with self.journal.transaction():
+                self.journal.finish_execution(execution_id, ExecutionStatus.FAILED, error=error)
+                self.journal.settle_execution(execution_id)
+                if kind == "action":
+                    self.journal.set_decision_status(decision.id, DecisionStatus.FAILED, error)
             self.metrics.actions.labels("failed").inc()
             if kind == "action":
-                self.journal.set_decision_status(decision.id, DecisionStatus.FAILED, error)
                 self._escalate(decision, f"action failed: {error}")
             self._notify("action_failed", {"decision_id": decision.id, "kind": kind, "error": error})
             return
@@ -721,9 +741,19 @@ class Engine:
             self.journal.settle_execution(verification["execution_id"])
         self.metrics.actions.labels("verification_failed").inc()
         self._notify("verification_failed", {"decision_id": decision.id, "detail": state.detail})
+        rollback = "rollback" in spec.on_failure and decision.inverse is not None
+        refusal = self._rollback_refusal(decision) if rollback else None
+        if refusal is not None:
+            # A rollback is an action too: a paused engine or a maintenance window stops it; a human
+            # decides instead (escalated even when the policy did not ask for it).
+            reason = f"verification failed; rollback blocked by {refusal.safeguard}: {refusal.reason}"
+            self.journal.set_decision_status(decision.id, DecisionStatus.BLOCKED, reason)
+            self.metrics.decisions.labels(f"blocked_{refusal.safeguard}").inc()
+            self._escalate(decision, f"{reason} ({state.detail})")
+            return
         if "escalate" in spec.on_failure:
             self._escalate(decision, f"verification failed: {state.detail}")
-        if "rollback" in spec.on_failure and decision.inverse is not None:
+        if rollback and decision.inverse is not None:
             done = self.journal.execution(verification["execution_id"]) or {}
             result = done.get("result")
             learned = result.get("inverse_params") if isinstance(result, dict) else None
@@ -738,6 +768,19 @@ class Engine:
             if execution_id is not None:
                 self.journal.set_decision_status(decision.id, DecisionStatus.ROLLED_BACK)
                 self._dispatch(decision, execution_id, kind="rollback", call=call)
+
+    def _rollback_refusal(self, decision: Decision) -> safeguards.Verdict | None:
+        """Only the kill switch and maintenance windows stop a rollback: rate limits and the circuit
+        breaker would keep a failed change in place, which is what the rollback undoes."""
+        verdict = safeguards.check(
+            decision,
+            _NO_COUNTS,
+            now=time.time(),
+            limits=safeguards.GlobalLimits(),
+            paused=self.paused,
+            maintenance=self.maintenance,
+        )
+        return None if verdict.allowed or verdict.safeguard not in _ROLLBACK_GUARDS else verdict
 
     # ================================================================ operator actions
     def set_paused(self, paused: bool, *, actor: str, reason: str | None = None) -> None:
@@ -789,6 +832,10 @@ class Engine:
                 listener(kind, data)
             except Exception:
                 log.exception("listener failed on %s", kind)
+
+
+_ROLLBACK_GUARDS = ("kill_switch", "maintenance")
+_NO_COUNTS = TargetCounts(None, 0, 0, 0, 0, 0)
 
 
 def _default_verify(threshold: float) -> Any:

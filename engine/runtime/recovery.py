@@ -6,6 +6,7 @@ What ``kill -9`` can leave in the journal, and what happens to it here:
 - a decision 'ready' (cleared, execution not yet recorded): executed once now if younger than
   ``stale_decision_s`` (after the safeguards again), otherwise reported as ``stale``;
 - an execution that succeeded but whose verification was not recorded: verification starts now;
+- a decision 'executing' whose actions all failed: marked ``failed`` (no longer blocks its rule);
 - verifications 'watching' and approvals 'pending' simply continue (their deadlines are absolute);
 - the kill switch is read back;
 - the durable-rules host starts empty, so health facts are re-asserted from the last health events
@@ -32,7 +33,7 @@ def recover(engine: Engine) -> dict[str, int]:
     """Bring the engine's state in line with its journal; returns counts of what was done (for logs/tests)."""
     journal = engine.journal
     now = time.time()
-    done = {"unknown": 0, "resumed": 0, "stale": 0, "verifying": 0, "replayed": 0}
+    done = {"unknown": 0, "resumed": 0, "stale": 0, "verifying": 0, "failed": 0, "replayed": 0}
     control = journal.control("paused")
     engine.paused = bool(control and control["value"])
 
@@ -64,6 +65,12 @@ def recover(engine: Engine) -> dict[str, int]:
             done["verifying"] += 1
         elif not executions:
             journal.set_decision_status(row["id"], DecisionStatus.READY)
+        elif all(e["status"] == ExecutionStatus.FAILED for e in executions):
+            # Left by an engine from before the failure was one commit: not in flight any more.
+            journal.set_decision_status(
+                row["id"], DecisionStatus.FAILED, executions[-1]["error"] or "the action failed"
+            )
+            done["failed"] += 1
 
     for row in journal.decisions_with_status([DecisionStatus.READY]):
         age = now - row["ts"]

@@ -76,12 +76,28 @@ def serve(engine: Engine) -> None:
     engine.settings.require_safe_binding("engine config")
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     server = _server(engine)
-    engine.start()
+    sock = _bind(server)  # a busy port fails here, before recovery rewrites anything
+    try:
+        engine.start()
+    except BaseException:
+        sock.close()
+        raise
     log.warning("selfheal engine listening on http://%s:%d", engine.settings.host, engine.settings.port)
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
         engine.stop(drain=True)
+
+
+def _bind(server: Any) -> Any:
+    config = server.config
+    try:
+        return config.bind_socket()
+    except SystemExit:  # uvicorn logs the OSError and exits; say what to do instead
+        raise RuntimeEngineError(
+            f"cannot listen on {config.host}:{config.port}",
+            hint="another engine (or program) holds the port: stop it or set `port` in the engine config",
+        ) from None
 
 
 @dataclass

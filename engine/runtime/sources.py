@@ -46,7 +46,12 @@ class Rejection:
         return {"index": self.index, "field": self.field, "reason": self.reason}
 
 
-def _ts(value: Any) -> float:
+MAX_TS = 1e11  # year 5138 in seconds, 1973 in milliseconds: anything above is milliseconds
+MAX_FUTURE_S = 600.0  # clock skew tolerated; a later point would make every real one "late"
+TS_HINT = "epoch seconds, not milliseconds"
+
+
+def _ts(value: Any, now: float) -> float:
     if isinstance(value, bool):
         raise ValueError("must be epoch seconds or an ISO 8601 timestamp, got a boolean")
     if isinstance(value, int | float):
@@ -59,13 +64,20 @@ def _ts(value: Any) -> float:
         out = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     else:
         raise ValueError(f"must be epoch seconds or an ISO 8601 timestamp, got {type(value).__name__}")
-    if not math.isfinite(out) or out <= 0:
-        raise ValueError(f"{out!r} is not a valid time")
+    if not math.isfinite(out) or not 0 < out < MAX_TS:
+        raise ValueError(f"{out!r} is not a valid time; must be in (0, {MAX_TS:.0e}): {TS_HINT}")
+    if out > now + MAX_FUTURE_S:
+        raise ValueError(
+            f"{out!r} is {out - now:.0f} s in the future (at most {MAX_FUTURE_S:.0f} s allowed); "
+            f"{TS_HINT}, and check the sender's clock"
+        )
     return out
 
 
-def parse_point(item: Any) -> Point:
-    """Validate one decoded point; raise ``PointError`` naming the failing field."""
+def parse_point(item: Any, now: float | None = None) -> Point:
+    """Validate one decoded point against the wall clock ``now`` (default: the current time); raise
+    ``PointError`` naming the failing field."""
+    now = time.time() if now is None else now
     if not isinstance(item, dict):
         raise PointError("point", f"must be a JSON object, got {type(item).__name__}")
     try:
@@ -81,9 +93,9 @@ def parse_point(item: Any) -> Point:
         value = float(value)
     elif value != value or value in (math.inf, -math.inf):
         raise PointError("value", "must be finite (NaN and infinity are refused)")
-    if type(ts) is not float or not 0 < ts < 1e11:
+    if type(ts) is not float or not 0 < ts <= now + MAX_FUTURE_S:
         try:
-            ts = _ts(ts)
+            ts = _ts(ts, now)
         except ValueError as exc:
             raise PointError("ts", str(exc)) from None
     if type(service) is not str or not service:
@@ -106,6 +118,8 @@ def parse_items(items: Iterable[Any]) -> tuple[list[Point], list[Rejection]]:
     good: list[Point] = []
     bad: list[Rejection] = []
     append = good.append
+    now = time.time()
+    latest = now + MAX_FUTURE_S
     for i, item in enumerate(items):
         # Fast path for the common, well-typed point; anything else gets the full check and its reason.
         if type(item) is dict and len(item) == 4:
@@ -120,13 +134,13 @@ def parse_items(items: Iterable[Any]) -> tuple[list[Point], list[Rejection]]:
                 and type(metric) is str
                 and service
                 and metric
-                and 0.0 < ts < 1e11
+                and 0.0 < ts <= latest
                 and value - value == 0.0
             ):
                 append((ts, service, metric, value))
                 continue
         try:
-            append(parse_point(item))
+            append(parse_point(item, now))
         except PointError as exc:
             bad.append(Rejection(i, exc.field, exc.reason, item))
     return good, bad

@@ -47,7 +47,7 @@ STEP_S = 15.0  # one point per series every 15 s of platform time (Prometheus' d
 TARGET_RATE = 50_000.0  # points/s offered during the soak (or 80% of saturation if lower)
 LOAD_FRACTION = float(os.environ.get("SELFHEAL_BENCH_LOAD", "0.6"))  # soak rate / saturation rate
 BURST_EVERY = 40  # feature buckets between anomaly bursts (one service, 3 buckets)
-T0 = 1_800_000_000.0
+T0 = 1_700_000_000.0  # in the past: the engine refuses points more than 10 minutes ahead
 
 
 def _spec() -> Any:
