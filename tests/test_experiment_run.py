@@ -26,7 +26,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Home, SweepResult, 
     spec = small_spec(
         detectors=[
             {"class": "HBOS", "grid": {"n_bins": [10, 20]}},
-            {"class": "HBOS", "params": {"n_bins": -3}},  # invalid: must fail alone, not sink the sweep
+            # valid at load, impossible on this data (more components than features): it must fail
+            # alone at fit, not sink the sweep
+            {"class": "PCA", "params": {"n_components": 500}},
         ]
     )
     path = write_spec(root / "sweep.yaml", spec)
@@ -56,7 +58,7 @@ def test_parent_and_children_are_tracked(sweep: tuple[Home, SweepResult, Path]) 
     ok = [c for c in children if c.info.status == "FINISHED"]
     failed = [c for c in children if c.info.status == "FAILED"]
     assert len(ok) == 2 and len(failed) == 1
-    assert "n_bins" in failed[0].data.tags["selfheal.error"]
+    assert "n_components" in failed[0].data.tags["selfheal.error"]
     for child in ok:
         for metric in ("f1", "precision", "recall", "false_alarms_per_day", "nab_score", "average_precision"):
             assert metric in child.data.metrics, metric

@@ -214,6 +214,7 @@ class ChaosRun:
         self.ctx: RunContext | None = None
         self.record: dict[str, Any] = {}
         self._pending: list[tuple[float, dict[str, Any]]] = []  # approval requests not answered yet
+        self._approver_tokens: dict[str, str] = {}  # approver name -> its engine token (set per run)
         self._during: list[dict[str, Any]] = []  # hypothesis samples while the method runs
         self._next_sample = 0.0
 
@@ -241,12 +242,16 @@ class ChaosRun:
         self.components.actions = RegistryActions(_targets(server.url))
         self.components.policies = TimeScaledPolicies(self.components.policies, self.speed)
         token = secrets.token_urlsafe(16)
+        # each approver the experiment speaks for gets a token of its own: the engine records the
+        # token's name as the approver and refuses the shared token where a policy names approvers
+        self._approver_tokens = {a.approver: secrets.token_urlsafe(16) for a in exp.approvals}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         journal = self.out_dir / "engine.sqlite"
         settings = load_settings(
             overrides={
                 "port": 0,
                 "token": token,
+                "approver_tokens": self._approver_tokens,
                 "tick_s": 0.02,
                 "verify_interval_s": 0.02,
                 "journal": str(journal),
@@ -491,7 +496,6 @@ class ChaosRun:
 
         if not self._pending:
             return
-        client = EngineClient(ctx.engine_url, ctx.token)
         keep: list[tuple[float, dict[str, Any]]] = []
         for asked, data in self._pending:
             decision = ctx.engine.engine.journal.decision(data["decision_id"]) or {}
@@ -504,6 +508,7 @@ class ChaosRun:
             if ctx.clock.now() < asked + answer.after:
                 keep.append((asked, data))
                 continue
+            client = EngineClient(ctx.engine_url, self._approver_tokens.get(answer.approver, ctx.token))
             try:
                 if answer.decide == "approve":
                     client.approve(data["approval_id"], answer.reason, answer.approver)
