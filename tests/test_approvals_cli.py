@@ -11,6 +11,7 @@ import httpx
 import pytest
 import typer
 from test_runtime_support import (
+    T0,
     TOKEN,
     AdminServer,
     fit_pipeline,
@@ -25,8 +26,6 @@ from engine.runtime.adapters import assemble
 from engine.runtime.commands import register
 from engine.runtime.config import load_settings
 from engine.runtime.server import RunningEngine, build_engine, serve_in_thread
-
-T0 = 1_700_000_000.0  # in the past: points more than 10 minutes ahead are refused
 
 
 def _app() -> typer.Typer:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from test_runtime_support import (
+    T0,
     TOKEN,
     AdminServer,
     fit_pipeline,
@@ -27,7 +28,6 @@ from engine.runtime.journal import DecisionStatus, Journal
 from engine.runtime.safeguards import MaintenanceWindow
 from engine.runtime.server import RunningEngine, build_engine, serve_in_thread
 
-T0 = 1_700_000_000.0  # in the past: points more than 10 minutes ahead are refused
 ALICE = "alice-token-5678"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from test_runtime_support import TOKEN, AdminServer, ndjson, service_points, wait_for, write_rules
+from test_runtime_support import T0, TOKEN, AdminServer, ndjson, service_points, wait_for, write_rules
 
 from engine import cli
 from engine.runtime.journal import DecisionStatus, Journal
@@ -28,7 +28,6 @@ pytestmark = pytest.mark.slow
 
 SUPPORT = Path(__file__).with_name("test_runtime_support.py")
 ALICE = "alice-token-5678"
-T0 = 1_700_000_000.0  # in the past: points more than 10 minutes ahead are refused
 
 
 def _free_port() -> int:

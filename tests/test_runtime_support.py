@@ -27,6 +27,7 @@ SPEC = {
 NORMAL = {"latency_p99_ms": (100.0, 5.0), "memory_util": (0.5, 0.02)}
 ANOMALY = {"latency_p99_ms": 450.0, "memory_util": 0.97}
 TOKEN = "test-token-123"
+T0 = 1_700_000_000.0  # in the past: the engine refuses points more than 10 minutes ahead
 
 TOPOLOGY = """
 services:

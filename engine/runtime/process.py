@@ -645,15 +645,25 @@ class Engine:
         call = ActionCall(
             call.action, {**call.params, "payload": {**call.params.get("payload", {}), **payload}}
         )
+        self._follow_up(decision, "escalation", call)
+
+    def _follow_up(
+        self, decision: Decision, kind: str, call: ActionCall, *, status: str | None = None
+    ) -> None:
+        """Escalations and rollbacks: journal the execution first (its idempotency key makes it run
+        at most once, across restarts too), optionally move the decision's status, then dispatch."""
         execution_id = self.journal.start_execution(
             decision.to_record(),
-            kind="escalation",
+            kind=kind,
             action=call.action,
             params=call.params,
-            idempotency_key=f"{decision.id}:escalation",
+            idempotency_key=f"{decision.id}:{kind}",
         )
-        if execution_id is not None:
-            self._dispatch(decision, execution_id, kind="escalation", call=call)
+        if execution_id is None:
+            return
+        if status is not None:
+            self.journal.set_decision_status(decision.id, status)
+        self._dispatch(decision, execution_id, kind=kind, call=call)
 
     # ================================================================ supervision
     def _supervise_loop(self) -> None:
@@ -758,16 +768,7 @@ class Engine:
             result = done.get("result")
             learned = result.get("inverse_params") if isinstance(result, dict) else None
             call = ActionCall(decision.inverse.action, {**decision.inverse.params, **(learned or {})})
-            execution_id = self.journal.start_execution(
-                decision.to_record(),
-                kind="rollback",
-                action=call.action,
-                params=call.params,
-                idempotency_key=f"{decision.id}:rollback",
-            )
-            if execution_id is not None:
-                self.journal.set_decision_status(decision.id, DecisionStatus.ROLLED_BACK)
-                self._dispatch(decision, execution_id, kind="rollback", call=call)
+            self._follow_up(decision, "rollback", call, status=DecisionStatus.ROLLED_BACK)
 
     def _rollback_refusal(self, decision: Decision) -> safeguards.Verdict | None:
         """Only the kill switch and maintenance windows stop a rollback: rate limits and the circuit
