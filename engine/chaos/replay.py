@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from engine.runtime.attribution import Attribution
+
 log = logging.getLogger(__name__)
 
-_EWMA = 0.05  # as the engine: weight of a normal row in the per-service feature baseline
 INCIDENT_SLACK_S = 1800.0  # a decision this soon after an incident ended still belongs to it
 
 
@@ -131,32 +132,6 @@ def _iso(ts: float) -> str:
     return (datetime(1970, 1, 1) + timedelta(seconds=ts)).isoformat(timespec="minutes")
 
 
-class _Attribution:
-    """Contributing features as the engine names them: |z| against a per-service EWMA of normal rows.
-
-    Mirrors ``engine.runtime.process.Engine._contributions`` so that the replay posts the events
-    the engine would post (the policies match on contributing metrics).
-    """
-
-    def __init__(self, feature_names: list[str]) -> None:
-        self.names = feature_names
-        self.base: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __call__(self, service: str, x: np.ndarray, anomalous: bool) -> tuple[tuple[str, float], ...]:
-        base = self.base.get(service)
-        if base is None:
-            self.base[service] = (x.copy(), np.zeros_like(x))
-            return ()
-        mean, var = base
-        if anomalous:
-            z = np.abs(x - mean) / np.sqrt(var + 1e-12)
-            top = np.argsort(-z)[:3]
-            return tuple((self.names[j], round(float(z[j]), 3)) for j in top if np.isfinite(z[j]))
-        delta = x - mean
-        self.base[service] = (mean + _EWMA * delta, (1 - _EWMA) * (var + _EWMA * delta * delta))
-        return ()
-
-
 class _Ledger:
     """Executions the replay would have made, for the safeguards' counts (replay time)."""
 
@@ -254,7 +229,7 @@ def replay(
     host = PolicyHost(policies, tick_seconds=float(spec.interval))
     engine = PolicyHostEngine(host)
     topology = host.policy_set.topology
-    attribution = _Attribution(list(pipeline.feature_names))
+    attribution = Attribution(list(pipeline.feature_names))
     ledger = _Ledger()
     windows = _windows(incidents)
     health: dict[str, bool] = {}

@@ -32,6 +32,7 @@ import numpy as np
 
 from engine.errors import ActionError, RuntimeEngineError
 from engine.runtime import safeguards
+from engine.runtime.attribution import Attribution
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.journal import (
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 PAUSE_KEY = "paused"
 MAX_TICK_POINTS = 20_000  # per scoring tick: short ticks keep arrival-to-event latency low
-_EWMA = 0.05  # weight of a new normal row in the per-service feature baseline (contributions)
 
 
 class ApprovalRefused(RuntimeEngineError):
@@ -92,7 +92,7 @@ class Engine:
         self.latest_score: dict[str, tuple[float, float]] = {}
         self.latest_metric: dict[tuple[str, str], tuple[float, float]] = {}
         self.health: dict[str, bool] = {}
-        self._baseline: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._attribution = Attribution(self.feature_names)
         self._settling: dict[str, float] = {}
         self._stop = threading.Event()
         self._decide_stop = threading.Event()
@@ -330,7 +330,7 @@ class Engine:
             anomalous = score > self.threshold
             service = row.service
             self.latest_score[service] = (score, now)
-            contributing = self._contributions(service, X[i], anomalous)
+            contributing = self._attribution(service, X[i], anomalous)
             if not anomalous and not self.health.get(service, False):
                 continue
             event = AnomalyEvent(
@@ -371,25 +371,6 @@ class Engine:
     def _metrics_of(self, service: str) -> dict[str, float]:
         latest = self.latest_metric
         return {m: latest[(service, m)][0] for m in self._spec_metrics if (service, m) in latest}
-
-    def _contributions(self, service: str, x: np.ndarray, anomalous: bool) -> tuple[tuple[str, float], ...]:
-        """Which features stray furthest from this service's recent normal (|z| against an EWMA)."""
-        base = self._baseline.get(service)
-        if base is None:
-            self._baseline[service] = (x.copy(), np.zeros_like(x))
-            return ()
-        mean, var = base
-        out: tuple[tuple[str, float], ...] = ()
-        if anomalous:
-            z = np.abs(x - mean) / np.sqrt(var + 1e-12)
-            top = np.argsort(-z)[:3]
-            out = tuple((self.feature_names[j], round(float(z[j]), 3)) for j in top if np.isfinite(z[j]))
-        else:
-            delta = x - mean
-            mean = mean + _EWMA * delta
-            var = (1 - _EWMA) * (var + _EWMA * delta * delta)
-            self._baseline[service] = (mean, var)
-        return out
 
     # ================================================================ decisions
     def _decide_loop(self) -> None:
