@@ -115,6 +115,51 @@ def test_target_counts_track_executions_in_flight_and_failures(tmp_path: Path) -
         assert later.executions_last_hour == 0 and later.global_executions_last_hour == 0
 
 
+def test_batched_safeguard_counts_equal_per_target_counts_and_count_the_batch(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        now = time.time()
+        for i, service in enumerate(["inference-a", "inference-a", "vector-db"]):
+            d = _decision(i, service=service, rule=f"r{i % 2}").to_record()
+            journal.record_decision(d, status=DecisionStatus.EXECUTING)
+            journal.start_execution(
+                d, kind="action", action="restart", params={}, idempotency_key=f"k{i}", replicas=i + 1
+            )
+        targets = ["inference-a", "vector-db", "gateway"]
+        batch = journal.safeguard_counts(targets, ["r0", "r1", "r9"], now=now + 1)
+        for target in targets:
+            for rule in ("r0", "r1", "r9"):
+                assert batch.for_target(target, rule) == journal.target_counts(target, now=now + 1, rule=rule)
+        assert batch.for_target("gateway", "r9").last_execution_ts is None
+        batch.started("gateway", "r9", 2, now + 1)
+        after = batch.for_target("gateway", "r9")
+        assert (after.last_execution_ts, after.executions_last_hour, after.in_flight_replicas) == (
+            now + 1,
+            1,
+            2,
+        )
+        assert (after.global_in_flight, after.global_executions_last_hour, after.rule_in_flight) == (4, 4, 1)
+        assert journal.active_decision_keys() == {
+            ("inference-a", "r0", "restart"),
+            ("inference-a", "r1", "restart"),
+            ("vector-db", "r0", "restart"),
+        }
+
+
+def test_anomaly_event_as_dict_has_every_field() -> None:
+    from dataclasses import fields
+
+    from engine.runtime.model import AnomalyEvent
+
+    event = AnomalyEvent(
+        id="e", service="s", detector="d", detector_version="1", bundle_version="b", score=0.9,
+        threshold=0.5, anomalous=True, contributing=(("latency__z", 2.0),), window_start=1.0,
+        window_end=2.0, ts=2.0, arrival=3.0, metrics={"latency": 1.0},
+    )  # fmt: skip
+    out = event.as_dict()
+    assert list(out) == [f.name for f in fields(AnomalyEvent)]
+    assert out["contributing"] == [["latency__z", 2.0]] and out["metrics"] == {"latency": 1.0}
+
+
 def test_recent_filters_by_service_status_since_and_kind(tmp_path: Path) -> None:
     with Journal(tmp_path / "j.sqlite") as journal:
         journal.record_decision(_decision(1).to_record(), status=DecisionStatus.BLOCKED, reason="cooldown: x")
@@ -180,3 +225,18 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path: Pat
         first.record_decision(_decision().to_record(), status=DecisionStatus.READY)
     with Journal(path) as again:  # released on close
         assert again.count("decisions") == 1
+
+
+def test_record_events_in_bulk_keeps_every_event_once(tmp_path: Path) -> None:
+    """More events than one INSERT carries, and a repeated id ignored (as one at a time would)."""
+    from engine.runtime import journal as journal_module
+
+    n = journal_module._EVENTS_PER_INSERT * 2 + 7
+    events = [({"id": f"e{i}", "service": f"s{i % 3}", "score": i / n}, "anomaly") for i in range(n)]
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record_events([*events, ({"id": "e0", "service": "other", "score": 9.0}, "health")], ts=5.0)
+        assert journal.count("events") == n
+        rows = journal.events_since(0.0)
+        assert [r["id"] for r in rows] == [f"e{i}" for i in range(n)]
+        assert rows[0]["service"] == "s0" and rows[-1]["score"] == (n - 1) / n
+        assert rows[5]["payload"] == {"id": "e5", "service": "s2", "score": 5 / n}

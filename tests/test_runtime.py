@@ -418,3 +418,39 @@ def test_sharded_scoring_workers_give_the_same_outcome(tmp_path: Path, pipeline:
         finally:
             running.stop()
         assert shards.alive == 0
+
+
+def test_decisions_of_one_batch_see_each_others_executions(tmp_path: Path, pipeline: Any) -> None:
+    """The decider reads the safeguard counts once per batch: the first decision's execution must
+    still take the only slot (max_concurrent 1) from the second decision of the same batch."""
+    from engine.runtime.model import AnomalyEvent
+
+    settings = load_settings(
+        overrides={"port": 0, "token": TOKEN, "limits": {"max_concurrent": 1}}, environ={}
+    )
+
+    def event(service: str, tick: int) -> AnomalyEvent:
+        return AnomalyEvent(
+            id=f"evt-{service}-{tick}", service=service, detector="IForest", detector_version="1",
+            bundle_version="b", score=0.99, threshold=0.9, anomalous=True, contributing=(),
+            window_start=T0 + tick - 1, window_end=T0 + tick, ts=T0 + tick,
+        )  # fmt: skip
+
+    with AdminServer() as admin:
+        components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
+        engine = build_engine(components, settings, tmp_path / "journals")
+        try:
+            engine._decide_ticks(
+                [
+                    ([], [event("inference-a", 1)], 0.0),
+                    ([], [event("inference-a", 2), event("feature-store", 2)], 0.0),
+                ]
+            )
+            statuses = sorted(d["status"] for d in engine.journal.recent("decisions"))
+            assert statuses == ["blocked", "executing"], statuses
+            blocked = engine.journal.recent("decisions", status="blocked")[0]
+            assert blocked["reason"].startswith("max_concurrent")
+            again = engine._decide_ticks([([], [event("feature-store", 3)], 0.0)])
+            assert again is None and engine.journal.count("decisions", "blocked") == 2
+        finally:
+            engine.stop(drain=False)

@@ -13,6 +13,7 @@ first use. There are no special cases for built-ins anywhere else.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import typing
@@ -49,9 +50,9 @@ class ActionSpec:
     params_model: type[BaseModel] = field(repr=False)
     literal: frozenset[str] = frozenset()
 
-    @property
+    @functools.cached_property
     def parameters(self) -> dict[str, inspect.Parameter]:
-        """The parameters a policy may set (everything after ``ctx``)."""
+        """The parameters a policy may set (everything after ``ctx``); cached: every decision asks."""
         params = list(inspect.signature(self.fn).parameters.values())[1:]
         return {p.name: p for p in params}
 

@@ -9,12 +9,12 @@ can be counted; when absent it is derived from ``ts`` and the host's tick length
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.ids import hex_id
 from engine.policy.model import SEVERITY_LEVEL, Severity
 
 EVENT_TYPE = "anomaly"
@@ -50,7 +50,7 @@ class AnomalyEvent(BaseModel):
     window_start: float | None = None
     window_end: float | None = None
     bundle_version: str | None = None
-    id: str = Field(default_factory=lambda: uuid.uuid4().hex, description="unique; durable-rules dedups")
+    id: str = Field(default_factory=hex_id, description="unique; durable-rules dedups")
 
     @model_validator(mode="after")
     def _fill(self) -> AnomalyEvent:
@@ -73,7 +73,7 @@ class AnomalyEvent(BaseModel):
         tick = self.tick if self.tick is not None else int(self.ts // tick_seconds)
         msg: dict[str, Any] = {
             "t": EVENT_TYPE,
-            "id": uuid.uuid4().hex,  # durable-rules drops a message it has seen: never reuse one
+            "id": hex_id(),  # durable-rules drops a message it has seen: never reuse one
             "event_id": self.id,
             "service": self.service,
             "detector": self.detector,

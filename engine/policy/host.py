@@ -36,6 +36,7 @@ from typing import Any
 from durable.engine import Host, MessageNotHandledException
 
 from engine.errors import EngineError, PolicyError
+from engine.ids import hex_id
 from engine.policy.compiler import SINK_RULE, CompiledPolicySet, compile_policies
 from engine.policy.events import HEALTH_TYPE, HISTORY_TYPE, AnomalyEvent, HealthFact
 from engine.policy.loader import BoundRule, PolicySet
@@ -199,7 +200,7 @@ class PolicyHost:
         if inverse is not None and inverse.params:
             inverse = InverseSpec(action=inverse.action, params=render(inverse.params, scope))
         return Decision(
-            id=uuid.uuid4().hex,
+            id=hex_id(),
             rule_id=bound.id,
             policy=bound.policy.policy,
             policy_version=bound.policy.version,
@@ -380,7 +381,7 @@ class PolicyHost:
             return
         if old is not None and old[1] is not None:
             self._retract(old[1])
-        message = {"t": HEALTH_TYPE, "id": uuid.uuid4().hex, **fact.model_dump()}
+        message = {"t": HEALTH_TYPE, "id": hex_id(), **fact.model_dump()}
         self._health[service] = (fact, message if self._assert(message) else None)
 
     def _remember(self, message: dict[str, Any]) -> None:

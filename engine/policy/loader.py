@@ -12,6 +12,7 @@ raises ``SpecError`` listing them all, each as ``file: path: message (hint)``.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping
@@ -71,9 +72,9 @@ class PolicySet:
     file_hashes: dict[str, str] = field(default_factory=dict)
     rules: tuple[BoundRule, ...] = ()
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
-        """sha256 over the source files: the policy version journaled with every decision."""
+        """sha256 over the source files: the policy version journaled with every decision (cached)."""
         digest = hashlib.sha256()
         for name, sha in sorted(self.file_hashes.items()):
             digest.update(f"{name}:{sha}\n".encode())

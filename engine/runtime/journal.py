@@ -21,7 +21,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RuntimeEngineError
+from engine.ids import hex_id
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +130,8 @@ class ApprovalStatus:
 
 
 def new_id(prefix: str) -> str:
-    """Sortable-enough unique ids: a prefix that says what it is, then a random UUID."""
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    """Unique ids: a prefix that says what it is, then 64 random bits in hex."""
+    return f"{prefix}-{hex_id(64)}"
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,39 @@ class TargetCounts:
     global_in_flight: int
     recent_failures: int
     rule_in_flight: int = 0  # executions of the same policy rule (any target) still in flight
+
+
+@dataclass
+class SafeguardCounts:
+    """``TargetCounts`` for a batch of decisions, read once and kept current as the batch starts
+    executions (``started``), so that two decisions of one batch never both see the last free slot."""
+
+    per_target: dict[str, tuple[float | None, int, int]]  # last start, starts in the hour, replicas in flight
+    per_rule: dict[str, int]  # executions in flight per rule
+    global_last_hour: int
+    global_in_flight: int
+    recent_failures: int
+
+    def for_target(self, target: str, rule: str | None) -> TargetCounts:
+        last, hour, replicas = self.per_target.get(target, (None, 0, 0))
+        return TargetCounts(
+            last,
+            hour,
+            replicas,
+            self.global_last_hour,
+            self.global_in_flight,
+            self.recent_failures,
+            self.per_rule.get(rule, 0) if rule is not None else 0,
+        )
+
+    def started(self, target: str, rule: str | None, replicas: int, now: float) -> None:
+        """Count an execution this batch just started."""
+        _, hour, in_flight = self.per_target.get(target, (None, 0, 0))
+        self.per_target[target] = (now, hour + 1, in_flight + replicas)
+        if rule is not None:
+            self.per_rule[rule] = self.per_rule.get(rule, 0) + 1
+        self.global_last_hour += 1
+        self.global_in_flight += 1
 
 
 def _exclusive_lock(lock_path: Path) -> int:
@@ -245,6 +278,32 @@ class Journal:
                 raise RuntimeEngineError(f"{self.path}: journal opened read-only")
             return self._db.execute(sql, params).rowcount
 
+    def _update_many(
+        self,
+        table: str,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Any]],
+        *,
+        sets: str,
+        extra: Sequence[Any] = (),
+    ) -> None:
+        """One UPDATE for many rows keyed by ``id``: each row is ``(id, *columns)``, visible to
+        ``sets`` as ``v.<column>``; ``extra`` binds the ``?`` in ``sets``.
+
+        Why: every statement hands the GIL over (SQLite runs without it), and under load each
+        hand-over costs the deciding thread up to a switch interval; one statement per kind of
+        write keeps a busy batch's commit about as short as a quiet one's.
+        """
+        names = ", ".join(("id", *columns))
+        row_marks = "(" + ",".join("?" * (1 + len(columns))) + ")"
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start : start + _ROWS_PER_STATEMENT]
+            self._write(
+                f"WITH v({names}) AS (VALUES {','.join([row_marks] * len(chunk))}) "
+                f"UPDATE {table} SET {sets} FROM v WHERE {table}.id = v.id",
+                [*(x for row in chunk for x in row), *extra],
+            )
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
@@ -259,26 +318,26 @@ class Journal:
         self, event: Mapping[str, Any], *, kind: str = "anomaly", ts: float | None = None
     ) -> str:
         """Journal an anomaly (or health-change) event; returns its id (the event's own, if it has one)."""
-        event_id = str(event.get("id") or new_id("evt"))
-        self._write(
-            "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                event_id,
-                time.time() if ts is None else ts,
-                kind,
-                event["service"],
-                event.get("detector"),
-                event.get("detector_version"),
-                event.get("bundle_version"),
-                event.get("score"),
-                event.get("threshold"),
-                _enc(event.get("contributing")),
-                event.get("window_start"),
-                event.get("window_end"),
-                _enc(dict(event)),
-            ),
-        )
-        return event_id
+        row = _event_row(event, kind, time.time() if ts is None else ts)
+        self._write(_INSERT_EVENT, row)
+        return str(row[0])
+
+    def record_events(self, events: Sequence[tuple[Mapping[str, Any], str]], *, ts: float) -> None:
+        """Journal many ``(event, kind)`` at once: one statement, so the caller's transaction stays short."""
+        if not events:
+            return
+        rows = [_event_row(event, kind, ts) for event, kind in events]
+        with self._lock:
+            if self.read_only:
+                raise RuntimeEngineError(f"{self.path}: journal opened read-only")
+            # Multi-row VALUES, not executemany: executemany steps (and hands the GIL over) once
+            # per row, and each hand-over under load costs the decider up to a switch interval.
+            for start in range(0, len(rows), _EVENTS_PER_INSERT):
+                chunk = rows[start : start + _EVENTS_PER_INSERT]
+                values = ",".join([_EVENT_VALUES] * len(chunk))
+                self._db.execute(
+                    f"INSERT OR IGNORE INTO events VALUES {values}", [v for row in chunk for v in row]
+                )
 
     def events_since(
         self, since: float, kinds: Sequence[str] = ("anomaly", "health")
@@ -328,9 +387,16 @@ class Journal:
         return decision_id
 
     def set_decision_status(self, decision_id: str, status: str, reason: str | None = None) -> None:
-        self._write(
-            "UPDATE decisions SET status = ?, reason = coalesce(?, reason), updated_ts = ? WHERE id = ?",
-            (status, reason, time.time(), decision_id),
+        self.set_decision_statuses([(decision_id, status, reason)])
+
+    def set_decision_statuses(self, rows: Sequence[tuple[str, str, str | None]]) -> None:
+        """``(decision_id, status, reason)`` for many decisions; a None reason keeps the old one."""
+        self._update_many(
+            "decisions",
+            ("status", "reason"),
+            rows,
+            sets="status = v.status, reason = coalesce(v.reason, decisions.reason), updated_ts = ?",
+            extra=(time.time(),),
         )
 
     def decision(self, decision_id: str) -> dict[str, Any] | None:
@@ -443,14 +509,26 @@ class Journal:
     def finish_execution(
         self, execution_id: str, status: str, *, result: Any = None, error: str | None = None
     ) -> None:
-        self._write(
-            "UPDATE executions SET status = ?, finished_ts = ?, result = ?, error = ? WHERE id = ?",
-            (status, time.time(), _enc(result), error, execution_id),
+        self.finish_executions([(execution_id, status, result, error)])
+
+    def finish_executions(self, rows: Sequence[tuple[str, str, Any, str | None]]) -> None:
+        """``(execution_id, status, result, error)`` for many executions that returned."""
+        self._update_many(
+            "executions",
+            ("status", "result", "error"),
+            [(eid, status, _enc(result), error) for eid, status, result, error in rows],
+            sets="status = v.status, result = v.result, error = v.error, finished_ts = ?",
+            extra=(time.time(),),
         )
 
     def settle_execution(self, execution_id: str) -> None:
         """The action's effect is over (verified, failed or rolled back): it no longer counts as in flight."""
-        self._write("UPDATE executions SET settled_ts = ? WHERE id = ?", (time.time(), execution_id))
+        self.settle_executions([execution_id])
+
+    def settle_executions(self, execution_ids: Sequence[str]) -> None:
+        self._update_many(
+            "executions", (), [(e,) for e in execution_ids], sets="settled_ts = ?", extra=(time.time(),)
+        )
 
     def execution(self, execution_id: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM executions WHERE id = ?", (execution_id,))
@@ -473,60 +551,129 @@ class Journal:
         failure_window_s: float = 3600.0,
         cap: int = 100_000,
     ) -> TargetCounts:
-        """Counts behind every safeguard, from the journal (so they survive restarts).
+        """Counts behind every safeguard for one target (and its rule), from the journal."""
+        rules = [rule] if rule is not None else []
+        counts = self.safeguard_counts([target], rules, now=now, failure_window_s=failure_window_s, cap=cap)
+        return counts.for_target(target, rule)
 
+    def active_decision_keys(self) -> set[tuple[str, str, str]]:
+        """(target, rule, action) of every decision waiting, running or being verified (one query)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT target, rule, action FROM decisions INDEXED BY decisions_active WHERE status IN "
+                "('awaiting_approval', 'ready', 'executing', 'verifying')"
+            ).fetchall()
+        return {(r[0], r[1], r[2]) for r in rows}
+
+    def safeguard_counts(
+        self,
+        targets: Sequence[str],
+        rules: Sequence[str],
+        *,
+        now: float,
+        failure_window_s: float = 3600.0,
+        cap: int = 100_000,
+    ) -> SafeguardCounts:
+        """Counts behind every safeguard for many targets and rules, in three queries.
+
+        Why batched: the decider checks every decision of a batch of ticks; a query per decision
+        (each one a GIL hand-off under load) made its transaction, and so every dispatch, wait.
         Hourly counts stop at ``cap`` (pass the largest limit + 1): a limit only needs to know it
         is reached, and the cost stays bounded however busy the last hour was.
         """
         hour_ago = now - 3600.0
+        targets = list(dict.fromkeys(targets))
+        rules = list(dict.fromkeys(rules))
         with self._lock:
-            rule_in_flight = 0
-            if rule is not None:
-                rule_in_flight = int(
-                    self._db.execute(
-                        "SELECT count(*) FROM executions e INDEXED BY executions_in_flight "
-                        "JOIN decisions d ON d.id = e.decision_id "
-                        "WHERE e.settled_ts IS NULL AND e.kind = 'action' "
-                        "AND e.status IN ('started', 'succeeded') AND d.rule = ?",
-                        (rule,),
-                    ).fetchone()[0]
-                )
+            per_target: dict[str, tuple[float | None, int, int]] = {}
+            if targets:
+                values = ",".join("(?)" for _ in targets)
+                for row in self._db.execute(
+                    f"WITH t(target) AS (VALUES {values}) SELECT t.target,"
+                    " (SELECT max(started_ts) FROM executions WHERE target = t.target AND kind = 'action'),"
+                    " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE target = t.target"
+                    "   AND kind = 'action' AND started_ts >= ? LIMIT ?)),"
+                    " (SELECT coalesce(sum(replicas), 0) FROM executions INDEXED BY executions_in_flight"
+                    "   WHERE target = t.target AND kind = 'action'"
+                    "   AND settled_ts IS NULL AND status IN ('started', 'succeeded'))"
+                    " FROM t",
+                    (*targets, hour_ago, cap),
+                ):
+                    per_target[row[0]] = (row[1], row[2], row[3])
+            per_rule: dict[str, int] = dict.fromkeys(rules, 0)
+            if rules:
+                marks = ",".join("?" * len(rules))
+                for rule, n in self._db.execute(
+                    "SELECT d.rule, count(*) FROM executions e INDEXED BY executions_in_flight "
+                    "JOIN decisions d ON d.id = e.decision_id "
+                    "WHERE e.settled_ts IS NULL AND e.kind = 'action' "
+                    f"AND e.status IN ('started', 'succeeded') AND d.rule IN ({marks}) GROUP BY d.rule",
+                    rules,
+                ):
+                    per_rule[rule] = int(n)
             row = self._db.execute(
                 "SELECT "
-                " (SELECT max(started_ts) FROM executions WHERE target = ?1 AND kind = 'action'),"
-                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE target = ?1 AND kind = 'action'"
-                "   AND started_ts >= ?2 LIMIT ?4)),"
-                " (SELECT coalesce(sum(replicas), 0) FROM executions INDEXED BY executions_in_flight"
-                "   WHERE target = ?1 AND kind = 'action'"
-                "   AND settled_ts IS NULL AND status IN ('started', 'succeeded')),"
-                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE kind = 'action' AND started_ts >= ?2"
-                "   LIMIT ?4)),"
+                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE kind = 'action' AND started_ts >= ?1"
+                "   LIMIT ?3)),"
                 " (SELECT count(*) FROM executions INDEXED BY executions_in_flight"
                 "   WHERE kind = 'action' AND settled_ts IS NULL"
                 "   AND status IN ('started', 'succeeded')),"
                 " (SELECT count(*) FROM decisions WHERE status IN ('failed', 'verification_failed',"
-                "   'rolled_back') AND updated_ts >= ?3)",
-                (target, hour_ago, now - failure_window_s, cap),
+                "   'rolled_back') AND updated_ts >= ?2)",
+                (hour_ago, now - failure_window_s, cap),
             ).fetchone()
-        return TargetCounts(row[0], row[1], row[2], row[3], row[4], row[5], rule_in_flight)
+        return SafeguardCounts(per_target, per_rule, row[0], row[1], row[2])
 
     # ---------------------------------------------------------------- verifications
     def start_verification(self, decision_id: str, execution_id: str, *, deadline_ts: float) -> str:
-        verification_id = new_id("ver")
-        self._write(
-            "INSERT OR IGNORE INTO verifications VALUES (?,?,?,?,?,?,?,?)",
-            (verification_id, decision_id, execution_id, time.time(), deadline_ts, "watching", None, None),
-        )
-        return verification_id
+        return self.start_verifications([(decision_id, execution_id, time.time(), deadline_ts)])[0]
+
+    def start_verifications(self, rows: Sequence[tuple[str, str, float, float]]) -> list[str]:
+        """``(decision_id, execution_id, started_ts, deadline_ts)`` for many; one insert. Returns ids.
+
+        ``started_ts`` is when the action returned: only observations after it verify the action.
+        """
+        if not rows:
+            return []
+        ids = [new_id("ver") for _ in rows]
+        values = ",".join(["(?,?,?,?,?,'watching',NULL,NULL)"] * len(rows))
+        params = [x for vid, row in zip(ids, rows, strict=True) for x in (vid, *row)]
+        self._write(f"INSERT OR IGNORE INTO verifications VALUES {values}", params)
+        return ids
 
     def finish_verification(self, verification_id: str, status: str, detail: Any = None) -> None:
-        self._write(
-            "UPDATE verifications SET status = ?, detail = ?, finished_ts = ? WHERE id = ?",
-            (status, _enc(detail), time.time(), verification_id),
+        self.finish_verifications([(verification_id, status, detail)])
+
+    def finish_verifications(self, rows: Sequence[tuple[str, str, Any]]) -> None:
+        """``(verification_id, status, detail)`` for many verdicts."""
+        self._update_many(
+            "verifications",
+            ("status", "detail"),
+            [(vid, status, _enc(detail)) for vid, status, detail in rows],
+            sets="status = v.status, detail = v.detail, finished_ts = ?",
+            extra=(time.time(),),
         )
 
-    def watching_verifications(self) -> list[dict[str, Any]]:
-        return self._rows("SELECT * FROM verifications WHERE status = 'watching' ORDER BY deadline_ts")
+    def watching_with_decisions(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Every watched verification with its decision's row, in one query (the supervisor's pass)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT v.id AS v_id, v.execution_id AS v_execution_id, v.started_ts AS v_started_ts, "
+                "v.deadline_ts AS v_deadline_ts, d.* FROM verifications v "
+                "JOIN decisions d ON d.id = v.decision_id WHERE v.status = 'watching' ORDER BY v.deadline_ts"
+            ).fetchall()
+        out = []
+        for r in rows:
+            decision = _decode({k: v for k, v in dict(r).items() if not k.startswith("v_")})
+            verification = {
+                "id": r["v_id"],
+                "decision_id": decision["id"],
+                "execution_id": r["v_execution_id"],
+                "started_ts": r["v_started_ts"],
+                "deadline_ts": r["v_deadline_ts"],
+            }
+            out.append((verification, decision))
+        return out
 
     # ---------------------------------------------------------------- control (kill switch)
     def set_control(self, key: str, value: Any, *, actor: str | None, reason: str | None = None) -> None:
@@ -591,6 +738,30 @@ class Journal:
             return int(
                 self._db.execute(f"SELECT count(*) FROM {kind} WHERE status = ?", (status,)).fetchone()[0]
             )
+
+
+_EVENT_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
+_INSERT_EVENT = f"INSERT OR IGNORE INTO events VALUES {_EVENT_VALUES}"
+_EVENTS_PER_INSERT = 500  # x 13 columns stays under SQLite's 32,766 bound parameters
+_ROWS_PER_STATEMENT = 500  # rows per multi-row UPDATE (a few columns each)
+
+
+def _event_row(event: Mapping[str, Any], kind: str, ts: float) -> tuple[Any, ...]:
+    return (
+        str(event.get("id") or new_id("evt")),
+        ts,
+        kind,
+        event["service"],
+        event.get("detector"),
+        event.get("detector_version"),
+        event.get("bundle_version"),
+        event.get("score"),
+        event.get("threshold"),
+        _enc(event.get("contributing")),
+        event.get("window_start"),
+        event.get("window_end"),
+        _enc(dict(event)),
+    )
 
 
 def _enc(value: Any) -> str | None:

@@ -14,6 +14,7 @@ services' open buckets with it; the engine logs it, counts it, and reports not r
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing as mp
 import pickle
@@ -40,6 +41,8 @@ def _worker(conn: Any, pipeline_bytes: bytes) -> None:
     pipeline = pickle.loads(pipeline_bytes)  # the engine pickled its own (verified) pipeline
     online = OnlineFeatures(pipeline.feature_spec)
     push = online.push
+    gc.collect()
+    gc.freeze()  # a dedicated process: keep full collections off the loaded pipeline (see server.py)
     conn.send("ready")
     while True:
         message = conn.recv()

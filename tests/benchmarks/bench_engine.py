@@ -19,6 +19,7 @@ Run: ``.venv/bin/python tests/benchmarks/run.py engine`` (``--repeats N`` = meas
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import queue
@@ -187,6 +188,69 @@ def _generate(url: str, seconds: float, rate: float, t_start: float) -> None:
     print(json.dumps({"sent": sent, "throttled": throttled}))
 
 
+def _admin_main() -> None:
+    """The actions' target, in its own process as in production: answers POSTs, counts restarts.
+
+    HTTP/1.1 keep-alive, so the engine's pooled client reuses its connections. ``GET /count``
+    returns how many ``/admin/restart`` calls arrived. Prints its port, then serves until killed.
+    """
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    count = [0]
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self, body: bytes) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            if self.path.startswith("/admin/restart"):
+                with lock:
+                    count[0] += 1
+            self._answer(b'{"ok": true, "previous": 2}')
+
+        def do_GET(self) -> None:
+            with lock:
+                self._answer(json.dumps({"restarts": count[0]}).encode())
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 128
+        daemon_threads = True
+
+    server = Server(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+class _Admin:
+    """``_admin_main`` in a subprocess; ``restarts()`` asks it how many restarts it received."""
+
+    def __enter__(self) -> _Admin:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--admin"], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.url = f"http://127.0.0.1:{int(self.proc.stdout.readline())}"
+        return self
+
+    def restarts(self) -> int:
+        import httpx
+
+        return int(httpx.get(f"{self.url}/count").json()["restarts"])
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
 # ------------------------------------------------------------------------------------ baselines
 
 
@@ -265,13 +329,12 @@ def _finish(gen: subprocess.Popen[str], engine: Any, seconds: float) -> tuple[in
 
 def bench_engine(repeats: int) -> list[Row]:
     import psutil
-    from test_runtime_support import AdminServer
 
     from engine.policy.host import PolicyHost
     from engine.policy.loader import load_policies
     from engine.runtime.adapters import assemble
     from engine.runtime.config import load_settings
-    from engine.runtime.server import SWITCH_INTERVAL_S, build_engine, serve_in_thread
+    from engine.runtime.server import build_engine, serve_in_thread, tune_for_serving
 
     soak = float(os.environ.get("SELFHEAL_BENCH_SOAK_S", "20"))
     window = float(os.environ.get("SELFHEAL_BENCH_WINDOW_S", "5"))
@@ -279,7 +342,7 @@ def bench_engine(repeats: int) -> list[Row]:
     pipeline, X = _pipeline()
     tmp = Path(tempfile.mkdtemp(prefix="selfheal-bench-"))
     proc = psutil.Process()
-    with AdminServer() as admin:
+    with _Admin() as admin:
         rules = _rules(tmp / "rules", admin.url)
         settings = load_settings(
             overrides={
@@ -303,8 +366,8 @@ def bench_engine(repeats: int) -> list[Row]:
             record_latencies=True,
         )
         switch = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)  # as `selfheal run` does in its own process
         server = serve_in_thread(engine)
+        tune_for_serving()  # as `selfheal run` does in its own process
         try:
             # Phase 1, saturation: the generator pushes as fast as the engine accepts.
             gen = _generator(server.url, warmup + window * repeats, 0, T0)
@@ -326,7 +389,7 @@ def bench_engine(repeats: int) -> list[Row]:
             assert lat is not None
             for samples in lat.values():
                 samples.clear()
-            actions_before = len(admin.calls("/admin/restart"))
+            actions_before = admin.restarts()
             rss_start = proc.memory_info().rss / 2**20
             gen = _generator(server.url, soak, offered, T0 + 10_000_000)
             soak_sent, _ = _finish(gen, engine, soak)
@@ -334,11 +397,12 @@ def bench_engine(repeats: int) -> list[Row]:
             a2e = np.array(lat["arrival_to_event"]) * 1000
             e2d = np.array(lat["event_to_dispatch"]) * 1000
             e2j = np.array(lat["event_to_journaled"]) * 1000
-            dispatched = len(admin.calls("/admin/restart")) - actions_before
+            dispatched = admin.restarts() - actions_before
             scored = engine.points_scored
         finally:
             server.stop()
             sys.setswitchinterval(switch)
+            gc.unfreeze()  # the other benchmarks run in this process
     pyod = _pyod_rate(pipeline, X, repeats)
     ours, raw = _durable_rates(PolicyHost(load_policies(rules), tick_seconds=60.0), repeats)
     lost = sent + soak_sent - scored
@@ -372,7 +436,9 @@ BENCHMARKS = [bench_engine]
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--generate":
+    if sys.argv[1:] == ["--admin"]:
+        _admin_main()
+    elif len(sys.argv) == 6 and sys.argv[1] == "--generate":
         _generate(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
     else:
         from harness import render
