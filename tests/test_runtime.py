@@ -442,15 +442,15 @@ def test_decisions_of_one_batch_see_each_others_executions(tmp_path: Path, pipel
         try:
             engine._decide_ticks(
                 [
-                    ([], [event("inference-a", 1)], 0.0),
-                    ([], [event("inference-a", 2), event("feature-store", 2)], 0.0),
+                    engine._ask_policies([], [event("inference-a", 1)], 0.0),
+                    engine._ask_policies([], [event("inference-a", 2), event("feature-store", 2)], 0.0),
                 ]
             )
             statuses = sorted(d["status"] for d in engine.journal.recent("decisions"))
             assert statuses == ["blocked", "executing"], statuses
             blocked = engine.journal.recent("decisions", status="blocked")[0]
             assert blocked["reason"].startswith("max_concurrent")
-            again = engine._decide_ticks([([], [event("feature-store", 3)], 0.0)])
+            again = engine._decide_ticks([engine._ask_policies([], [event("feature-store", 3)], 0.0)])
             assert again is None and engine.journal.count("decisions", "blocked") == 2
         finally:
             engine.stop(drain=False)

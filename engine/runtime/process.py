@@ -113,6 +113,7 @@ class Engine:
         self._sources_stop = threading.Event()
         self._wake = threading.Event()
         self._act_lock = threading.RLock()
+        self._policy_lock = threading.Lock()  # the durable-rules host is not thread-safe
         self._events_lock = threading.Lock()
         self._decide_queue: queue.Queue[_Tick | None] = queue.Queue()
         self._shards: Any = None
@@ -386,9 +387,9 @@ class Engine:
                 self.latencies["arrival_to_event"].append(emitted - event.arrival)
             if self.listeners:
                 self._notify("anomaly", event.as_dict())
-        # Health changes first, then the tick's anomalies (so gating sees every root of this tick),
-        # in tick order, to the one thread that journals them and talks to the policy host.
-        self._decide_queue.put((changes, events, emitted))
+        # The policies now (ticks reach here one at a time, in order), the journal in the decider:
+        # the two stages overlap, so a tick's decisions do not wait for the previous tick's commit.
+        self._decide_queue.put(self._ask_policies(changes, events, emitted))
         return events
 
     def _metrics_of(self, service: str) -> dict[str, float]:
@@ -430,45 +431,54 @@ class Engine:
     def _poke_decider(self) -> None:
         self._decide_queue.put(None)
 
+    def _ask_policies(self, changes: list[AnomalyEvent], events: list[AnomalyEvent], emitted: float) -> _Tick:
+        """One tick through the durable-rules host: health changes first, then the anomalies (so
+        gating sees every root of the tick). Callers serialise ticks (``_events_lock``) and keep
+        their order; nothing here touches the journal."""
+        policies = self.components.policies
+        decided: list[Decision] = []
+        notes: list[tuple[str, dict[str, Any]]] = []
+        with self._policy_lock:
+            for event in changes:
+                policies.set_health(event.service, event.anomalous, event.score)
+            for event in events:
+                try:
+                    decided.extend(policies.decide(event))
+                except Exception as exc:
+                    log.exception("policy host failed on event %s", event.id)
+                    self.metrics.errors.labels("policy").inc()
+                    notes.append(("policy_error", {"event_id": event.id, "error": str(exc)}))
+            # The host marks every posted service anomalous. A service whose last row of the tick
+            # was normal must end healthy, or gating silences its dependents for good.
+            posted = {event.service for event in events}
+            last = {event.service: event for event in changes}
+            for service, event in last.items():
+                if service in posted and not event.anomalous:
+                    policies.set_health(service, False, event.score)
+        return _Tick(changes, events, emitted, decided, notes)
+
     def _decide_ticks(self, items: Sequence[_Tick]) -> None:
-        """The policy host first (memory only), then one short transaction for the journal.
+        """One short transaction for the journal: the ticks' events, their decisions through the
+        safeguards, and the bookkeeping other threads handed over.
 
         Why this shape: every other journal write that happens often (an actuator call's outcome, a
         verification's verdict) is handed to this thread and rides in the same commit, so the
-        decider never queues behind another writer for the journal lock; and the durable-rules
-        posts happen before the transaction, so the lock is held for SQL only. The safeguards run
+        decider never queues behind another writer for the journal lock; and the policies were
+        asked before (``_ask_policies``), so the lock is held for SQL only. The safeguards run
         inside the transaction, so a decision sees the executions that earlier decisions of the
         same batch started.
         """
         dispatch: list[tuple[Decision, str, float | None]] = []
-        notes: list[tuple[str, dict[str, Any]]] = []
-        decided: list[tuple[Decision, float]] = []
-        policies = self.components.policies
+        notes: list[tuple[str, dict[str, Any]]] = [n for tick in items for n in tick.notes]
+        decided = [(d, tick.emitted) for tick in items for d in tick.decided]
+        journaled: list[tuple[Mapping[str, Any], str]] = []
+        for tick in items:
+            journaled += [({**e.as_dict(), "id": f"{e.id}-h"}, "health") for e in tick.changes]
+            journaled += [(e.as_dict(), "anomaly") for e in tick.events]
         with self._act_lock:
-            for changes, events, emitted in items:
-                for event in changes:
-                    policies.set_health(event.service, event.anomalous, event.score)
-                for event in events:
-                    try:
-                        decided.extend((d, emitted) for d in policies.decide(event))
-                    except Exception as exc:
-                        log.exception("policy host failed on event %s", event.id)
-                        self.metrics.errors.labels("policy").inc()
-                        notes.append(("policy_error", {"event_id": event.id, "error": str(exc)}))
-                # The host marks every posted service anomalous. A service whose last row of the
-                # tick was normal must end healthy, or gating silences its dependents for good.
-                posted = {event.service for event in events}
-                last = {event.service: event for event in changes}
-                for service, event in last.items():
-                    if service in posted and not event.anomalous:
-                        policies.set_health(service, False, event.score)
-            journaled: list[tuple[Mapping[str, Any], str]] = []
-            for changes, events, _ in items:
-                journaled += [({**e.as_dict(), "id": f"{e.id}-h"}, "health") for e in changes]
-                journaled += [(e.as_dict(), "anomaly") for e in events]
             finished = _drain(self._finished)
             settled = _drain(self._settled)
-            if not (journaled or decided or finished or settled):
+            if not (journaled or decided or finished or settled or notes):
                 return
             with self.journal.transaction():
                 self.journal.record_events(journaled, ts=time.time())
@@ -969,7 +979,15 @@ class _Batch:
     active: set[tuple[str, str, str]]
 
 
-_Tick = tuple[list[AnomalyEvent], list[AnomalyEvent], float]  # health changes, anomalies, emitted
+@dataclass(frozen=True)
+class _Tick:
+    """One scoring tick on its way to the journal, with what the policies decided about it."""
+
+    changes: list[AnomalyEvent]  # health changes
+    events: list[AnomalyEvent]  # anomalies
+    emitted: float  # perf_counter when the tick's events were emitted (for latency)
+    decided: list[Decision]
+    notes: list[tuple[str, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
