@@ -454,3 +454,46 @@ def test_decisions_of_one_batch_see_each_others_executions(tmp_path: Path, pipel
             assert again is None and engine.journal.count("decisions", "blocked") == 2
         finally:
             engine.stop(drain=False)
+
+
+def test_bookkeeping_of_a_failed_commit_goes_in_the_next_one(
+    tmp_path: Path, pipeline: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An actuator outcome handed to the decider survives a rolled-back commit (disk full, say):
+    it is journaled by the next one instead of leaving the execution 'started' for good."""
+    from engine.runtime.model import ActionCall, Decision
+    from engine.runtime.process import _Finished
+
+    settings = load_settings(overrides={"port": 0, "token": TOKEN}, environ={})
+    decision = Decision(id="dec-1", event_id="evt-1", service="gateway", target="gateway", action="restart",
+                        params={}, rule="restart-inference")  # fmt: skip
+    with AdminServer() as admin:
+        components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
+        engine = build_engine(components, settings, tmp_path / "journals")
+        try:
+            engine.journal.record_decision(decision.to_record(), status=DecisionStatus.EXECUTING)
+            execution = engine.journal.start_execution(
+                decision.to_record(), kind="action", action="restart", params={}, idempotency_key="k"
+            )
+            assert execution is not None
+            engine._finished.put(
+                _Finished(decision, execution, "action", ActionCall("restart", {}), {"ok": True}, None, 1.0)
+            )
+            real = engine.journal.record_events
+            calls = []
+
+            def flaky(*args: Any, **kw: Any) -> None:
+                calls.append(1)
+                if len(calls) == 1:
+                    raise OSError("disk full")
+                real(*args, **kw)
+
+            monkeypatch.setattr(engine.journal, "record_events", flaky)
+            with pytest.raises(OSError):
+                engine._decide_ticks([])
+            assert engine.journal.execution(execution)["status"] == "started"  # type: ignore[index]
+            engine._decide_ticks([])
+            assert engine.journal.execution(execution)["status"] == "succeeded"  # type: ignore[index]
+            assert engine.journal.decision("dec-1")["status"] == DecisionStatus.VERIFYING  # type: ignore[index]
+        finally:
+            engine.stop(drain=False)

@@ -33,6 +33,7 @@ from engine.ids import hex_id
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+MIN_SQLITE = (3, 33, 0)  # UPDATE ... FROM (multi-row updates)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -201,6 +202,11 @@ class Journal:
     """The engine's durable record. Thread-safe; open one per process and ``close()`` it."""
 
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise RuntimeEngineError(
+                f"SQLite {sqlite3.sqlite_version} is too old for the journal (needs UPDATE ... FROM)",
+                hint=f"use a Python linked against SQLite >= {'.'.join(map(str, MIN_SQLITE))}",
+            )
         self.path = Path(path)
         self.read_only = read_only
         self._lock = threading.RLock()
@@ -327,17 +333,12 @@ class Journal:
         if not events:
             return
         rows = [_event_row(event, kind, ts) for event, kind in events]
-        with self._lock:
-            if self.read_only:
-                raise RuntimeEngineError(f"{self.path}: journal opened read-only")
-            # Multi-row VALUES, not executemany: executemany steps (and hands the GIL over) once
-            # per row, and each hand-over under load costs the decider up to a switch interval.
-            for start in range(0, len(rows), _EVENTS_PER_INSERT):
-                chunk = rows[start : start + _EVENTS_PER_INSERT]
-                values = ",".join([_EVENT_VALUES] * len(chunk))
-                self._db.execute(
-                    f"INSERT OR IGNORE INTO events VALUES {values}", [v for row in chunk for v in row]
-                )
+        # Multi-row VALUES, not executemany: executemany steps (and hands the GIL over) once per
+        # row, and each hand-over under load costs the decider up to a switch interval.
+        for start in range(0, len(rows), _EVENTS_PER_INSERT):
+            chunk = rows[start : start + _EVENTS_PER_INSERT]
+            values = ",".join([_EVENT_VALUES] * len(chunk))
+            self._write(f"INSERT OR IGNORE INTO events VALUES {values}", [v for row in chunk for v in row])
 
     def events_since(
         self, since: float, kinds: Sequence[str] = ("anomaly", "health")

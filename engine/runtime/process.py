@@ -4,23 +4,27 @@ Threads and why:
 - sources (HTTP handlers, file tails, scrapers) only parse and ``offer`` to the bounded queue;
 - one scoring thread takes whole batches per tick and pushes them through the online features,
   scoring every closed feature row of the tick in one micro-batch across services (or hands them
-  to scoring worker processes, ``workers: N``, services partitioned across them); it turns scores
-  into anomaly events and health changes and queues them, in tick order, for
-- one deciding thread, the only one that talks to the durable-rules host and the journal's one
-  hot-path writer: it asks the policies (memory only), then in one transaction journals the events,
-  passes each decision through the safeguards (under one lock, so two deciders never both see "1
-  slot left") and records decisions and executions, together with the outcomes of finished actuator
-  calls and the verdicts of verifications; one fsync'd commit *before* any actuator is called:
-  after a crash a 'started' execution is reported, never repeated, and its idempotency key refuses
-  a second attempt;
+  to scoring worker processes, ``workers: N``, services partitioned across them, whose results
+  come back on one reader thread per worker); turning scores into anomaly events and health
+  changes is serialised (one tick at a time, in order), and so is asking the durable-rules host
+  about them (health changes first, so gating sees every root of the tick); the tick, with what
+  the policies decided, is queued for
+- one deciding thread, the journal's one hot-path writer: in one transaction it journals the
+  events, passes each decision through the safeguards (under one lock, so two deciders never both
+  see "1 slot left") and records decisions and executions, together with the outcomes of finished
+  actuator calls and the verdicts of verifications; one fsync'd commit *before* any actuator is
+  called: after a crash a 'started' execution is reported, never repeated, and its idempotency
+  key refuses a second attempt;
 - a worker pool calls actuators (they do I/O) so a slow target never stalls scoring or deciding;
 - a supervisor thread expires approvals, runs approved decisions, watches verifications (their
   verdicts go to the decider to journal) and reads the kill switch from the journal (so
   ``selfheal pause`` works even against a busy engine).
 
-Why one writer: SQLite allows one anyway, and threads that each committed their own small
-transactions queued on the journal lock in front of the decider, which is what an action's dispatch
-waits for (the benchmark's p99 went from ~700 ms to the figures in the README).
+Why this split: SQLite allows one writer anyway, and threads that each committed their own small
+transactions queued on the journal lock in front of the decider, which is what an action's
+dispatch waits for; asking the policies before the decider lets a tick's durable-rules work overlap
+the previous tick's commit. (The benchmark's anomaly-to-dispatch p99 went from ~700 ms to the
+figures in the README.)
 """
 
 from __future__ import annotations
@@ -480,14 +484,21 @@ class Engine:
             settled = _drain(self._settled)
             if not (journaled or decided or finished or settled or notes):
                 return
-            with self.journal.transaction():
-                self.journal.record_events(journaled, ts=time.time())
-                if decided:
-                    batch = self._batch([d for d, _ in decided])
-                    for decision, emitted in decided:
-                        self._enact(decision, emitted, batch, dispatch, notes)
-                self._write_finished(finished)
-                self._write_settled(settled)
+            try:
+                with self.journal.transaction():
+                    self.journal.record_events(journaled, ts=time.time())
+                    if decided:
+                        batch = self._batch([d for d, _ in decided])
+                        for decision, emitted in decided:
+                            self._enact(decision, emitted, batch, dispatch, notes)
+                    self._write_finished(finished)
+                    self._write_settled(settled)
+            except BaseException:  # rolled back: the bookkeeping goes in the next commit instead
+                for f in finished:
+                    self._finished.put(f)
+                for v in settled:
+                    self._settled.put(v)
+                raise
         self._after_commit(dispatch, notes)
         self._after_finished(finished)
         self._after_settled(settled)

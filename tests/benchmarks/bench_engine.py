@@ -1,9 +1,11 @@
 """The engine under load: HTTP push → online features → scores → policies → action dispatch.
 
 One engine process (this one) serves ``POST /v1/telemetry``; a separate generator process (this
-file run as a script) pushes NDJSON batches for 20 services x 10 metrics = 200 series as fast as
+file run as a script) pushes NDJSON batches for 34 services x 6 metrics = 204 series as fast as
 the engine accepts them, honouring 429 + Retry-After, and plants anomaly bursts so that events,
-decisions and dispatches happen all along. Figures, with baselines measured in the same run:
+decisions and dispatches happen all along. The actions' target runs in a third process, as a
+remote service would (in this process it competed for the GIL it is meant to measure). Figures,
+with baselines measured in the same run:
 
 - sustained points/s accepted *and scored* (points scored per wall second over each window);
   baseline: PyOD ``decision_function`` alone on the same feature rows, in points/s equivalent
