@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import typer
 from conftest import REPO
+from test_actions_kubernetes import settings as kube_settings
 from typer.testing import CliRunner
 
 from engine.actions import (
@@ -190,32 +191,13 @@ def test_http_backend_posts_to_the_admin_endpoint_and_errors_are_action_errors(
         execute("restart", {}, "x", "k-3", settings=closed)
 
 
-def kube_settings(url: str) -> TargetsConfig:
-    return TargetsConfig.model_validate(
-        {
-            "services": {
-                "inference-a": {
-                    "backend": "kubernetes",
-                    "kubernetes": {
-                        "api": url,
-                        "namespace": "ai",
-                        "deployment": "inference-a",
-                        "container": "server",
-                        "image": "registry.example/inference",
-                        "token_env": "KUBE_TOKEN",
-                    },
-                }
-            }
-        }
-    )
-
-
 def test_kubernetes_rollout_restart_is_the_kubectl_patch(
     recorder: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBE_TOKEN", "tok")
-    execute("restart", {}, "inference-a", "d-1", settings=kube_settings(recorder.url), requested_at=WHEN)
-    execute("restart", {}, "inference-a", "d-1", settings=kube_settings(recorder.url), requested_at=WHEN)
+    targets = kube_settings(recorder.url, token_env="KUBE_TOKEN")
+    execute("restart", {}, "inference-a", "d-1", settings=targets, requested_at=WHEN)
+    execute("restart", {}, "inference-a", "d-1", settings=targets, requested_at=WHEN)
     first, retry = recorder.requests
     assert first["method"] == "PATCH"
     assert first["path"] == "/apis/apps/v1/namespaces/ai/deployments/inference-a"

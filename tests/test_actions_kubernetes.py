@@ -141,7 +141,8 @@ def api() -> Iterator[FakeApiServer]:
     server.close()
 
 
-def settings(url: str) -> TargetsConfig:
+def settings(url: str, **kubernetes: Any) -> TargetsConfig:
+    """inference-a as a Deployment behind the API at ``url`` (more ``kubernetes:`` keys as kwargs)."""
     return TargetsConfig.model_validate(
         {
             "services": {
@@ -153,6 +154,7 @@ def settings(url: str) -> TargetsConfig:
                         "deployment": "inference-a",
                         "container": "server",
                         "image": "registry.example/inference",
+                        **kubernetes,
                     },
                 }
             }

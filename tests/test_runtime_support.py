@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
@@ -123,15 +124,21 @@ def ndjson(items: list[dict]) -> bytes:
 
 
 class AdminServer:
-    """A service admin API on 127.0.0.1 that records every request (path, idempotency key, body)."""
+    """A service admin API on 127.0.0.1 that records every request (path, idempotency key, body).
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    ``GET /calls?prefix=/admin/restart`` answers how many requests under that path arrived (for a
+    server in another process); ``keep_alive`` speaks HTTP/1.1 so clients reuse connections.
+    """
+
+    def __init__(self, delay_s: float = 0.0, *, keep_alive: bool = False) -> None:
         self.requests: list[dict[str, Any]] = []
         self.delay_s = delay_s
         self.lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -141,7 +148,14 @@ class AdminServer:
                     )
                 if owner.delay_s and self.path.startswith("/admin"):
                     time.sleep(owner.delay_s)
-                answer = json.dumps({"ok": True, "previous": 2}).encode()
+                self._answer({"ok": True, "previous": 2})
+
+            def do_GET(self) -> None:
+                prefix = parse_qs(urlparse(self.path).query).get("prefix", ["/admin"])[0]
+                self._answer({"calls": len(owner.calls(prefix))})
+
+            def _answer(self, payload: dict[str, Any]) -> None:
+                answer = json.dumps(payload).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(answer)))

@@ -191,47 +191,13 @@ def _generate(url: str, seconds: float, rate: float, t_start: float) -> None:
 
 
 def _admin_main() -> None:
-    """The actions' target, in its own process as in production: answers POSTs, counts restarts.
+    """The actions' target in its own process, as in production (the tests' ``AdminServer``, with
+    HTTP/1.1 keep-alive so the engine's pooled client reuses its connections). Prints its port."""
+    from test_runtime_support import AdminServer
 
-    HTTP/1.1 keep-alive, so the engine's pooled client reuses its connections. ``GET /count``
-    returns how many ``/admin/restart`` calls arrived. Prints its port, then serves until killed.
-    """
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    count = [0]
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _answer(self, body: bytes) -> None:
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("content-length") or 0))
-            if self.path.startswith("/admin/restart"):
-                with lock:
-                    count[0] += 1
-            self._answer(b'{"ok": true, "previous": 2}')
-
-        def do_GET(self) -> None:
-            with lock:
-                self._answer(json.dumps({"restarts": count[0]}).encode())
-
-        def log_message(self, *args: Any) -> None:
-            return None
-
-    class Server(ThreadingHTTPServer):
-        request_queue_size = 128
-        daemon_threads = True
-
-    server = Server(("127.0.0.1", 0), Handler)
-    print(server.server_address[1], flush=True)
-    server.serve_forever()
+    with AdminServer(keep_alive=True) as admin:
+        print(admin.server.server_address[1], flush=True)
+        admin.thread.join()
 
 
 class _Admin:
@@ -246,7 +212,7 @@ class _Admin:
     def restarts(self) -> int:
         import httpx
 
-        return int(httpx.get(f"{self.url}/count").json()["restarts"])
+        return int(httpx.get(f"{self.url}/calls", params={"prefix": "/admin/restart"}).json()["calls"])
 
     def __exit__(self, *exc: object) -> None:
         self.proc.kill()
