@@ -61,6 +61,14 @@ def test_constant_training_scores_do_not_break_calibration() -> None:
         assert np.isfinite(out).all() and (np.diff(out) >= 0).all() and out[0] < out[2], method
 
 
+def test_a_subnormal_spread_counts_as_none() -> None:
+    """Found by the property test below: a spread of 2e-311 overflowed the division."""
+    for method in CALIBRATION_METHODS:
+        cal = ScoreCalibrator(method).fit([0.0, 2.225073858507e-311])
+        out = cal.transform([-1.0, 0.0, 1.0])
+        assert np.isfinite(out).all() and (np.diff(out) >= 0).all() and out[0] < out[2], method
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=60),

@@ -13,9 +13,9 @@ trusted only if the targets file says so (``http.dedup: true``). Error hints say
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
+import threading
 from typing import Any, Protocol
 
 import httpx
@@ -54,15 +54,25 @@ def _retry_hint(dedup: bool) -> str:
     )
 
 
-@functools.cache
+_clients: dict[bool | str, httpx.Client] = {}
+_clients_lock = threading.Lock()
+
+
 def _client(verify: bool | str) -> httpx.Client:
     """One pooled client per TLS setting, shared by every action of the process.
 
     Why: a new ``httpx.Client`` builds an SSL context (it parses the CA bundle: ~10 ms of CPU under
     the GIL) and a new connection for every call; at tens of actions per second that CPU delayed
-    every other engine thread. ``httpx.Client`` is thread-safe; timeouts are set per request.
+    every other engine thread. ``httpx.Client`` is thread-safe; timeouts are set per request. The
+    lock: the first burst of actions would otherwise build one context per actuator thread.
     """
-    return httpx.Client(verify=verify)
+    client = _clients.get(verify)
+    if client is None:
+        with _clients_lock:
+            client = _clients.get(verify)
+            if client is None:
+                client = _clients[verify] = httpx.Client(verify=verify)
+    return client
 
 
 def request_json(

@@ -101,7 +101,14 @@ class ScoreCalibrator:
             raise DetectorParamError(
                 "ScoreCalibrator needs at least 2 training scores", hint="fit on more rows"
             )
-        spread = float(np.subtract(*np.quantile(s, [0.75, 0.25]))) or float(s.std()) or 1.0
+        # A spread below float resolution at the scores' magnitude (e.g. a subnormal one) is no
+        # spread at all: dividing by it overflows. Such spreads fall back like a zero one.
+        floor = float(np.finfo(np.float64).eps) * max(1.0, float(np.abs(s).max()))
+
+        def usable(value: float) -> float:
+            return value if value > floor else 0.0
+
+        spread = usable(float(np.subtract(*np.quantile(s, [0.75, 0.25])))) or usable(float(s.std())) or 1.0
         self.scale_ = spread
         if self.method == "ecdf":
             uniq = np.unique(s)
@@ -117,11 +124,11 @@ class ScoreCalibrator:
             self.knots_p_ = probs
         elif self.method == "gaussian":
             self.mean_ = float(s.mean())
-            self.std_ = float(s.std()) or spread
+            self.std_ = usable(float(s.std())) or spread
         else:
             lo, hi = np.quantile(s, [self.q_low, self.q_high])
             self.low_ = float(lo)
-            self.high_ = float(hi) if hi > lo else float(lo) + spread
+            self.high_ = float(hi) if usable(float(hi - lo)) else float(lo) + spread
         return self
 
     def transform(self, scores: Any) -> np.ndarray:

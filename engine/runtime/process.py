@@ -46,6 +46,7 @@ import numpy as np
 from engine.errors import ActionError, RuntimeEngineError
 from engine.runtime import safeguards
 from engine.runtime.attribution import Attribution
+from engine.runtime.columns import PointColumns
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.journal import (
@@ -59,7 +60,7 @@ from engine.runtime.journal import (
 )
 from engine.runtime.metrics import EngineMetrics
 from engine.runtime.model import ActionCall, AnomalyEvent, Decision
-from engine.runtime.sources import DeadLetter, IngestQueue, Point, Rejection
+from engine.runtime.sources import DeadLetter, IngestQueue, Point, Points, Rejection
 from engine.runtime.verify import steady_state
 
 log = logging.getLogger(__name__)
@@ -249,9 +250,7 @@ class Engine:
         return sink
 
     # ================================================================ ingestion
-    def ingest(
-        self, points: list[Point], rejections: Sequence[Rejection] = (), *, source: str = "http"
-    ) -> bool:
+    def ingest(self, points: Points, rejections: Sequence[Rejection] = (), *, source: str = "http") -> bool:
         """Offer parsed points; False when the queue is full (nothing was accepted: answer 429)."""
         if not self.queue.offer(points, arrival=time.perf_counter()):
             self.metrics.requests_throttled.inc()
@@ -297,11 +296,12 @@ class Engine:
                     log.exception("scoring tick failed")
                     self.metrics.errors.labels("score").inc()
 
-    def _remember_metrics(self, batches: Sequence[tuple[float, list[Point]]]) -> None:
+    def _remember_metrics(self, batches: Sequence[tuple[float, Points]]) -> None:
         latest = self.latest_metric
         seen = time.time()
         for _, points in batches:
-            for _ts, service, metric, value in points:
+            last = points.latest() if isinstance(points, PointColumns) else points
+            for _ts, service, metric, value in last:
                 latest[(service, metric)] = (value, seen)
 
     def _on_scored(
@@ -316,7 +316,7 @@ class Engine:
                 self.rows_scored += len(rows)
                 self._events(rows, scores, arrivals)
 
-    def process(self, batches: Sequence[tuple[float, list[Point]]]) -> list[AnomalyEvent]:
+    def process(self, batches: Sequence[tuple[float, Points]]) -> list[AnomalyEvent]:
         """One tick in-process: push points, score closed rows as one micro-batch, queue the events."""
         push = self.features.push
         latest = self.latest_metric

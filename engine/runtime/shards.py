@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 
 from engine.errors import RuntimeEngineError
+from engine.runtime.columns import PointColumns
+from engine.runtime.sources import Point, Points
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[float, list[tuple[float, str, str, float]]]
+Batch = tuple[float, Points]
 OnScored = Callable[[list[Any], np.ndarray, list[float], int, float], None]
 
 
@@ -113,7 +115,13 @@ class ShardPool:
         shard_of = self._shard_of
         total = 0
         for arrival, points in batches:
-            split: list[list[tuple[float, str, str, float]]] = [[] for _ in range(n)]
+            total += len(points)
+            if isinstance(points, PointColumns):  # vectorised; the workers iterate the rows
+                for i, columns in enumerate(points.split(shard_of, n)):
+                    if columns is not None:
+                        parts[i].append((arrival, columns))
+                continue
+            split: list[list[Point]] = [[] for _ in range(n)]
             for point in points:
                 shard = shard_of.get(point[1])
                 if shard is None:
@@ -122,7 +130,6 @@ class ShardPool:
             for i, pts in enumerate(split):
                 if pts:
                     parts[i].append((arrival, pts))
-            total += len(points)
         with self._cond:
             self._outstanding += total
         for i, part in enumerate(parts):

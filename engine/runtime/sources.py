@@ -27,10 +27,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import ConfigError
+from engine.runtime.columns import PointColumns, read_ndjson
 
 log = logging.getLogger(__name__)
 
 Point = tuple[float, str, str, float]  # ts (epoch s, UTC), service, metric, value
+Points = list[Point] | PointColumns  # a batch as it is queued and sent to the scoring workers
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,16 @@ def parse_items(items: Iterable[Any]) -> tuple[list[Point], list[Rejection]]:
     return good, bad
 
 
-def parse_body(body: bytes, content_type: str = "") -> tuple[list[Point], list[Rejection]]:
-    """Decode an HTTP body: a JSON array, ``{"points": [...]}``, one object, or NDJSON lines."""
+def parse_body(body: bytes, content_type: str = "") -> tuple[Points, list[Rejection]]:
+    """Decode an HTTP body: a JSON array, ``{"points": [...]}``, one object, or NDJSON lines.
+
+    A large NDJSON body of well-formed points comes back as ``PointColumns`` (decoded without
+    holding the interpreter lock, see ``engine.runtime.columns``); anything else as a list.
+    """
+    if "ndjson" in content_type:
+        columns = read_ndjson(body, time.time(), MAX_FUTURE_S)
+        if columns is not None:
+            return columns, []
     text = body.decode("utf-8", errors="replace")
     stripped = text.lstrip()
     if "ndjson" not in content_type and stripped[:1] in ("[", "{"):
@@ -232,7 +242,7 @@ class IngestQueue:
 
     def __init__(self, max_points: int) -> None:
         self.max_points = max_points
-        self._batches: deque[tuple[float, list[Point]]] = deque()
+        self._batches: deque[tuple[float, Points]] = deque()
         self._size = 0
         self._cond = threading.Condition()
         self.accepted_total = 0
@@ -241,7 +251,7 @@ class IngestQueue:
     def depth(self) -> int:
         return self._size
 
-    def offer(self, points: list[Point], *, arrival: float | None = None) -> bool:
+    def offer(self, points: Points, *, arrival: float | None = None) -> bool:
         """Accept all of ``points`` or none (False: full, answer 429)."""
         if not points:
             return True
@@ -262,12 +272,12 @@ class IngestQueue:
             time.sleep(0.01)
         return False
 
-    def take(self, max_points: int, timeout: float) -> list[tuple[float, list[Point]]]:
+    def take(self, max_points: int, timeout: float) -> list[tuple[float, Points]]:
         """Up to ``max_points`` points (whole batches), waiting at most ``timeout`` for the first."""
         with self._cond:
             if not self._batches:
                 self._cond.wait(timeout)
-            out: list[tuple[float, list[Point]]] = []
+            out: list[tuple[float, Points]] = []
             taken = 0
             while self._batches and (taken == 0 or taken + len(self._batches[0][1]) <= max_points):
                 arrival, batch = self._batches.popleft()
