@@ -125,7 +125,8 @@ def test_batched_safeguard_counts_equal_per_target_counts_and_count_the_batch(tm
                 d, kind="action", action="restart", params={}, idempotency_key=f"k{i}", replicas=i + 1
             )
         targets = ["inference-a", "vector-db", "gateway"]
-        batch = journal.safeguard_counts(targets, ["r0", "r1", "r9"], now=now + 1)
+        batch, active = journal.decision_context(targets, ["r0", "r1", "r9"], now=now + 1)
+        assert active == journal.active_decision_keys()
         for target in targets:
             for rule in ("r0", "r1", "r9"):
                 assert batch.for_target(target, rule) == journal.target_counts(target, now=now + 1, rule=rule)
@@ -143,6 +144,24 @@ def test_batched_safeguard_counts_equal_per_target_counts_and_count_the_batch(tm
             ("inference-a", "r1", "restart"),
             ("vector-db", "r0", "restart"),
         }
+
+
+def test_a_batch_of_new_decisions_is_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    """Multi-row writes of the decider: a new execution whose key was used fails the whole batch."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        records = [_decision(i, rule=f"r{i}").to_record() for i in range(3)]
+        with journal.transaction():
+            ids = journal.record_decisions([(r, DecisionStatus.EXECUTING, None) for r in records])
+            exes = journal.start_new_executions([(r, f"{r['id']}:action", 2) for r in records])
+        assert ids == [r["id"] for r in records] and len(set(exes)) == 3
+        assert {e["idempotency_key"] for e in journal.recent("executions")} == {f"{i}:action" for i in ids}
+        more = [_decision(i, rule=f"r{i}").to_record() for i in range(3, 5)]
+        with pytest.raises(RuntimeEngineError, match="used idempotency key"), journal.transaction():
+            journal.record_decisions([(r, DecisionStatus.EXECUTING, None) for r in more])
+            journal.start_new_executions(
+                [(more[0], f"{more[0]['id']}:action", 1), (records[0], f"{ids[0]}:action", 1)]
+            )
+        assert journal.count("decisions") == 3 and journal.count("executions") == 3
 
 
 def test_anomaly_event_as_dict_has_every_field() -> None:

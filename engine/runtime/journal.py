@@ -33,7 +33,11 @@ from engine.ids import hex_id
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-MIN_SQLITE = (3, 33, 0)  # UPDATE ... FROM (multi-row updates)
+MIN_SQLITE = (3, 38, 0)  # UPDATE ... FROM (multi-row updates), JSON functions built in
+_ACTIVE_KEYS = (  # a subquery: one JSON array of [target, rule, action]
+    "SELECT json_group_array(json_array(target, rule, action)) FROM decisions INDEXED BY decisions_active"
+    " WHERE status IN ('awaiting_approval', 'ready', 'executing', 'verifying')"
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -204,7 +208,7 @@ class Journal:
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeEngineError(
-                f"SQLite {sqlite3.sqlite_version} is too old for the journal (needs UPDATE ... FROM)",
+                f"SQLite {sqlite3.sqlite_version} is too old for the journal (needs UPDATE ... FROM, JSON)",
                 hint=f"use a Python linked against SQLite >= {'.'.join(map(str, MIN_SQLITE))}",
             )
         self.path = Path(path)
@@ -358,11 +362,16 @@ class Journal:
 
     # ---------------------------------------------------------------- decisions
     def record_decision(self, decision: Mapping[str, Any], *, status: str, reason: str | None = None) -> str:
+        return self.record_decisions([(decision, status, reason)])[0]
+
+    def record_decisions(self, rows: Sequence[tuple[Mapping[str, Any], str, str | None]]) -> list[str]:
+        """``(decision, status, reason)`` for many decisions; one statement. Returns their ids."""
         now = time.time()
-        decision_id = str(decision.get("id") or new_id("dec"))
-        self._write(
-            "INSERT INTO decisions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
+        ids = [str(decision.get("id") or new_id("dec")) for decision, _, _ in rows]
+        params = [
+            v
+            for decision_id, (decision, status, reason) in zip(ids, rows, strict=True)
+            for v in (
                 decision_id,
                 now,
                 now,
@@ -383,9 +392,12 @@ class Journal:
                 decision.get("window_start"),
                 decision.get("window_end"),
                 _enc(decision.get("spec") or {}),
-            ),
-        )
-        return decision_id
+            )
+        ]
+        if rows:
+            values = ",".join(["(" + ",".join("?" * 20) + ")"] * len(rows))
+            self._write(f"INSERT INTO decisions VALUES {values}", params)
+        return ids
 
     def set_decision_status(self, decision_id: str, status: str, reason: str | None = None) -> None:
         self.set_decision_statuses([(decision_id, status, reason)])
@@ -487,25 +499,57 @@ class Journal:
     ) -> str | None:
         """Record an execution *before* the call. None when the key was already used: do not call."""
         execution_id = new_id("exe")
-        inserted = self._write(
-            "INSERT OR IGNORE INTO executions "
-            "(id, decision_id, idempotency_key, kind, action, service, target, params, replicas, status, "
-            "started_ts) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (
+        inserted = self._insert_executions(
+            [(execution_id, decision, kind, action, params, idempotency_key, replicas)]
+        )
+        return execution_id if inserted else None
+
+    def start_new_executions(self, rows: Sequence[tuple[Mapping[str, Any], str, int]]) -> list[str]:
+        """``(decision, idempotency_key, replicas)`` of new decisions' actions, one statement.
+
+        For decisions recorded in this same transaction only: their keys cannot have been used, so
+        every row must be inserted (a key that was is a bug, and fails the transaction).
+        """
+        ids = [new_id("exe") for _ in rows]
+        inserted = self._insert_executions(
+            [
+                (eid, decision, "action", decision["action"], decision.get("params") or {}, key, replicas)
+                for eid, (decision, key, replicas) in zip(ids, rows, strict=True)
+            ]
+        )
+        if inserted != len(rows):
+            raise RuntimeEngineError(f"{len(rows) - inserted} new execution(s) had a used idempotency key")
+        return ids
+
+    def _insert_executions(
+        self, rows: Sequence[tuple[str, Mapping[str, Any], str, str, Mapping[str, Any], str, int]]
+    ) -> int:
+        if not rows:
+            return 0
+        now = time.time()
+        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(rows))
+        params = [
+            v
+            for execution_id, decision, kind, action, call_params, key, replicas in rows
+            for v in (
                 execution_id,
                 decision["id"],
-                idempotency_key,
+                key,
                 kind,
                 action,
                 decision["service"],
                 decision["target"],
-                _enc(dict(params)),
+                _enc(dict(call_params)),
                 replicas,
                 ExecutionStatus.STARTED,
-                time.time(),
-            ),
+                now,
+            )
+        ]
+        return self._write(
+            "INSERT OR IGNORE INTO executions (id, decision_id, idempotency_key, kind, action, service,"
+            f" target, params, replicas, status, started_ts) VALUES {values}",
+            params,
         )
-        return execution_id if inserted else None
 
     def finish_execution(
         self, execution_id: str, status: str, *, result: Any = None, error: str | None = None
@@ -554,19 +598,18 @@ class Journal:
     ) -> TargetCounts:
         """Counts behind every safeguard for one target (and its rule), from the journal."""
         rules = [rule] if rule is not None else []
-        counts = self.safeguard_counts([target], rules, now=now, failure_window_s=failure_window_s, cap=cap)
+        counts, _ = self.decision_context(
+            [target], rules, now=now, failure_window_s=failure_window_s, cap=cap
+        )
         return counts.for_target(target, rule)
 
     def active_decision_keys(self) -> set[tuple[str, str, str]]:
-        """(target, rule, action) of every decision waiting, running or being verified (one query)."""
+        """(target, rule, action) of every decision waiting, running or being verified."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT target, rule, action FROM decisions INDEXED BY decisions_active WHERE status IN "
-                "('awaiting_approval', 'ready', 'executing', 'verifying')"
-            ).fetchall()
-        return {(r[0], r[1], r[2]) for r in rows}
+            (keys,) = self._db.execute(f"SELECT ({_ACTIVE_KEYS})").fetchone()
+        return {(t, r, a) for t, r, a in json.loads(keys)}
 
-    def safeguard_counts(
+    def decision_context(
         self,
         targets: Sequence[str],
         rules: Sequence[str],
@@ -574,56 +617,62 @@ class Journal:
         now: float,
         failure_window_s: float = 3600.0,
         cap: int = 100_000,
-    ) -> SafeguardCounts:
-        """Counts behind every safeguard for many targets and rules, in three queries.
+    ) -> tuple[SafeguardCounts, set[tuple[str, str, str]]]:
+        """What the decider checks a batch of decisions against, in one statement and one row: the
+        safeguard counts of their targets and rules, and the active (target, rule, action) keys.
 
-        Why batched: the decider checks every decision of a batch of ticks; a query per decision
-        (each one a GIL hand-off under load) made its transaction, and so every dispatch, wait.
-        Hourly counts stop at ``cap`` (pass the largest limit + 1): a limit only needs to know it
-        is reached, and the cost stays bounded however busy the last hour was.
+        Why one row: SQLite runs without the GIL, and each statement *and each row stepped* hands
+        it over; under load each hand-over can cost the deciding thread milliseconds, and so every
+        dispatch waits. Per-target and per-rule results come back as JSON arrays. Hourly counts
+        stop at ``cap`` (pass the largest limit + 1): a limit only needs to know it is reached, and
+        the cost stays bounded however busy the last hour was.
         """
-        hour_ago = now - 3600.0
         targets = list(dict.fromkeys(targets))
         rules = list(dict.fromkeys(rules))
+        params: dict[str, Any] = {"hour_ago": now - 3600.0, "cap": cap, "since": now - failure_window_s}
+        params |= {f"t{i}": t for i, t in enumerate(targets)}
+        params |= {f"r{i}": r for i, r in enumerate(rules)}
+        per_target = "'[]'"
+        if targets:
+            values = ",".join(f"(:t{i})" for i in range(len(targets)))
+            per_target = (
+                f"(WITH t(target) AS (VALUES {values}) SELECT json_group_array(json_array(t.target,"
+                " (SELECT max(started_ts) FROM executions WHERE target = t.target AND kind = 'action'),"
+                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE target = t.target"
+                "   AND kind = 'action' AND started_ts >= :hour_ago LIMIT :cap)),"
+                " (SELECT coalesce(sum(replicas), 0) FROM executions INDEXED BY executions_in_flight"
+                "   WHERE target = t.target AND kind = 'action'"
+                "   AND settled_ts IS NULL AND status IN ('started', 'succeeded')))) FROM t)"
+            )
+        per_rule = "'[]'"
+        if rules:
+            marks = ",".join(f":r{i}" for i in range(len(rules)))
+            per_rule = (
+                "(SELECT json_group_array(json_array(rule, n)) FROM (SELECT d.rule AS rule, count(*) AS n"
+                " FROM executions e INDEXED BY executions_in_flight JOIN decisions d ON d.id = e.decision_id"
+                " WHERE e.settled_ts IS NULL AND e.kind = 'action' AND e.status IN ('started', 'succeeded')"
+                f" AND d.rule IN ({marks}) GROUP BY d.rule))"
+            )
         with self._lock:
-            per_target: dict[str, tuple[float | None, int, int]] = {}
-            if targets:
-                values = ",".join("(?)" for _ in targets)
-                for row in self._db.execute(
-                    f"WITH t(target) AS (VALUES {values}) SELECT t.target,"
-                    " (SELECT max(started_ts) FROM executions WHERE target = t.target AND kind = 'action'),"
-                    " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE target = t.target"
-                    "   AND kind = 'action' AND started_ts >= ? LIMIT ?)),"
-                    " (SELECT coalesce(sum(replicas), 0) FROM executions INDEXED BY executions_in_flight"
-                    "   WHERE target = t.target AND kind = 'action'"
-                    "   AND settled_ts IS NULL AND status IN ('started', 'succeeded'))"
-                    " FROM t",
-                    (*targets, hour_ago, cap),
-                ):
-                    per_target[row[0]] = (row[1], row[2], row[3])
-            per_rule: dict[str, int] = dict.fromkeys(rules, 0)
-            if rules:
-                marks = ",".join("?" * len(rules))
-                for rule, n in self._db.execute(
-                    "SELECT d.rule, count(*) FROM executions e INDEXED BY executions_in_flight "
-                    "JOIN decisions d ON d.id = e.decision_id "
-                    "WHERE e.settled_ts IS NULL AND e.kind = 'action' "
-                    f"AND e.status IN ('started', 'succeeded') AND d.rule IN ({marks}) GROUP BY d.rule",
-                    rules,
-                ):
-                    per_rule[rule] = int(n)
             row = self._db.execute(
-                "SELECT "
-                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE kind = 'action' AND started_ts >= ?1"
-                "   LIMIT ?3)),"
+                f"SELECT {per_target}, {per_rule},"
+                " (SELECT count(*) FROM (SELECT 1 FROM executions WHERE kind = 'action'"
+                "   AND started_ts >= :hour_ago LIMIT :cap)),"
                 " (SELECT count(*) FROM executions INDEXED BY executions_in_flight"
-                "   WHERE kind = 'action' AND settled_ts IS NULL"
-                "   AND status IN ('started', 'succeeded')),"
+                "   WHERE kind = 'action' AND settled_ts IS NULL AND status IN ('started', 'succeeded')),"
                 " (SELECT count(*) FROM decisions WHERE status IN ('failed', 'verification_failed',"
-                "   'rolled_back') AND updated_ts >= ?2)",
-                (hour_ago, now - failure_window_s, cap),
+                "   'rolled_back') AND updated_ts >= :since),"
+                f" ({_ACTIVE_KEYS})",
+                params,
             ).fetchone()
-        return SafeguardCounts(per_target, per_rule, row[0], row[1], row[2])
+        counts = SafeguardCounts(
+            {t: (last, int(hour), int(replicas)) for t, last, hour, replicas in json.loads(row[0])},
+            {**dict.fromkeys(rules, 0), **{r: int(n) for r, n in json.loads(row[1])}},
+            row[2],
+            row[3],
+            row[4],
+        )
+        return counts, {(t, r, a) for t, r, a in json.loads(row[5])}
 
     # ---------------------------------------------------------------- verifications
     def start_verification(self, decision_id: str, execution_id: str, *, deadline_ts: float) -> str:

@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -488,9 +488,10 @@ class Engine:
                 with self.journal.transaction():
                     self.journal.record_events(journaled, ts=time.time())
                     if decided:
-                        batch = self._batch([d for d, _ in decided])
+                        batch = self._batch([d for d, _ in decided], notes)
                         for decision, emitted in decided:
-                            self._enact(decision, emitted, batch, dispatch, notes)
+                            self._enact(decision, emitted, batch)
+                        self._journal_batch(batch, dispatch)
                     self._write_finished(finished)
                     self._write_settled(settled)
             except BaseException:  # rolled back: the bookkeeping goes in the next commit instead
@@ -518,61 +519,66 @@ class Engine:
             call = ActionCall(decision.action, decision.params)
             self._dispatch(decision, execution_id, kind="action", call=call, emitted=emitted)
 
-    def _enact(
-        self,
-        decision: Decision,
-        emitted: float | None,
-        batch: _Batch,
-        dispatch: list[tuple[Decision, str, float | None]],
-        notes: list[tuple[str, dict[str, Any]]],
-    ) -> str:
-        """Journal writes for one decision (inside the caller's transaction); no I/O to targets here."""
+    def _enact(self, decision: Decision, emitted: float | None, batch: _Batch) -> str:
+        """One decision through the safeguards; its journal rows are queued on ``batch``."""
         key = (decision.target, decision.rule, decision.action)
         if key in batch.active:
             # The same remedy is already waiting or under way: one incident, one action.
             self.metrics.decisions.labels("duplicate").inc()
             return "duplicate"
         verdict = self._verdict(decision, batch.counts, batch.now)
+        record = decision.to_record()
         if not verdict.allowed:
-            self.journal.record_decision(
-                decision.to_record(),
-                status=DecisionStatus.BLOCKED,
-                reason=f"{verdict.safeguard}: {verdict.reason}",
-            )
+            reason = f"{verdict.safeguard}: {verdict.reason}"
+            batch.records.append((record, DecisionStatus.BLOCKED, reason))
             self.metrics.decisions.labels(f"blocked_{verdict.safeguard}").inc()
-            notes.append(("blocked", {"decision_id": decision.id, "safeguard": verdict.safeguard}))
+            batch.notes.append(("blocked", {"decision_id": decision.id, "safeguard": verdict.safeguard}))
             return DecisionStatus.BLOCKED
         batch.active.add(key)
         if decision.approval.required:
+            batch.records.append((record, DecisionStatus.AWAITING_APPROVAL, None))
+            batch.approvals.append(decision)
+            self.metrics.decisions.labels("awaiting_approval").inc()
+            return DecisionStatus.AWAITING_APPROVAL
+        # A new decision's idempotency key cannot have been used: it goes straight to 'executing'.
+        batch.records.append((record, DecisionStatus.EXECUTING, None))
+        batch.starts.append((decision, record, emitted))
+        batch.counts.started(decision.target, decision.rule, decision.replicas, batch.now)
+        self.metrics.decisions.labels("executed").inc()
+        return DecisionStatus.EXECUTING
+
+    def _journal_batch(self, batch: _Batch, dispatch: list[tuple[Decision, str, float | None]]) -> None:
+        """The batch's decisions, approval requests and executions: a few multi-row statements."""
+        journal = self.journal
+        journal.record_decisions(batch.records)
+        for decision in batch.approvals:
             ttl = decision.approval.ttl_s or self.settings.approval_ttl_s
-            self.journal.record_decision(decision.to_record(), status=DecisionStatus.AWAITING_APPROVAL)
-            approval_id = self.journal.create_approval(
+            approval_id = journal.create_approval(
                 decision.id, ttl_s=ttl, allowed_approvers=decision.approval.approvers
             )
             self._pending_approvals += 1
-            self.metrics.decisions.labels("awaiting_approval").inc()
-            notes.append(("approval_requested", {"decision_id": decision.id, "approval_id": approval_id}))
-            return DecisionStatus.AWAITING_APPROVAL
-        # A new decision's idempotency key cannot have been used: it goes straight to 'executing'.
-        self.journal.record_decision(decision.to_record(), status=DecisionStatus.EXECUTING)
-        execution_id = self._record_start(decision)
-        assert execution_id is not None, f"new decision {decision.id} already had an execution"
-        batch.counts.started(decision.target, decision.rule, decision.replicas, batch.now)
-        self.metrics.decisions.labels("executed").inc()
-        dispatch.append((decision, execution_id, emitted))
-        return DecisionStatus.EXECUTING
+            batch.notes.append(
+                ("approval_requested", {"decision_id": decision.id, "approval_id": approval_id})
+            )
+        ids = journal.start_new_executions(
+            [(record, f"{d.id}:action", d.replicas) for d, record, _ in batch.starts]
+        )
+        dispatch.extend((d, eid, emitted) for (d, _, emitted), eid in zip(batch.starts, ids, strict=True))
 
-    def _batch(self, decisions: Sequence[Decision]) -> _Batch:
-        """What the safeguards of a batch of decisions need, read from the journal in a few queries."""
+    def _batch(
+        self, decisions: Sequence[Decision], notes: list[tuple[str, dict[str, Any]]] | None = None
+    ) -> _Batch:
+        """What the safeguards of a batch of decisions need, read from the journal in one query;
+        ``notes`` collects what listeners are told after the commit."""
         now = time.time()
         cap = 1 + max(
             [self.limits.max_actions_per_hour]
             + [max(d.safeguards.max_per_hour or 0, d.safeguards.max_per_hour_global or 0) for d in decisions]
         )
-        counts = self.journal.safeguard_counts(
+        counts, active = self.journal.decision_context(
             [d.target for d in decisions], [d.rule for d in decisions if d.rule], now=now, cap=cap
         )
-        return _Batch(now, counts, self.journal.active_decision_keys())
+        return _Batch(now, counts, active, notes=[] if notes is None else notes)
 
     def _verdict(self, decision: Decision, counts: SafeguardCounts, now: float) -> safeguards.Verdict:
         return safeguards.check(
@@ -983,11 +989,16 @@ class Engine:
 
 @dataclass
 class _Batch:
-    """The safeguard state a batch of decisions is checked against (kept current within the batch)."""
+    """The safeguard state a batch of decisions is checked against (kept current within the batch),
+    and the journal rows the batch will write."""
 
     now: float
     counts: SafeguardCounts
     active: set[tuple[str, str, str]]
+    notes: list[tuple[str, dict[str, Any]]]
+    records: list[tuple[dict[str, Any], str, str | None]] = field(default_factory=list)
+    approvals: list[Decision] = field(default_factory=list)
+    starts: list[tuple[Decision, dict[str, Any], float | None]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
