@@ -519,13 +519,13 @@ class Engine:
             call = ActionCall(decision.action, decision.params)
             self._dispatch(decision, execution_id, kind="action", call=call, emitted=emitted)
 
-    def _enact(self, decision: Decision, emitted: float | None, batch: _Batch) -> str:
+    def _enact(self, decision: Decision, emitted: float | None, batch: _Batch) -> None:
         """One decision through the safeguards; its journal rows are queued on ``batch``."""
         key = (decision.target, decision.rule, decision.action)
         if key in batch.active:
             # The same remedy is already waiting or under way: one incident, one action.
             self.metrics.decisions.labels("duplicate").inc()
-            return "duplicate"
+            return
         verdict = self._verdict(decision, batch.counts, batch.now)
         record = decision.to_record()
         if not verdict.allowed:
@@ -533,19 +533,18 @@ class Engine:
             batch.records.append((record, DecisionStatus.BLOCKED, reason))
             self.metrics.decisions.labels(f"blocked_{verdict.safeguard}").inc()
             batch.notes.append(("blocked", {"decision_id": decision.id, "safeguard": verdict.safeguard}))
-            return DecisionStatus.BLOCKED
+            return
         batch.active.add(key)
         if decision.approval.required:
             batch.records.append((record, DecisionStatus.AWAITING_APPROVAL, None))
             batch.approvals.append(decision)
             self.metrics.decisions.labels("awaiting_approval").inc()
-            return DecisionStatus.AWAITING_APPROVAL
+            return
         # A new decision's idempotency key cannot have been used: it goes straight to 'executing'.
         batch.records.append((record, DecisionStatus.EXECUTING, None))
         batch.starts.append((decision, record, emitted))
         batch.counts.started(decision.target, decision.rule, decision.replicas, batch.now)
         self.metrics.decisions.labels("executed").inc()
-        return DecisionStatus.EXECUTING
 
     def _journal_batch(self, batch: _Batch, dispatch: list[tuple[Decision, str, float | None]]) -> None:
         """The batch's decisions, approval requests and executions: a few multi-row statements."""
