@@ -40,6 +40,7 @@ def run(name: str, tmp_path: Path, pipeline: Any, tracking_uri: str | None = Non
     )
 
 
+@pytest.mark.alone
 def test_dependency_outage_is_healed_at_the_root_and_the_victims_are_left_alone(
     tmp_path: Path, pipeline: Any
 ) -> None:
@@ -75,6 +76,7 @@ def test_dependency_outage_is_healed_at_the_root_and_the_victims_are_left_alone(
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_a_bad_deploy_rollback_waits_for_approval_given_over_http(tmp_path: Path, pipeline: Any) -> None:
     result = run("bad_deploy", tmp_path, pipeline)
     assert result.passed, result.reasons
@@ -90,6 +92,7 @@ def test_a_bad_deploy_rollback_waits_for_approval_given_over_http(tmp_path: Path
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_an_unanswered_approval_expires_and_nothing_is_rolled_back(tmp_path: Path, pipeline: Any) -> None:
     result = run("bad_deploy_expired", tmp_path, pipeline)
     assert result.passed, result.reasons

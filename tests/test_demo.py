@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # see `make test`
 
 
 def _demo(home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
