@@ -99,6 +99,19 @@ def test_a_large_well_formed_body_takes_the_fast_path_and_a_small_one_does_not()
     assert isinstance(parse_body(body, "application/json")[0], list)  # JSON bodies: the general parser
 
 
+def test_invalid_utf8_goes_to_the_line_parser() -> None:
+    """Arrow's reader passes invalid UTF-8 through; the line parser replaces it (and never crashes)."""
+    body = b"\n".join(
+        [
+            *(line.encode() for line in _padding()),
+            b'{"ts": 1.0, "service": "a\xff", "metric": "m", "value": 1}',
+        ]
+    )
+    good, bad = parse_body(body, NDJSON)
+    assert isinstance(good, list) and not bad and good[-1][1] == "a\ufffd"
+    assert good == _by_line_parser(body)[0]
+
+
 def test_a_future_timestamp_sends_the_body_to_the_line_parser_which_names_it() -> None:
     future = _line(time.time() + 3600)
     body = "\n".join([*_padding(), future]).encode()

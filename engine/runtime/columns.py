@@ -96,7 +96,8 @@ def read_ndjson(body: bytes, now: float, max_future_s: float) -> PointColumns | 
     read = pj.ReadOptions(use_threads=False, block_size=len(body) + 1)
     try:
         table = pj.read_json(io.BytesIO(body), read_options=read, parse_options=_PARSE)
-    except pa.ArrowInvalid:  # a broken line, a mistyped field, a duplicate key, not an object
+        table.validate(full=True)  # the reader passes invalid UTF-8 through; the line parser replaces it
+    except pa.ArrowException:  # a broken line, a mistyped field, a duplicate key, not an object
         return None
     lines = body.count(b"\n") + (not body.endswith(b"\n"))
     if table.num_rows != lines:  # blank lines, or two objects on one line (the line parser refuses it)
