@@ -164,6 +164,20 @@ def test_a_batch_of_new_decisions_is_written_whole_or_not_at_all(tmp_path: Path)
         assert journal.count("decisions") == 3 and journal.count("executions") == 3
 
 
+def test_batches_beyond_sqlites_parameter_limit_are_written_whole(tmp_path: Path) -> None:
+    """2,000 decisions x 20 columns is 40,000 bound parameters, over SQLite's default 32,766 per
+    statement (some builds allow more: the test lowers this connection's limit to the default)."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+        records = [_decision(i, rule=f"r{i}").to_record() for i in range(2000)]
+        with journal.transaction():
+            ids = journal.record_decisions([(r, DecisionStatus.EXECUTING, None) for r in records])
+            exes = journal.start_new_executions([(r, f"{r['id']}:action", 1) for r in records])
+            journal.start_verifications([(d, e, 1.0, 2.0) for d, e in zip(ids, exes, strict=True)])
+        assert journal.count("decisions") == journal.count("executions") == 2000
+        assert journal.count("verifications") == 2000
+
+
 def test_anomaly_event_as_dict_has_every_field() -> None:
     from dataclasses import fields
 
@@ -250,7 +264,7 @@ def test_record_events_in_bulk_keeps_every_event_once(tmp_path: Path) -> None:
     """More events than one INSERT carries, and a repeated id ignored (as one at a time would)."""
     from engine.runtime import journal as journal_module
 
-    n = journal_module._EVENTS_PER_INSERT * 2 + 7
+    n = journal_module._ROWS_PER_STATEMENT * 2 + 7
     events = [({"id": f"e{i}", "service": f"s{i % 3}", "score": i / n}, "anomaly") for i in range(n)]
     with Journal(tmp_path / "j.sqlite") as journal:
         journal.record_events([*events, ({"id": "e0", "service": "other", "score": 9.0}, "health")], ts=5.0)

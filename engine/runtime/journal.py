@@ -314,6 +314,17 @@ class Journal:
                 [*(x for row in chunk for x in row), *extra],
             )
 
+    def _insert_many(self, insert: str, row_marks: str, rows: Sequence[Sequence[Any]]) -> int:
+        """``insert`` (``INSERT ... VALUES``) for many rows, ``_ROWS_PER_STATEMENT`` per statement
+        (multi-row VALUES, not executemany, which steps and hands the GIL over once per row; chunks
+        keep the bound parameters under SQLite's limit). Returns how many rows were inserted."""
+        inserted = 0
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start : start + _ROWS_PER_STATEMENT]
+            values = ",".join([row_marks] * len(chunk))
+            inserted += self._write(f"{insert} {values}", [v for row in chunk for v in row])
+        return inserted
+
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(sql, params).fetchall()
@@ -337,12 +348,7 @@ class Journal:
         if not events:
             return
         rows = [_event_row(event, kind, ts) for event, kind in events]
-        # Multi-row VALUES, not executemany: executemany steps (and hands the GIL over) once per
-        # row, and each hand-over under load costs the decider up to a switch interval.
-        for start in range(0, len(rows), _EVENTS_PER_INSERT):
-            chunk = rows[start : start + _EVENTS_PER_INSERT]
-            values = ",".join([_EVENT_VALUES] * len(chunk))
-            self._write(f"INSERT OR IGNORE INTO events VALUES {values}", [v for row in chunk for v in row])
+        self._insert_many("INSERT OR IGNORE INTO events VALUES", _EVENT_VALUES, rows)
 
     def events_since(
         self, since: float, kinds: Sequence[str] = ("anomaly", "health")
@@ -368,10 +374,8 @@ class Journal:
         """``(decision, status, reason)`` for many decisions; one statement. Returns their ids."""
         now = time.time()
         ids = [str(decision.get("id") or new_id("dec")) for decision, _, _ in rows]
-        params = [
-            v
-            for decision_id, (decision, status, reason) in zip(ids, rows, strict=True)
-            for v in (
+        values = [
+            (
                 decision_id,
                 now,
                 now,
@@ -393,10 +397,9 @@ class Journal:
                 decision.get("window_end"),
                 _enc(decision.get("spec") or {}),
             )
+            for decision_id, (decision, status, reason) in zip(ids, rows, strict=True)
         ]
-        if rows:
-            values = ",".join(["(" + ",".join("?" * 20) + ")"] * len(rows))
-            self._write(f"INSERT INTO decisions VALUES {values}", params)
+        self._insert_many("INSERT INTO decisions VALUES", "(" + ",".join("?" * 20) + ")", values)
         return ids
 
     def set_decision_status(self, decision_id: str, status: str, reason: str | None = None) -> None:
@@ -524,14 +527,9 @@ class Journal:
     def _insert_executions(
         self, rows: Sequence[tuple[str, Mapping[str, Any], str, str, Mapping[str, Any], str, int]]
     ) -> int:
-        if not rows:
-            return 0
         now = time.time()
-        values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?)"] * len(rows))
-        params = [
-            v
-            for execution_id, decision, kind, action, call_params, key, replicas in rows
-            for v in (
+        values = [
+            (
                 execution_id,
                 decision["id"],
                 key,
@@ -544,11 +542,13 @@ class Journal:
                 ExecutionStatus.STARTED,
                 now,
             )
+            for execution_id, decision, kind, action, call_params, key, replicas in rows
         ]
-        return self._write(
+        return self._insert_many(
             "INSERT OR IGNORE INTO executions (id, decision_id, idempotency_key, kind, action, service,"
-            f" target, params, replicas, status, started_ts) VALUES {values}",
-            params,
+            " target, params, replicas, status, started_ts) VALUES",
+            "(?,?,?,?,?,?,?,?,?,?,?)",
+            values,
         )
 
     def finish_execution(
@@ -683,12 +683,11 @@ class Journal:
 
         ``started_ts`` is when the action returned: only observations after it verify the action.
         """
-        if not rows:
-            return []
         ids = [new_id("ver") for _ in rows]
-        values = ",".join(["(?,?,?,?,?,'watching',NULL,NULL)"] * len(rows))
-        params = [x for vid, row in zip(ids, rows, strict=True) for x in (vid, *row)]
-        self._write(f"INSERT OR IGNORE INTO verifications VALUES {values}", params)
+        values = [(vid, *row) for vid, row in zip(ids, rows, strict=True)]
+        self._insert_many(
+            "INSERT OR IGNORE INTO verifications VALUES", "(?,?,?,?,?,'watching',NULL,NULL)", values
+        )
         return ids
 
     def finish_verification(self, verification_id: str, status: str, detail: Any = None) -> None:
@@ -792,8 +791,8 @@ class Journal:
 
 _EVENT_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
 _INSERT_EVENT = f"INSERT OR IGNORE INTO events VALUES {_EVENT_VALUES}"
-_EVENTS_PER_INSERT = 500  # x 13 columns stays under SQLite's 32,766 bound parameters
-_ROWS_PER_STATEMENT = 500  # rows per multi-row UPDATE (a few columns each)
+# Rows per multi-row INSERT/UPDATE: x 20 columns at most stays under SQLite's 32,766 bound parameters.
+_ROWS_PER_STATEMENT = 500
 
 
 def _event_row(event: Mapping[str, Any], kind: str, ts: float) -> tuple[Any, ...]:
