@@ -39,10 +39,17 @@ _PARSE = pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ign
 class PointColumns:
     """Points as four columns; iterates as ``(ts, service, metric, value)`` tuples like a list."""
 
-    __slots__ = ("table",)
+    __slots__ = ("_services", "table")
 
     def __init__(self, table: pa.Table) -> None:
         self.table = table
+        self._services: pa.DictionaryArray | None = None
+
+    def _service_codes(self) -> pa.DictionaryArray:
+        """The service column dictionary-encoded, once (``latest`` and ``split`` both need it)."""
+        if self._services is None:
+            self._services = pc.dictionary_encode(self.table["service"].chunk(0))
+        return self._services
 
     def __len__(self) -> int:
         return self.table.num_rows
@@ -63,7 +70,7 @@ class PointColumns:
     def latest(self) -> list[Point]:
         """The last point of each series in this batch (in the batch's order of last appearance)."""
         t = self.table
-        services = pc.dictionary_encode(t["service"].chunk(0))
+        services = self._service_codes()
         metrics = pc.dictionary_encode(t["metric"].chunk(0))
         key = services.indices.to_numpy().astype(np.int64) * len(metrics.dictionary)
         key += metrics.indices.to_numpy()
@@ -73,7 +80,7 @@ class PointColumns:
     def split(self, shard_of: dict[str, int], shards: int) -> list[PointColumns | None]:
         """Partition by service as ``crc32(service) % shards`` (the list path's rule), order kept;
         ``shard_of`` caches the rule per service name and is updated here."""
-        services = pc.dictionary_encode(self.table["service"].chunk(0))
+        services = self._service_codes()
         names = services.dictionary.to_pylist()
         for name in names:
             if name not in shard_of:

@@ -340,13 +340,11 @@ class Journal:
     ) -> str:
         """Journal an anomaly (or health-change) event; returns its id (the event's own, if it has one)."""
         row = _event_row(event, kind, time.time() if ts is None else ts)
-        self._write(_INSERT_EVENT, row)
+        self._insert_many("INSERT OR IGNORE INTO events VALUES", _EVENT_VALUES, [row])
         return str(row[0])
 
     def record_events(self, events: Sequence[tuple[Mapping[str, Any], str]], *, ts: float) -> None:
         """Journal many ``(event, kind)`` at once: one statement, so the caller's transaction stays short."""
-        if not events:
-            return
         rows = [_event_row(event, kind, ts) for event, kind in events]
         self._insert_many("INSERT OR IGNORE INTO events VALUES", _EVENT_VALUES, rows)
 
@@ -790,7 +788,6 @@ class Journal:
 
 
 _EVENT_VALUES = "(?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_INSERT_EVENT = f"INSERT OR IGNORE INTO events VALUES {_EVENT_VALUES}"
 # Rows per multi-row INSERT/UPDATE: x 20 columns at most stays under SQLite's 32,766 bound parameters.
 _ROWS_PER_STATEMENT = 500
 

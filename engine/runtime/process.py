@@ -590,9 +590,10 @@ class Engine:
             maintenance=self.maintenance,
         )
 
-    def _record_start(self, decision: Decision) -> str | None:
-        """The execution row, committed before the call; None when this decision already ran."""
-        return self.journal.start_execution(
+    def _start(self, decision: Decision) -> str | None:
+        """Start a journaled decision (approved or recovered): its execution row, committed before
+        the call; None when it already ran (its idempotency key was used)."""
+        execution_id = self.journal.start_execution(
             decision.to_record(),
             kind="action",
             action=decision.action,
@@ -600,10 +601,6 @@ class Engine:
             idempotency_key=f"{decision.id}:action",
             replicas=decision.replicas,
         )
-
-    def _start(self, decision: Decision) -> str | None:
-        """Start a journaled decision (approved or recovered); None when it already ran."""
-        execution_id = self._record_start(decision)
         if execution_id is None:
             log.warning("decision %s was already executed; not executing it again", decision.id)
             return None
