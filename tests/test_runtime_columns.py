@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_runtime_support import T0, fit_pipeline, ndjson, service_points, wait_for, write_rules
 
@@ -76,6 +76,14 @@ _broken = st.sampled_from(
 
 @settings(max_examples=150, deadline=None)
 @given(lines=st.lists(_valid | _broken, max_size=12), trailing_newline=st.booleans())
+@example(  # found by this test: a blank line and a line of two objects cancel in a line count
+    lines=[
+        "",
+        '{"ts": 1.0, "service": "s", "metric": "m", "value": 1} {"ts": 2.0, "service": "s", "metric": "m",'
+        ' "value": 2}',
+    ],
+    trailing_newline=False,
+)
 def test_the_fast_path_accepts_exactly_what_the_line_parser_accepts(
     lines: list[str], trailing_newline: bool
 ) -> None:

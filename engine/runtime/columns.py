@@ -18,6 +18,7 @@ accept the same points (property test in ``tests/test_runtime_columns.py``).
 from __future__ import annotations
 
 import io
+import re
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -34,6 +35,10 @@ _SCHEMA = pa.schema(
     [("ts", pa.float64()), ("service", pa.string()), ("metric", pa.string()), ("value", pa.float64())]
 )
 _PARSE = pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ignore")
+# An empty or whitespace-only line between two newlines (tabs are refused earlier). A literal first
+# byte lets the search jump from newline to newline: ~0.6 ms for 5,000 lines, where ``(?:^|\n)``
+# tried every position (~7 ms, holding the GIL).
+_BLANK_LINE = re.compile(rb"\n[ \r]*\n")
 
 
 class PointColumns:
@@ -106,8 +111,11 @@ def read_ndjson(body: bytes, now: float, max_future_s: float) -> PointColumns | 
         table.validate(full=True)  # the reader passes invalid UTF-8 through; the line parser replaces it
     except pa.ArrowException:  # a broken line, a mistyped field, a duplicate key, not an object
         return None
-    lines = body.count(b"\n") + (not body.endswith(b"\n"))
-    if table.num_rows != lines:  # blank lines, or two objects on one line (the line parser refuses it)
+    # With no blank line, one row per line means no line held two objects (the line parser refuses
+    # such a line); both conditions are needed, a blank line and a double line cancel in a count.
+    if _BLANK_LINE.search(b"\n" + (body[:-1] if body.endswith(b"\n") else body) + b"\n"):
+        return None
+    if table.num_rows != body.count(b"\n") + (not body.endswith(b"\n")):
         return None
     table = table.combine_chunks()
     if any(column.null_count for column in table.columns):  # a missing field (or null)
