@@ -48,14 +48,34 @@ class ConfigError(EngineError):
     """A setting, spec or policy file is wrong."""
 
 
+MAX_PROBLEM_TEXT = 400
+"""Characters a problem's message (or hint, or path) may hold: a problem that quotes a user's value
+must never print a whole document (an expanded YAML alias bomb once printed 722 MB)."""
+MAX_LISTED = 50
+"""Problems a ``SpecError`` message lists (every one stays in ``.problems``)."""
+
+
+def _cap(text: str, limit: int = MAX_PROBLEM_TEXT) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 30]}... ({len(text):,} characters)"
+
+
 @dataclass(frozen=True)
 class Problem:
-    """One validation problem: where (file and path inside it), what, and how to fix it."""
+    """One validation problem: where (file and path inside it), what, and how to fix it.
+
+    Message, hint and path are capped at ``MAX_PROBLEM_TEXT`` characters whatever built them.
+    """
 
     file: str
     path: str
     message: str
     hint: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", _cap(self.path))
+        object.__setattr__(self, "message", _cap(self.message))
+        if self.hint is not None:
+            object.__setattr__(self, "hint", _cap(self.hint))
 
     def __str__(self) -> str:
         where = f"{self.file}: {self.path}" if self.path else self.file
@@ -68,7 +88,9 @@ class SpecError(ConfigError):
 
     def __init__(self, problems: Sequence[Problem], *, hint: str | None = None) -> None:
         self.problems = list(problems)
-        lines = "\n".join(str(p) for p in self.problems)
+        lines = "\n".join(str(p) for p in self.problems[:MAX_LISTED])
+        if len(self.problems) > MAX_LISTED:
+            lines += f"\n... and {len(self.problems) - MAX_LISTED} more"
         super().__init__(f"{len(self.problems)} problem(s):\n{lines}", hint=hint)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -453,11 +454,11 @@ def test_a_malformed_manifest_is_a_bundle_error_naming_the_field(
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
     manifest[section][key] = value
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=f"malformed manifest: field {field}"):
+    with pytest.raises(BundleError, match=f"malformed manifest: {re.escape(field)}: "):
         verify_bundle(copy)
     for command in ("verify", "inspect"):
         code, _, err = _cli(capsys, "bundle", command, str(copy))
-        assert code == 2 and f"field {field}" in err and "Traceback" not in err, err
+        assert code == 2 and f"{field}: " in err and "Traceback" not in err, err
 
 
 def test_load_parses_policies_and_targets_from_the_verified_bytes(built: Any) -> None:

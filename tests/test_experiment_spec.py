@@ -55,7 +55,7 @@ def test_every_problem_is_reported_at_once_with_file_path_and_hint(tmp_path: Pat
     problems = {p.path: p for p in info.value.problems}
     text = str(info.value)
     assert all(p.file == str(path) for p in info.value.problems)
-    assert "dataa" in problems and "did you mean 'data'" in (problems["dataa"].hint or "")
+    assert problems[""].message == "unknown key 'dataa'" and problems[""].hint == "did you mean 'data'?"
     assert "threshold.q" in problems
     assert "choose one of f1" in problems["evaluation.metric"].message
     assert "detectors[0].grid" in problems

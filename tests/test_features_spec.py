@@ -81,16 +81,14 @@ def test_durations(text: str | int, seconds: float) -> None:
 
 def test_unknown_top_level_key_names_the_path_and_suggests() -> None:
     problems = _problems({**GOOD, "intervall": "10s"})
-    assert problems == ["spec.yaml: intervall: unknown key 'intervall' (did you mean 'interval'?)"]
+    assert problems == ["spec.yaml: unknown key 'intervall' (did you mean 'interval'?)"]
 
 
 def test_unknown_transform_parameter_suggests_the_transforms_own_key() -> None:
     data = {"interval": "10s", "metrics": {"lat": {"transforms": ["raw", {"kind": "zscore", "windw": 30}]}}}
     problems = _problems(data)
-    assert (
-        "spec.yaml: metrics.lat.transforms[1].windw: unknown key 'windw' (did you mean 'window'?)" in problems
-    )
-    assert any(p.startswith("spec.yaml: metrics.lat.transforms[1].window: Field required") for p in problems)
+    assert "spec.yaml: metrics.lat.transforms[1]: unknown key 'windw' (did you mean 'window'?)" in problems
+    assert not any("missing" in p for p in problems)  # the misspelled key stands for 'window'
 
 
 def test_unknown_kind_and_aggregation_suggest_close_names() -> None:
@@ -103,10 +101,7 @@ def test_unknown_kind_and_aggregation_suggest_close_names() -> None:
     assert any(p.startswith("spec.yaml: aggregation:") and "(did you mean 'mean'?)" in p for p in problems), (
         problems
     )
-    assert (
-        "spec.yaml: metrics.lat.transforms[0]: unknown transform kind 'zscor' (did you mean 'zscore'?)"
-        in problems
-    )
+    assert "spec.yaml: metrics.lat.transforms[0]: unknown kind 'zscor' (did you mean 'zscore'?)" in problems
 
 
 def test_bad_duration_and_out_of_range_values() -> None:
@@ -146,7 +141,9 @@ def test_empty_metrics_and_transforms_fail() -> None:
 
 def test_missing_kind_is_explained() -> None:
     (problem,) = _problems({"interval": "10s", "metrics": {"lat": {"transforms": [{"window": 3}]}}})
-    assert problem.startswith("spec.yaml: metrics.lat.transforms[0]: a transform needs a `kind`")
+    assert problem.startswith(
+        "spec.yaml: metrics.lat.transforms[0]: missing required key 'kind' (one of: diff, mean,"
+    )
 
 
 def test_prefix_places_an_embedded_spec_in_its_document() -> None:
@@ -173,13 +170,11 @@ def test_from_yaml_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         FeatureSpec.from_yaml(bad)
     text = str(info.value)
-    assert (
-        f"{bad}: metrics.cpu_util.transfroms: unknown key 'transfroms' (did you mean 'transforms'?)" in text
-    )
+    assert f"{bad}: metrics.cpu_util: unknown key 'transfroms' (did you mean 'transforms'?)" in text
 
     broken = tmp_path / "broken.yaml"
     broken.write_text("interval: 1m\nmetrics: [\n", encoding="utf-8")
-    with pytest.raises(SpecError, match=r"broken\.yaml: line \d+: not valid YAML"):
+    with pytest.raises(SpecError, match=r"broken\.yaml: line \d+, column \d+: not valid YAML"):
         FeatureSpec.from_yaml(broken)
 
     with pytest.raises(SpecError, match="no such file"):
@@ -187,14 +182,14 @@ def test_from_yaml_names_the_file(tmp_path: Path) -> None:
 
     listing = tmp_path / "list.yaml"
     listing.write_text("- interval\n", encoding="utf-8")
-    with pytest.raises(SpecError, match="must be a mapping"):
+    with pytest.raises(SpecError, match="expected a mapping of keys, got list"):
         FeatureSpec.from_yaml(listing)
 
 
 def test_a_metric_written_as_a_bare_list_shows_the_right_shape() -> None:
     (problem,) = _problems({"interval": "10s", "metrics": {"lat": ["raw"]}})
     assert problem.startswith("spec.yaml: metrics.lat: ")
-    assert "(write `lat: {transforms: [raw, {kind: zscore, window: 30}]}`)" in problem
+    assert "(write a mapping of aggregation, transforms)" in problem
 
 
 def test_public_face_is_the_contract() -> None:

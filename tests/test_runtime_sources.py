@@ -41,8 +41,8 @@ def test_unknown_keys_fail_with_a_hint(tmp_path: Path) -> None:
         load_settings(cfg, environ={})
     text = str(info.value)
     assert "3 problem(s)" in text
-    assert f"{cfg}: tick: unknown setting (did you mean 'tick_s'?)" in text
-    assert "limits.max_concurent: unknown setting (did you mean 'max_concurrent'?)" in text
+    assert f"{cfg}: unknown key 'tick' (did you mean 'tick_s'?)" in text
+    assert "limits: unknown key 'max_concurent' (did you mean 'max_concurrent'?)" in text
     assert f"{cfg}: port:" in text
 
 

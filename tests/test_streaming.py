@@ -178,7 +178,7 @@ def test_spec_errors_name_file_and_path(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_detector_spec(bad)
     text = str(info.value)
-    assert "refit.every" in text and "refit.windw" in text and str(bad) in text
+    assert "refit.every" in text and "refit: unknown key 'windw'" in text and str(bad) in text
     with pytest.raises(ConfigError, match="neither a file nor a spec"):
         load_detector_spec("no-such-spec")
     with pytest.raises(SpecError, match="transforms"):

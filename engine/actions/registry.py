@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from engine.errors import ActionError
 from engine.plugins import load_entry_points
-from engine.policy._util import did_you_mean, one_of
 from engine.policy.templates import is_template
+from engine.specs import did_you_mean, one_of
 
 log = logging.getLogger(__name__)
 

@@ -166,7 +166,7 @@ def load_targets_text(text: str | bytes | None, *, source: Path | str = TARGETS_
     from pydantic import ValidationError
 
     from engine.errors import Problem, SpecError
-    from engine.policy.problems import expect_mapping, from_validation, read_yaml
+    from engine.specs import expect_mapping, problems_from, read_yaml
 
     file = Path(source)
     data, problems = read_yaml(file, text)
@@ -177,14 +177,14 @@ def load_targets_text(text: str | bytes | None, *, source: Path | str = TARGETS_
         config = TargetsConfig.model_validate(data)
     except ValidationError as exc:
         raise SpecError(
-            from_validation(exc, file=str(file), model=TargetsConfig), hint="fix the targets file"
+            problems_from(exc, file=str(file), model=TargetsConfig), hint="fix the targets file"
         ) from exc
     bad: list[Problem] = []
     for service in config.services:
         try:
             config.target(service)
         except ValidationError as exc:
-            bad.extend(from_validation(exc, file=str(file), model=Target, prefix=f"services.{service}"))
+            bad.extend(problems_from(exc, file=str(file), model=Target, prefix=f"services.{service}"))
     if bad:
         raise SpecError(bad, hint="each service's backend block must be complete after merging defaults")
     return config

@@ -21,7 +21,6 @@ Compatibility rules (``check_environment``), decided here and documented in the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import sys
@@ -33,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine import __version__
+from engine.specs import problems_from, read_yaml
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "selfheal-bundle"
@@ -182,15 +182,6 @@ class Manifest(_Section):
     files: dict[str, FileEntry]
 
 
-def _field_problems(exc: ValidationError) -> list[str]:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        got = "" if err["type"] == "missing" else f" (got {str(err.get('input'))[:60]!r})"
-        lines.append(f"field {loc}: {err['msg']}{got}")
-    return lines
-
-
 def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
     """The parsed manifest and its raw bytes (the digest is the sha256 of those bytes).
 
@@ -206,10 +197,9 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
     if path.is_symlink() or not path.is_file():
         raise BundleError(f"{path}: no manifest", hint="give the folder `selfheal bundle build` wrote")
     raw = path.read_bytes()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})", hint="rebuild the bundle") from exc
+    data, problems = read_yaml(path, raw)  # a .json file: JSON under the spec loader's rules
+    if problems:
+        raise BundleError("; ".join(map(str, problems)), hint="rebuild the bundle")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{path}: not a selfheal bundle manifest", hint="rebuild the bundle")
     version = data.get("format_version")
@@ -225,8 +215,9 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
     try:
         Manifest.model_validate(data)
     except ValidationError as exc:
+        problems = problems_from(exc, file=str(path), model=Manifest)
         raise BundleError(
-            f"{path}: malformed manifest: " + "; ".join(_field_problems(exc)),
+            f"{path}: malformed manifest: " + "; ".join(f"{p.path}: {p.message}" for p in problems),
             hint="the manifest was damaged or edited by hand; rebuild it with `selfheal bundle build`",
         ) from exc
     return data, raw

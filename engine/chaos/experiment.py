@@ -7,21 +7,20 @@ API), safeguards that abort the run when harm spreads, and rollbacks that undo i
 Durations are platform time ("10m", "2h"), so one file runs at any clock speed.
 
 Every problem in a file is reported at once, with the file, the path inside it and a hint
-(``experiments/chaos/x.yaml: method[1].fault.servce: unknown key (did you mean 'service'?)``).
+(``experiments/chaos/x.yaml: method[1].fault: unknown key 'servce' (did you mean 'service'?)``).
 """
 
 from __future__ import annotations
 
-import difflib
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import Problem, SpecError
 from engine.features.spec import parse_duration
+from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
 from engine.telemetry.platform_model import PLATFORM_METRICS
 from engine.telemetry.synth_config import INCIDENT_KINDS, KIND_ROLES
 
@@ -237,8 +236,7 @@ def _semantic(exp: Experiment, source: str) -> list[Problem]:
         )
     for i, e in enumerate(exp.expect):
         if e.fault not in names:
-            close = difflib.get_close_matches(e.fault, list(names), n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"faults: {', '.join(names) or 'none'}"
+            hint = did_you_mean(e.fault, names) or f"faults: {', '.join(names) or 'none'}"
             problems.append(
                 Problem(source, f"expect[{i}].fault", f"no fault named {e.fault!r} in the method", hint)
             )
@@ -265,104 +263,21 @@ def load_experiment(path: Path | str) -> Experiment:
     """Parse and validate one experiment file; every problem at once (``SpecError``)."""
     file = Path(path)
     source = str(file)
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except FileNotFoundError:
-        raise SpecError([Problem(source, "", "file not found", "ls experiments/chaos/")]) from None
-    except yaml.YAMLError as exc:
-        raise SpecError([Problem(source, "", f"not valid YAML: {exc}", "check the indentation")]) from exc
+    if not file.is_file():
+        raise SpecError([Problem(source, "", "file not found", "ls experiments/chaos/")])
+    raw = load_yaml(file, hint="see experiments/chaos/README.md")
     if not isinstance(raw, dict):
-        raise SpecError([Problem(source, "", "an experiment must be a mapping", "start with `title:`")])
+        raise SpecError(expect_mapping(raw, source, hint="start with `title:`"))
     try:
         exp = Experiment.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(_problems(exc, source), hint="see experiments/chaos/README.md") from exc
+        raise SpecError(
+            problems_from(exc, file=source, model=Experiment), hint="see experiments/chaos/README.md"
+        ) from exc
     problems = _semantic(exp, source)
     if problems:
         raise SpecError(problems, hint="see experiments/chaos/README.md")
     return exp
-
-
-def _problems(exc: ValidationError, source: str) -> list[Problem]:
-    out: list[Problem] = []
-    seen: set[tuple[str, str]] = set()
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if p not in ("FaultStep", "PauseStep")]
-        if len(loc) != len(err["loc"]) and _union_noise(err, exc):
-            continue
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-        message, hint = err["msg"], None
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-            hint = _did_you_mean(str(loc[-1]), _fields_at(loc[:-1]))
-        elif err["type"] == "literal_error":
-            hint = "expected " + str(err.get("ctx", {}).get("expected", ""))
-            close = difflib.get_close_matches(str(err.get("input")), _literal_choices(err), n=1)
-            if close:
-                hint = f"did you mean {close[0]!r}?"
-        elif err["type"] == "value_error":
-            message = message.removeprefix("Value error, ")
-        key = (path, message)
-        if key not in seen:
-            seen.add(key)
-            out.append(Problem(source, path, message, hint))
-    return out
-
-
-def _union_noise(err: Any, exc: ValidationError) -> bool:
-    """A step that is neither a fault nor a pause fails both union arms; keep only the closer arm."""
-    loc = err["loc"]
-    arm = next(p for p in loc if p in ("FaultStep", "PauseStep"))
-    prefix = loc[: loc.index(arm)]
-    arms = {
-        e["loc"][len(prefix)]
-        for e in exc.errors()
-        if tuple(e["loc"][: len(prefix)]) == tuple(prefix) and len(e["loc"]) > len(prefix)
-    }
-    if len(arms) < 2:
-        return False
-    # the arm whose own key is missing is the wrong one ("fault" missing means it is a pause, and so on)
-    own = {"FaultStep": "fault", "PauseStep": "pause"}[arm]
-    rest = loc[loc.index(arm) + 1 :]
-    return (err["type"] == "missing" and rest == (own,)) or (
-        err["type"] == "extra_forbidden" and rest and rest[0] != own and len(rest) == 1
-    )
-
-
-def _literal_choices(err: Any) -> list[str]:
-    expected = str(err.get("ctx", {}).get("expected", ""))
-    return [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
-
-
-def _fields_at(loc: list[Any]) -> list[str]:
-    model: Any = Experiment
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            if part in ("fault",):
-                model = FaultSpec
-                continue
-            return []
-        ann = field.annotation
-        inner = [ann, *getattr(ann, "__args__", ())]
-        for t in list(inner):
-            inner.extend(getattr(t, "__args__", ()))
-        nxt = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
-        if nxt is None:
-            if part == "method":
-                return ["fault", "pause"]
-            return []
-        model = nxt
-    return list(getattr(model, "model_fields", {}))
-
-
-def _did_you_mean(name: str, choices: list[str]) -> str | None:
-    close = difflib.get_close_matches(name, choices, n=1)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return f"known keys: {', '.join(choices)}" if choices else None
 
 
 __all__ = [

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.durations import DURATION_HELP, parse_duration
+from engine.durations import parse_duration
 from engine.errors import Problem, SpecError
 from engine.evaluation.families import Family
+from engine.specs import load_yaml, problems_from
 from engine.tracking.spec import detector_param_problems
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "families" / "compare.yaml"
@@ -59,32 +59,16 @@ class ComparisonSpec(BaseModel):
         return interval
 
 
-_HINTS = {"interval": f"write {DURATION_HELP}"}
-
-
 def load_comparison_spec(path: str | Path | None = None) -> ComparisonSpec:
     """Parse and validate a comparison spec; unknown detectors fail here, not after a minute of data."""
     source = Path(path) if path else DEFAULT_SPEC
-    try:
-        raw = yaml.safe_load(source.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(
-            [Problem(str(source), "", f"cannot read: {exc}", "check the path and the YAML syntax")]
-        ) from exc
+    raw = load_yaml(source, hint="check the path and the YAML syntax")
     problems: list[Problem] = []
     spec: ComparisonSpec | None = None
     try:
         spec = ComparisonSpec.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(
-            Problem(
-                str(source),
-                ".".join(str(p) for p in err["loc"]),
-                err["msg"].removeprefix("Value error, "),
-                _HINTS.get(str(err["loc"][0]) if err["loc"] else "", "see experiments/families/compare.yaml"),
-            )
-            for err in exc.errors(include_url=False)
-        )
+        problems.extend(problems_from(exc, file=str(source), model=ComparisonSpec))
     families = raw.get("families") if isinstance(raw, dict) else None
     problems.extend(_family_problems(families if isinstance(families, list) else [], str(source)))
     if spec is not None and spec.train_days >= spec.days:

@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import ConfigError, Problem, SpecError
+from engine.errors import ConfigError, SpecError
 from engine.evaluation.nab import NabCorpus, NabReport, NabSeries, score_results, write_results
+from engine.specs import expect_mapping, load_yaml, problems_from
 
 logger = logging.getLogger(__name__)
 
@@ -136,16 +136,11 @@ DEFAULT_SPEC = DetectorSpec(
 def parse_detector_spec(data: Any, *, source: str = "<detector spec>") -> DetectorSpec:
     """Validate a spec document; every problem is reported with its path."""
     if not isinstance(data, dict):
-        raise SpecError([Problem(source, "", "a detector spec must be a mapping", "start with `name:`")])
+        raise SpecError(expect_mapping(data, source, hint="start with `name:`"))
     try:
         spec = DetectorSpec.model_validate(data)
     except ValidationError as exc:
-        problems = [
-            Problem(
-                source, ".".join(str(p) for p in err["loc"]), str(err["msg"]).removeprefix("Value error, ")
-            )
-            for err in exc.errors(include_url=False)
-        ]
+        problems = problems_from(exc, file=source, model=DetectorSpec)
         raise SpecError(problems, hint=f"fix {source}; see experiments/nab/default.yaml") from exc
     _feature_spec(spec, interval=1.0, lag=None, source=source)  # transforms are valid feature transforms
     from engine.detectors import make_detector
@@ -169,11 +164,7 @@ def load_detector_spec(ref: str | os.PathLike[str] | None) -> DetectorSpec:
                 hint=f"pass a YAML/JSON file or one of {known}",
             )
         path = found[0]
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise SpecError([Problem(str(path), "", f"cannot read: {exc}", "fix the file syntax")]) from exc
+    data = load_yaml(path, hint="fix the file syntax")  # JSON is YAML: one loader, one set of rules
     return parse_detector_spec(data, source=str(path))
 
 

@@ -26,12 +26,10 @@ is the column order of every feature matrix.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -44,6 +42,7 @@ from pydantic import (
 
 from engine.durations import parse_duration as _parse_duration
 from engine.errors import Problem, SpecError
+from engine.specs import expect_mapping, load_yaml, problems_from
 
 Aggregation = Literal["mean", "sum", "min", "max", "last", "count"]
 AGGREGATIONS: tuple[str, ...] = ("mean", "sum", "min", "max", "last", "count")
@@ -309,7 +308,9 @@ class FeatureSpec(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise SpecError(problems_of(exc, source, prefix), hint=f"fix {source} and try again") from exc
+            raise SpecError(
+                problems_from(exc, file=source, model=cls, prefix=prefix), hint=f"fix {source} and try again"
+            ) from exc
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> FeatureSpec:
@@ -318,95 +319,7 @@ class FeatureSpec(_Strict):
         file = str(path)
         if not path.is_file():
             raise SpecError([Problem(file, "", "no such file", "check the path to the feature spec")])
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"line {mark.line + 1}" if mark is not None else ""
-            raise SpecError([Problem(file, where, f"not valid YAML: {exc}", "fix the YAML syntax")]) from exc
+        data = load_yaml(path, hint="fix the YAML syntax")
         if not isinstance(data, Mapping):
-            raise SpecError(
-                [Problem(file, "", "a feature spec must be a mapping", "start with `interval: 10s`")]
-            )
+            raise SpecError(expect_mapping(data, file, hint="start with `interval: 10s`"))
         return cls.parse(data, source=file)
-
-
-# ---------------------------------------------------------------------------------- error reporting
-
-
-def problems_of(exc: ValidationError, source: str, prefix: str = "") -> list[Problem]:
-    """Turn pydantic's errors into our ``Problem``s: readable path, plain message, a fix as hint."""
-    out: list[Problem] = []
-    for err in exc.errors(include_url=False):
-        raw_loc = tuple(err["loc"])
-        loc = _strip_tags(raw_loc)
-        kind = err["type"]
-        ctx = err.get("ctx") or {}
-        message = str(err["msg"]).removeprefix("Value error, ")
-        hint: str | None = None
-        if kind == "extra_forbidden":
-            key = str(loc[-1])
-            allowed = _allowed_keys(raw_loc[:-1])
-            message = f"unknown key {key!r}"
-            hint = _did_you_mean(key, allowed)
-        elif kind == "union_tag_invalid":
-            tag = str(ctx.get("tag", ""))
-            message = f"unknown transform kind {tag!r}"
-            hint = _did_you_mean(tag, list(TRANSFORMS))
-        elif kind == "union_tag_not_found":
-            message = "a transform needs a `kind`"
-            hint = f"one of: {', '.join(TRANSFORMS)}"
-        elif kind == "literal_error" and loc and loc[-1] == "aggregation":
-            hint = _did_you_mean(str(err.get("input")), list(AGGREGATIONS))
-        elif kind in ("model_type", "dict_type") and len(loc) == 2 and loc[0] == "metrics":
-            hint = f"write `{loc[1]}: {{transforms: [raw, {{kind: zscore, window: 30}}]}}`"
-        elif kind == "missing":
-            hint = f"add `{loc[-1]}`" if loc else None
-        out.append(Problem(source, _path(loc, prefix), message, hint))
-    return out
-
-
-def _strip_tags(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    """Drop the discriminator tag pydantic inserts after a transform's index (``[0].zscore.window``)."""
-    out: list[Any] = []
-    for i, part in enumerate(loc):
-        if (
-            isinstance(part, str)
-            and part in TRANSFORMS
-            and i >= 2
-            and isinstance(loc[i - 1], int)
-            and loc[i - 2] == "transforms"
-        ):
-            continue
-        out.append(part)
-    return tuple(out)
-
-
-def _allowed_keys(raw_loc: tuple[Any, ...]) -> list[str]:
-    """Keys accepted by the mapping at ``raw_loc`` (pydantic's loc, tags included)."""
-    model: type[BaseModel] = FeatureSpec
-    if len(raw_loc) >= 2 and raw_loc[0] == "metrics":
-        model = MetricSpec
-        if len(raw_loc) >= 5 and raw_loc[2] == "transforms" and raw_loc[4] in TRANSFORMS:
-            model = TRANSFORMS[str(raw_loc[4])]
-    return sorted(model.model_fields)
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean {close[0]!r}?"
-    return f"expected one of: {', '.join(choices)}"
-
-
-def _path(loc: tuple[Any, ...], prefix: str) -> str:
-    parts: list[str] = [prefix] if prefix else []
-    for part in loc:
-        if isinstance(part, int):
-            if parts:
-                parts[-1] += f"[{part}]"
-            else:
-                parts.append(f"[{part}]")
-        else:
-            parts.append(str(part))
-    return ".".join(parts)

@@ -46,7 +46,7 @@ def validate(
     """
     from engine.actions.targets import load_targets, targets_for_policy
     from engine.policy import compile_policies, load_policies
-    from engine.policy._util import did_you_mean
+    from engine.specs import did_you_mean
 
     problems = []
     try:

@@ -23,7 +23,6 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from engine.errors import Problem, SpecError
-from engine.policy._util import did_you_mean
 from engine.policy.model import (
     RULE_SECTIONS,
     SEVERITY_LEVEL,
@@ -35,9 +34,9 @@ from engine.policy.model import (
     Rule,
     RuleHeader,
 )
-from engine.policy.problems import expect_mapping, from_validation, read_yaml
 from engine.policy.templates import check_reference, is_template, references
 from engine.policy.topology import TOPOLOGY_FILE, ServiceSpec, Topology, default_topology_path
+from engine.specs import did_you_mean, expect_mapping, problems_from, read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +111,14 @@ def _load_topology(path: Path, content: bytes | None = None) -> tuple[Topology |
             try:
                 good[name] = ServiceSpec.model_validate(spec if spec is not None else {})
             except ValidationError as exc:
-                problems.extend(from_validation(exc, file=file, model=ServiceSpec, prefix=f"services.{name}"))
+                problems.extend(problems_from(exc, file=file, model=ServiceSpec, prefix=f"services.{name}"))
         data = {**data, "services": {**services, **{k: v.model_dump() for k, v in good.items()}}}
         for name in set(services) - set(good):
             data["services"].pop(name)
     try:
         topology = Topology.model_validate(data)
     except ValidationError as exc:
-        return None, problems + from_validation(exc, file=file, model=Topology)
+        return None, problems + problems_from(exc, file=file, model=Topology)
     for name, spec in topology.services.items():
         for i, dep in enumerate(spec.depends_on):
             if dep not in topology.services:
@@ -183,9 +182,9 @@ def load_policies(
         )
     else:
         topo_path = Path(topology) if topology else default_topology_path(root)
-        topo, problems = _load_topology(topo_path)
+        topo_bytes = topo_path.read_bytes() if topo_path.is_file() else None  # hashed and parsed once
+        topo, problems = _load_topology(topo_path, topo_bytes)
         files = policy_files(root)
-        topo_bytes = topo_path.read_bytes() if topo_path.is_file() else None
     if not files:
         problems.append(Problem(str(root), "", "no policy files (*.yaml) found"))
     policies: list[Policy] = []
@@ -275,7 +274,7 @@ def _load_policy_file(
     try:
         header = PolicyHeader.model_validate(header_data)
     except ValidationError as exc:
-        problems.extend(from_validation(exc, file=file, model=Policy))
+        problems.extend(problems_from(exc, file=file, model=Policy))
     raw_rules = data.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:
         misspelled = "rules" not in data and any(did_you_mean(str(k), ["rules"]) for k in data)
@@ -326,7 +325,7 @@ def _load_rule(
     try:
         RuleHeader.model_validate(header)
     except ValidationError as exc:
-        problems.extend(from_validation(exc, file=file, model=RuleHeader, prefix=where))
+        problems.extend(problems_from(exc, file=file, model=RuleHeader, prefix=where))
     sections: dict[str, BaseModel] = {}
     for name, model in RULE_SECTIONS.items():
         value = _merge(defaults.get(name, {}), raw.get(name))
@@ -344,7 +343,7 @@ def _load_rule(
         try:
             sections[name] = model.model_validate(value)
         except ValidationError as exc:
-            problems.extend(from_validation(exc, file=file, model=model, prefix=f"{where}.{name}"))
+            problems.extend(problems_from(exc, file=file, model=model, prefix=f"{where}.{name}"))
     if topo is not None:
         problems.extend(_semantic(sections, file, where, topo))
     if problems:

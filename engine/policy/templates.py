@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from engine.errors import PolicyError
-from engine.policy._util import did_you_mean
+from engine.specs import did_you_mean
 
 _REF = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_.-]*)\s*\}")
 

@@ -41,7 +41,7 @@ class Evaluation:
 def _parse(doc: Any, file: str) -> tuple[AnomalyEvent, list[AnomalyEvent], list[HealthFact], dict | None]:
     from pydantic import ValidationError
 
-    from engine.policy.problems import from_validation
+    from engine.specs import problems_from
 
     if not isinstance(doc, dict):
         raise SpecError([Problem(file, "", "expected a JSON object (an event or a golden case)")])
@@ -53,7 +53,7 @@ def _parse(doc: Any, file: str) -> tuple[AnomalyEvent, list[AnomalyEvent], list[
         health = [HealthFact.model_validate(h) for h in doc.get("health", [])] if golden else []
     except ValidationError as exc:
         raise SpecError(
-            from_validation(exc, file=file, model=AnomalyEvent, prefix="event" if golden else "")
+            problems_from(exc, file=file, model=AnomalyEvent, prefix="event" if golden else "")
         ) from exc
     return event, history, health, doc.get("expect") if golden else None
 

@@ -11,17 +11,16 @@ with these settings and ``components:`` naming a bundle or a ``file.py:function`
 
 from __future__ import annotations
 
-import difflib
 import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from engine.errors import ConfigError, Problem, SpecError
+from engine.errors import ConfigError, SpecError
 from engine.runtime.safeguards import GlobalLimits, MaintenanceWindow
+from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
 
 ENV_PREFIX = "SELFHEAL_ENGINE_"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -137,15 +136,12 @@ def load_settings(
     source = str(path) if path else "<defaults>"
     raw: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(
-                f"{path}: cannot read the engine config ({exc})", hint="check the YAML"
-            ) from exc
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the engine config must be a mapping of settings")
-        raw.update(loaded)
+        hint = "fix the engine config; `selfheal run --help` lists every setting"
+        loaded = load_yaml(path, hint=hint)
+        problems = expect_mapping(loaded, source) if loaded is not None else []
+        if problems:
+            raise SpecError(problems, hint=hint)
+        raw.update(loaded or {})
     env = os.environ if environ is None else environ
     fields = EngineSettings.model_fields
     for key, value in env.items():
@@ -155,7 +151,7 @@ def load_settings(
         if name not in fields:
             raise ConfigError(
                 f"environment variable {key} names no engine setting",
-                hint=_did_you_mean(name, fields) or f"settings: {', '.join(fields)}",
+                hint=did_you_mean(name, fields) or f"settings: {', '.join(fields)}",
             )
         raw[name] = value
     raw.update(overrides or {})
@@ -163,28 +159,8 @@ def load_settings(
         return EngineSettings.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(
-            [_problem(source, err) for err in exc.errors()], hint="see `selfheal run --help`"
+            problems_from(exc, file=source, model=EngineSettings), hint="see `selfheal run --help`"
         ) from exc
-
-
-def _problem(source: str, err: Any) -> Problem:
-    loc = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        parent: type[BaseModel] = EngineSettings
-        for part in err["loc"][:-1]:
-            if isinstance(part, int):
-                continue
-            annotation = parent.model_fields[str(part)].annotation
-            inner = getattr(annotation, "__args__", (annotation,))
-            parent = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), parent)
-        hint = _did_you_mean(str(err["loc"][-1]), parent.model_fields)
-        return Problem(source, loc, "unknown setting", hint or f"known: {', '.join(parent.model_fields)}")
-    return Problem(source, loc, err["msg"], None)
-
-
-def _did_you_mean(name: str, choices: Any) -> str | None:
-    close = difflib.get_close_matches(name, list(choices), n=1)
-    return f"did you mean '{close[0]}'?" if close else None
 
 
 def _epoch(value: datetime) -> float:

@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, SpecError
 from engine.runtime.columns import PointColumns, read_ndjson
+from engine.specs import load_yaml, problems_from
 
 log = logging.getLogger(__name__)
 
@@ -408,13 +408,11 @@ class PromMapping(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: Path) -> PromMapping:
+        hint = "keys: service or service_label, metrics: {prom_name: {metric, scale, match}}"
         try:
-            mapping = cls.model_validate(yaml.safe_load(path.read_text()) or {})
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
-            raise ConfigError(
-                f"{path}: invalid Prometheus mapping ({exc})",
-                hint="keys: service or service_label, metrics: {prom_name: {metric, scale, match}}",
-            ) from exc
+            mapping = cls.model_validate(load_yaml(path, hint=hint) or {})
+        except ValidationError as exc:
+            raise SpecError(problems_from(exc, file=str(path), model=cls), hint=hint) from exc
         if not mapping.service and not mapping.service_label:
             raise ConfigError(
                 f"{path}: set `service` or `service_label`", hint="which service the samples are"

@@ -8,15 +8,14 @@ them all out so that it doubles as documentation.
 
 from __future__ import annotations
 
-import difflib
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import ConfigError, Problem, SpecError
+from engine.specs import did_you_mean, load_yaml, problems_from
 
 Role = Literal["gateway", "inference", "vector_db", "feature_store", "ingestion"]
 IncidentKind = Literal["latency_creep", "memory_leak", "stale_index", "bad_deploy", "dependency_outage"]
@@ -186,55 +185,7 @@ class SynthConfig(_Strict):
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f"did you mean '{close[0]}'?" if close else f"use one of: {', '.join(choices)}"
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    """pydantic's loc as a readable path: services[2].capacity (union tags dropped)."""
-    out = ""
-    prev: int | str | None = None
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(prev, int) and part in SPEC_BY_ROLE:
-            pass  # the discriminated-union branch name, not a key of the file
-        else:
-            out += f".{part}" if out else str(part)
-        prev = part
-    return out
-
-
-def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
-    """The model that holds the field at loc, for 'did you mean' hints on unknown keys."""
-    parent = loc[:-1]
-    if not parent:
-        return SynthConfig
-    head = parent[0]
-    if head == "services" and len(parent) >= 3 and isinstance(parent[2], str):
-        return SPEC_BY_ROLE.get(parent[2])
-    if head == "incidents":
-        return KindSpec if len(parent) >= 3 else IncidentsSpec
-    return {"traffic": TrafficSpec, "noise": NoiseSpec, "scaling": ScalingSpec}.get(str(head))
-
-
-def _hint(err: dict[str, Any]) -> str:
-    kind = err["type"]
-    field = str(err["loc"][-1]) if err["loc"] else ""
-    if kind == "extra_forbidden":
-        model = _model_for(tuple(err["loc"]))
-        names = list(model.model_fields) if model else []
-        close = difflib.get_close_matches(field, names, n=1)
-        return f"did you mean '{close[0]}'?" if close else f"remove it; allowed keys: {', '.join(names)}"
-    if kind == "missing":
-        return f"add '{field}'"
-    if kind in ("union_tag_invalid", "union_tag_not_found"):
-        return f"set role to one of {', '.join(SPEC_BY_ROLE)}"
-    if kind.startswith(("greater_than", "less_than")):
-        return "change the value to fit the bound"
-    if kind.endswith(("_parsing", "_type")):
-        return "use a value of the expected type"
-    return "fix the value"
+    return did_you_mean(word, choices) or f"use one of: {', '.join(choices)}"
 
 
 def _topology_problems(cfg: SynthConfig, source: str) -> list[Problem]:
@@ -290,11 +241,6 @@ def _topology_problems(cfg: SynthConfig, source: str) -> list[Problem]:
     return problems
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def config_from_dict(raw: Any, *, source: str = "<dict>") -> SynthConfig:
     """Validate a parsed mapping; raise SpecError listing every problem with file, path and fix."""
     hint = f"edit {source}; datasets/README.md documents every field"
@@ -305,19 +251,7 @@ def config_from_dict(raw: Any, *, source: str = "<dict>") -> SynthConfig:
     try:
         cfg = SynthConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            got = f" (got {_short(err['input'])})" if err["type"] != "missing" and "input" in err else ""
-            if err["type"] == "extra_forbidden":
-                msg, got = "unknown key", ""
-            if err["type"] == "union_tag_invalid":
-                msg, got = f"role {_short(err.get('ctx', {}).get('tag'))} is not a known role", ""
-            if err["type"] == "value_error":
-                problems.append(Problem(source, _path(tuple(err["loc"])), msg))
-            else:
-                problems.append(Problem(source, _path(tuple(err["loc"])), f"{msg}{got}", _hint(err)))
-        raise SpecError(problems, hint=hint) from exc
+        raise SpecError(problems_from(exc, file=source, model=SynthConfig), hint=hint) from exc
     problems = _topology_problems(cfg, source)
     if problems:
         raise SpecError(problems, hint=hint)
@@ -332,13 +266,5 @@ def load_config(path: Path | str | None = None) -> SynthConfig:
             f"synthetic platform config not found: {file}",
             hint="pass --config PATH, or restore datasets/synth_platform.yaml from the repository",
         )
-    try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(
-            [Problem(str(file), where, f"not valid YAML: {getattr(exc, 'problem', exc)}")],
-            hint="fix the YAML syntax (indentation, colons, quotes)",
-        ) from exc
+    raw = load_yaml(file, hint="fix the YAML syntax (indentation, colons, quotes)")
     return config_from_dict(raw, source=str(file))

@@ -10,7 +10,6 @@ Detector grids separate ``params`` (fixed values, passed as they are, lists incl
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -25,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import DetectorError, DetectorParamError, Problem, SpecError
+from engine.specs import did_you_mean, load_yaml, problems_from
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +134,8 @@ class EvaluationSpec(_Strict):
     @classmethod
     def _known_metric(cls, metric: str) -> str:
         if metric not in SELECTION_METRICS:
-            close = difflib.get_close_matches(metric, SELECTION_METRICS, n=1)
-            tip = f" (did you mean '{close[0]}'?)" if close else ""
+            close = did_you_mean(metric, SELECTION_METRICS)
+            tip = f" ({close})" if close else ""
             raise ValueError(f"unknown metric '{metric}'{tip}; choose one of {', '.join(SELECTION_METRICS)}")
         return metric
 
@@ -232,14 +232,9 @@ def load_spec(path: str | Path) -> LoadedSpec:
             [Problem(file, "", "no such file", "pass a path to an experiments/*.yaml file")],
             hint="ls experiments/",
         )
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        raise SpecError([Problem(file, where, f"not valid YAML: {exc}", "fix the YAML syntax")]) from exc
-    return validate_spec(raw, file=file, text=text, path=path)
+    data = path.read_bytes()
+    raw = load_yaml(path, data, hint="fix the YAML syntax")
+    return validate_spec(raw, file=file, text=data.decode("utf-8"), path=path)
 
 
 def validate_spec(
@@ -253,7 +248,7 @@ def validate_spec(
     try:
         spec = ExperimentSpec.model_validate(raw)
     except ValidationError as exc:
-        problems.extend(_problems_from(exc, file, ExperimentSpec))
+        problems.extend(problems_from(exc, file=file, model=ExperimentSpec))
 
     feature_spec = None
     if isinstance(raw.get("features"), dict):
@@ -303,8 +298,7 @@ def _check_detectors(raw: Any, file: str) -> list[Problem]:
         name = item.get("class") if isinstance(item, dict) else None
         if not isinstance(name, str) or not name or name in known or _is_pyod_class(name):
             continue
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"registered: {', '.join(sorted(known))}"
+        hint = did_you_mean(name, known) or f"registered: {', '.join(sorted(known))}"
         problems.append(Problem(file, f"detectors[{i}].class", f"unknown detector '{name}'", hint))
     return problems
 
@@ -422,74 +416,3 @@ def _is_pyod_class(name: str) -> bool:
     except ImportError:
         return False
     return True
-
-
-def _problems_from(
-    exc: ValidationError, file: str, root: type[BaseModel], prefix: tuple[str | int, ...] = ()
-) -> list[Problem]:
-    out = []
-    for err in exc.errors():
-        loc = tuple(prefix) + tuple(err["loc"])
-        message = err["msg"]
-        hint = None
-        if err["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            allowed = _allowed_keys(root, tuple(err["loc"])[:-1])
-            close = difflib.get_close_matches(key, allowed, n=1)
-            message = f"unknown key '{key}'"
-            hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
-        elif err["type"] == "missing":
-            hint = "add this key"
-        elif message.startswith("Value error, "):
-            message = message.removeprefix("Value error, ")
-        out.append(Problem(file, _path(loc), message, hint or _hint_for(err)))
-    return out
-
-
-def _hint_for(err: Any) -> str | None:
-    ctx = err.get("ctx") or {}
-    if "expected" in ctx:
-        return f"expected {ctx['expected']}"
-    return None
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys a mapping at ``loc`` accepts, found by walking the model's field annotations."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            continue
-        field = _field_by_key(current, part)
-        if field is None:
-            return []
-        current = _model_in(field.annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(f.alias or name for name, f in current.model_fields.items())
-    return []
-
-
-def _field_by_key(model: type[BaseModel], key: str) -> Any:
-    for name, field in model.model_fields.items():
-        if key in (name, field.alias):
-            return field
-    return None
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _path(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
