@@ -232,7 +232,7 @@ def test_command_runs_only_allowlisted_argv(tmp_path: Path) -> None:
         execute(
             "command", {"argv": "rm -rf /tmp/x"}, "gateway", "c-2", settings=settings
         )  # never a shell string
-    with pytest.raises(ActionError, match="not in the allowlist"):
+    with pytest.raises(ActionError, match=r"not in commands\.allow"):
         execute("command", {"argv": ["/bin/sh", "-c", "true"]}, "gateway", "c-3", settings=settings)
     with pytest.raises(ActionError, match="exited 3"):
         execute(

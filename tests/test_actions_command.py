@@ -63,9 +63,8 @@ def test_the_allowlist_takes_absolute_paths_only(tmp_path: Path) -> None:
 def test_a_relative_argv0_is_refused_before_any_path_lookup() -> None:
     settings = TargetsConfig.model_validate({"commands": {"allow": [sys.executable]}})
     name = Path(sys.executable).name
-    with pytest.raises(ActionError, match=f"'{name}' is not an absolute path") as info:
+    with pytest.raises(ActionError, match=f"'{name}' is not an absolute path; write the full path"):
         execute("command", {"argv": [name, "-c", "pass"]}, "gateway", "c-10", settings=settings)
-    assert "full path" in (info.value.hint or "")
 
 
 POLICY = """

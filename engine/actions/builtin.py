@@ -11,12 +11,17 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import AfterValidator
 
 from engine.actions.backends import request_json
 from engine.actions.context import ActionContext, ActionResult
 from engine.actions.registry import register_action
 from engine.errors import ActionError
+
+if TYPE_CHECKING:
+    from engine.actions.targets import TargetsConfig
 
 
 def _platform(
@@ -112,27 +117,49 @@ def command_env(ctx: ActionContext, environ: Mapping[str, str] | None = None) ->
     return env
 
 
-@register_action(risk="medium", literal=("argv",))
-def command(ctx: ActionContext, argv: list[str], timeout_s: float = 30.0) -> ActionResult:
+def _program_first(argv: list[str]) -> list[str]:
+    """A bare name would be looked up on PATH at run time: whoever controls PATH picks the program."""
+    if not argv:
+        raise ValueError("argv is empty; start it with the program's full path, e.g. [/usr/local/bin/x]")
+    if not os.path.isabs(argv[0]):
+        raise ValueError(
+            f"{argv[0][:80]!r} is not an absolute path; write the full path of the program, e.g. "
+            "/usr/local/bin/flush-cache, as listed in commands.allow"
+        )
+    return argv
+
+
+Argv = Annotated[list[str], AfterValidator(_program_first)]
+"""A program's argv: never a shell string, the program first, by absolute path (checked at validate)."""
+
+
+def _not_allowed(argv: list[str], allowed: list[str]) -> str | None:
+    if argv[0] in allowed:
+        return None
+    return f"{argv[0][:80]!r} is not in commands.allow (allowed: {', '.join(allowed) or 'none'})"
+
+
+def _command_preflight(params: Mapping[str, Any], targets: TargetsConfig) -> list[tuple[str, str]]:
+    """At ``rules validate``: the program must be allowlisted in the targets file the engine will use."""
+    argv = params.get("argv")
+    if not isinstance(argv, list) or not argv or not isinstance(argv[0], str) or not os.path.isabs(argv[0]):
+        return []  # the parameter's own type check reports it
+    problem = _not_allowed(argv, targets.commands.allow)
+    return [("argv", problem)] if problem else []
+
+
+@register_action(risk="medium", literal=("argv",), preflight=_command_preflight)
+def command(ctx: ActionContext, argv: Argv, timeout_s: float = 30.0) -> ActionResult:
     """Run an argv (never a shell string) whose program is in the targets file's commands.allow.
 
     ``argv`` is literal (no ``${...}`` templates, refused at ``rules validate``) and ``argv[0]`` an
-    absolute path listed in ``commands.allow``; the child runs with ``command_env`` only.
+    absolute path listed in ``commands.allow`` (both checked at ``rules validate`` against the
+    targets file, and here again against the one the engine runs with); the child runs with
+    ``command_env`` only.
     """
-    if not argv:
-        raise ActionError("command needs a non-empty argv list")
-    allowed = ctx.settings.commands.allow
-    if not os.path.isabs(argv[0]):
-        raise ActionError(
-            f"command {argv[0]!r} is not an absolute path",
-            hint="write the full path of the program, e.g. /usr/local/bin/flush-cache, as listed in "
-            "commands.allow",
-        )
-    if argv[0] not in allowed:
-        raise ActionError(
-            f"command {argv[0]!r} is not in the allowlist",
-            hint=f"add it to commands.allow in the targets file (allowed: {', '.join(allowed) or 'none'})",
-        )
+    problem = _not_allowed(argv, ctx.settings.commands.allow)
+    if problem:
+        raise ActionError(f"command {problem}", hint="add it to commands.allow in the targets file")
     try:
         proc = subprocess.run(
             argv,

@@ -19,14 +19,17 @@ import logging
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from engine.errors import ActionError
 from engine.plugins import load_entry_points
 from engine.policy.templates import is_template
-from engine.specs import did_you_mean, one_of
+from engine.specs import did_you_mean, echo, one_of
+
+if TYPE_CHECKING:
+    from engine.actions.targets import TargetsConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ ENTRY_POINT_GROUP = "selfheal.actions"
 BUILTIN_MODULES: tuple[str, ...] = ("engine.actions.builtin",)
 
 ActionFn = Callable[..., Any]
+Preflight = Callable[[Mapping[str, Any], "TargetsConfig"], list[tuple[str, str]]]
+"""``preflight(params, targets) -> [(param path suffix, message)]``: what an action needs of the
+targets file (checked at ``rules validate`` and when a bundle is built or loaded, not mid-incident)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,7 @@ class ActionSpec:
     module: str
     params_model: type[BaseModel] = field(repr=False)
     literal: frozenset[str] = frozenset()
+    preflight: Preflight | None = field(default=None, repr=False)
 
     @functools.cached_property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -96,14 +103,14 @@ class ActionSpec:
         except TypeError as exc:
             problems.append(("", f"parameters do not fit {self.signature_text()}: {exc}"))
         literal = {k: v for k, v in params.items() if k in known and k not in skip_values}
-        hints = typing.get_type_hints(self.fn)
+        hints = typing.get_type_hints(self.fn, include_extras=True)  # validators too
         for name, value in literal.items():
             adapter_model = create_model("_One", __config__=ConfigDict(strict=False), v=(hints[name], ...))
             try:
                 adapter_model.model_validate({"v": value})
             except ValidationError as exc:
-                reason = "; ".join(e["msg"] for e in exc.errors())
-                problems.append((name, f"{value!r} is not a valid {name} for {self.name}: {reason}"))
+                reason = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                problems.append((name, f"{echo(value)} is not a valid {name} for {self.name}: {reason}"))
         return problems
 
     def validate(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,6 +137,7 @@ def register_action(
     inverse: str | None = None,
     description: str | None = None,
     literal: Iterable[str] = (),
+    preflight: Preflight | None = None,
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` as an action. Used by the built-ins and by plugins alike.
 
@@ -137,6 +145,7 @@ def register_action(
     policy sets in ``then.params``. ``inverse`` names the action that undoes this one (its params come
     from the ``inverse_params`` of the ``ActionResult``). ``literal`` names parameters a policy must
     write without ``${...}`` templates (checked at ``rules validate``), e.g. the argv of ``command``.
+    ``preflight`` checks a policy's params against the targets file (``Preflight``).
     """
 
     def decorate(fn: ActionFn) -> ActionFn:
@@ -144,7 +153,7 @@ def register_action(
         params = list(inspect.signature(fn).parameters.values())
         if not params:
             raise ActionError(f"action {action_name!r} must take the ActionContext as first parameter")
-        hints = typing.get_type_hints(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)  # Annotated validators too
         fields: dict[str, Any] = {}
         for param in params[1:]:
             if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -166,6 +175,7 @@ def register_action(
             module=fn.__module__,
             params_model=model,
             literal=frozenset(literal),
+            preflight=preflight,
         )
         if action_name in _REGISTRY and _REGISTRY[action_name].fn is not fn:
             log.warning(

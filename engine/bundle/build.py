@@ -45,7 +45,7 @@ from engine.bundle.manifest import (
     sha256_bytes,
 )
 from engine.bundle.probe import make_probe
-from engine.errors import BundleError
+from engine.errors import BundleError, SpecError
 
 logger = logging.getLogger(__name__)
 
@@ -131,20 +131,22 @@ def build_bundle(
     the ``targets.yaml`` beside the policies when there is one. ``output`` defaults to
     ``bundles_dir/<name>-v<version>``; an existing folder is replaced only with ``force``.
     """
-    from engine.actions.targets import load_targets, targets_for_policy
+    from engine.actions.targets import TargetsConfig, check_policies, load_targets, targets_for_policy
     from engine.policy import compile_policies, load_policies
     from engine.policy.loader import policy_files
     from engine.policy.topology import default_topology_path
 
     rules = Path(rules)
-    load_policies(rules, topology=topology)  # errors name the user's files, not the staging copies
+    checked = load_policies(rules, topology=topology)  # errors name the user's files, not the copies
     topo_src = Path(topology) if topology else default_topology_path(rules)
     targets_src = Path(targets) if targets else targets_for_policy(rules)
     if targets is not None and not targets_src.is_file():
         raise BundleError(f"--targets {targets_src}: no such file", hint="give the targets YAML file")
-    if targets_src.is_file():
-        load_targets(targets_src)
-    else:
+    config = load_targets(targets_src) if targets_src.is_file() else TargetsConfig()
+    problems = check_policies(config, checked, targets_src)
+    if problems:
+        raise SpecError(problems, hint="fix the policies or the targets file, then build again")
+    if not targets_src.is_file():
         targets_src = None
 
     model = resolve_model(model_uri, tracking_uri=tracking_uri)

@@ -139,12 +139,18 @@ def load_bundle(path: Path | str, *, strict: bool = False, digest: str | None = 
             hint="run with the versions in the manifest (selfheal bundle inspect) or rebuild the bundle here",
         )
     policies, compiled = _policies(report)
+    from engine.actions.targets import TargetsConfig, check_policies, load_targets_text
+
     targets = None
     if TARGETS_FILE in report.contents:
-        from engine.actions.targets import load_targets_text
-
         # the verified bytes, not a second read of the file (which could have been swapped since)
         targets = load_targets_text(report.contents[TARGETS_FILE], source=report.path / TARGETS_FILE)
+    problems = check_policies(targets or TargetsConfig(), policies, report.path / TARGETS_FILE)
+    if problems:
+        raise BundleError(
+            f"{report.path}: policies and targets disagree: " + "; ".join(map(str, problems)),
+            hint="rebuild the bundle",
+        )
     logger.info("loaded bundle %s from %s", report.version, report.path)
     return Bundle(
         path=report.path,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from engine.errors import InputError, Problem, SpecError
+from engine.errors import MAX_LISTED, InputError, Problem, SpecError
 
 if TYPE_CHECKING:
     from engine.policy.model import Bounds
@@ -27,9 +27,10 @@ def _read_json(path: Path) -> object:
 
 
 def _report(problems: list[Problem]) -> None:
-    for problem in problems:
+    for problem in problems[:MAX_LISTED]:
         typer.echo(str(problem), err=True)
-    typer.echo(f"{len(problems)} problem(s)", err=True)
+    more = f" ({len(problems) - MAX_LISTED} not shown)" if len(problems) > MAX_LISTED else ""
+    typer.echo(f"{len(problems)} problem(s){more}", err=True)
 
 
 @rules_app.command("validate")
@@ -44,9 +45,8 @@ def validate(
 
     Example: selfheal rules validate rules/
     """
-    from engine.actions.targets import load_targets, targets_for_policy
+    from engine.actions.targets import TargetsConfig, check_policies, load_targets, targets_for_policy
     from engine.policy import compile_policies, load_policies
-    from engine.specs import did_you_mean
 
     problems = []
     try:
@@ -55,17 +55,15 @@ def validate(
         problems.extend(exc.problems)
         policy_set = None
     targets = targets_for_policy(path)
+    config: TargetsConfig | None = TargetsConfig()  # no file: the engine's defaults, no commands
     if targets.is_file():
         try:
             config = load_targets(targets)
         except SpecError as exc:
             problems.extend(exc.problems)
-        else:
-            known = policy_set.topology.services if policy_set else {}
-            for service in config.services if policy_set else ():
-                if service not in known:
-                    hint = did_you_mean(service, known)
-                    problems.append(Problem(str(targets), f"services.{service}", "unknown service", hint))
+            config = None
+    if policy_set is not None and config is not None:
+        problems.extend(check_policies(config, policy_set, targets))
     if problems:
         _report(problems)
         raise typer.Exit(2)

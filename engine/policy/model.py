@@ -22,7 +22,15 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from engine.policy._util import parse_duration
 
@@ -54,15 +62,34 @@ def _as_list(value: Any) -> Any:
     return [value] if isinstance(value, str) else value
 
 
+MAX_BOUND = 1e15
+"""Largest magnitude of a bound. No metric reaches it, and a bound of 1e308 is an always-true (or
+never-true) test that only looks like a limit; beyond 2**53 a float64 does not even count exactly."""
+
+
+def _realistic(value: float) -> float:
+    if abs(value) > MAX_BOUND:
+        raise ValueError(
+            f"bound {value:g} is beyond ±{MAX_BOUND:g}, which no metric reaches; "
+            "write a realistic bound, or leave this end of the range open"
+        )
+    return value
+
+
+Bound = Annotated[float, AfterValidator(_realistic)]
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    """Strict, frozen, and finite: a NaN bound can never pass, an infinite one never fails."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 class Bounds(_Model):
-    """An inclusive numeric range; either end may be open."""
+    """An inclusive, finite numeric range; either end may be open."""
 
-    min: float | None = None
-    max: float | None = None
+    min: Bound | None = None
+    max: Bound | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> Bounds:
