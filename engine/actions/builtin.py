@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator
 
-from engine.actions.backends import request_json
+from engine.actions.backends import make_backend
 from engine.actions.context import ActionContext, ActionResult
 from engine.actions.registry import register_action
+from engine.actions.transport import request_json
 from engine.errors import ActionError
 
 if TYPE_CHECKING:
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 def _platform(
     ctx: ActionContext, op: str, params: dict[str, Any], inverse_key: str | None = None
 ) -> ActionResult:
-    backend = ctx.backend()
+    backend = make_backend(ctx.target)
     detail = backend.call(op, params, ctx)
     inverse = None
     if inverse_key and detail.get("previous") is not None:

@@ -28,12 +28,6 @@ class ActionContext:
     def service(self) -> str:
         return self.target.service
 
-    def backend(self) -> Any:
-        """The backend client for this target (``engine.actions.backends.Backend``)."""
-        from engine.actions.backends import make_backend
-
-        return make_backend(self.target)
-
 
 @dataclass(frozen=True)
 class ActionResult:

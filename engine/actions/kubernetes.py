@@ -36,9 +36,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from engine.actions.backends import HttpStatusError, request_json
 from engine.actions.context import ActionContext
 from engine.actions.targets import KubernetesConfig
+from engine.actions.transport import HttpStatusError, request_json
 from engine.errors import ActionError
 
 log = logging.getLogger(__name__)

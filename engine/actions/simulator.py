@@ -42,9 +42,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.actions.backends import request_json
 from engine.actions.context import ActionContext
 from engine.actions.targets import SimulatorConfig
+from engine.actions.transport import request_json
 
 
 def admin_url(base: str, service: str, op: str) -> str:
