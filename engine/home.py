@@ -65,3 +65,23 @@ class Home:
     @property
     def notebooks_out(self) -> Path:
         return self.root / "notebooks"
+
+
+def use_tracking(uri: str) -> None:
+    """Point MLflow's fluent API (tracking and registry) at ``uri``.
+
+    MLflow keeps these as process globals; every public function here calls this first so that two
+    homes in one process (tests, notebooks) never write into each other. ``mlflow.set_tracking_uri``
+    also exports ``MLFLOW_TRACKING_URI`` into the environment, which would then outrank the home
+    folder in ``resolve_tracking_uri`` for the rest of the process: the environment is restored.
+    """
+    import mlflow
+
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

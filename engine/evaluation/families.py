@@ -498,7 +498,7 @@ def log_comparison(comparison: FamilyComparison, *, tracking_uri: str, experimen
     per-kind recall and median delay; returns the parent run id."""
     import mlflow
 
-    from engine.tracking.registry import use_tracking
+    from engine.home import use_tracking
 
     use_tracking(tracking_uri)
     exp = mlflow.get_experiment_by_name(experiment)

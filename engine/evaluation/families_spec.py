@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from engine.detectors.spec_problems import detector_param_problems
 from engine.durations import parse_duration
 from engine.errors import Problem, SpecError
 from engine.evaluation.families import Family
 from engine.specs import load_yaml, problems_from
-from engine.tracking.spec import detector_param_problems
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "families" / "compare.yaml"
 

@@ -488,7 +488,7 @@ def log_run(
 
     from engine.errors import TrackingError
     from engine.evaluation.nab import format_report
-    from engine.tracking.registry import use_tracking
+    from engine.home import use_tracking
 
     try:
         use_tracking(tracking_uri)

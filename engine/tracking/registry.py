@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import TrackingError
-from engine.home import Home
+from engine.home import Home, use_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -46,26 +46,6 @@ def resolve_tracking_uri(home: Home, explicit: str | None = None) -> str:
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return uri
-
-
-def use_tracking(uri: str) -> None:
-    """Point MLflow's fluent API (tracking and registry) at ``uri``.
-
-    MLflow keeps these as process globals; every public function here calls this first so that two
-    homes in one process (tests, notebooks) never write into each other. ``mlflow.set_tracking_uri``
-    also exports ``MLFLOW_TRACKING_URI`` into the environment, which would then outrank the home
-    folder in ``resolve_tracking_uri`` for the rest of the process: the environment is restored.
-    """
-    import mlflow
-
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def ensure_experiment(name: str, *, tracking_uri: str, home: Home | None = None) -> str:

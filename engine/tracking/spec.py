@@ -23,7 +23,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine.errors import DetectorError, DetectorParamError, Problem, SpecError
+from engine.detectors.spec_problems import detector_param_problems
+from engine.errors import Problem, SpecError
 from engine.specs import did_you_mean, load_yaml, problems_from
 
 logger = logging.getLogger(__name__)
@@ -323,88 +324,12 @@ def _check_detector_params(raw: Any, file: str) -> list[Problem]:
             continue
         if grid.class_ not in known:
             continue
-        problems.extend(detector_param_problems(file, f"detectors[{i}]", grid.class_, grid.params, grid.grid))
-    return problems
-
-
-_PARAM_IN_MESSAGE = (
-    re.compile(r"^'(?P<key>[^']+)' is not a parameter of .*?(?: \(did you mean (?P<close>'[^']+')\?\))?$"),
-    re.compile(r"^The '(?P<key>[^']+)' parameter of "),
-)
-
-
-def detector_param_problems(
-    file: str,
-    prefix: str,
-    detector: str,
-    params: dict[str, Any],
-    grid: dict[str, list[Any]] | None = None,
-) -> list[Problem]:
-    """Problems with ``detector``'s fixed ``params`` and every point of its ``grid``, without fitting.
-
-    Each problem points at the offending entry (``PREFIX.params.KEY``, ``PREFIX.grid.KEY`` or, for a
-    swept value, ``PREFIX.grid.KEY[j]``) so a sweep's many configurations report one bad value once.
-    Checks that span several parameters are reported at ``PREFIX`` with the configuration's values.
-    """
-    from engine.detectors import make_detector
-
-    grid = grid or {}
-    keys = sorted(grid)
-    combos = 1
-    for key in keys:
-        combos *= len(grid[key])
-    if combos > MAX_CONFIGS:
-        return []
-    found: dict[tuple[str, str], Problem] = {}
-    for picks in itertools.product(*(range(len(grid[k])) for k in keys)):
-        chosen = dict(zip(keys, picks, strict=True))
-        config = {**params, **{k: grid[k][j] for k, j in chosen.items()}}
-        try:
-            det = make_detector(detector, config)
-            validate = getattr(det, "validate_params", None)
-            if callable(validate):
-                validate()
-        except DetectorParamError as exc:
-            for problem in _param_problems(file, prefix, exc, params, chosen, config):
-                found.setdefault((problem.path, problem.message), problem)
-        except DetectorError as exc:
-            found.setdefault(
-                (f"{prefix}.class", exc.message), Problem(file, f"{prefix}.class", exc.message, exc.hint)
+        problems.extend(
+            detector_param_problems(
+                file, f"detectors[{i}]", grid.class_, grid.params, grid.grid, max_configs=MAX_CONFIGS
             )
-    return list(found.values())
-
-
-def _param_problems(
-    file: str,
-    prefix: str,
-    exc: DetectorParamError,
-    params: dict[str, Any],
-    chosen: dict[str, int],
-    config: dict[str, Any],
-) -> list[Problem]:
-    """One Problem per line of a DetectorParamError, placed at the parameter the line names."""
-    out = []
-    for line in exc.message.splitlines():
-        key = close = None
-        for pattern in _PARAM_IN_MESSAGE:
-            match = pattern.match(line)
-            if match:
-                key, close = match.group("key"), match.groupdict().get("close")
-                break
-        hint = f"did you mean {close}?" if close else exc.hint
-        if close:
-            line = line.removesuffix(f" (did you mean {close}?)")
-        if key in chosen:
-            unknown = line.startswith(f"'{key}' is not a parameter")
-            path = f"{prefix}.grid.{key}" if unknown else f"{prefix}.grid.{key}[{chosen[key]}]"
-        elif key in params:
-            path = f"{prefix}.params.{key}"
-        else:
-            inner = ", ".join(f"{k}={v!r}" for k, v in sorted(config.items()))
-            line = f"{line} (with {inner})" if inner else line
-            path = prefix
-        out.append(Problem(file, path, line, hint))
-    return out
+        )
+    return problems
 
 
 def _is_pyod_class(name: str) -> bool:
