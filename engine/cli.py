@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.telemetry.synth_commands",  # synth
     "engine.evaluation.commands",  # nab run, nab score
     "engine.tracking.commands",  # experiment run, promote, models, evaluate
+    "engine.demo_commands",  # demo
     "engine.policy.commands",  # rules validate/test, actions list
     "engine.bundle.commands",  # bundle build/verify/inspect
     "engine.runtime.commands",  # run, pause, resume, approvals, journal

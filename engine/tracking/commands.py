@@ -1,4 +1,4 @@
-"""CLI commands of the tracking subpackage: experiment, promote, models, evaluate, demo.
+"""CLI commands of the tracking subpackage: experiment, promote, models, evaluate.
 
 Heavy imports (mlflow, papermill, polars, pyod) happen inside the command functions so that
 ``selfheal --help`` stays fast.
@@ -237,43 +237,6 @@ def _parameters(args: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def demo(
-    ctx: typer.Context,
-    days: Annotated[float, typer.Option(help="Days of synthetic telemetry.")] = 10.0,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic platform.")] = 0,
-    spec: Annotated[
-        Path | None, typer.Option(help="Experiment spec (default: experiments/demo_quick.yaml).")
-    ] = None,
-    tracking_uri: TrackingUri = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes for the sweep.")] = None,
-    game_day: Annotated[
-        bool, typer.Option("--game-day/--no-game-day", help="End with the chaos game day and its report.")
-    ] = True,
-) -> None:
-    """The main job: synth -> ingest -> experiment -> promote -> evaluation -> bundle -> game day.
-
-    Ends with a summary and the path of the HTML game-day report. Idempotent: a second run reuses
-    the data and keeps the champion unless a challenger beats it.
-
-    Example: selfheal --home /tmp/sh demo --days 7
-    """
-    from engine.demo import run_demo
-
-    summary = run_demo(
-        home_of(ctx),
-        days=days,
-        seed=seed,
-        spec=spec,
-        tracking_uri=tracking_uri,
-        workers=workers,
-        game_day=game_day,
-        echo=typer.echo,
-    )
-    typer.echo(summary.render())
-    if not summary.ok:
-        raise typer.Exit(1)
-
-
 def register(app: typer.Typer) -> None:
     """Add this subpackage's commands to the root app."""
     experiment = typer.Typer(
@@ -293,4 +256,3 @@ def register(app: typer.Typer) -> None:
     app.command("evaluate", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
         evaluate
     )
-    app.command("demo")(demo)
