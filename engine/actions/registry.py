@@ -25,7 +25,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from engine.errors import ActionError
 from engine.plugins import load_entry_points
-from engine.policy.templates import is_template
 from engine.specs import did_you_mean, echo, one_of
 
 if TYPE_CHECKING:
@@ -78,20 +77,11 @@ class ActionSpec:
         """Every reason ``params`` do not fit this action, as (param path suffix, message) pairs.
 
         Binding with ``inspect.signature`` catches unknown and missing names; pydantic then checks
-        the literal values (templated values, listed in ``skip_values``, are checked at render time).
+        the literal values (templated values, listed in ``skip_values``, are checked at render time;
+        whether a parameter may be templated at all is the policy loader's check, on ``literal``).
         """
         problems: list[tuple[str, str]] = []
         known = self.parameters
-        for name in sorted(self.literal & set(params)):
-            if is_template(params[name]):
-                problems.append(
-                    (
-                        name,
-                        f"{name!r} of {self.name} must be literal: ${{...}} templates are not allowed "
-                        "there (event data must never become arguments of a program; the action "
-                        "passes the event through its environment instead)",
-                    )
-                )
         for name in params:
             if name not in known:
                 hint = did_you_mean(name, known) or (

@@ -29,7 +29,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 if TYPE_CHECKING:
     from engine.errors import Problem
-    from engine.policy import PolicySet
 
 BackendName = Literal["http", "kubernetes", "simulator"]
 TARGETS_FILE = "targets.yaml"
@@ -192,38 +191,3 @@ def load_targets_text(text: str | bytes | None, *, source: Path | str = TARGETS_
     if bad:
         raise SpecError(bad, hint="each service's backend block must be complete after merging defaults")
     return config
-
-
-def check_policies(config: TargetsConfig, policy_set: PolicySet, file: Path | str) -> list[Problem]:
-    """What the policies and this targets file (``file``, present or not) ask of each other.
-
-    Every service the file names is in the topology, and every action of every rule passes its
-    ``preflight`` against this file (the ``command`` action's program is in ``commands.allow``):
-    refused at ``rules validate`` and when a bundle is built or loaded, never mid-incident.
-    """
-    from engine.actions.registry import available_actions
-    from engine.errors import Problem
-    from engine.policy.model import InverseSpec
-    from engine.specs import did_you_mean
-
-    problems: list[Problem] = []
-    known = policy_set.topology.services
-    for service in config.services:
-        if service not in known:
-            problems.append(
-                Problem(str(file), f"services.{service}", "unknown service", did_you_mean(service, known))
-            )
-    actions = available_actions()
-    hint = f"edit {file}" if Path(file).is_file() else f"no {Path(file).name} beside the policies: create it"
-    for policy in policy_set.policies:
-        for i, rule in enumerate(policy.rules):
-            calls = [("then", rule.then.action, rule.then.params)]
-            if isinstance(rule.then.inverse, InverseSpec):
-                calls.append(("then.inverse", rule.then.inverse.action, rule.then.inverse.params))
-            for where, name, params in calls:
-                spec = actions.get(name)
-                for suffix, message in spec.preflight(params, config) if spec and spec.preflight else ():
-                    problems.append(
-                        Problem(policy.source, f"rules[{i}].{where}.params.{suffix}", message, hint)
-                    )
-    return problems

@@ -131,9 +131,10 @@ def build_bundle(
     the ``targets.yaml`` beside the policies when there is one. ``output`` defaults to
     ``bundles_dir/<name>-v<version>``; an existing folder is replaced only with ``force``.
     """
-    from engine.actions.targets import TargetsConfig, check_policies, load_targets, targets_for_policy
+    from engine.actions.targets import TargetsConfig, load_targets, targets_for_policy
     from engine.policy import compile_policies, load_policies
     from engine.policy.loader import policy_files
+    from engine.policy.targets import check_policies
     from engine.policy.topology import default_topology_path
 
     rules = Path(rules)

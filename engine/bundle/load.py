@@ -139,7 +139,8 @@ def load_bundle(path: Path | str, *, strict: bool = False, digest: str | None = 
             hint="run with the versions in the manifest (selfheal bundle inspect) or rebuild the bundle here",
         )
     policies, compiled = _policies(report)
-    from engine.actions.targets import TargetsConfig, check_policies, load_targets_text
+    from engine.actions.targets import TargetsConfig, load_targets_text
+    from engine.policy.targets import check_policies
 
     targets = None
     if TARGETS_FILE in report.contents:

@@ -45,8 +45,9 @@ def validate(
 
     Example: selfheal rules validate rules/
     """
-    from engine.actions.targets import TargetsConfig, check_policies, load_targets, targets_for_policy
+    from engine.actions.targets import TargetsConfig, load_targets, targets_for_policy
     from engine.policy import compile_policies, load_policies
+    from engine.policy.targets import check_policies
 
     problems = []
     try:

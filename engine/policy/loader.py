@@ -509,6 +509,16 @@ def _semantic(sections: dict[str, Any], file: str, where: str, topo: Topology) -
 def _params(spec: Any, params: dict[str, Any], file: str, path: str, topo: Topology) -> list[Problem]:
     problems: list[Problem] = []
     templated = {k for k, v in params.items() if is_template(v)}
+    for name in sorted(spec.literal & templated):
+        problems.append(
+            Problem(
+                file,
+                f"{path}.{name}",
+                f"{name!r} of {spec.name} must be literal: ${{...}} templates are not allowed "
+                "there (event data must never become arguments of a program; the action "
+                "passes the event through its environment instead)",
+            )
+        )
     for name, value in params.items():
         for ref in references(value):
             if (msg := check_reference(ref, set(topo.metrics))) is not None:
