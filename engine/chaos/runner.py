@@ -48,10 +48,6 @@ PUMP_INTERVAL_S = 0.02  # wall seconds between two pushes of fresh ticks
 POLL_S = 0.02  # wall seconds between two checks of the runner loop
 
 
-class ChaosAborted(RuntimeEngineError):
-    """A safeguard of the experiment fired; the rollbacks ran."""
-
-
 @dataclass
 class Timeline:
     """What happened, in platform time: the material of the report and the MLflow run."""

@@ -147,9 +147,6 @@ class ScoreCalibrator:
             return ndtr((s - self.mean_) / self.std_)
         return np.clip((s - self.low_) / (self.high_ - self.low_), 0.0, 1.0)
 
-    def fit_transform(self, train_scores: Any) -> np.ndarray:
-        return self.fit(train_scores).transform(train_scores)
-
     def to_dict(self) -> dict[str, Any]:
         """Parameters and learned state as plain JSON types."""
         state: dict[str, Any] = {"kind": "ScoreCalibrator", "params": self.get_params()}

@@ -688,9 +688,6 @@ class Journal:
         )
         return ids
 
-    def finish_verification(self, verification_id: str, status: str, detail: Any = None) -> None:
-        self.finish_verifications([(verification_id, status, detail)])
-
     def finish_verifications(self, rows: Sequence[tuple[str, str, Any]]) -> None:
         """``(verification_id, status, detail)`` for many verdicts."""
         self._update_many(
