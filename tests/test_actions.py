@@ -244,6 +244,33 @@ def test_command_runs_only_allowlisted_argv(tmp_path: Path) -> None:
         )
 
 
+def test_the_callers_timeout_caps_the_targets_own(tmp_path: Path) -> None:
+    """The engine's ``action_timeout_s`` reaches the request and the program: a target whose own
+    timeout is 30 s cannot hold the call longer than the caller allows."""
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        settings = TargetsConfig.model_validate(
+            {
+                "services": {"x": {"backend": "http", "http": {"url": url, "timeout_s": 30}}},
+                "commands": {"allow": [sys.executable]},
+            }
+        )
+        started = time.monotonic()
+        with pytest.raises(ActionError, match=r"timed out|failed"):
+            execute("restart", {}, "x", "t-1", settings=settings, timeout_s=0.3)
+        assert time.monotonic() - started < 5
+    started = time.monotonic()
+    with pytest.raises(ActionError, match="failed to run"):
+        sleep = [sys.executable, "-c", "import time; time.sleep(30)"]
+        execute("command", {"argv": sleep, "timeout_s": 30}, "x", "t-2", settings=settings, timeout_s=0.3)
+    assert time.monotonic() - started < 5
+
+
 def test_execute_requires_an_idempotency_key() -> None:
     with pytest.raises(ActionError, match="idempotency key"):
         execute("restart", {}, "gateway", "")

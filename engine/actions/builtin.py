@@ -167,7 +167,7 @@ def command(ctx: ActionContext, argv: Argv, timeout_s: float = 30.0) -> ActionRe
             shell=False,
             capture_output=True,
             text=True,
-            timeout=timeout_s,
+            timeout=ctx.limit(timeout_s),
             env=command_env(ctx),
             check=False,
         )

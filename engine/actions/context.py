@@ -17,16 +17,24 @@ class ActionContext:
 
     ``requested_at`` is fixed by the caller (the decision time), not taken at call time, so a retry
     with the same key sends byte-identical requests (for example the same ``restartedAt``).
+    ``timeout_s`` is the caller's ceiling on each request or program an action runs (the engine's
+    ``action_timeout_s``): a target's own shorter timeout still applies, a longer one is cut, so a
+    hanging target never holds an actuator thread longer than the engine allows.
     """
 
     target: Target
     idempotency_key: str
     settings: TargetsConfig = field(default_factory=TargetsConfig)
     requested_at: datetime = field(default_factory=lambda: datetime.now(UTC).replace(tzinfo=None))
+    timeout_s: float | None = None
 
     @property
     def service(self) -> str:
         return self.target.service
+
+    def limit(self, seconds: float) -> float:
+        """``seconds``, cut to the caller's ceiling when there is one."""
+        return seconds if self.timeout_s is None else min(seconds, self.timeout_s)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -23,12 +24,14 @@ def execute(
     *,
     settings: TargetsConfig | None = None,
     requested_at: datetime | None = None,
+    timeout_s: float | None = None,
 ) -> ActionResult:
     """Validate ``params`` against the action's signature and run it on ``target``.
 
     ``target`` is a resolved Target or a service name (resolved through ``settings``). The same
     ``idempotency_key`` (and ``requested_at``) must be reused on retry; backends pass it on so the
-    far side applies the change once. Failures raise ActionError (user-code errors are wrapped with
+    far side applies the change once. ``timeout_s`` caps every request or program the action runs
+    (``ActionContext.timeout_s``). Failures raise ActionError (user-code errors are wrapped with
     the original exception chained).
     """
     if not idempotency_key:
@@ -37,11 +40,9 @@ def execute(
     config = settings or TargetsConfig()
     resolved = target if isinstance(target, Target) else config.target(target)
     values = spec.validate(params)
-    ctx = (
-        ActionContext(resolved, idempotency_key, config, requested_at)
-        if requested_at is not None
-        else ActionContext(resolved, idempotency_key, config)
-    )
+    ctx = ActionContext(resolved, idempotency_key, config, timeout_s=timeout_s)
+    if requested_at is not None:
+        ctx = dataclasses.replace(ctx, requested_at=requested_at)
     log.info(
         "executing %s on %s via %s",
         action,

@@ -94,7 +94,9 @@ def request_json(
         sent["Authorization"] = f"Bearer {bearer}"
     body = json.dumps(json_body).encode() if json_body is not None else None
     try:
-        response = _client(verify).request(method, url, content=body, headers=sent, timeout=timeout_s)
+        response = _client(verify).request(
+            method, url, content=body, headers=sent, timeout=ctx.limit(timeout_s)
+        )
     except httpx.HTTPError as exc:
         raise ActionError(
             f"{method} {url} failed: {exc}",

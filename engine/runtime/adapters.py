@@ -108,8 +108,8 @@ def to_runtime_decision(decision: Any, event: AnomalyEvent, fingerprint: str) ->
 class RegistryActions:
     """``ActionRunner`` over the action registry; backends per service come from the targets file.
 
-    Timeouts are the backends' own (``timeout_s`` in the targets file), so ``timeout_s`` here is
-    only a ceiling the engine documents, not a second timer.
+    ``timeout_s`` (the engine's ``action_timeout_s``) caps each request or program of the call; a
+    target's own shorter ``timeout_s`` in the targets file still applies.
     """
 
     def __init__(self, targets: Any = None) -> None:
@@ -117,12 +117,12 @@ class RegistryActions:
 
         self.targets = targets if targets is not None else TargetsConfig()
 
-    def run(
-        self, call: ActionCall, *, service: str, target: str, idempotency_key: str, timeout_s: float
-    ) -> Any:
+    def run(self, call: ActionCall, *, target: str, idempotency_key: str, timeout_s: float) -> Any:
         from engine.actions import execute
 
-        return execute(call.action, call.params, target, idempotency_key, settings=self.targets)
+        return execute(
+            call.action, call.params, target, idempotency_key, settings=self.targets, timeout_s=timeout_s
+        )
 
 
 def assemble(

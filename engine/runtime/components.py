@@ -73,12 +73,11 @@ class ActionRunner(Protocol):
     """Runs one action on one target. Raises ``engine.errors.ActionError`` when it fails.
 
     ``idempotency_key`` is unique per (decision, kind); backends that can (``http``) send it along
-    so that a target seeing the same key twice acts once.
+    so that a target seeing the same key twice acts once. ``timeout_s`` caps what the call may
+    wait on (each request or program it runs).
     """
 
-    def run(
-        self, call: ActionCall, *, service: str, target: str, idempotency_key: str, timeout_s: float
-    ) -> Any: ...
+    def run(self, call: ActionCall, *, target: str, idempotency_key: str, timeout_s: float) -> Any: ...
 
 
 @dataclass(frozen=True)

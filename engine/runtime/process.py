@@ -660,7 +660,6 @@ class Engine:
         try:
             result = self.components.actions.run(
                 call,
-                service=decision.service,
                 target=decision.target,
                 idempotency_key=f"{decision.id}:{kind}",
                 timeout_s=self.settings.action_timeout_s,
