@@ -8,7 +8,9 @@ add one. This is also the one place where our errors become a clean line and exi
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,12 +34,16 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.chaos.commands",  # chaos run/validate/list/platform, replay
 )
 
+#: Long-running servers: their normal events are logged at INFO by default.
+SERVER_COMMANDS = frozenset({"run"})
+
 app = typer.Typer(
     name="selfheal",
     help="Self-healing for AI platforms: telemetry, detectors, policies and the engine that acts.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -59,7 +65,10 @@ def _root(
             help="Folder for all state (DuckDB, MLflow, quarantine, bundles, journals). Default ./.selfheal.",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Logging level: DEBUG, INFO, WARNING.")] = "WARNING",
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="Logging level: DEBUG, INFO, WARNING (default: INFO for `run`, else WARNING)."),
+    ] = None,
     json_logs: Annotated[bool, typer.Option("--json-logs", help="Log as JSON lines.")] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
@@ -69,7 +78,7 @@ def _root(
 
     Example: selfheal --home /tmp/sh synth --days 2
     """
-    configure_logging(log_level, json_logs=json_logs)
+    configure_logging(log_level, json_logs=json_logs, server=ctx.invoked_subcommand in SERVER_COMMANDS)
     ctx.obj = {"home": Home.resolve(home)}
 
 
@@ -86,8 +95,18 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         """The stream is always the current sys.stderr; assignments are ignored."""
 
 
-def configure_logging(level: str, *, json_logs: bool = False) -> None:
-    """Logging is configured here and only here (library modules just get their logger)."""
+def configure_logging(level: str | None, *, json_logs: bool = False, server: bool = False) -> None:
+    """Logging is configured here and only here (library modules just get their logger).
+
+    ``level`` (``--log-level``) applies to everything. Without it, third-party libraries log at
+    WARNING, and so does selfheal except in a long-running server, whose normal events (listening,
+    started, an action run) an operator expects to see at INFO.
+
+    MLflow configures its own loggers when it is imported, at INFO unless ``MLFLOW_LOGGING_LEVEL``
+    says otherwise, and draws a progress bar for every artifact download: both landed on stderr in
+    the middle of our output. The two environment variables bring it in line, here and in the sweep
+    workers and notebook kernels that inherit our environment; a user's own setting wins.
+    """
     handler = _StderrHandler()
     if json_logs:
         from pythonjsonlogger.json import JsonFormatter
@@ -95,11 +114,31 @@ def configure_logging(level: str, *, json_logs: bool = False) -> None:
         handler.setFormatter(JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    root = (level or "WARNING").upper()
+    logging.basicConfig(level=root, handlers=[handler], force=True)
+    logging.getLogger("engine").setLevel(root if level or not server else "INFO")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", root)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "mlflow" in sys.modules:  # imported already: its loggers were configured at import
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+
+
+def _keep_examples_whole(typer_app: typer.Typer) -> None:
+    """Help is plain click text: click re-wraps each paragraph to the terminal, so the line breaks
+    of a docstring never cut a sentence (rich-formatted help kept them and wrapped again). An
+    ``Example:`` paragraph is a command to copy, so it is marked verbatim (click's ``\\b``)
+    rather than wrapped mid-command."""
+    for info in typer_app.registered_commands:
+        doc = info.help or inspect.getdoc(info.callback) or ""
+        info.help = "\n\n".join(f"\b\n{p}" if p.startswith("Example") else p for p in doc.split("\n\n"))
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _keep_examples_whole(group.typer_instance)
 
 
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
+_keep_examples_whole(app)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

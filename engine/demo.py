@@ -20,14 +20,17 @@ a new sweep is recorded, and the gate keeps the champion unless the challenger b
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from engine.cliutil import program, selfheal_command
 from engine.errors import InputError
 from engine.home import Home
+from engine.tracking.registry import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SPEC = REPO / "experiments" / "demo_quick.yaml"
 EVALUATION_NOTEBOOK = REPO / "notebooks" / "03_scheduled_evaluation.ipynb"
 RULES_DIR = REPO / "rules"
-MODEL_NAME = "selfheal-detector"
 #: A fixed start keeps the data, and so its fingerprint, identical across runs.
 SYNTH_START = datetime(2026, 1, 5)
 EVALUATION_WINDOW_DAYS = 2.0
@@ -91,7 +93,7 @@ class DemoSummary:
             f"metrics     F1 {f('f1')}  precision {f('precision')}  recall {f('recall')}  "
             f"delay {f('mean_delay_s')}s  false alarms/day {f('false_alarms_per_day')}  NAB {f('nab_score')}",
             f"promotion   {self.promotion}",
-            f"champion    models:/{MODEL_NAME}@champion = version {self.champion_version}",
+            f"champion    models:/{DEFAULT_MODEL}@champion = version {self.champion_version}",
             f"evaluation  {self.notebook_verdict}",
             f"MLflow      {backend}  (artifacts: {self.home.mlflow_artifacts})",
             f"bundle      {self.bundle_path}  {self.bundle_version}  "
@@ -100,15 +102,16 @@ class DemoSummary:
         if self.game_day_passed is not None:
             verdict = "every fault healed" if self.game_day_passed else "NOT every fault healed"
             lines += [f"game day    {verdict}; report: {self.game_day_html}", self.game_day_text.rstrip()]
+        notebook = self.notebook_output or self.home.notebooks_out
         lines += [
             f"timing      {timing}",
             "",
             "open them:",
-            f"  .venv/bin/mlflow ui --backend-store-uri {backend} --port 5000",
-            f"  .venv/bin/jupyter lab {self.notebook_output or self.home.notebooks_out}",
-            f"  .venv/bin/selfheal --home {self.home.root} models list {MODEL_NAME}",
-            f"  .venv/bin/selfheal bundle inspect {self.bundle_path}",
-            f"  .venv/bin/selfheal --home {self.home.root} chaos run game_day --bundle {self.bundle_path}",
+            "  " + shlex.join([program("mlflow"), "ui", "--backend-store-uri", backend, "--port", "5000"]),
+            "  " + shlex.join([program("jupyter"), "lab", str(notebook)]),
+            "  " + selfheal_command(self.home, "models", "list", DEFAULT_MODEL),
+            "  " + selfheal_command(self.home, "bundle", "inspect", str(self.bundle_path)),
+            "  " + selfheal_command(self.home, "chaos", "run", "game_day", "--bundle", str(self.bundle_path)),
         ]
         if self.game_day_html:
             lines.append(f"  open {self.game_day_html} in a browser")
@@ -171,10 +174,10 @@ def run_demo(
     echo(sweep.table())
 
     t = time.perf_counter()
-    echo(f"[4/{steps}] promote: run {best.run_id} as {MODEL_NAME}")
-    result = registry.promote(best.run_id, MODEL_NAME, tracking_uri=uri)
+    echo(f"[4/{steps}] promote: run {best.run_id} as {DEFAULT_MODEL}")
+    result = registry.promote(best.run_id, DEFAULT_MODEL, tracking_uri=uri)
     summary.promotion = result.summary()
-    champion = registry.resolve_version(f"models:/{MODEL_NAME}@{registry.CHAMPION}", tracking_uri=uri)
+    champion = registry.resolve_version(f"models:/{DEFAULT_MODEL}@{registry.CHAMPION}", tracking_uri=uri)
     summary.champion_version = str(champion.version)
     summary.seconds["promote"] = time.perf_counter() - t
 
@@ -183,7 +186,7 @@ def run_demo(
     run = run_notebook(
         EVALUATION_NOTEBOOK,
         {
-            "model_name": MODEL_NAME,
+            "model_name": DEFAULT_MODEL,
             "window_days": EVALUATION_WINDOW_DAYS,
             "metric": QUALITY_METRIC,
             "min_quality": QUALITY_MINIMUM,
@@ -197,9 +200,9 @@ def run_demo(
     summary.seconds["evaluation"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo(f"[6/{steps}] bundle: models:/{MODEL_NAME}@champion with the policies in {RULES_DIR}")
+    echo(f"[6/{steps}] bundle: models:/{DEFAULT_MODEL}@champion with the policies in {RULES_DIR}")
     built = build_bundle(
-        f"models:/{MODEL_NAME}@{registry.CHAMPION}",
+        f"models:/{DEFAULT_MODEL}@{registry.CHAMPION}",
         RULES_DIR,
         tracking_uri=uri,
         bundles_dir=home.bundles,

@@ -1,14 +1,15 @@
-"""`selfheal demo`: the whole loop (research, bundle, game day), then again (idempotent), --home honoured."""
+"""`selfheal demo`: the whole loop (research, bundle, game day), then again (idempotent), --home honoured;
+what it prints is what a passing run should print; and it runs from a wheel outside the checkout."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
-
-pytestmark = [pytest.mark.slow, pytest.mark.alone]  # see `make test`
 
 
 def _demo(home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -20,6 +21,8 @@ def _demo(home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
+@pytest.mark.alone  # see `make test`
 def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
     first = _demo(home)
@@ -44,3 +47,44 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
     assert "(0 new)" in second.stdout  # the same data, not duplicated
     assert "champion    models:/selfheal-detector@champion = version 1" in second.stdout
     assert len(list((home / "notebooks").glob("03_scheduled_evaluation-*.ipynb"))) == 2
+
+
+def test_an_escalation_with_no_webhook_is_not_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The game day's engine has no escalation webhook: a failed verification it escalates is an
+    expected event of a passing run, not an ERROR line in its middle."""
+    from test_runtime_support import (
+        TOKEN,
+        AdminServer,
+        fit_pipeline,
+        ndjson,
+        service_points,
+        wait_for,
+        write_rules,
+    )
+
+    from engine.runtime.adapters import assemble
+    from engine.runtime.config import load_settings
+    from engine.runtime.server import build_engine, serve_in_thread
+
+    with AdminServer() as admin:
+        rules = write_rules(tmp_path / "rules", admin.url)
+        policy = rules / "platform.yaml"
+        policy.write_text(policy.read_text().replace(f'escalate_to: "{admin.url}/hook"', ""))
+        settings = load_settings(
+            overrides={"port": 0, "token": TOKEN, "tick_s": 0.01, "verify_interval_s": 0.05}, environ={}
+        )
+        running = serve_in_thread(build_engine(assemble(fit_pipeline(), rules), settings, tmp_path))
+        try:
+            with caplog.at_level("DEBUG", logger="engine"):
+                for t, anomalous in ((0, False), (3, True)):
+                    points = service_points(1_700_000_000.0 + t, 3, feature_store=anomalous)
+                    httpx.post(f"{running.url}/v1/telemetry", content=ndjson(list(points)))
+                escalated = wait_for(
+                    lambda: [r for r in caplog.records if "escalation for" in r.getMessage()], timeout=20
+                )
+        finally:
+            running.stop()
+    assert "no webhook configured" in escalated[0].getMessage()
+    assert all(r.levelno < logging.ERROR for r in escalated), [r.levelname for r in escalated]

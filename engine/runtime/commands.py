@@ -52,11 +52,11 @@ def run(
     Settings come from the config file, then SELFHEAL_ENGINE_<SETTING> variables (the token is
     usually SELFHEAL_ENGINE_TOKEN), then these options. Log as JSON with `selfheal --json-logs run`.
 
-    Example: SELFHEAL_ENGINE_TOKEN=s3cret selfheal run .selfheal/bundles/champion --port 8787
+    Example: SELFHEAL_ENGINE_TOKEN=change-me-0123 selfheal run .selfheal/bundles/selfheal-detector-v1
     """
     from engine.runtime.components import load_components
     from engine.runtime.config import load_settings
-    from engine.runtime.server import build_engine, serve
+    from engine.runtime.server import build_engine, listen, serve
 
     home = home_of(ctx).ensure()
     if ref.endswith((".yaml", ".yml")) and Path(ref).is_file():
@@ -64,7 +64,7 @@ def run(
             raise ConfigError(f"{ref} is already a config; --config {config} would be a second one")
         config, ref = Path(ref), ""
     overrides: dict[str, Any] = {
-        k: v for k, v in (("host", host), ("port", port), ("journal", journal_path)) if v
+        k: v for k, v in (("host", host), ("port", port), ("journal", journal_path)) if v is not None
     }
     settings = load_settings(config, overrides=overrides)
     if not ref:
@@ -81,7 +81,13 @@ def run(
             ref = str(config.parent / ref)
     settings.require_safe_binding(str(config or "command line"))
     components = load_components(ref, settings)
-    serve(build_engine(components, settings, home.journals))
+    sock = listen(settings)
+    try:
+        engine = build_engine(components, settings, home.journals)
+    except BaseException:
+        sock.close()
+        raise
+    serve(engine, sock)
 
 
 def pause(
@@ -139,7 +145,7 @@ def approvals_list(
     for r in rows:
         left = max(0.0, r["expires_ts"] - now)
         typer.echo(
-            f"{r['id']}  {r['action']} on {r['target']} (risk {r['risk']}, rule {r['policy']}/{r['rule']})  "
+            f"{r['id']}  {r['action']} on {r['target']} (risk {r['risk']}, rule {r['rule']})  "
             f"params {json.dumps(r['params'])}  expires in {left:.0f}s"
         )
 
@@ -245,7 +251,7 @@ def _line(kind: str, r: dict[str, Any]) -> str:
         reason = f"  ({r['reason']})" if r.get("reason") else ""
         return (
             f"{_when(r['ts'])}  {r['id']}  {r['status']:<20} {r['action']} on {r['target']}  "
-            f"risk {r['risk']}  {r['policy']}/{r['rule']} v{r['policy_version']}  "
+            f"risk {r['risk']}  {r['rule']} v{r['policy_version']}  "
             f"detector {r['detector']}@{r['detector_version']}  bundle {r['bundle_version']}{reason}"
         )
     if kind == "events":

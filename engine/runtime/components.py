@@ -133,6 +133,12 @@ def load_components(ref: str, settings: Any) -> EngineComponents:
                     f"{ref}: the {name} loader returned {type(components).__name__}, not EngineComponents"
                 )
             return components
+    if not Path(ref).exists():
+        raise ConfigError(
+            f"{ref} does not exist",
+            hint="give a bundle directory (`selfheal bundle build` prints it), an engine config "
+            "(.yaml) or a factory as path/to/file.py:function",
+        )
     raise ConfigError(
         f"{ref}: no loader knows this reference",
         hint="give a bundle directory or a factory as path/to/file.py:function or package.module:function",

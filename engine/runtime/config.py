@@ -12,6 +12,7 @@ with these settings and ``components:`` naming a bundle or a ``file.py:function`
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -132,9 +133,14 @@ def load_settings(
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
 ) -> EngineSettings:
-    """Read, merge and validate; every problem is reported at once with a 'did you mean' hint."""
+    """Read, merge and validate; every problem is reported at once with a 'did you mean' hint.
+
+    A problem names where its value came from (the file, the environment variable or the option),
+    since a value that overrides the file is not in the file a person would go and fix.
+    """
     source = str(path) if path else "<defaults>"
     raw: dict[str, Any] = {}
+    origin: dict[str, str] = {}
     if path is not None:
         hint = "fix the engine config; `selfheal run --help` lists every setting"
         loaded = load_yaml(path, hint=hint)
@@ -154,13 +160,18 @@ def load_settings(
                 hint=did_you_mean(name, fields) or f"settings: {', '.join(fields)}",
             )
         raw[name] = value
-    raw.update(overrides or {})
+        origin[name] = f"environment variable {key}"
+    for name, value in (overrides or {}).items():
+        raw[name] = value
+        origin[name] = f"option --{name.replace('_', '-')}"
     try:
         return EngineSettings.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(
-            problems_from(exc, file=source, model=EngineSettings), hint="see `selfheal run --help`"
-        ) from exc
+        problems = [
+            replace(p, file=origin.get(p.path.split(".")[0].split("[")[0], source))
+            for p in problems_from(exc, file=source, model=EngineSettings)
+        ]
+        raise SpecError(problems, hint="see `selfheal run --help`") from exc
 
 
 def _epoch(value: datetime) -> float:

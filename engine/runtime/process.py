@@ -742,7 +742,7 @@ class Engine:
         if call is None and url:
             call = ActionCall("webhook", {"url": url, "payload": payload})
         if call is None:
-            log.error("escalation for %s (no webhook configured): %s", decision.id, why)
+            log.info("escalation for %s (no webhook configured, so only logged): %s", decision.id, why)
             return
         call = ActionCall(
             call.action, {**call.params, "payload": {**call.params.get("payload", {}), **payload}}

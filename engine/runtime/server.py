@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -84,33 +85,41 @@ def tune_for_serving() -> None:
     gc.freeze()
 
 
-def serve(engine: Engine) -> None:
-    """Foreground: start the engine, serve until SIGTERM/SIGINT, drain, stop."""
+def listen(settings: EngineSettings) -> socket.socket:
+    """Bind the engine's address first: a busy port must fail before the journal exists, so that a
+    start that cannot listen leaves nothing behind (and recovery rewrites nothing)."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise RuntimeEngineError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}",
+            hint="another engine (or program) holds the port: stop it, or pass --port / set `port` "
+            "in the engine config",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(engine: Engine, sock: socket.socket) -> None:
+    """Foreground on ``sock`` (from ``listen``): start the engine, serve until SIGTERM/SIGINT, drain, stop."""
     engine.settings.require_safe_binding("engine config")
     server = _server(engine)
-    sock = _bind(server)  # a busy port fails here, before recovery rewrites anything
     try:
         engine.start()
     except BaseException:
         sock.close()
         raise
     tune_for_serving()
-    log.warning("selfheal engine listening on http://%s:%d", engine.settings.host, engine.settings.port)
+    host, port = sock.getsockname()[:2]
+    log.info("selfheal engine listening on http://%s:%d", host, port)
     try:
         server.run(sockets=[sock])
     finally:
         engine.stop(drain=True)
-
-
-def _bind(server: Any) -> Any:
-    config = server.config
-    try:
-        return config.bind_socket()
-    except SystemExit:  # uvicorn logs the OSError and exits; say what to do instead
-        raise RuntimeEngineError(
-            f"cannot listen on {config.host}:{config.port}",
-            hint="another engine (or program) holds the port: stop it or set `port` in the engine config",
-        ) from None
 
 
 @dataclass

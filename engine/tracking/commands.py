@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from engine.cliutil import home_of
+from engine.cliutil import home_of, selfheal_command
+from engine.tracking.registry import DEFAULT_MODEL
 
 TrackingUri = Annotated[
     str | None,
@@ -42,8 +43,10 @@ def experiment_run(
     Example: selfheal experiment run experiments/synth_pyod_sweep.yaml --workers 2
     """
     from engine.tracking.experiment import run_experiment
+    from engine.tracking.spec import load_spec
 
     home = home_of(ctx)
+    model_name = load_spec(spec).spec.tracking.model_name or DEFAULT_MODEL
     result = run_experiment(spec, home=home, tracking_uri=tracking_uri, workers=workers, progress=progress)
     typer.echo(result.table())
     best = result.best
@@ -57,7 +60,8 @@ def experiment_run(
         f"(run {best.run_id})"
     )
     typer.echo(f"tracking: {result.tracking_uri}")
-    typer.echo(f"next: selfheal promote {best.run_id} --name selfheal-detector")
+    uri = [] if result.tracking_uri == home.tracking_uri else ["--tracking-uri", result.tracking_uri]
+    typer.echo(f"next: {selfheal_command(home, 'promote', str(best.run_id), '--name', model_name, *uri)}")
 
 
 def experiment_families(
@@ -135,7 +139,7 @@ def promote(
     run_id: Annotated[
         str, typer.Argument(help="A configuration run id (or a sweep run id: its best child).")
     ],
-    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = "selfheal-detector",
+    name: Annotated[str, typer.Option("--name", help="Registered model name.")] = DEFAULT_MODEL,
     force: Annotated[bool, typer.Option("--force", help="Override the champion/challenger gate.")] = False,
     reason: Annotated[str | None, typer.Option("--reason", help="Why --force (recorded as a tag).")] = None,
     tracking_uri: TrackingUri = None,
@@ -161,7 +165,7 @@ def promote(
 
 def models_list(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Registered model name.")] = "selfheal-detector",
+    name: Annotated[str, typer.Argument(help="Registered model name.")] = DEFAULT_MODEL,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Show a registered model's versions, aliases and metrics.
@@ -169,13 +173,13 @@ def models_list(
     Example: selfheal models list selfheal-detector
     """
     from engine.tracking import registry
+    from engine.tracking.experiment import metric_cells, metric_header
 
     uri = registry.resolve_tracking_uri(home_of(ctx), tracking_uri)
     rows = registry.list_versions(name, tracking_uri=uri)
-    cols = ("f1", "precision", "recall", "false_alarms_per_day", "nab_score")
-    typer.echo(f"{'version':>7}  {'aliases':<12} " + " ".join(f"{c[:10]:>10}" for c in cols) + "  gate / run")
+    typer.echo(f"{'version':>7}  {'aliases':<12} {metric_header()}  gate / run")
     for r in rows:
-        vals = " ".join(f"{_fmt(r.metrics.get(c)):>10}" for c in cols)
+        vals = metric_cells(r.metrics)
         gate = r.tags.get("selfheal.gate", "")
         if r.tags.get("selfheal.forced") == "true":
             gate = f"forced: {r.tags.get('selfheal.force_reason', '')}"
@@ -184,7 +188,7 @@ def models_list(
 
 def models_rollback(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="Registered model name.")] = "selfheal-detector",
+    name: Annotated[str, typer.Argument(help="Registered model name.")] = DEFAULT_MODEL,
     tracking_uri: TrackingUri = None,
 ) -> None:
     """Move alias `champion` back to the version that held it before the current one.

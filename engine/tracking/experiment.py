@@ -115,16 +115,33 @@ class SweepResult:
 
     def table(self) -> str:
         """Configurations ranked by the selection metric, one line each."""
-        cols = ("f1", "precision", "recall", "false_alarms_per_day", "nab_score")
-        lines = [f"{'configuration':<48} " + " ".join(f"{c[:10]:>10}" for c in cols) + "  run"]
+        lines = [f"{'configuration':<48} {metric_header()}  run"]
         for r in self.results:
             mark = "*" if r is self.best else " "
             if not r.ok:
                 lines.append(f"{mark}{r.config.label[:47]:<47}  FAILED: {r.error}")
                 continue
-            vals = " ".join(f"{r.metrics.get(c, float('nan')):>10.3f}" for c in cols)
-            lines.append(f"{mark}{r.config.label[:47]:<47} {vals}  {r.run_id or '-'}")
+            lines.append(f"{mark}{r.config.label[:47]:<47} {metric_cells(r.metrics)}  {r.run_id or '-'}")
         return "\n".join(lines)
+
+
+#: The metrics a table of configurations or model versions shows, in this order.
+TABLE_METRICS = ("f1", "precision", "recall", "false_alarms_per_day", "nab_score")
+
+
+def metric_header() -> str:
+    """Column titles of ``TABLE_METRICS``, each whole (a column is as wide as its name)."""
+    return " ".join(f"{name:>{max(10, len(name))}}" for name in TABLE_METRICS)
+
+
+def metric_cells(metrics: dict[str, float]) -> str:
+    """The values under ``metric_header``; '-' where a metric is missing or not finite."""
+    cells = []
+    for name in TABLE_METRICS:
+        value = metrics.get(name)
+        text = f"{value:.3f}" if value is not None and math.isfinite(value) else "-"
+        cells.append(f"{text:>{max(10, len(name))}}")
+    return " ".join(cells)
 
 
 # ------------------------------------------------------------------------------------ preparation

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,6 +81,7 @@ def run_notebook(
     """Execute ``notebook`` with papermill and return its verdict (never raises on a failing cell)."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     from engine.tracking import registry
 
@@ -124,16 +126,22 @@ def run_notebook(
 
     started = time.perf_counter()
     error = None
+    # The kernel talks to us over Unix sockets in a folder of this run that only we can enter, not
+    # over TCP on 127.0.0.1, where any local user could read the traffic (ipykernel warns about it
+    # on stderr). Each run gets its own folder: with the default socket names (kernel-ipc-N in the
+    # working folder) two runs at once talk to each other's kernels.
     try:
-        papermill.execute_notebook(
-            str(path),
-            str(out),
-            parameters=params,
-            kernel_name=kernel,
-            cwd=str(path.resolve().parent),
-            progress_bar=False,
-            log_output=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="selfheal-kernel-") as sockets:
+            papermill.execute_notebook(
+                str(path),
+                str(out),
+                parameters=params,
+                kernel_name=kernel,
+                cwd=str(path.resolve().parent),
+                progress_bar=False,
+                log_output=False,
+                config=Config(KernelManager={"transport": "ipc", "ip": f"{sockets}/kernel"}),
+            )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
     except Exception as exc:  # kernel missing, dead kernel, ...: still a verdict, with the reason

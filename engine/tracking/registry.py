@@ -26,6 +26,8 @@ from engine.home import Home, use_tracking
 logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
+#: The registered model name when a spec or a command names none.
+DEFAULT_MODEL = "selfheal-detector"
 HISTORY_TAG = "selfheal.champion_history"
 
 # Tags written on runs by the experiment runner and read here.
