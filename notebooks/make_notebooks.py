@@ -42,7 +42,7 @@ EXPLORE = _nb(
         _params(
             """
 home = None          # selfheal home folder (None: SELFHEAL_HOME or ./.selfheal)
-services = None      # e.g. ["gateway", "inference-a"]; None = all
+services = None      # a list such as ["gateway", "inference-a"]; None means all
 last_days = 3.0      # the most recent N days in the store
 metrics = ["latency_p99_ms", "error_rate", "memory_util", "cpu_util"]
 """
@@ -83,7 +83,7 @@ home = None                 # selfheal home folder
 tracking_uri = None         # None: MLFLOW_TRACKING_URI or sqlite in the home folder
 detector = "IForest"        # any registered detector or PyOD class name
 params = {"n_estimators": 100}
-services = None             # None = all services
+services = None             # a list of services; None means all
 start = None                # ISO time or None
 end = None
 train_fraction = 0.5

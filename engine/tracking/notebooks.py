@@ -62,10 +62,36 @@ def coerce(value: str) -> Any:
 
 
 def declared_parameters(notebook: Path) -> dict[str, Any]:
-    """The names (and papermill's inferred info) of the notebook's ``parameters`` cell."""
+    """The names (and papermill's inferred info) of the notebook's ``parameters`` cell.
+
+    papermill reads that cell line by line with a pattern and skips, with a log line, what the
+    pattern does not fit (a second ``=`` in a comment is enough); a skipped name then looks
+    undeclared. Python's own parser says what the cell assigns, so such a cell is refused here,
+    naming the lines, rather than its parameters being unusable.
+    """
+    import ast
+
+    import nbformat
     import papermill
 
-    return dict(papermill.inspect_notebook(str(notebook)))
+    declared = dict(papermill.inspect_notebook(str(notebook)))
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return declared
+    unread = [
+        f"line {node.lineno}: {target.id}"
+        for node in ast.parse(cell.source).body
+        if isinstance(node, ast.Assign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Name) and target.id not in declared
+    ]
+    if unread:
+        raise ConfigError(
+            f"{notebook}: papermill cannot read the parameters cell's {', '.join(unread)}",
+            hint="write one `name = value  # comment` per line, with no '=' inside the comment",
+        )
+    return declared
 
 
 def run_notebook(
