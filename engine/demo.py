@@ -30,14 +30,14 @@ from pathlib import Path
 from engine.cliutil import program, selfheal_command
 from engine.errors import InputError
 from engine.home import Home
+from engine.shipped import shipped
 from engine.tracking.registry import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_SPEC = REPO / "experiments" / "demo_quick.yaml"
-EVALUATION_NOTEBOOK = REPO / "notebooks" / "03_scheduled_evaluation.ipynb"
-RULES_DIR = REPO / "rules"
+DEFAULT_SPEC = shipped("experiments") / "demo_quick.yaml"
+EVALUATION_NOTEBOOK = shipped("notebooks") / "03_scheduled_evaluation.ipynb"
+RULES_DIR = shipped("rules")
 #: A fixed start keeps the data, and so its fingerprint, identical across runs.
 SYNTH_START = datetime(2026, 1, 5)
 EVALUATION_WINDOW_DAYS = 2.0

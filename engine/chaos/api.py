@@ -18,12 +18,12 @@ from typing import Any
 
 from engine.chaos.experiment import Experiment, load_experiment
 from engine.chaos.results import RunResult, analyse
+from engine.shipped import shipped
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS_DIR = REPO / "experiments" / "chaos"
-RULES_DIR = REPO / "rules"
+EXPERIMENTS_DIR = shipped("experiments") / "chaos"
+RULES_DIR = shipped("rules")
 GAME_DAY = ("game_day.yaml", "bad_deploy_expired.yaml")
 MLFLOW_EXPERIMENT = "chaos"
 

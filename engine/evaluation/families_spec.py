@@ -18,9 +18,10 @@ from engine.detectors.spec_problems import detector_param_problems
 from engine.durations import parse_duration
 from engine.errors import Problem, SpecError
 from engine.evaluation.families import Family
+from engine.shipped import shipped
 from engine.specs import load_yaml, problems_from
 
-DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "experiments" / "families" / "compare.yaml"
+DEFAULT_SPEC = shipped("experiments") / "families" / "compare.yaml"
 
 
 class FamilySpec(BaseModel):

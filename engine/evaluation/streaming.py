@@ -36,11 +36,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.errors import ConfigError, SpecError
 from engine.evaluation.nab import NabCorpus, NabReport, NabSeries, score_results, write_results
+from engine.shipped import shipped
 from engine.specs import expect_mapping, load_yaml, problems_from
 
 logger = logging.getLogger(__name__)
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "experiments" / "nab"
+SPEC_DIR = shipped("experiments") / "nab"
 NAB_EXPERIMENT = "nab"
 
 # --------------------------------------------------------------------------------- the spec

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import ConfigError, Problem, SpecError
+from engine.shipped import shipped
 from engine.specs import did_you_mean, load_yaml, problems_from
 
 Role = Literal["gateway", "inference", "vector_db", "feature_store", "ingestion"]
@@ -35,8 +36,7 @@ KIND_ROLES: dict[str, frozenset[str]] = {
     "dependency_outage": frozenset({"vector_db", "feature_store"}),
 }
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "datasets" / "synth_platform.yaml"
+DEFAULT_CONFIG = shipped("datasets") / "synth_platform.yaml"
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Positive = Annotated[float, Field(gt=0.0)]
