@@ -9,12 +9,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.chaos.clock import ManualClock, ScaledClock
-from engine.chaos.platform import SimulatedPlatform
-from engine.chaos.server import PlatformServer
+from engine.simulation.clock import ManualClock, ScaledClock
+from engine.simulation.live import SimulatedPlatform
+from engine.simulation.server import PlatformServer
 
 T0 = 1_768_294_800.0  # 2026-01-13 09:00 UTC, a Tuesday
-MAPPING = Path(__file__).resolve().parents[1] / "engine" / "chaos" / "prometheus_mapping.yaml"
+MAPPING = Path(__file__).resolve().parents[1] / "engine" / "simulation" / "prometheus_mapping.yaml"
 
 
 @pytest.fixture

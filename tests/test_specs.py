@@ -278,7 +278,7 @@ def _kinds() -> dict[str, Callable[[Path, str], Callable[[], Any]]]:
     from engine.features import FeatureSpec
     from engine.runtime.config import load_settings
     from engine.runtime.sources import PromMapping
-    from engine.telemetry.synth_config import load_config
+    from engine.simulation.config import load_config
     from engine.tracking.spec import load_spec
 
     return {

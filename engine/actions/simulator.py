@@ -1,41 +1,10 @@
-"""The ``simulator`` backend, and the admin API contract of the simulated platform.
+"""The ``simulator`` backend: the engine's actions against the simulated platform's admin API.
 
-The simulated platform (``engine.chaos``) serves every service's admin API on one base URL
-(default ``http://127.0.0.1:8750``, set per service in the targets file). This module is the
-contract that server implements; the actions here are its only client.
-
-Contract (JSON in and out; ``{service}`` is a topology service name, e.g. ``inference-a``):
-
-- ``POST /admin/{service}/restart``, body ``{}``
-  -> ``{"ok": true, "restarted_at": ts}``
-- ``POST /admin/{service}/scale``, body ``{"replicas": int}`` or ``{"delta": int}``
-  -> ``{"ok": true, "previous": int, "replicas": int}``
-- ``POST /admin/{service}/shift_traffic``, body ``{"weights": {name: float}}``
-  -> ``{"ok": true, "previous": {name: float}, "weights": {name: float}}``
-- ``POST /admin/{service}/refresh_index``, body ``{"index": str | null}``
-  -> ``{"ok": true, "started_at": ts}``
-- ``POST /admin/{service}/rollback_model``, body ``{"version": str | null}``
-  -> ``{"ok": true, "previous": str, "version": str}``
-- ``GET /admin/{service}/state``
-  -> ``{"replicas": int, "weights": {...}, "model_version": str, "faults": [...], ...}``
-- ``POST /admin/{service}/faults``, body ``{"kind": str, "params": {...}}``
-  -> ``{"ok": true, "fault_id": str}``
-- ``DELETE /admin/{service}/faults`` (all) or ``/admin/{service}/faults/{fault_id}``
-  -> ``{"ok": true, "cleared": int}``
-
-Rules the server follows:
-
-- Every POST carries an ``Idempotency-Key`` header. A key seen before returns the first response
-  again (same status, same body) without applying the change twice; a POST without the header is
-  refused with 400.
-- ``scale`` with ``{"delta": int}`` instead of ``replicas`` adds to the current count (never below 1).
-- ``rollback_model`` with ``version: null`` rolls back to the version deployed before the current one.
-- ``refresh_index`` answers at once; the index is rebuilt in the background (precision recovers
-  after a delay, in simulated time).
-- Fault kinds are the incident kinds of the synthetic platform: ``latency_creep``, ``memory_leak``,
-  ``stale_index``, ``bad_deploy``, ``dependency_outage``.
-- Unknown service: 404 ``{"error": "..."}``; invalid body: 422 ``{"error": "...", "field": "..."}``.
-- When the targets file sets ``token_env``, requests carry ``Authorization: Bearer <token>``.
+The simulated platform (``engine.simulation``) serves every service's admin API on one base URL
+(default ``http://127.0.0.1:8750``, set per service in the targets file). The contract (paths,
+bodies, idempotency, errors) is written down once, beside the server that implements it, in
+``engine.simulation.server``; this backend is its client, like the Kubernetes backend is a
+client of the Kubernetes API.
 """
 
 from __future__ import annotations

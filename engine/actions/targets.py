@@ -60,7 +60,7 @@ class HttpConfig(_Auth):
 
 
 class SimulatorConfig(_Auth):
-    """The simulated platform's admin API (see ``engine.actions.simulator``)."""
+    """The simulated platform's admin API (the contract: ``engine.simulation.server``)."""
 
     url: str = DEFAULT_SIMULATOR_URL
 

@@ -123,16 +123,16 @@ def chaos_platform(
 ) -> None:
     """Serve the simulated platform alone: /metrics (Prometheus) and the admin API, until Ctrl-C.
 
-    Point an engine at it with a Prometheus source and engine/chaos/prometheus_mapping.yaml;
-    inject faults with POST /admin/{service}/faults (see engine/actions/simulator.py).
+    Point an engine at it with a Prometheus source and engine/simulation/prometheus_mapping.yaml;
+    inject faults with POST /admin/{service}/faults (the contract: engine/simulation/server.py).
 
     Example: selfheal chaos platform --port 8750 --speed 60
     """
     import threading
 
-    from engine.chaos.clock import ScaledClock
-    from engine.chaos.platform import SimulatedPlatform
-    from engine.chaos.server import PlatformServer
+    from engine.simulation.clock import ScaledClock
+    from engine.simulation.live import SimulatedPlatform
+    from engine.simulation.server import PlatformServer
 
     clock = ScaledClock(time.time(), speed=speed)
     platform = SimulatedPlatform(clock, seed=seed)

@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.telemetry.synth_config import SynthConfig
+from engine.simulation.config import SynthConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from engine.errors import Problem, SpecError
 from engine.features.spec import parse_duration
+from engine.simulation.config import INCIDENT_KINDS, KIND_ROLES
+from engine.simulation.model import PLATFORM_METRICS
 from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
-from engine.telemetry.platform_model import PLATFORM_METRICS
-from engine.telemetry.synth_config import INCIDENT_KINDS, KIND_ROLES
 
 SERVICE_ROLES = {
     "gateway": "gateway",
@@ -78,7 +78,7 @@ class Probe(_Strict):
 
     @model_validator(mode="after")
     def _emitted(self) -> Probe:
-        from engine.telemetry.platform_model import ROLE_METRICS
+        from engine.simulation.model import ROLE_METRICS
 
         role = SERVICE_ROLES[self.service]
         if self.metric not in ROLE_METRICS[role]:

@@ -36,11 +36,11 @@ from typing import Any
 import httpx
 import numpy as np
 
-from engine.chaos.clock import ScaledClock
 from engine.chaos.experiment import ApprovalAnswer, Experiment, FaultStep, PauseStep, Probe
-from engine.chaos.platform import Point, SimulatedPlatform
-from engine.chaos.server import PlatformServer
 from engine.errors import RuntimeEngineError
+from engine.simulation.clock import ScaledClock
+from engine.simulation.live import Point, SimulatedPlatform
+from engine.simulation.server import PlatformServer
 
 log = logging.getLogger(__name__)
 

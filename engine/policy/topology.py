@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.telemetry.platform_model import PLATFORM_METRICS
+from engine.simulation.model import PLATFORM_METRICS
 
 Tier = Literal["edge", "serving", "data", "batch"]
 

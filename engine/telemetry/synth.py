@@ -1,6 +1,6 @@
 """Synthetic AI-platform telemetry with labeled incidents (the data behind ``selfheal synth``).
 
-``generate`` draws an incident schedule, evaluates the platform model (platform_model.py) over
+``generate`` draws an incident schedule, evaluates the platform model (``engine.simulation.model``) over
 every 10-second tick in one vectorised call, and returns the points in the store's long format
 plus the incident windows. The same seed gives identical frames.
 
@@ -22,9 +22,7 @@ import numpy as np
 import polars as pl
 
 from engine.errors import ConfigError
-from engine.telemetry.platform_faults import Fault
-from engine.telemetry.platform_model import ROLE_METRICS, Controls, PlatformModel, resolve_services
-from engine.telemetry.synth_config import (
+from engine.simulation.config import (
     DEFAULT_CONFIG,
     INCIDENT_KINDS,
     KIND_ROLES,
@@ -32,6 +30,8 @@ from engine.telemetry.synth_config import (
     config_from_dict,
     load_config,
 )
+from engine.simulation.faults import Fault
+from engine.simulation.model import ROLE_METRICS, Controls, PlatformModel, resolve_services
 
 __all__ = [
     "DEFAULT_CONFIG",

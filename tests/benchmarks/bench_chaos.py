@@ -38,9 +38,9 @@ def _offline_ttd(kind: str, pipeline: Any) -> tuple[float | None, float]:
     """(first anomalous row after injection - injection, physical recovery after the action)."""
     import polars as pl
 
-    from engine.chaos.clock import ManualClock
-    from engine.chaos.platform import SimulatedPlatform
     from engine.features import batch_features
+    from engine.simulation.clock import ManualClock
+    from engine.simulation.live import SimulatedPlatform
 
     exp = load_experiment(EXPERIMENTS_DIR / f"{kind}.yaml")
     (fault,) = exp.faults

@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import ConfigError
-from engine.telemetry.platform_faults import Effects, Fault, apply_faults
-from engine.telemetry.synth_config import (
+from engine.simulation.config import (
     AnyServiceSpec,
     GatewaySpec,
     InferenceSpec,
@@ -36,6 +35,7 @@ from engine.telemetry.synth_config import (
     SynthConfig,
     VectorDbSpec,
 )
+from engine.simulation.faults import Effects, Fault, apply_faults
 
 ROLE_METRICS: dict[str, tuple[str, ...]] = {
     "gateway": (
@@ -175,7 +175,7 @@ def resolve_services(cfg: SynthConfig, services: int | None) -> list[AnyServiceS
 class PlatformModel:
     """The platform's metrics as a function of time, faults and controls.
 
-    >>> from engine.telemetry.synth_config import load_config
+    >>> from engine.simulation.config import load_config
     >>> model = PlatformModel(load_config(), services=6, seed=0)
     >>> t = 1.767e9 + 10.0 * np.arange(3)
     >>> vals = model.values(t, faults=[Fault("bad_deploy", "inference-a", start=1.767e9)])

@@ -17,15 +17,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
 from engine.errors import InputError
-from engine.telemetry.synth_config import KIND_ROLES
-
-if TYPE_CHECKING:
-    from engine.telemetry.platform_model import PlatformModel
+from engine.simulation.config import KIND_ROLES, AnyServiceSpec
 
 FaultKind = Literal[
     "latency_creep", "memory_leak", "stale_index", "bad_deploy", "dependency_outage", "restart"
@@ -63,6 +60,23 @@ class Fault:
     def label_end(self) -> float:
         """End of the labeled incident window: the signal is back to normal."""
         return self.end + self.recovery_s
+
+
+class PlatformView(Protocol):
+    """What a fault needs to know of the platform: its services, their specs and who calls whom.
+
+    ``PlatformModel`` is one; faults take this narrow view so that the model can import the faults
+    (it applies them) without the faults importing the model back.
+    """
+
+    @property
+    def services(self) -> list[str]: ...
+
+    @property
+    def specs(self) -> dict[str, AnyServiceSpec]: ...
+
+    @property
+    def callers(self) -> dict[str, list[str]]: ...
 
 
 class Effects:
@@ -113,14 +127,14 @@ def _linear(seconds: float) -> Callable[[np.ndarray], np.ndarray]:
     return lambda d: np.clip(d / max(seconds, 1e-9), 0.0, 1.0)
 
 
-def _latency_creep(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects) -> None:
+def _latency_creep(fault: Fault, t: np.ndarray, model: PlatformView, eff: Effects) -> None:
     """Own work slows down gradually (fragmentation, cache growth) until someone fixes it."""
     level = _level(t, fault, lambda d: _linear(fault.ramp_s)(d) ** 1.5)
     eff.scale(fault.service, "slow", 1.0 + (fault.magnitude - 1.0) * level)
     eff.add(fault.service, "cpu", 0.05 * level)
 
 
-def _memory_leak(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects) -> None:
+def _memory_leak(fault: Fault, t: np.ndarray, model: PlatformView, eff: Effects) -> None:
     """Memory climbs to the OOM kill, GC thrash slows the service near the top, then a restart.
 
     While the cause is active the process leaks, is killed at OOM_MEMORY after ``ramp_s``, is
@@ -144,14 +158,14 @@ def _memory_leak(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects
     eff.add(fault.service, "down", restarting.astype(np.float64))
 
 
-def _stale_index(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects) -> None:
+def _stale_index(fault: Fault, t: np.ndarray, model: PlatformView, eff: Effects) -> None:
     """The index drifts from the corpus: precision decays slowly, hit rate less; a refresh restores."""
     level = _level(t, fault, lambda d: 1.0 - np.exp(-3.0 * d / max(fault.ramp_s, 1e-9)))
     eff.add(fault.service, "precision_drop", fault.magnitude * level)
     eff.add(fault.service, "hit_drop", 0.5 * fault.magnitude * level)
 
 
-def _bad_deploy(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects) -> None:
+def _bad_deploy(fault: Fault, t: np.ndarray, model: PlatformView, eff: Effects) -> None:
     """A worse model version: errors and response variability jump, it is also a bit slower."""
     level = _level(t, fault, _linear(DEPLOY_ONSET_S))
     eff.add(fault.service, "err", fault.magnitude * level)
@@ -160,7 +174,7 @@ def _bad_deploy(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects)
     eff.add(fault.service, "mem", 0.05 * level)
 
 
-def _dependency_outage(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects) -> None:
+def _dependency_outage(fault: Fault, t: np.ndarray, model: PlatformView, eff: Effects) -> None:
     """The root fails a fraction of calls and the rest time out slowly; callers feel it via the graph.
 
     Batch writers (ingestion) that call the root cannot write: their backlog grows during the
@@ -180,14 +194,14 @@ def _dependency_outage(fault: Fault, t: np.ndarray, model: PlatformModel, eff: E
         eff.add(caller, "backlog", np.clip(stuck - drained, 0.0, None))
 
 
-def _restart(fault: Fault, t: np.ndarray, model: PlatformModel, eff: Effects) -> None:
+def _restart(fault: Fault, t: np.ndarray, model: PlatformView, eff: Effects) -> None:
     spec = model.specs[fault.service]
     down = ((t >= fault.start) & (t < fault.end)).astype(np.float64)
     eff.add(fault.service, "down", down)
     eff.add(fault.service, "mem", -0.4 * spec.memory_util * down)
 
 
-_SIGNATURES: dict[str, Callable[[Fault, np.ndarray, PlatformModel, Effects], None]] = {
+_SIGNATURES: dict[str, Callable[[Fault, np.ndarray, PlatformView, Effects], None]] = {
     "latency_creep": _latency_creep,
     "memory_leak": _memory_leak,
     "stale_index": _stale_index,
@@ -197,7 +211,7 @@ _SIGNATURES: dict[str, Callable[[Fault, np.ndarray, PlatformModel, Effects], Non
 }
 
 
-def apply_faults(faults: Iterable[Fault], t: np.ndarray, model: PlatformModel) -> Effects:
+def apply_faults(faults: Iterable[Fault], t: np.ndarray, model: PlatformView) -> Effects:
     """Turn the faults into per-service knobs over the time array t (epoch seconds)."""
     eff = Effects()
     for fault in faults:

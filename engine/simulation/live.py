@@ -1,6 +1,6 @@
 """The simulated AI platform: the synthetic platform's signal model, run live, with faults and controls.
 
-Why this reuses ``engine.telemetry.platform_model`` instead of writing its own physics: the history
+Why this reuses ``engine.simulation.model`` instead of writing its own physics: the history
 the detectors were trained on and the platform the chaos experiments break must be the same
 platform, or a detector that passes a game day proves nothing. The model is closed-form in time,
 faults and controls, so a live platform only has to keep *state*: which faults are active and when
@@ -18,7 +18,7 @@ How remediations act (each is a change to a fault's ``end`` and ``recovery_s``, 
 - ``scale`` changes capacity (replicas / the initial count); ``shift_traffic`` on the gateway sets
   the traffic shares of the inference services.
 
-Everything is keyed on platform time from an injectable clock (``engine.chaos.clock``).
+Everything is keyed on platform time from an injectable clock (``engine.simulation.clock``).
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from engine.chaos.clock import SimClock
 from engine.errors import InputError
-from engine.telemetry.platform_faults import Fault
-from engine.telemetry.platform_model import Controls, PlatformModel
-from engine.telemetry.synth_config import INCIDENT_KINDS, KIND_ROLES, SynthConfig, load_config
+from engine.simulation.clock import SimClock
+from engine.simulation.config import INCIDENT_KINDS, KIND_ROLES, SynthConfig, load_config
+from engine.simulation.faults import Fault
+from engine.simulation.model import Controls, PlatformModel
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ class SimulatedPlatform:
             }
 
     def admin(self, service: str, op: str, body: Mapping[str, Any], key: str | None = None) -> dict[str, Any]:
-        """Apply one admin operation of the contract (engine/actions/simulator.py) now."""
+        """Apply one admin operation of the contract (``engine.simulation.server``) now."""
         handler = {
             "restart": self.restart,
             "scale": self.scale,

@@ -1,13 +1,47 @@
 """HTTP face of the simulated platform: Prometheus ``/metrics`` and the admin API contract.
 
-One server on 127.0.0.1 serves every service (the contract in ``engine.actions.simulator`` puts
-all admin paths under one base URL): ``/admin/{service}/...`` for operations and faults,
-``/services/{service}/metrics`` for one service's Prometheus exposition, ``/metrics`` for all of
-them (label ``service``), ``/platform`` for the whole state and ``/healthz``.
+One server on 127.0.0.1 serves every service (all admin paths under one base URL):
+``/admin/{service}/...`` for operations and faults, ``/services/{service}/metrics`` for one
+service's Prometheus exposition, ``/metrics`` for all of them (label ``service``), ``/platform``
+for the whole state and ``/healthz``. The engine's ``simulator`` actions
+(``engine.actions.simulator``) are the client of the admin API.
 
 Why the standard library server: it starts in milliseconds inside a test, needs no event loop in
 the caller's thread, and the admin API is a handful of JSON routes. Samples carry the platform's
 timestamp (milliseconds), so a scraper keeps platform time however fast the clock runs.
+
+Contract (JSON in and out; ``{service}`` is a topology service name, e.g. ``inference-a``):
+
+- ``POST /admin/{service}/restart``, body ``{}``
+  -> ``{"ok": true, "restarted_at": ts}``
+- ``POST /admin/{service}/scale``, body ``{"replicas": int}`` or ``{"delta": int}``
+  -> ``{"ok": true, "previous": int, "replicas": int}``
+- ``POST /admin/{service}/shift_traffic``, body ``{"weights": {name: float}}``
+  -> ``{"ok": true, "previous": {name: float}, "weights": {name: float}}``
+- ``POST /admin/{service}/refresh_index``, body ``{"index": str | null}``
+  -> ``{"ok": true, "started_at": ts}``
+- ``POST /admin/{service}/rollback_model``, body ``{"version": str | null}``
+  -> ``{"ok": true, "previous": str, "version": str}``
+- ``GET /admin/{service}/state``
+  -> ``{"replicas": int, "weights": {...}, "model_version": str, "faults": [...], ...}``
+- ``POST /admin/{service}/faults``, body ``{"kind": str, "params": {...}}``
+  -> ``{"ok": true, "fault_id": str}``
+- ``DELETE /admin/{service}/faults`` (all) or ``/admin/{service}/faults/{fault_id}``
+  -> ``{"ok": true, "cleared": int}``
+
+Rules the server follows:
+
+- Every POST carries an ``Idempotency-Key`` header. A key seen before returns the first response
+  again (same status, same body) without applying the change twice; a POST without the header is
+  refused with 400.
+- ``scale`` with ``{"delta": int}`` instead of ``replicas`` adds to the current count (never below 1).
+- ``rollback_model`` with ``version: null`` rolls back to the version deployed before the current one.
+- ``refresh_index`` answers at once; the index is rebuilt in the background (precision recovers
+  after a delay, in simulated time).
+- Fault kinds are the incident kinds of the synthetic platform: ``latency_creep``, ``memory_leak``,
+  ``stale_index``, ``bad_deploy``, ``dependency_outage``.
+- Unknown service: 404 ``{"error": "..."}``; invalid body: 422 ``{"error": "...", "field": "..."}``.
+- When the targets file sets ``token_env``, requests carry ``Authorization: Bearer <token>``.
 """
 
 from __future__ import annotations
@@ -20,7 +54,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote
 
-from engine.chaos.platform import PlatformError, SimulatedPlatform
+from engine.simulation.live import PlatformError, SimulatedPlatform
 
 log = logging.getLogger(__name__)
 
