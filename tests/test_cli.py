@@ -126,8 +126,10 @@ def test_a_bad_engine_setting_names_where_its_value_came_from(tmp_path: Path) ->
     )
     config = tmp_path / "engine.yaml"
     config.write_text("token: short\n")
-    from_file = _selfheal("run", str(config))
+    # SELFHEAL_ENGINE_URL is the operator commands' variable, not a setting the engine refuses
+    from_file = _selfheal("run", str(config), env=_env(SELFHEAL_ENGINE_URL="http://127.0.0.1:9"))
     assert from_file.returncode == 2
+    assert from_file.stderr.startswith("selfheal: error: 1 problem(s):"), from_file.stderr
     assert f"{config}: token: the token must have at least 8" in from_file.stderr
     from_option = _selfheal("run", str(tmp_path), "--port", "70000")
     assert from_option.returncode == 2 and "option --port: port:" in from_option.stderr
@@ -230,22 +232,29 @@ def test_engine_logs_its_normal_events_at_info_and_a_busy_port_leaves_no_journal
     assert f"cannot listen on 127.0.0.1:{port}" in refused.stderr
     assert not journal.parent.exists() or list(journal.parent.iterdir()) == []
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "--home", str(tmp_path), "run", factory, "--port", "0",
-         "--journal", str(journal)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
-    )  # fmt: skip
-    try:
+    for start in ("first", "again"):  # again: the journal exists, the engine recovers from it
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "--home", str(tmp_path), "run", factory, "--port", "0",
+             "--journal", str(journal)],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env,
+        )  # fmt: skip
         stderr = _Lines(proc)
-        line = stderr.wait_for("listening on")
-        assert " INFO engine.runtime.server: selfheal engine listening on http://127.0.0.1:" in line
-        url = line.rsplit(" ", 1)[-1].strip()
-        assert not url.endswith(":8787")  # --port 0 is a port (it was dropped as falsy)
-        assert httpx.get(f"{url}/healthz").is_success
-        assert not [x for x in stderr.lines if " WARNING " in x or " ERROR " in x], stderr.lines
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        try:
+            line = stderr.wait_for("listening on")
+            assert " INFO engine.runtime.server: selfheal engine listening on http://127.0.0.1:" in line
+            url = line.rsplit(" ", 1)[-1].strip()
+            assert not url.endswith(":8787")  # --port 0 is a port (it was dropped as falsy)
+            assert httpx.get(f"{url}/healthz").is_success
+            points = ndjson(list(service_points(1_700_000_000.0, 3, vector_db=start == "first")))
+            assert httpx.post(f"{url}/v1/telemetry", content=points).status_code == 202
+            if start == "again":
+                stderr.wait_for("recovered from the journal")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
+        stderr.wait_for("engine stopped")
+        normal = [x for x in stderr.lines if " WARNING " in x or " ERROR " in x]
+        assert normal == [], f"{start} start: {stderr.lines}"
 
 
 @pytest.mark.slow

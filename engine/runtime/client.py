@@ -15,12 +15,13 @@ import httpx
 from engine.errors import RuntimeEngineError
 
 TOKEN_ENV = "SELFHEAL_ENGINE_TOKEN"
+URL_ENV = "SELFHEAL_ENGINE_URL"
 DEFAULT_URL = "http://127.0.0.1:8787"
 
 
 class EngineClient:
     def __init__(self, url: str | None = None, token: str | None = None, timeout_s: float = 10.0) -> None:
-        self.url = (url or os.environ.get("SELFHEAL_ENGINE_URL") or DEFAULT_URL).rstrip("/")
+        self.url = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
         self.token = token or os.environ.get(TOKEN_ENV)
         self.timeout_s = timeout_s
 
@@ -33,7 +34,7 @@ class EngineClient:
         except httpx.ConnectError as exc:
             raise EngineUnreachable(
                 f"no engine answers at {self.url} ({exc})",
-                hint="start it with `selfheal run`, or pass --url / SELFHEAL_ENGINE_URL",
+                hint=f"start it with `selfheal run`, or pass --url / {URL_ENV}",
             ) from exc
         except httpx.HTTPError as exc:
             raise RuntimeEngineError(f"{method} {self.url}{path} failed: {exc}") from exc

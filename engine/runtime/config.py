@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from engine.errors import ConfigError, SpecError
+from engine.runtime.client import URL_ENV
 from engine.runtime.safeguards import GlobalLimits, MaintenanceWindow
 from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
 
@@ -151,7 +152,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     fields = EngineSettings.model_fields
     for key, value in env.items():
-        if not key.startswith(ENV_PREFIX):
+        if not key.startswith(ENV_PREFIX) or key == URL_ENV:  # the operator commands' variable
             continue
         name = key[len(ENV_PREFIX) :].lower()
         if name not in fields:

@@ -935,8 +935,12 @@ class Engine:
         """The kill switch: journaled (it survives restarts) and applied at once."""
         self.journal.set_control(PAUSE_KEY, paused, actor=actor, reason=reason)
         self.paused = paused
-        log.warning(
-            "actions %s by %s%s", "paused" if paused else "resumed", actor, f": {reason}" if reason else ""
+        log.log(  # paused is a degraded state worth a warning; resuming is back to normal
+            logging.WARNING if paused else logging.INFO,
+            "actions %s by %s%s",
+            "paused" if paused else "resumed",
+            actor,
+            f": {reason}" if reason else "",
         )
         self._notify("paused" if paused else "resumed", {"actor": actor, "reason": reason})
 

@@ -46,7 +46,7 @@ def _server(engine: Engine, port: int | None = None) -> Any:
         here a signal only asks the server to stop, and ``serve`` drains and returns normally."""
 
         def handle_exit(self, sig: int, frame: Any) -> None:
-            log.warning("signal %d: stopping intake, draining accepted points", sig)
+            log.info("signal %d: stopping intake, draining accepted points", sig)
             if self.should_exit and sig == signal.SIGINT:
                 self.force_exit = True
             self.should_exit = True
