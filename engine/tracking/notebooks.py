@@ -155,7 +155,9 @@ def run_notebook(
     # The kernel talks to us over Unix sockets in a folder of this run that only we can enter, not
     # over TCP on 127.0.0.1, where any local user could read the traffic (ipykernel warns about it
     # on stderr). Each run gets its own folder: with the default socket names (kernel-ipc-N in the
-    # working folder) two runs at once talk to each other's kernels.
+    # working folder) two runs at once talk to each other's kernels. The kernel's own log shares our
+    # stderr; it only says CRITICAL things: Jupyter interrupts every kernel it shuts down, and a
+    # busy one then logs "KeyboardInterrupt caught" at ERROR. What fails a run reaches the verdict.
     try:
         with tempfile.TemporaryDirectory(prefix="selfheal-kernel-") as sockets:
             papermill.execute_notebook(
@@ -166,7 +168,10 @@ def run_notebook(
                 cwd=str(path.resolve().parent),
                 progress_bar=False,
                 log_output=False,
-                config=Config(KernelManager={"transport": "ipc", "ip": f"{sockets}/kernel"}),
+                config=Config(
+                    KernelManager={"transport": "ipc", "ip": f"{sockets}/kernel"},
+                    NotebookClient={"extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]},
+                ),
             )
     except PapermillExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
