@@ -141,8 +141,8 @@ def test_high_risk_action_waits_for_an_authenticated_approver(harness: Harness) 
     url = f"{harness.url}/v1/approvals/{approval_id}/approve"
     assert httpx.post(url, json={"reason": "x"}).status_code == 401
     assert httpx.post(url, json={"reason": "x"}, headers=_auth("wrong-token-000")).status_code == 401
-    mallory = httpx.post(url, json={"reason": "x", "approver": "mallory"}, headers=_auth(TOKEN))
-    assert mallory.status_code == 403
+    shared = httpx.post(url, json={"reason": "x"}, headers=_auth(TOKEN))
+    assert shared.status_code == 403
     ok = httpx.post(url, json={"reason": "canary is bad"}, headers=_auth(ALICE))
     assert ok.status_code == 200, ok.text
     assert ok.json()["approver"] == "alice"
@@ -157,22 +157,27 @@ def test_high_risk_action_waits_for_an_authenticated_approver(harness: Harness) 
     assert httpx.post(url, json={}, headers=_auth(ALICE)).status_code == 409  # settled once
 
 
-def test_shared_token_cannot_claim_a_named_approver_and_named_tokens_record_themselves(
+def test_the_recorded_actor_is_the_token_s_identity_never_a_name_from_the_body(
     harness: Harness,
 ) -> None:
     harness.push(3)
     harness.push(2, vector_db=True)
     approval_id = wait_for(lambda: httpx.get(f"{harness.url}/v1/approvals").json())[0]["id"]
     url = f"{harness.url}/v1/approvals/{approval_id}/approve"
-    claimed = httpx.post(url, json={"reason": "x", "approver": "alice"}, headers=_auth(TOKEN))
-    assert claimed.status_code == 403 and "approver_tokens" in claimed.text
+    for token in (TOKEN, ALICE):  # neither the shared token nor a named one may claim a name
+        claimed = httpx.post(url, json={"reason": "x", "approver": "alice"}, headers=_auth(token))
+        assert claimed.status_code == 422 and "approver" in claimed.text
+    shared = httpx.post(url, json={"reason": "x"}, headers=_auth(TOKEN))
+    assert shared.status_code == 403 and "approver_tokens" in shared.text
     assert harness.rows("approvals")[0]["status"] == "pending"
-    pause = httpx.post(f"{harness.url}/v1/pause", json={"approver": "bob"}, headers=_auth(ALICE))
-    assert pause.status_code == 200
-    with Journal(harness.journal_path, read_only=True) as j:
-        control = j.control("paused")
-    assert control is not None and control["actor"] == "alice"
-    ok = httpx.post(url, json={"reason": "go", "approver": "bob"}, headers=_auth(ALICE))
+    for token, actor in ((TOKEN, "token"), (ALICE, "alice")):
+        claim = httpx.post(f"{harness.url}/v1/pause", json={"approver": "bob"}, headers=_auth(token))
+        assert claim.status_code == 422
+        assert httpx.post(f"{harness.url}/v1/pause", json={}, headers=_auth(token)).status_code == 200
+        with Journal(harness.journal_path, read_only=True) as j:
+            control = j.control("paused")
+        assert control is not None and control["actor"] == actor
+    ok = httpx.post(url, json={"reason": "go"}, headers=_auth(ALICE))
     assert ok.status_code == 200 and ok.json()["approver"] == "alice"
 
 

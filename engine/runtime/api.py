@@ -1,9 +1,10 @@
 """The engine's HTTP API (FastAPI): telemetry push, journal reads, approvals, kill switch, probes.
 
 Authentication is a bearer token from the configuration (``token``), plus optional named tokens
-(``approver_tokens``) so that the recorded approver is who held the token rather than what a client
-claims. Operator actions (approve, reject, pause, resume) always need a token; when the engine
-listens beyond loopback, every ``/v1`` endpoint does.
+(``approver_tokens``). The actor recorded for an approval or the kill switch is the identity bound
+to the token (the token's name, or ``token`` for the shared one), never a name the body gives: a
+body that claims one is refused (422). Operator actions (approve, reject, pause, resume) always
+need a token; when the engine listens beyond loopback, every ``/v1`` endpoint does.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ SHARED = "token"  # the caller's name when it authenticated with the shared ``to
 
 
 class _Body(BaseModel):
+    """What an operator may say: why. Who is the token's business (no ``approver`` field)."""
+
     model_config = ConfigDict(extra="forbid")
     reason: str | None = None
-    approver: str | None = None
 
 
 def identify(request: Request) -> str:
@@ -45,12 +47,6 @@ def identify(request: Request) -> str:
     if not settings.token and not settings.approver_tokens:
         raise HTTPException(401, "the engine has no token configured; set SELFHEAL_ENGINE_TOKEN and restart")
     raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-
-
-def actor_of(who: str, body: _Body) -> str:
-    """Whom to record: a named token's holder, never the body's claim; the shared token may say who
-    sent it (``approver``) because it identifies nobody by itself."""
-    return (body.approver or SHARED) if who == SHARED else who
 
 
 def reader(request: Request) -> None:
@@ -134,8 +130,8 @@ def create_app(engine: Engine) -> FastAPI:
         return engine.journal.pending_approvals()
 
     def settle(approval_id: str, approve: bool, body: _Body, who: str) -> Any:
-        """Named tokens record their own name; the shared token cannot prove who sent it, so it may
-        not settle an approval restricted to named approvers (whatever ``approver`` the body claims)."""
+        """The token's identity is recorded; the shared token names nobody, so it may not settle an
+        approval restricted to named approvers."""
         if who == SHARED:
             pending = engine.journal.approval(approval_id)
             if pending and pending.get("allowed_approvers"):
@@ -144,9 +140,8 @@ def create_app(engine: Engine) -> FastAPI:
                     "the shared token cannot approve an action restricted to named approvers; "
                     "use your own token from approver_tokens",
                 )
-        approver = actor_of(who, body)
         try:
-            return engine.settle_approval(approval_id, approve=approve, approver=approver, reason=body.reason)
+            return engine.settle_approval(approval_id, approve=approve, approver=who, reason=body.reason)
         except ApprovalRefused as exc:
             raise HTTPException(exc.status, str(exc)) from exc
 
@@ -161,13 +156,13 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/v1/pause")
     def pause(who: Operator, body: _Body | None = None) -> Any:
         body = body or _Body()
-        engine.set_paused(True, actor=actor_of(who, body), reason=body.reason)
+        engine.set_paused(True, actor=who, reason=body.reason)
         return {"paused": True}
 
     @app.post("/v1/resume")
     def resume(who: Operator, body: _Body | None = None) -> Any:
         body = body or _Body()
-        engine.set_paused(False, actor=actor_of(who, body), reason=body.reason)
+        engine.set_paused(False, actor=who, reason=body.reason)
         return {"paused": False}
 
     @app.get("/v1/status", dependencies=[Reader])

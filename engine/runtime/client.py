@@ -1,8 +1,9 @@
 """The operator side of the HTTP API: what ``selfheal pause|resume|approvals`` call.
 
 Why over HTTP rather than writing the journal: approvals and the kill switch are authenticated by
-the engine's token and applied by the running engine at once, and the approver is recorded by the
-engine that checked the token. Reads (``selfheal journal``) go straight to the journal file.
+the engine's token and applied by the running engine at once, and the approver recorded is the
+identity bound to the token, by the engine that checked it (a client cannot name someone else).
+Reads (``selfheal journal``) go straight to the journal file.
 """
 
 from __future__ import annotations
@@ -47,24 +48,20 @@ class EngineClient:
             raise RuntimeEngineError(f"{_detail(response)} (HTTP {response.status_code})")
         return response.json()
 
-    def pause(self, reason: str | None, actor: str | None) -> Any:
-        return self._call("POST", "/v1/pause", {"reason": reason, "approver": actor})
+    def pause(self, reason: str | None) -> Any:
+        return self._call("POST", "/v1/pause", {"reason": reason})
 
-    def resume(self, reason: str | None, actor: str | None) -> Any:
-        return self._call("POST", "/v1/resume", {"reason": reason, "approver": actor})
+    def resume(self, reason: str | None) -> Any:
+        return self._call("POST", "/v1/resume", {"reason": reason})
 
     def approvals(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/v1/approvals"))
 
-    def approve(self, approval_id: str, reason: str | None, approver: str | None) -> Any:
-        return self._call(
-            "POST", f"/v1/approvals/{approval_id}/approve", {"reason": reason, "approver": approver}
-        )
+    def approve(self, approval_id: str, reason: str | None) -> Any:
+        return self._call("POST", f"/v1/approvals/{approval_id}/approve", {"reason": reason})
 
-    def reject(self, approval_id: str, reason: str | None, approver: str | None) -> Any:
-        return self._call(
-            "POST", f"/v1/approvals/{approval_id}/reject", {"reason": reason, "approver": approver}
-        )
+    def reject(self, approval_id: str, reason: str | None) -> Any:
+        return self._call("POST", f"/v1/approvals/{approval_id}/reject", {"reason": reason})
 
 
 class EngineUnreachable(RuntimeEngineError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 import time
 from datetime import UTC, datetime
@@ -102,7 +101,7 @@ def pause(
     """
     from engine.runtime.client import EngineClient
 
-    EngineClient(url, token).pause(reason, getpass.getuser())
+    EngineClient(url, token).pause(reason)
     typer.echo("paused: no action will run until `selfheal resume`")
 
 
@@ -118,7 +117,7 @@ def resume(
     """
     from engine.runtime.client import EngineClient
 
-    EngineClient(url, token).resume(reason, getpass.getuser())
+    EngineClient(url, token).resume(reason)
     typer.echo("resumed")
 
 
@@ -154,7 +153,6 @@ def approvals_approve(
     ctx: typer.Context,
     approval_id: Annotated[str, typer.Argument(help="Approval id from `selfheal approvals list`.")],
     reason: Annotated[str | None, typer.Option(help="Why; recorded with the approver.")] = None,
-    approver: Annotated[str | None, typer.Option("--as", help="Approver name (default: your user).")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -164,7 +162,7 @@ def approvals_approve(
     """
     from engine.runtime.client import EngineClient
 
-    row = EngineClient(url, token).approve(approval_id, reason, approver or getpass.getuser())
+    row = EngineClient(url, token).approve(approval_id, reason)
     typer.echo(f"{row['id']} approved by {row['approver']}")
 
 
@@ -172,7 +170,6 @@ def approvals_reject(
     ctx: typer.Context,
     approval_id: Annotated[str, typer.Argument(help="Approval id from `selfheal approvals list`.")],
     reason: Annotated[str, typer.Option(help="Why (required); recorded with the approver.")],
-    approver: Annotated[str | None, typer.Option("--as", help="Approver name (default: your user).")] = None,
     url: UrlOpt = None,
     token: TokenOpt = None,
 ) -> None:
@@ -182,7 +179,7 @@ def approvals_reject(
     """
     from engine.runtime.client import EngineClient
 
-    row = EngineClient(url, token).reject(approval_id, reason, approver or getpass.getuser())
+    row = EngineClient(url, token).reject(approval_id, reason)
     typer.echo(f"{row['id']} rejected by {row['approver']}")
 
 
