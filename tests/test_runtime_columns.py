@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 from test_runtime_support import T0, fit_pipeline, ndjson, service_points, wait_for, write_rules
 
 from engine.runtime.adapters import assemble
-from engine.runtime.columns import MIN_BYTES, PointColumns
 from engine.runtime.config import load_settings
 from engine.runtime.server import build_engine
-from engine.runtime.sources import parse_body, parse_lines
+from engine.telemetry.columns import MIN_BYTES, PointColumns
+from engine.telemetry.points import parse_body, parse_lines
 
 NDJSON = "application/x-ndjson"
 

@@ -21,7 +21,8 @@ from engine.errors import ConfigError, SpecError
 from engine.runtime.adapters import assemble
 from engine.runtime.config import load_settings
 from engine.runtime.server import build_engine, serve_in_thread
-from engine.runtime.sources import IngestQueue, PointError, PromMapping, parse_body, parse_point
+from engine.runtime.sources import IngestQueue, PromMapping
+from engine.telemetry.points import PointError, parse_body, parse_point
 
 T0 = 1_700_000_000.0  # in the past: points more than 10 minutes ahead are refused
 

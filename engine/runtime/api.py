@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from engine.runtime.config import LOOPBACK
 from engine.runtime.journal import KINDS
 from engine.runtime.process import ApprovalRefused, Engine
-from engine.runtime.sources import parse_body
+from engine.telemetry.points import parse_body
 
 SHARED = "token"  # the caller's name when it authenticated with the shared ``token``
 

@@ -46,7 +46,6 @@ import numpy as np
 from engine.errors import ActionError, RuntimeEngineError
 from engine.runtime import safeguards
 from engine.runtime.attribution import Attribution
-from engine.runtime.columns import PointColumns
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.journal import (
@@ -60,8 +59,10 @@ from engine.runtime.journal import (
 )
 from engine.runtime.metrics import EngineMetrics
 from engine.runtime.model import ActionCall, AnomalyEvent, Decision
-from engine.runtime.sources import DeadLetter, IngestQueue, Point, Points, Rejection
+from engine.runtime.sources import DeadLetter, IngestQueue
 from engine.runtime.verify import steady_state
+from engine.telemetry.columns import PointColumns
+from engine.telemetry.points import Point, Points, Rejection
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from engine.errors import RuntimeEngineError
-from engine.runtime.columns import PointColumns
-from engine.runtime.sources import Point, Points
+from engine.telemetry.columns import PointColumns
+from engine.telemetry.points import Point, Points
 
 log = logging.getLogger(__name__)
 

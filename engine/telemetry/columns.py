@@ -9,7 +9,7 @@ vectorised passes, and a column pickles as a buffer copy; the per-point work mov
 workers, which have an interpreter each.
 
 Strictness: this path accepts a body only when every line is a well-typed point the line-by-line
-parser (``engine.runtime.sources``) would accept as it is; anything else (a missing or mistyped
+parser (``engine.telemetry.points``) would accept as it is; anything else (a missing or mistyped
 field, NaN, a timestamp out of range, a blank or broken line, two objects on a line, a duplicate
 key) returns None and the body goes through that parser, which names each bad line. Both paths
 accept the same points (property test in ``tests/test_runtime_columns.py``).
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-Point = tuple[float, str, str, float]  # as engine.runtime.sources.Point (no import cycle)
+Point = tuple[float, str, str, float]  # as engine.telemetry.points.Point (no import cycle)
 
 MIN_BYTES = 4096  # below ~50 points the reader's fixed cost exceeds what it saves
 _SCHEMA = pa.schema(
