@@ -32,9 +32,9 @@ def _padding(n: int = 80) -> list[str]:
     return [_line(T0 + i, f"pad-{i % 3}", "cpu", i * 0.25) for i in range(n)]
 
 
-def _by_line_parser(body: bytes) -> tuple[list[Any], list[tuple[int, str]]]:
+def _by_line_parser(body: bytes) -> tuple[list[Any], list[tuple[int, str, str]]]:
     good, bad = parse_lines(body.decode("utf-8", errors="replace").splitlines())
-    return good, [(r.index, r.field) for r in bad]
+    return good, [(r.index, r.field, r.code) for r in bad]
 
 
 # A line that is a valid point, or one of the ways a line goes wrong (each the line parser refuses
@@ -70,6 +70,15 @@ _broken = st.sampled_from(
         "[1, 2]",
         '{"ts": 1.0, "serv',
         '{"ts": 1.0, "service": "s", "metric": "m", "value": 1, "extra": {"x": [1]}}',  # valid
+        '{"ts": 1.0, "service": "s", "metric": "m", "value": 1' + "0" * 309 + "}",  # beyond a double
+        '{"ts": 1.0, "service": "s", "metric": "m", "value": 1' + "0" * 4301 + "}",  # beyond int()
+        '{"ts": 1.0, "service": "s", "metric": "m", "value": 1, "x": ' + "[" * 1100 + "]" * 1100 + "}",
+        '{"ts": 1.0, "service": "s", "metric": "m", "value": 1, "labels": "x"}',  # malformed labels
+        '{"ts": 1.0, "service": "s", "metric": "m", "value": 1, "labels": {"a": "b"}}',  # valid
+        '{"ts": 1.0, "service": "s\\u0001", "metric": "m", "value": 1}',  # an escaped control character
+        '{"ts": 1.0, "service": "' + "s" * 257 + '", "metric": "m", "value": 1}',  # a name too long
+        '{"timestamp": 1.0, "service": "s", "metric": "m", "value": 1}',  # the alias of ts
+        '{"ts": 1.0, "service": "a{b", "metric": "m", "value": 1}',  # a bracket inside a string
     ]
 )
 
@@ -91,7 +100,7 @@ def test_the_fast_path_accepts_exactly_what_the_line_parser_accepts(
     good, bad = parse_body(body, NDJSON)
     expected_good, expected_bad = _by_line_parser(body)
     assert list(good) == expected_good
-    assert [(r.index, r.field) for r in bad] == expected_bad
+    assert [(r.index, r.field, r.code) for r in bad] == expected_bad
     if isinstance(good, PointColumns):
         assert not expected_bad
 
@@ -168,9 +177,9 @@ def test_an_engine_scores_columns_as_it_scores_lists(tmp_path: Path, workers: in
         try:
             assert engine.ingest(feed)
             wait_for(lambda e=engine: e.points_scored == len(body.splitlines()), timeout=60)
-            scores = {s: round(v[0], 9) for s, v in engine.latest_score.items()}
-            metrics = {k: v[0] for k, v in engine.latest_metric.items()}
-            outcome.append((engine.rows_scored, scores, metrics))
         finally:
-            engine.stop()
+            engine.stop()  # drains: results of the last tick are in (points are counted first)
+        scores = {s: round(v[0], 9) for s, v in engine.latest_score.items()}
+        metrics = {k: v[0] for k, v in engine.latest_metric.items()}
+        outcome.append((engine.rows_scored, scores, metrics))
     assert outcome[0][0] > 0 and outcome[0] == outcome[1]

@@ -71,10 +71,19 @@ def test_binding_beyond_loopback_needs_a_token() -> None:
 # ------------------------------------------------------------------------------------ points
 
 
+NAMES = st.text(
+    st.characters(
+        exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"), include_characters=" "
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
 @given(
     ts=st.floats(min_value=1.0, max_value=1.7e9),
-    service=st.text(min_size=1, max_size=20),
-    metric=st.text(min_size=1, max_size=20),
+    service=NAMES,
+    metric=NAMES,
     value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(10**12), 10**12),
 )
 def test_valid_points_parse_and_each_broken_field_is_named(
@@ -281,3 +290,64 @@ def test_stdin_is_read_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
     bad: list[Any] = []
     tail_ndjson("-", lambda g, b: got.extend(g) or bad.extend(b) or True, threading.Event(), batch_lines=2)
     assert len(got) == 8 and [b.field for b in bad] == ["service"]
+
+
+# ------------------------------------------------------------------------------------ hostile input
+
+GOOD = {"ts": T0, "service": "gateway", "metric": "memory_util", "value": 0.5}
+DEEP = "[" * 1200 + "]" * 1200
+HOSTILE = [  # (the raw JSON of one point, the field it must be refused by, its code)
+    ('{"ts": 1.0, "service": "\\ud800-x", "metric": "m", "value": 1}', "service", "invalid_service"),
+    ('{"ts": 1.0, "service": "s", "metric": "a\\u0007", "value": 1}', "metric", "invalid_metric"),
+    ('{"ts": 1.0, "service": "' + "s" * 300 + '", "metric": "m", "value": 1}', "service", "invalid_service"),
+    ('{"ts": 1.0, "service": "s", "metric": "m", "value": 1' + "0" * 309 + "}", "value", "non_finite_value"),
+    ('{"ts": 1.0, "service": "s", "metric": "m", "value": 1' + "0" * 4301 + "}", "value", "non_finite_value"),
+    ('{"ts": 1' + "0" * 400 + ', "service": "s", "metric": "m", "value": 1}', "ts", "ts_out_of_range"),
+    ('{"ts": 1.0, "service": "s", "metric": "m", "value": 1e400}', "value", "non_finite_value"),
+    ('{"ts": 1.0, "service": "s", "metric": "m", "value": 1, "x": ' + DEEP + "}", "line", "malformed_line"),
+    (DEEP, "line", "malformed_line"),
+    ('{"ts": 1.0, "service": "s", "metric": "m", "value": 1, "labels": 5}', "labels", "malformed_labels"),
+]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "code"), HOSTILE, ids=[f"{c}-{i}" for i, (_, _, c) in enumerate(HOSTILE)]
+)
+@pytest.mark.parametrize("shape", ["ndjson", "array", "points"])
+def test_a_hostile_point_is_refused_by_its_field_and_the_rest_of_the_body_is_kept(
+    raw: str, field: str, code: str, shape: str
+) -> None:
+    good = [json.dumps({**GOOD, "ts": T0 + i}) for i in range(3)]
+    items = [good[0], raw, *good[1:]]
+    if shape == "ndjson":
+        body, content_type = "\n".join(items), "application/x-ndjson"
+    elif shape == "array":
+        body, content_type = "[" + ",".join(items) + "]", "application/json"
+    else:
+        body, content_type = '{"points": [' + ", ".join(items) + "]}", "application/json"
+    points, bad = parse_body(body.encode(), content_type)
+    assert [p[0] for p in points] == [T0, T0 + 1, T0 + 2]
+    expected_field = "point" if field == "line" and shape != "ndjson" else field
+    assert [(r.index, r.field, r.code) for r in bad] == [(1, expected_field, code)]
+    assert bad[0].where == ("line 2" if shape == "ndjson" else "point 1")
+
+
+def test_a_lone_surrogate_or_a_huge_number_is_a_400_naming_line_and_field_and_metrics_stay_up(
+    make_engine: Any,
+) -> None:
+    """Issue 18: a surrogate service name was accepted (202) and then broke /metrics for good; an
+    integer of 309+ or 4,301+ digits or JSON nested 1,000 deep was a 500 losing the whole body."""
+    server = make_engine()
+    url = f"{server.url}/v1/telemetry"
+    for raw, field, _ in HOSTILE[:6] + HOSTILE[7:9]:
+        for content_type in ("application/x-ndjson", "application/json"):
+            body = "\n".join([json.dumps({**GOOD, "ts": T0}), raw.replace("1.0", str(T0))])
+            r = httpx.post(url, content=body, headers={"content-type": content_type})
+            assert r.status_code == 400, (raw[:60], r.text[:200])
+            assert r.json()["accepted"] == 1 and r.json()["rejected"] == 1
+            assert r.json()["detail"].startswith(f"line 2: field '{field}'")
+    surrogate = ndjson([{**GOOD, "service": "\ud800-x", "value": 1e6} for _ in range(5)])
+    assert httpx.post(url, content=surrogate).status_code == 400
+    assert httpx.get(f"{server.url}/metrics").status_code == 200
+    dead = server.engine.dead_letter.path.read_text(encoding="utf-8")
+    assert "\\ud800-x" in dead and len(dead.splitlines()) == 16 + 5

@@ -104,7 +104,7 @@ def create_app(engine: Engine) -> FastAPI:
             first = rejections[0]
             return JSONResponse(
                 {
-                    "detail": f"point {first.index}: field '{first.field}' {first.reason}",
+                    "detail": f"{first.where}: field '{first.field}' {first.reason}",
                     "accepted": len(points),
                     "rejected": len(rejections),
                     "errors": [r.as_dict() for r in rejections[:50]],

@@ -8,10 +8,11 @@ decodes a body with the lock released, validation and the split between workers 
 vectorised passes, and a column pickles as a buffer copy; the per-point work moves to the scoring
 workers, which have an interpreter each.
 
-Strictness: this path accepts a body only when every line is a well-typed point the line-by-line
-parser (``engine.telemetry.points``) would accept as it is; anything else (a missing or mistyped
-field, NaN, a timestamp out of range, a blank or broken line, two objects on a line, a duplicate
-key) returns None and the body goes through that parser, which names each bad line. Both paths
+Strictness: this path accepts a body only when every line is a well-typed, flat point the
+line-by-line parser (``engine.telemetry.points``) would accept as it is; anything else (a missing
+or mistyped field, NaN, a timestamp out of range, a blank or broken line, two objects on a line, a
+duplicate key, a nested value or labels, a name the name rules refuse) returns None and the body
+goes through that parser, which names each bad line. Both paths
 accept the same points (property test in ``tests/test_runtime_columns.py``).
 """
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import io
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -98,13 +99,21 @@ class PointColumns:
         return out
 
 
-def read_ndjson(body: bytes, now: float, max_future_s: float) -> PointColumns | None:
-    """The body as columns, or None when any line is not a point the line parser accepts as is."""
+def read_ndjson(
+    body: bytes, now: float, max_future_s: float, name_ok: Callable[[str], bool]
+) -> PointColumns | None:
+    """The body as columns, or None when any line is not a point the line parser accepts as is
+    (``name_ok`` is the parser's check of a service or metric name)."""
     if len(body) < MIN_BYTES:
         return None
     raw = np.frombuffer(body, dtype=np.uint8)
+    lines = body.count(b"\n") + (not body.endswith(b"\n"))
     if np.count_nonzero(raw < 0x20) != body.count(b"\n") + body.count(b"\r"):
         return None  # tabs and other control bytes: Python's JSON refuses them inside strings
+    if body.count(b"{") + body.count(b"[") != lines or b'"labels"' in body:
+        # Nested values: the reader skips unknown fields however deep (Python's decoder refuses
+        # ~1,000 levels) and labels, which the line parser checks. Points are flat objects.
+        return None
     read = pj.ReadOptions(use_threads=False, block_size=len(body) + 1)
     try:
         table = pj.read_json(io.BytesIO(body), read_options=read, parse_options=_PARSE)
@@ -115,7 +124,7 @@ def read_ndjson(body: bytes, now: float, max_future_s: float) -> PointColumns | 
     # such a line); both conditions are needed, a blank line and a double line cancel in a count.
     if _BLANK_LINE.search(b"\n" + (body[:-1] if body.endswith(b"\n") else body) + b"\n"):
         return None
-    if table.num_rows != body.count(b"\n") + (not body.endswith(b"\n")):
+    if table.num_rows != lines:
         return None
     table = table.combine_chunks()
     if any(column.null_count for column in table.columns):  # a missing field (or null)
@@ -127,4 +136,6 @@ def read_ndjson(body: bytes, now: float, max_future_s: float) -> PointColumns | 
         return None
     if min(pc.min(pc.binary_length(table[c])).as_py() for c in ("service", "metric")) == 0:
         return None
+    if not all(name_ok(name) for c in ("service", "metric") for name in pc.unique(table[c]).to_pylist()):
+        return None  # a name too long, not printable or off the configured pattern
     return PointColumns(table)
