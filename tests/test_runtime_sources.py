@@ -351,3 +351,50 @@ def test_a_lone_surrogate_or_a_huge_number_is_a_400_naming_line_and_field_and_me
     assert httpx.get(f"{server.url}/metrics").status_code == 200
     dead = server.engine.dead_letter.path.read_text(encoding="utf-8")
     assert "\\ud800-x" in dead and len(dead.splitlines()) == 16 + 5
+
+
+def _raw_post(url: str, head: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /v1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n" + head)
+    return sock
+
+
+def _response(sock: socket.socket) -> bytes:
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_a_chunked_body_is_refused_while_it_streams_not_after_it_was_read_whole(make_engine: Any) -> None:
+    """Issue 18: a 256 MiB chunked POST (no Content-Length) was read whole before its 413."""
+    server = make_engine(start_engine=False, max_request_bytes=100_000)
+    line = json.dumps({**GOOD, "ts": T0}).encode() + b"\n"
+    chunk = line * (65536 // len(line))
+    sock = _raw_post(server.url, b"Transfer-Encoding: chunked\r\n\r\n")
+    sent = 0
+    try:
+        while sent < 64 * 2**20:  # offer 64 MiB; the server must stop reading long before
+            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+    except OSError:  # the server answered and closed the connection: what we want
+        pass
+    head = _response(sock)
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 413") and b"max_request_bytes" in head
+    assert sent < 16 * 2**20  # what socket buffers absorbed, not the whole body
+    assert server.engine.queue.depth == 0
+
+
+def test_a_slow_body_is_cut_off_after_the_read_timeout(make_engine: Any) -> None:
+    """Issue 18: a sender trickling its body (slowloris) held its connection forever."""
+    server = make_engine(start_engine=False, body_read_timeout_s=0.5)
+    sock = _raw_post(server.url, b"Content-Length: 1000\r\n\r\n" + b'{"ts": 1')
+    started = time.monotonic()
+    head = _response(sock)  # returns when the server closes the connection
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 408") and b"body_read_timeout_s" in head
+    assert time.monotonic() - started < 5
+    ok = httpx.post(f"{server.url}/v1/telemetry", content=ndjson([GOOD]))
+    assert ok.status_code == 202

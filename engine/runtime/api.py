@@ -9,6 +9,7 @@ need a token; when the engine listens beyond loopback, every ``/v1`` endpoint do
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from typing import Annotated, Any
@@ -23,6 +24,7 @@ from engine.runtime.process import ApprovalRefused, Engine
 from engine.telemetry.points import parse_body
 
 SHARED = "token"  # the caller's name when it authenticated with the shared ``token``
+CLOSE = {"Connection": "close"}  # after refusing a body unread: the server stops reading the rest
 
 
 class _Body(BaseModel):
@@ -84,9 +86,9 @@ def create_app(engine: Engine) -> FastAPI:
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_request_bytes:
             return _too_large(settings.max_request_bytes)
-        body = await request.body()
-        if len(body) > settings.max_request_bytes:  # chunked bodies declare no length
-            return _too_large(settings.max_request_bytes)
+        body = await _read_body(request, settings.max_request_bytes, settings.body_read_timeout_s)
+        if isinstance(body, Response):
+            return body
         points, rejections = parse_body(body, request.headers.get("content-type", ""))
         if len(points) + len(rejections) > settings.max_request_points:
             return JSONResponse(
@@ -181,7 +183,35 @@ def create_app(engine: Engine) -> FastAPI:
     return app
 
 
+async def _read_body(request: Request, cap: int, timeout_s: float) -> bytes | Response:
+    """The body, read as it streams in: a chunked body (no ``Content-Length``) is refused (413) as
+    soon as it passes ``cap``, not after it was held whole in memory, and a body that does not
+    arrive within ``timeout_s`` is refused (408), so a slow sender cannot hold a connection (and
+    its buffers) forever. Either way the connection is closed: the rest of the body is not read."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > cap:
+                    return _too_large(cap)
+                chunks.append(chunk)
+    except TimeoutError:
+        return JSONResponse(
+            {
+                "detail": f"body not received within {timeout_s:g} s (body_read_timeout_s); "
+                f"{size} bytes arrived. Send it at once or split it"
+            },
+            status_code=408,
+            headers=CLOSE,
+        )
+    return b"".join(chunks)
+
+
 def _too_large(cap: int) -> Response:
     return JSONResponse(
-        {"detail": f"body larger than {cap} bytes (max_request_bytes); split it"}, status_code=413
+        {"detail": f"body larger than {cap} bytes (max_request_bytes); split it"},
+        status_code=413,
+        headers=CLOSE,
     )

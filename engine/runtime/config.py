@@ -81,7 +81,14 @@ class EngineSettings(_Strict):
     queue_max_points: int = Field(500_000, ge=1, description="accepted-but-unscored points before 429")
     max_request_points: int = Field(100_000, ge=1, description="largest batch one request may carry")
     max_request_bytes: int = Field(
-        32 * 2**20, ge=1, description="largest telemetry body, refused (413) before it is read"
+        32 * 2**20,
+        ge=1,
+        description="largest telemetry body: refused (413) on its Content-Length, or while it streams in",
+    )
+    body_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a telemetry body not received within this is refused (408), its connection closed",
     )
     tick_s: float = Field(0.05, gt=0, description="scoring tick: longest a point waits to be scored")
     workers: int = Field(
