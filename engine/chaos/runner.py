@@ -507,9 +507,9 @@ class ChaosRun:
             client = EngineClient(ctx.engine_url, self._approver_tokens.get(answer.approver, ctx.token))
             try:
                 if answer.decide == "approve":
-                    client.approve(data["approval_id"], answer.reason, answer.approver)
+                    client.approve(data["approval_id"], answer.reason)
                 else:
-                    client.reject(data["approval_id"], answer.reason, answer.approver)
+                    client.reject(data["approval_id"], answer.reason)
                 self.timeline.note(
                     ctx.clock.now(),
                     f"approval_{answer.decide}_sent",
