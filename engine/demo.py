@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from engine.cliutil import program, selfheal_command
 from engine.errors import InputError
+from engine.hints import program, selfheal_command
 from engine.home import Home
 from engine.shipped import shipped
 from engine.tracking.registry import DEFAULT_MODEL

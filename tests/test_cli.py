@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -284,3 +285,18 @@ def test_hints_after_a_sweep_run_verbatim_and_stderr_carries_no_library_noise(tm
     assert built.returncode == 0, built.stderr[-3000:]
     for noise in ("INFO mlflow", "Downloading artifacts", "Creating initial MLflow database"):
         assert noise not in swept.stderr + promoted.stderr + built.stderr
+
+
+@pytest.mark.slow
+def test_a_hint_to_create_data_runs_verbatim_into_the_same_home(tmp_path: Path) -> None:
+    from test_tracking_support import small_spec, write_spec
+
+    home = tmp_path / "their home"
+    spec = write_spec(tmp_path / "spec.yaml", small_spec())
+    refused = _selfheal("--home", str(home), "experiment", "run", str(spec), "--workers", "1")
+    assert refused.returncode == 2
+    hint = re.search(r"hint: create data first: (.+?), or ingest", refused.stderr)
+    assert hint, refused.stderr
+    filled = subprocess.run(["bash", "-c", hint.group(1)], capture_output=True, text=True, env=_env())
+    assert filled.returncode == 0, filled.stderr
+    assert (home / "telemetry.duckdb").is_file()  # the home the failing command was given

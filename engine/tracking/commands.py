@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from engine.cliutil import home_of, selfheal_command
+from engine.cliutil import home_of
+from engine.hints import selfheal_command
 from engine.tracking.registry import DEFAULT_MODEL
 
 TrackingUri = Annotated[

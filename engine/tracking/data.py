@@ -18,6 +18,8 @@ import numpy as np
 import polars as pl
 
 from engine.errors import InputError
+from engine.hints import selfheal_command
+from engine.home import Home
 from engine.tracking.spec import DataSpec
 
 logger = logging.getLogger(__name__)
@@ -57,7 +59,7 @@ def load_dataset(data: DataSpec, store_path: str | Path, *, metrics: list[str] |
     if not path.is_file():
         raise InputError(
             f"telemetry store {path} does not exist",
-            hint="create data first: selfheal synth --days 7 (or selfheal ingest FILES)",
+            hint=f"create data first: {_synth(path)}, or ingest your files into that home",
         )
     wanted_metrics = data.metrics or metrics
     with TelemetryStore(path, read_only=True) as store:
@@ -81,7 +83,7 @@ def load_dataset(data: DataSpec, store_path: str | Path, *, metrics: list[str] |
             if data.last_days is not None:
                 latest = store.query("SELECT max(ts) AS ts FROM telemetry")["ts"][0]
                 if latest is None:
-                    raise InputError(f"telemetry store {path} is empty", hint="selfheal synth --days 7")
+                    raise InputError(f"telemetry store {path} is empty", hint=_synth(path))
                 end = latest + timedelta(microseconds=1)
                 start = end - timedelta(days=data.last_days)
             points = store.points(services=data.services, metrics=wanted_metrics, start=start, end=end)
@@ -90,7 +92,8 @@ def load_dataset(data: DataSpec, store_path: str | Path, *, metrics: list[str] |
     if not len(points):
         raise InputError(
             f"the spec's data selection matched no telemetry in {path}",
-            hint="check data.services / data.metrics / the time range against `selfheal` store summary",
+            hint="check data.services / data.metrics / the time range against the store "
+            "(`selfheal ingest` and `selfheal synth` print what it holds)",
         )
     if incidents is None or not len(incidents):
         incidents = pl.DataFrame(
@@ -126,3 +129,8 @@ def fingerprint(points: pl.DataFrame, incidents: pl.DataFrame) -> str:
             else:
                 h.update(np.ascontiguousarray(col.cast(pl.Float64).to_numpy()).tobytes())
     return h.hexdigest()[:16]
+
+
+def _synth(store_path: Path) -> str:
+    """The command that fills the home holding ``store_path`` with a week of synthetic data."""
+    return selfheal_command(Home(store_path.parent), "synth", "--days", "7")

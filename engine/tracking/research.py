@@ -19,6 +19,7 @@ import polars as pl
 
 from engine.detectors.pipeline import ScoringPipeline
 from engine.errors import EvaluationError, InputError
+from engine.hints import selfheal_command
 from engine.home import Home
 from engine.tracking import registry
 from engine.tracking.assessment import Assessment, assess
@@ -231,12 +232,16 @@ def _latest_ts(home: Home) -> datetime:
 
     if not home.telemetry_db.is_file():
         raise InputError(
-            f"telemetry store {home.telemetry_db} does not exist", hint="selfheal synth --days 7"
+            f"telemetry store {home.telemetry_db} does not exist",
+            hint=selfheal_command(home, "synth", "--days", "7"),
         )
     with TelemetryStore(home.telemetry_db, read_only=True) as store:
         latest = store.query("SELECT max(ts) AS ts FROM telemetry")["ts"][0]
     if latest is None:
-        raise InputError(f"telemetry store {home.telemetry_db} is empty", hint="selfheal synth --days 7")
+        raise InputError(
+            f"telemetry store {home.telemetry_db} is empty",
+            hint=selfheal_command(home, "synth", "--days", "7"),
+        )
     return latest
 
 
