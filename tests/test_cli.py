@@ -17,15 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import typer
-from test_runtime_support import (
-    TOKEN,
-    AdminServer,
-    fit_pipeline,
-    ndjson,
-    service_points,
-    wait_for,
-    write_rules,
-)
+from test_runtime_support import AdminServer, push_anomaly, serving, wait_for, write_rules
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -178,22 +170,10 @@ def test_help_breaks_lines_between_sentences_only_and_keeps_examples_whole(path:
 
 
 def test_rule_names_print_once(tmp_path: Path) -> None:
-    from engine.runtime.adapters import assemble
-    from engine.runtime.config import load_settings
-    from engine.runtime.server import build_engine, serve_in_thread
-
-    with AdminServer() as admin:
-        rules = write_rules(tmp_path / "rules", admin.url)
-        settings = load_settings(overrides={"port": 0, "token": TOKEN, "tick_s": 0.01}, environ={})
-        running = serve_in_thread(build_engine(assemble(fit_pipeline(), rules), settings, tmp_path))
-        try:
-            for t, anomalous in ((0, False), (3, True)):
-                points = service_points(1_700_000_000.0 + t, 3, vector_db=anomalous)
-                httpx.post(f"{running.url}/v1/telemetry", content=ndjson(list(points)))
-            wait_for(lambda: httpx.get(f"{running.url}/v1/approvals").json())
-            listed = CliRunner().invoke(cli.app, ["approvals", "list", "--url", running.url])
-        finally:
-            running.stop()
+    with AdminServer() as admin, serving(write_rules(tmp_path / "rules", admin.url), tmp_path) as running:
+        push_anomaly(running.url, vector_db=True)
+        wait_for(lambda: httpx.get(f"{running.url}/v1/approvals").json())
+        listed = CliRunner().invoke(cli.app, ["approvals", "list", "--url", running.url])
     journal = CliRunner().invoke(cli.app, ["journal", "--journal", str(tmp_path / "engine.sqlite")])
     assert "rule platform/rollback-vector-db)" in listed.output, listed.output
     assert "  platform/rollback-vector-db v7+" in journal.output, journal.output
@@ -246,8 +226,7 @@ def test_engine_logs_its_normal_events_at_info_and_a_busy_port_leaves_no_journal
             url = line.rsplit(" ", 1)[-1].strip()
             assert not url.endswith(":8787")  # --port 0 is a port (it was dropped as falsy)
             assert httpx.get(f"{url}/healthz").is_success
-            points = ndjson(list(service_points(1_700_000_000.0, 3, vector_db=start == "first")))
-            assert httpx.post(f"{url}/v1/telemetry", content=points).status_code == 202
+            push_anomaly(url, vector_db=start == "first")
             if start == "again":
                 stderr.wait_for("recovered from the journal")
         finally:

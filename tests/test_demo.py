@@ -12,7 +12,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-import httpx
 import pytest
 from conftest import REPO
 
@@ -132,37 +131,16 @@ def test_an_escalation_with_no_webhook_is_not_an_error(
 ) -> None:
     """The game day's engine has no escalation webhook: a failed verification it escalates is an
     expected event of a passing run, not an ERROR line in its middle."""
-    from test_runtime_support import (
-        TOKEN,
-        AdminServer,
-        fit_pipeline,
-        ndjson,
-        service_points,
-        wait_for,
-        write_rules,
-    )
-
-    from engine.runtime.adapters import assemble
-    from engine.runtime.config import load_settings
-    from engine.runtime.server import build_engine, serve_in_thread
+    from test_runtime_support import AdminServer, push_anomaly, serving, wait_for, write_rules
 
     with AdminServer() as admin:
         rules = write_rules(tmp_path / "rules", admin.url)
         policy = rules / "platform.yaml"
         policy.write_text(policy.read_text().replace(f'escalate_to: "{admin.url}/hook"', ""))
-        settings = load_settings(
-            overrides={"port": 0, "token": TOKEN, "tick_s": 0.01, "verify_interval_s": 0.05}, environ={}
-        )
-        running = serve_in_thread(build_engine(assemble(fit_pipeline(), rules), settings, tmp_path))
-        try:
-            with caplog.at_level("DEBUG", logger="engine"):
-                for t, anomalous in ((0, False), (3, True)):
-                    points = service_points(1_700_000_000.0 + t, 3, feature_store=anomalous)
-                    httpx.post(f"{running.url}/v1/telemetry", content=ndjson(list(points)))
-                escalated = wait_for(
-                    lambda: [r for r in caplog.records if "escalation for" in r.getMessage()], timeout=20
-                )
-        finally:
-            running.stop()
+        with serving(rules, tmp_path, verify_interval_s=0.05) as running, caplog.at_level("DEBUG", "engine"):
+            push_anomaly(running.url, feature_store=True)
+            escalated = wait_for(
+                lambda: [r for r in caplog.records if "escalation for" in r.getMessage()], timeout=20
+            )
     assert "no webhook configured" in escalated[0].getMessage()
     assert all(r.levelno < logging.ERROR for r in escalated), [r.levelname for r in escalated]

@@ -49,7 +49,7 @@ import httpx
 import pytest
 import yaml
 from conftest import REPO, nab_dir
-from test_runtime_support import AdminServer, ndjson, service_points, write_rules
+from test_runtime_support import AdminServer, push_anomaly, write_rules
 from test_tracking_support import SMALL_FEATURES, make_home
 from typer.main import get_command
 
@@ -398,9 +398,7 @@ def _two_waiting_approvals(shell: Shell) -> None:
     url = shell.env["SELFHEAL_ENGINE_URL"]
     if len(httpx.get(f"{url}/v1/approvals").json()) >= 2:
         return
-    for t, anomalous in ((0.0, False), (3.0, True)):
-        points = service_points(1_700_000_000.0 + t, 3, vector_db=anomalous, feature_store=anomalous)
-        assert httpx.post(f"{url}/v1/telemetry", content=ndjson(list(points))).status_code == 202
+    push_anomaly(url, vector_db=True, feature_store=True)
     deadline = time.monotonic() + 30
     while len(httpx.get(f"{url}/v1/approvals").json()) < 2:
         decisions = httpx.get(f"{url}/v1/decisions").text

@@ -8,6 +8,7 @@ subprocess engine loads (``components: tests/test_runtime_support.py:build_compo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -207,3 +208,28 @@ def service_points(t0: float, seconds: int, **anomalous: bool) -> Iterator[dict]
             yield from points(
                 service, t0 + k, 1, anomalous=anomalous.get(service.replace("-", "_"), False), seed=k
             )
+
+
+def push_anomaly(url: str, **services: bool) -> None:
+    """Three normal seconds of every service, then three with ``services`` (vector_db=True, ...)
+    anomalous: enough for a policy without persistence to decide."""
+    import httpx
+
+    for t, anomalous in ((0.0, {}), (3.0, services)):
+        body = ndjson(list(service_points(T0 + t, 3, **anomalous)))
+        assert httpx.post(f"{url}/v1/telemetry", content=body).status_code == 202
+
+
+@contextlib.contextmanager
+def serving(rules: Path, journals: Path, **settings: Any) -> Iterator[Any]:
+    """An engine on the fitted pipeline and ``rules``, served from a thread on a free port."""
+    from engine.runtime.adapters import assemble
+    from engine.runtime.config import load_settings
+    from engine.runtime.server import build_engine, serve_in_thread
+
+    config = load_settings(overrides={"port": 0, "token": TOKEN, "tick_s": 0.01, **settings}, environ={})
+    running = serve_in_thread(build_engine(assemble(fit_pipeline(), rules), config, journals))
+    try:
+        yield running
+    finally:
+        running.stop()
