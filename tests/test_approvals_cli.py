@@ -22,8 +22,8 @@ from test_runtime_support import (
 )
 from typer.testing import CliRunner
 
-from engine.runtime.adapters import assemble
 from engine.runtime.commands import register
+from engine.runtime.components import assemble
 from engine.runtime.config import load_settings
 from engine.runtime.server import RunningEngine, build_engine, serve_in_thread
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import RuntimeEngineError
+from engine.records import Decision, SafeguardSpec, VerifySpec
 from engine.runtime.journal import DecisionStatus, ExecutionStatus, Journal
-from engine.runtime.model import Decision, SafeguardSpec, VerifySpec
 
 
 def _decision(i: int = 0, service: str = "inference-a", **kw: object) -> Decision:
@@ -178,19 +178,21 @@ def test_batches_beyond_sqlites_parameter_limit_are_written_whole(tmp_path: Path
         assert journal.count("verifications") == 2000
 
 
-def test_anomaly_event_as_dict_has_every_field() -> None:
-    from dataclasses import fields
-
-    from engine.runtime.model import AnomalyEvent
+def test_an_anomaly_event_round_trips_through_the_journal(tmp_path: Path) -> None:
+    """What recovery replays is exactly what the engine journaled."""
+    from engine.records import AnomalyEvent
 
     event = AnomalyEvent(
-        id="e", service="s", detector="d", detector_version="1", bundle_version="b", score=0.9,
-        threshold=0.5, anomalous=True, contributing=(("latency__z", 2.0),), window_start=1.0,
-        window_end=2.0, ts=2.0, arrival=3.0, metrics={"latency": 1.0},
+        service="s", detector="d", detector_version="1", bundle_version="b", score=0.95, threshold=0.5,
+        contributing=("latency",), features=(("latency__z", 2.0),), window_start=1.0, window_end=2.0,
+        ts=1.0, arrival=3.0, metrics={"latency": 1.0},
     )  # fmt: skip
-    out = event.as_dict()
-    assert list(out) == [f.name for f in fields(AnomalyEvent)]
-    assert out["contributing"] == [["latency__z", 2.0]] and out["metrics"] == {"latency": 1.0}
+    assert event.severity == "high" and event.moment == 2.0
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.record_events([(event.model_dump(), "anomaly")], ts=5.0)
+        (row,) = journal.events_since(0.0)
+    assert AnomalyEvent.model_validate(row["payload"]) == event
+    assert row["contributing"] == ["latency"] and row["detector_version"] == "1"
 
 
 def test_recent_filters_by_service_status_since_and_kind(tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.policy import AnomalyEvent, PolicyHost, load_policies
-from engine.policy.model import SEVERITY_LEVEL
+from engine.policy import PolicyHost, load_policies
+from engine.records import SEVERITY_LEVEL, AnomalyEvent
 
 SERVICES = ["gateway", "inference-a", "inference-b", "vector-db", "feature-store", "ingestion"]
 METRICS = ["memory_util", "queue_depth", "error_rate"]
@@ -174,8 +174,8 @@ def test_the_higher_priority_rule_wins(
     by_name = {b.rule.name: set(b.services) for b in policy_set.rules}
     decision = PolicyHost(policy_set).post(evt)
     if oracle(second, evt, by_name["high"]):
-        assert decision is not None and decision.rule_id == "prop/high"
+        assert decision is not None and decision.rule == "prop/high"
     elif oracle(first, evt, by_name["low"]):
-        assert decision is not None and decision.rule_id == "prop/low"
+        assert decision is not None and decision.rule == "prop/low"
     else:
         assert decision is None

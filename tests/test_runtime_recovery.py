@@ -176,14 +176,50 @@ def test_kill_9_mid_call_is_reported_not_repeated_and_an_approved_decision_runs_
             engine.start()
             unknown = wait_for(lambda: engine.status_of("inference-a", DecisionStatus.UNKNOWN))
             assert "not repeated" in unknown["reason"]
-            (execution,) = engine.rows("executions", service="inference-a")
-            assert execution["status"] == "unknown"
+            executions = {e["kind"]: e for e in engine.rows("executions", service="inference-a")}
+            assert executions["action"]["status"] == "unknown"
+            # ... and a human is told (the target does not deduplicate: it cannot be asked again)
+            hook = wait_for(lambda: admin.calls("/hook"), timeout=15)
+            assert hook[0]["body"]["decision_id"] == unknown["id"] and "unknown" in hook[0]["body"]["reason"]
             wait_for(lambda: admin.calls("/admin/rollback_model"), timeout=15)
             time.sleep(0.5)
             assert len(admin.calls("/admin/restart")) == 1
             assert len(admin.calls("/admin/rollback_model")) == 1
             log = engine.log.read_text()
             assert "reported as unknown, not repeated" in log
+        finally:
+            if engine.proc is not None and engine.proc.poll() is None:
+                engine.kill9()
+
+
+def test_kill_9_mid_call_to_a_deduplicating_target_asks_it_again_and_carries_on(tmp_path: Path) -> None:
+    """Issue 18: an execution left 'started' by a crash is reconciled on restart. The target
+    deduplicates by idempotency key (``dedup: true``), so the engine sends the same call again with
+    the same key: the target applies it at most once and answers, and the decision goes on to its
+    verification instead of staying unknown."""
+    with AdminServer(delay_s=4.0) as admin:
+        engine = EngineProcess(tmp_path, admin)
+        targets = Path(engine.env["SELFHEAL_TEST_RULES"]) / "targets.yaml"
+        targets.write_text(targets.read_text().replace("timeout_s: 30", "timeout_s: 30, dedup: true"))
+        engine.start()
+        try:
+            engine.push(3)
+            engine.push(3, inference_a=True)
+            wait_for(lambda: admin.calls("/admin/restart"))  # the target is handling it (slowly)
+            engine.kill9()
+            admin.delay_s = 0.0
+            engine.start()
+            again = wait_for(
+                lambda: len(admin.calls("/admin/restart")) == 2 and admin.calls("/admin/restart")
+            )
+            assert again[0]["key"] == again[1]["key"]  # the same call, the same idempotency key
+            decision = wait_for(lambda: engine.status_of("inference-a", DecisionStatus.VERIFYING))
+            assert again[0]["key"] == f"{decision['id']}:action"
+            (execution,) = engine.rows("executions", service="inference-a")
+            assert execution["status"] == "succeeded"
+            assert "asking the target again with the same idempotency key" in engine.log.read_text()
+            engine.push(3)
+            wait_for(lambda: engine.status_of("inference-a", DecisionStatus.VERIFIED))
         finally:
             if engine.proc is not None and engine.proc.poll() is None:
                 engine.kill9()

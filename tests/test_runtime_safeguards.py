@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from engine.records import Decision, SafeguardSpec
 from engine.runtime.journal import TargetCounts
-from engine.runtime.model import Decision, SafeguardSpec
 from engine.runtime.safeguards import GlobalLimits, MaintenanceWindow, check
 
 NOW = 1_800_000_000.0

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from test_runtime_support import TOKEN, AdminServer, fit_pipeline, ndjson, points, wait_for, write_rules
 
 from engine.errors import ConfigError, SpecError
-from engine.runtime.adapters import assemble
+from engine.runtime.components import assemble
 from engine.runtime.config import load_settings
 from engine.runtime.server import build_engine, serve_in_thread
 from engine.runtime.sources import IngestQueue, PromMapping
@@ -209,7 +209,7 @@ def test_ndjson_file_is_tailed_with_bad_lines_dead_lettered(make_engine: Any, tm
     wait_for(lambda: server.engine.points_scored == 16)
     dead = [json.loads(x) for x in server.engine.dead_letter.path.read_text().splitlines()]
     assert [(d["source"], d["field"]) for d in dead] == [(f"file:{feed}", "line")]
-    assert server.engine.latest_metric[("gateway", "memory_util")][0] == pytest.approx(0.5, abs=0.01)
+    assert server.engine.observations.metrics[("gateway", "memory_util")][0] == pytest.approx(0.5, abs=0.01)
 
 
 PROM_TEXT = """# HELP vllm_memory Memory in use.
@@ -255,7 +255,7 @@ def test_prometheus_scrape_maps_names_and_labels(make_engine: Any, tmp_path: Pat
             sources={"prometheus": [{"url": url, "interval_s": 0.1, "mapping": str(mapping)}]}
         )
         wait_for(lambda: server.engine.points_scored >= 4)
-        assert server.engine.latest_metric[("inference-a", "latency_p99_ms")][0] == 250.0
+        assert server.engine.observations.metrics[("inference-a", "latency_p99_ms")][0] == 250.0
         assert (
             f'selfheal_points_in_total{{source="prometheus:{url}"}}'
             in httpx.get(f"{server.url}/metrics").text

@@ -102,7 +102,7 @@ def fit_pipeline(seed: int = 0) -> Any:
 
 def build_components(settings: Any) -> Any:
     """Factory for ``selfheal run`` in a subprocess: rules folder from SELFHEAL_TEST_RULES."""
-    from engine.runtime.adapters import assemble
+    from engine.runtime.components import assemble
 
     return assemble(
         fit_pipeline(), os.environ["SELFHEAL_TEST_RULES"], bundle_version="b-test", detector_version="1"
@@ -223,7 +223,7 @@ def push_anomaly(url: str, **services: bool) -> None:
 @contextlib.contextmanager
 def serving(rules: Path, journals: Path, **settings: Any) -> Iterator[Any]:
     """An engine on the fitted pipeline and ``rules``, served from a thread on a free port."""
-    from engine.runtime.adapters import assemble
+    from engine.runtime.components import assemble
     from engine.runtime.config import load_settings
     from engine.runtime.server import build_engine, serve_in_thread
 

@@ -36,13 +36,13 @@ def _platform(
     return ActionResult(op, ctx.service, backend.name, ctx.idempotency_key, detail, inverse)
 
 
-@register_action(risk="medium")
+@register_action(risk="medium", via_backend=True)
 def restart(ctx: ActionContext) -> ActionResult:
     """Rollout restart of the service: fresh pods, same spec (clears leaks, not bad data)."""
     return _platform(ctx, "restart", {})
 
 
-@register_action(risk="low", inverse="scale")
+@register_action(risk="low", inverse="scale", via_backend=True)
 def scale(ctx: ActionContext, replicas: int | None = None, delta: int | None = None) -> ActionResult:
     """Set the replica count (``replicas``) or change it by ``delta``; inverse: scale back."""
     if (replicas is None) == (delta is None):
@@ -55,7 +55,7 @@ def scale(ctx: ActionContext, replicas: int | None = None, delta: int | None = N
     return _platform(ctx, "scale", params, "replicas")
 
 
-@register_action(risk="medium", inverse="shift_traffic")
+@register_action(risk="medium", inverse="shift_traffic", via_backend=True)
 def shift_traffic(ctx: ActionContext, weights: dict[str, float]) -> ActionResult:
     """Set traffic weights between replicas or versions (e.g. {blue: 0, green: 1}); inverse: shift back."""
     if not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
@@ -65,13 +65,13 @@ def shift_traffic(ctx: ActionContext, weights: dict[str, float]) -> ActionResult
     return _platform(ctx, "shift_traffic", {"weights": weights}, "weights")
 
 
-@register_action(risk="low")
+@register_action(risk="low", via_backend=True)
 def refresh_index(ctx: ActionContext, index: str | None = None) -> ActionResult:
     """Rebuild the service's vector index (stale retrieval); recovery follows after the rebuild."""
     return _platform(ctx, "refresh_index", {"index": index})
 
 
-@register_action(risk="high", inverse="rollback_model")
+@register_action(risk="high", inverse="rollback_model", via_backend=True)
 def rollback_model(ctx: ActionContext, version: str | None = None) -> ActionResult:
     """Serve another model version (default: the previous one); inverse: roll forward again."""
     return _platform(ctx, "rollback_model", {"version": version}, "version")

@@ -67,3 +67,19 @@ def execute(
             result if isinstance(result, dict) else {"result": result},
         )
     return result
+
+
+def repeatable(action: str, target: str, *, settings: TargetsConfig | None = None) -> bool:
+    """Whether ``action`` on ``target``, called again with the same idempotency key, is applied at
+    most once and answered with what was done: the action acts only through its backend and the
+    backend deduplicates (the simulator, Kubernetes, an ``http`` target marked ``dedup: true``).
+
+    After a crash left a call unanswered, such a call can be sent again to learn its outcome.
+    """
+    spec = get_action(action)
+    if not spec.via_backend:
+        return False
+    resolved = (settings or TargetsConfig()).target(target)
+    if resolved.backend == "http":
+        return bool(resolved.http is not None and resolved.http.dedup)
+    return resolved.backend in ("simulator", "kubernetes")

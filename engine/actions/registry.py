@@ -55,6 +55,7 @@ class ActionSpec:
     params_model: type[BaseModel] = field(repr=False)
     literal: frozenset[str] = frozenset()
     preflight: Preflight | None = field(default=None, repr=False)
+    via_backend: bool = False
 
     @functools.cached_property
     def parameters(self) -> dict[str, inspect.Parameter]:
@@ -128,6 +129,7 @@ def register_action(
     description: str | None = None,
     literal: Iterable[str] = (),
     preflight: Preflight | None = None,
+    via_backend: bool = False,
 ) -> Callable[[ActionFn], ActionFn]:
     """Register ``fn`` as an action. Used by the built-ins and by plugins alike.
 
@@ -136,6 +138,9 @@ def register_action(
     from the ``inverse_params`` of the ``ActionResult``). ``literal`` names parameters a policy must
     write without ``${...}`` templates (checked at ``rules validate``), e.g. the argv of ``command``.
     ``preflight`` checks a policy's params against the targets file (``Preflight``).
+    ``via_backend`` says the action acts only through its target's backend (``ActionContext``'s
+    target, the backends of ``engine.actions.backends``), so a backend that deduplicates by
+    idempotency key makes a repeated call safe (``engine.actions.repeatable``).
     """
 
     def decorate(fn: ActionFn) -> ActionFn:
@@ -166,6 +171,7 @@ def register_action(
             params_model=model,
             literal=frozenset(literal),
             preflight=preflight,
+            via_backend=via_backend,
         )
         if action_name in _REGISTRY and _REGISTRY[action_name].fn is not fn:
             log.warning(

@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.bundle.load import Bundle, load_bundle
 from engine.bundle.manifest import MANIFEST_NAME
-from engine.runtime.components import EngineComponents, ServiceInfo, register_loader
+from engine.runtime.components import EngineComponents, RegistryActions, ServiceInfo, register_loader
 
 DIGEST_ENV = "SELFHEAL_BUNDLE_DIGEST"
 
@@ -26,12 +26,11 @@ def is_bundle(ref: str) -> bool:
 def components_from_bundle(bundle: Bundle) -> EngineComponents:
     """Engine components over an already loaded bundle (durable-rules host from its compiled rules)."""
     from engine.policy.host import PolicyHost
-    from engine.runtime.adapters import PolicyHostEngine, RegistryActions
 
     host = PolicyHost(bundle.compiled, tick_seconds=float(bundle.pipeline.feature_spec.interval))
     return EngineComponents(
         pipeline=bundle.pipeline,
-        policies=PolicyHostEngine(host),
+        policies=host,
         actions=RegistryActions(bundle.targets),
         topology={
             name: ServiceInfo(tuple(spec.depends_on), spec.replicas, spec.tier)

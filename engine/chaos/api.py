@@ -59,7 +59,7 @@ def resolve_experiment(ref: str | Path) -> Path:
 
 def build_components(bundle: Path | str | None = None, *, pipeline: Any = None, seed: int = 0) -> Any:
     """Engine components: from a bundle, else a given pipeline, else the default chaos detector."""
-    from engine.runtime.adapters import assemble
+    from engine.runtime.components import assemble
 
     if bundle is not None:
         from engine.bundle import load_bundle

@@ -1,11 +1,14 @@
 """Shadow replay: run a bundle over stored history with no side effects, and judge it.
 
-How a team tries a new detector or policy before promoting it: the bundle's pipeline scores the
-history in the DuckDB store (batch features: the same code, equal to online), every anomalous row
-becomes an anomaly event as the engine would build it (contributing metrics, latest metric values,
-health changes), a fresh durable-rules host from the bundle's compiled policies decides, and the
-engine's own safeguard function (``engine.runtime.safeguards.check``) says whether each decision
-would have run, waited for approval, or been blocked; actions are assumed to succeed at once.
+How a team tries a new detector or policy before promoting it: the history in the DuckDB store
+goes through the engine's own stages, one feature interval per tick: scoring
+(``engine.runtime.scoring``), event making (``engine.runtime.events``: contributing metrics, latest
+metric values, health changes) and the policies (``engine.runtime.policies``, a fresh durable-rules
+host from the bundle's compiled policies), so replay makes exactly the events and decisions an
+engine fed the same points would. The engine's own safeguard function
+(``engine.runtime.safeguards.check``) then says whether each decision would have run, waited for
+approval, or been blocked; actions are assumed to succeed at once. The history before ``since``
+that the features need warms the stages up; only what happens from ``since`` on is reported.
 Nothing is executed and no journal is written. The alarms are scored per service against the
 incidents labeled in the store (``engine.evaluation.events.event_metrics``), and every decision is
 classified by whether its target had a labeled incident at the time.
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -23,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from engine.runtime.attribution import Attribution
 
 log = logging.getLogger(__name__)
 
@@ -197,15 +197,16 @@ def replay(
     """Replay a fitted pipeline and policies (a ``PolicySet`` or its compiled form) over history."""
     from engine.chaos.detector import warmup_seconds
     from engine.errors import InputError
-    from engine.features import batch_features
     from engine.policy.host import PolicyHost
-    from engine.runtime.adapters import PolicyHostEngine
-    from engine.runtime.model import AnomalyEvent
+    from engine.runtime.events import EventMaker, Observations
+    from engine.runtime.policies import ask
+    from engine.runtime.scoring import ScoringStage
     from engine.telemetry.store import TelemetryStore
 
     if until <= since:
         raise InputError(f"--until {until} is not after --since {since}", hint="give a later --until")
     spec = pipeline.feature_spec
+    interval = float(spec.interval)
     warm = timedelta(seconds=warmup_seconds(spec))
     with TelemetryStore(db_path, read_only=True) as store:
         points = store.points(services=services, start=since - warm, end=until)
@@ -215,84 +216,93 @@ def replay(
             f"{db_path}: no telemetry between {since - warm} and {until}",
             hint="check `selfheal ingest`/`selfheal synth` and the time range",
         )
-    frame = batch_features(points, spec, with_windows=True)
-    frame = frame.filter(frame["ts"] >= since).sort(["ts", "service"])
-    if frame.is_empty():
+    host = PolicyHost(policies, tick_seconds=interval)
+    topology = host.policy_set.topology
+    scoring = ScoringStage(pipeline)
+    events = EventMaker(
+        detector=pipeline.detector,
+        threshold=pipeline.threshold_,
+        feature_names=list(pipeline.feature_names),
+        bundle_version=version,
+        detector_version=detector_version,
+    )
+    observations = Observations()
+    ledger = _Ledger()
+    windows = _windows(incidents)
+    start_s = (since - datetime(1970, 1, 1)).total_seconds()
+    decisions: list[ReplayDecision] = []
+    scored_ts: list[float] = []
+    scored_service: list[str] = []
+    scored_alarm: list[bool] = []
+    for tick in _ticks(points, interval, progress=progress):
+        scored = scoring.step([(0.0, tick)])
+        observations.saw(scored, tick[-1][0])
+        made = events.step(scored, observations)
+        for row, score in zip(scored.rows, scored.scores.tolist(), strict=True):
+            if row.ts >= start_s:
+                scored_ts.append(row.ts)
+                scored_service.append(row.service)
+                scored_alarm.append(score > events.threshold)
+        if not (made.events or made.changes):
+            continue
+        for decision in ask(host, made).decided:  # before ``since``: warm-up only
+            at = decision.window_end if decision.window_end is not None else start_s
+            if at >= start_s:
+                decisions.append(_judge(decision, at, ledger, topology, windows))
+    if not scored_ts:
         raise InputError(
             f"no complete feature rows in [{since}, {until})",
             hint=f"the features need {warm} of history before --since; widen the range",
         )
-    scores = pipeline.score_frame(frame)
-    threshold = float(pipeline.threshold_)
-    alarms = scores > threshold
-    latest = _latest_values(points, float(spec.interval))
-    host = PolicyHost(policies, tick_seconds=float(spec.interval))
-    engine = PolicyHostEngine(host)
-    topology = host.policy_set.topology
-    attribution = Attribution(list(pipeline.feature_names))
-    ledger = _Ledger()
-    windows = _windows(incidents)
-    health: dict[str, bool] = {}
-    decisions: list[ReplayDecision] = []
-    X = frame.select(pipeline.feature_names).to_numpy()
-    ts_s = frame["ts"].dt.epoch("us").to_numpy() / 1e6
-    ws = frame["window_start"].dt.epoch("us").to_numpy() / 1e6
-    we = frame["window_end"].dt.epoch("us").to_numpy() / 1e6
-    service_col = frame["service"].to_list()
-    rows: Any = range(frame.height)
+    alarms = np.array(scored_alarm, dtype=bool)
+    return ReplayResult(
+        bundle=label,
+        since=since,
+        until=until,
+        rows=len(scored_ts),
+        anomalies=int(alarms.sum()),
+        per_service=_per_service(np.array(scored_ts), np.array(scored_service), alarms, windows),
+        decisions=decisions,
+    )
+
+
+def _ticks(points: Any, interval: float, *, progress: bool) -> Any:
+    """The store's points in time order, one feature interval per tick, as the engine takes them."""
+    frame = points.sort("ts")
+    ts = (frame["ts"].dt.epoch("us").to_numpy() / 1e6).tolist()
+    columns = zip(
+        ts, frame["service"].to_list(), frame["metric"].to_list(), frame["value"].to_list(), strict=True
+    )
+    ticks: Any = []
+    current: list[tuple[float, str, str, float]] = []
+    bucket = None
+    for point in columns:
+        b = point[0] // interval
+        if b != bucket and current:
+            ticks.append(current)
+            current = []
+        bucket = b
+        current.append(point)
+    if current:
+        ticks.append(current)
     if progress:
         import sys
 
         from tqdm import tqdm
 
-        rows = tqdm(rows, desc="replay", unit="row", file=sys.stderr)
-    for i in rows:
-        service = service_col[i]
-        anomalous = bool(alarms[i])
-        contributing = attribution(service, X[i], anomalous)
-        if not anomalous and not health.get(service, False):
-            continue
-        event = AnomalyEvent(
-            id=f"replay-{uuid.uuid4().hex[:12]}",
-            service=service,
-            detector=pipeline.detector,
-            detector_version=detector_version,
-            bundle_version=version,
-            score=float(scores[i]),
-            threshold=threshold,
-            anomalous=anomalous,
-            contributing=contributing,
-            window_start=float(ws[i]),
-            window_end=float(we[i]),
-            ts=float(ts_s[i]),
-            metrics=latest.get((service, int(ts_s[i])), {}) if anomalous else {},
-        )
-        if health.get(service, False) != anomalous:
-            health[service] = anomalous
-            engine.set_health(service, anomalous, event.score)
-        if anomalous:
-            decisions.extend(_judge(d, event, ledger, topology, windows) for d in engine.decide(event))
-    return ReplayResult(
-        bundle=label,
-        since=since,
-        until=until,
-        rows=frame.height,
-        anomalies=int(alarms.sum()),
-        per_service=_per_service(frame, alarms, windows),
-        decisions=decisions,
-    )
+        ticks = tqdm(ticks, desc="replay", unit="tick", file=sys.stderr)
+    return ticks
 
 
 def _judge(
     decision: Any,
-    event: Any,
+    now: float,
     ledger: _Ledger,
     topology: Any,
     windows: dict[str, list[tuple[float, float, str]]],
 ) -> ReplayDecision:
     from engine.runtime import safeguards
 
-    now = event.window_end
     replicas = 1
     spec = topology.services.get(decision.target)
     if spec is not None:
@@ -333,23 +343,6 @@ def _judge(
     )
 
 
-def _latest_values(points: Any, interval: float) -> dict[tuple[str, int], dict[str, float]]:
-    """Per (service, bucket start): each metric's last value in the bucket (what the engine holds)."""
-    import polars as pl
-
-    step = int(interval * 1e6)
-    last = (
-        points.with_columns(bucket=(pl.col("ts").dt.epoch("us") // step) * step)
-        .sort("ts")
-        .group_by(["service", "bucket", "metric"])
-        .agg(pl.col("value").last())
-    )
-    out: dict[tuple[str, int], dict[str, float]] = {}
-    for service, bucket, metric, value in last.iter_rows():
-        out.setdefault((service, int(bucket // 1_000_000)), {})[metric] = float(value)
-    return out
-
-
 def _windows(incidents: Any) -> dict[str, list[tuple[float, float, str]]]:
     out: dict[str, list[tuple[float, float, str]]] = {}
     for row in incidents.iter_rows(named=True):
@@ -360,22 +353,22 @@ def _windows(incidents: Any) -> dict[str, list[tuple[float, float, str]]]:
 
 
 def _per_service(
-    frame: Any, alarms: np.ndarray, windows: dict[str, list[tuple[float, float, str]]]
+    ts: np.ndarray,
+    services: np.ndarray,
+    alarms: np.ndarray,
+    windows: dict[str, list[tuple[float, float, str]]],
 ) -> dict[str, dict[str, Any]]:
+    """Event metrics per service: its rows' alarms (in time order) against its labeled incidents."""
     from engine.evaluation.events import event_metrics
 
     out: dict[str, dict[str, Any]] = {}
-    if not frame.height:
-        return out
-    services = frame["service"].to_numpy()
-    ts = frame["ts"].to_numpy().astype("datetime64[us]")
+    stamps = (ts * 1e6).astype("int64").astype("datetime64[us]")
     for service in sorted(set(services.tolist())):
         mask = services == service
         spans = [
             (np.datetime64(int(s * 1e6), "us"), np.datetime64(int(e * 1e6), "us"))
             for s, e, _ in windows.get(service, [])
         ]
-        order = np.argsort(ts[mask], kind="stable")
-        m = event_metrics(ts[mask][order], alarms[mask][order], spans)
-        out[service] = m.as_dict()
+        order = np.argsort(stamps[mask], kind="stable")
+        out[service] = event_metrics(stamps[mask][order], alarms[mask][order], spans).as_dict()
     return out

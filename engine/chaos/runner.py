@@ -218,7 +218,7 @@ class ChaosRun:
     def _start(self) -> tuple[RunContext, _Pump]:
         from engine.chaos.detector import warmup_seconds
         from engine.chaos.timescale import TimeScaledPolicies
-        from engine.runtime.adapters import RegistryActions
+        from engine.runtime.components import RegistryActions
         from engine.runtime.config import load_settings
         from engine.runtime.server import build_engine, serve_in_thread
 
@@ -464,7 +464,7 @@ class ChaosRun:
     def _drain_notes(self, ctx: RunContext) -> None:
         scores = self.timeline.scores
         now = ctx.clock.now()
-        for service, (score, _) in list(ctx.engine.engine.latest_score.items()):
+        for service, (score, _) in list(ctx.engine.engine.observations.scores.items()):
             series = scores[service]
             if not series or series[-1][1] != score:
                 series.append((now, score))

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from engine.runtime.components import PolicyEngine
-from engine.runtime.model import AnomalyEvent, Decision
+from engine.records import AnomalyEvent, Decision
+from engine.runtime.policies import PolicyEngine
 
 
 class TimeScaledPolicies:
@@ -27,14 +27,12 @@ class TimeScaledPolicies:
         self.speed = float(speed)
         self.version = inner.version
 
-    def decide(self, event: AnomalyEvent) -> list[Decision]:
-        return [self.scale(d) for d in self.inner.decide(event)]
+    def post(self, event: AnomalyEvent) -> Decision | None:
+        decision = self.inner.post(event)
+        return None if decision is None else self.scale(decision)
 
-    def set_health(self, service: str, anomalous: bool, score: float) -> None:
-        self.inner.set_health(service, anomalous, score)
-
-    def replay(self, event: AnomalyEvent) -> None:
-        self.inner.replay(event)
+    def set_health(self, service: str, *, anomalous: bool) -> None:
+        self.inner.set_health(service, anomalous=anomalous)
 
     def scale(self, decision: Decision) -> Decision:
         k = self.speed

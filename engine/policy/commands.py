@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from engine.errors import MAX_LISTED, InputError, Problem, SpecError
-
-if TYPE_CHECKING:
-    from engine.policy.model import Bounds
 
 rules_app = typer.Typer(help="Remediation policies: validate them, test them offline.", no_args_is_help=True)
 actions_app = typer.Typer(help="Actions policies can take.", no_args_is_help=True)
@@ -104,7 +102,7 @@ def test(
             json.dumps(
                 {
                     "matched": result.matched,
-                    "decision": result.decision.as_dict() if result.decision else None,
+                    "decision": dataclasses.asdict(result.decision) if result.decision else None,
                     "reasons": result.reasons,
                     "mismatches": result.mismatches,
                 },
@@ -119,13 +117,13 @@ def test(
     raise typer.Exit(0 if result.matched else 1)
 
 
-def bounds_text(name: str, bounds: Bounds) -> str:
+def bounds_text(name: str, low: float | None, high: float | None) -> str:
     """``memory_util <= 0.7``, ``0.2 <= x <= 0.8``: how an operator says a range."""
-    if bounds.min is not None and bounds.max is not None:
-        return f"{bounds.min} <= {name} <= {bounds.max}"
-    if bounds.min is not None:
-        return f"{name} >= {bounds.min}"
-    return f"{name} <= {bounds.max}"
+    if low is not None and high is not None:
+        return f"{low} <= {name} <= {high}"
+    if low is not None:
+        return f"{name} >= {low}"
+    return f"{name} <= {high}"
 
 
 def _print(result: object) -> None:
@@ -144,32 +142,33 @@ def _print(result: object) -> None:
         for reason in result.reasons:
             typer.echo(f"  - {reason}")
         return
-    typer.echo(f"matched: {d.rule_id} (policy {d.policy} v{d.policy_version})")
+    typer.echo(f"matched: {d.rule} (policy {d.policy} v{d.policy_version})")
     typer.echo(f"action: {d.action}({', '.join(f'{k}={v!r}' for k, v in d.params.items())}) on {d.target}")
     inverse = f"{d.inverse.action}" if d.inverse else "none"
     typer.echo(f"risk: {d.risk}; inverse: {inverse}")
     s = d.safeguards
     typer.echo(
-        f"safeguards: cooldown {s.cooldown:.0f}s per target, max {s.max_per_hour}/h per target, "
+        f"safeguards: cooldown {s.cooldown_s:.0f}s per target, max {s.max_per_hour}/h per target, "
         f"{s.max_per_hour_global}/h global, max {s.max_concurrent} concurrent, "
-        f"blast radius {s.blast_radius:.0%} of replicas"
+        f"blast radius {s.blast_radius or 1.0:.0%} of replicas"
     )
-    if d.requires_approval:
-        a = d.approval
+    a = d.approval
+    if a.required:
         who = ", ".join(a.approvers) or "any authenticated approver"
         typer.echo(
-            f"approval: REQUIRED (risk {d.risk}); ttl {a.ttl:.0f}s, on expiry {a.on_expiry}; approvers: {who}"
+            f"approval: REQUIRED (risk {d.risk}); ttl {a.ttl_s:.0f}s, on expiry {a.on_expiry}; "
+            f"approvers: {who}"
         )
     else:
-        typer.echo(
-            f"approval: not required (risk {d.risk} not in {d.approval.required_for}); executes at once"
-        )
+        typer.echo(f"approval: not required for risk {d.risk}; executes at once")
     v = d.verify
-    steady = []
-    if v.steady_state.score_below is not None:
-        steady.append(f"score < {v.steady_state.score_below}")
-    steady += [bounds_text(m, b) for m, b in v.steady_state.metrics.items()]
-    typer.echo(f"verify: {' and '.join(steady)} within {v.deadline:.0f}s; on failure {v.on_failure}")
+    if v is not None:
+        steady = [f"score < {v.score_below}"] if v.score_below is not None else []
+        steady += [bounds_text(m, low, high) for m, (low, high) in v.metrics.items()]
+        typer.echo(
+            f"verify: {' and '.join(steady)} within {v.deadline_s:.0f}s; "
+            f"on failure {' and '.join(v.on_failure)}"
+        )
 
 
 @actions_app.command("list")

@@ -35,10 +35,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.policy.events import EVENT_TYPE, HEALTH_TYPE, HISTORY_TYPE
 from engine.policy.loader import BoundRule, PolicySet
-from engine.policy.model import DAYS, SEVERITY_LEVEL, Bounds, MaintenanceWindow, When
+from engine.policy.model import DAYS, Bounds, MaintenanceWindow, When
+from engine.records import SEVERITY_LEVEL
 
+EVENT_TYPE = "anomaly"  # fact types of the durable-rules messages: an anomaly event,
+HISTORY_TYPE = "anomaly_history"  # an earlier anomaly kept for persistence joins,
+HEALTH_TYPE = "health"  # and a service's health fact
 SINK_RULE = "sink"
 SINK_PRIORITY = 10**8
 

@@ -7,8 +7,7 @@ It owns the durable-rules traps (see DESIGN.md) so that nothing else has to:
 - an action that raises does not raise from ``post``; the error lands in the state as a string:
   the host detects it, clears it, and raises ``PolicyRunError`` (a ``PolicyError``, the original
   exception chained) whose ``decisions`` keep whatever was decided before the failure: one bad rule
-  or event never makes the host forget a decision it already made (``post_tick`` posts every event
-  of the tick, then raises once with all decisions and all errors);
+  never makes the host forget a decision it already made;
 - facts are bounded: one health fact per service, at most ``history_ticks`` history facts per
   service (plus the first anomaly of the current streak when a rule uses ``persistence.for``);
 - rulesets cannot be unregistered: each PolicyHost owns a fresh Host and a uniquely named ruleset
@@ -16,32 +15,53 @@ It owns the durable-rules traps (see DESIGN.md) so that nothing else has to:
 - durable-rules' background dispatch threads are not started: actions run inside ``post`` (we use
   no durable-rules timers), so a decision is known when ``post`` returns.
 
-The rule action never acts on the world: it renders a ``Decision`` (action, params, risk, the
-safeguards, verification and approval that apply) for the engine to enforce and execute.
-``snapshot()``/``restore()`` carry health and history across an engine restart.
+The rule action never acts on the world: it renders an ``engine.records.Decision`` (action, params,
+risk, the safeguards, verification and approval that apply) for the engine to enforce and execute.
+Across a restart the engine rebuilds the host's facts by posting its journal's events again (the
+one restart path: ``engine.runtime.recovery``). The order of a scoring tick (health first, so
+gating sees every root) is the engine's policy stage, ``engine.runtime.policies``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from durable.engine import Host, MessageNotHandledException
+from pydantic import BaseModel, ConfigDict
 
+from engine.actions import get_action
 from engine.errors import EngineError, PolicyError
 from engine.ids import hex_id
-from engine.policy.compiler import SINK_RULE, CompiledPolicySet, compile_policies
-from engine.policy.events import HEALTH_TYPE, HISTORY_TYPE, AnomalyEvent, HealthFact
+from engine.policy.compiler import (
+    EVENT_TYPE,
+    HEALTH_TYPE,
+    HISTORY_TYPE,
+    SINK_RULE,
+    CompiledPolicySet,
+    compile_policies,
+)
 from engine.policy.loader import BoundRule, PolicySet
-from engine.policy.model import Approval, InverseSpec, Safeguards, Verify
 from engine.policy.templates import render
+from engine.records import (
+    SEVERITY_LEVEL,
+    ActionCall,
+    AnomalyEvent,
+    ApprovalSpec,
+    Decision,
+    SafeguardSpec,
+    VerifySpec,
+    new_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +69,9 @@ log = logging.getLogger(__name__)
 class PolicyRunError(PolicyError):
     """Rule actions failed while posting; ``decisions`` holds every decision made all the same.
 
-    Why an exception that carries results: a tick posts many events, and the engine must enforce
-    the decisions of the events that worked even when another event's rule is broken, without
-    losing the error. Callers that catch ``PolicyError`` keep working; callers that want the
-    decisions read ``exc.decisions`` (and ``exc.errors``: one ``PolicyError`` per failed event).
+    Why an exception that carries results: the engine must enforce what a rule decided even when
+    another rule's action broke on the same event, without losing the error. Callers that catch
+    ``PolicyError`` keep working; callers that want the decisions read ``exc.decisions``.
     """
 
     def __init__(
@@ -68,56 +87,46 @@ class PolicyRunError(PolicyError):
         self.errors: list[PolicyError] = list(errors) or [self]
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What a rule decided about one anomaly event. The engine enforces safeguards and approval."""
+class HealthFact(BaseModel):
+    """What the policy host knows about a service right now (kept current by the engine)."""
 
-    id: str
-    rule_id: str
-    policy: str
-    policy_version: str
-    policy_fingerprint: str
-    event: AnomalyEvent
-    target: str
-    action: str
-    params: dict[str, Any]
-    risk: str
-    inverse: InverseSpec | None
-    requires_approval: bool
-    safeguards: Safeguards
-    verify: Verify
-    approval: Approval
-    evidence: tuple[str, ...] = field(default=())
-    target_replicas: int | None = None
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @property
-    def max_replicas_at_once(self) -> int | None:
-        """The blast radius in replicas for the target (None when the target has no topology entry)."""
-        if self.target_replicas is None:
-            return None
-        return self.safeguards.max_replicas_at_once(self.target_replicas)
+    service: str
+    anomalous: bool = False
+    maintenance: bool = False
 
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready (for the journal and ``selfheal rules test --json``)."""
-        return {
-            "id": self.id,
-            "rule": self.rule_id,
-            "policy": self.policy,
-            "policy_version": self.policy_version,
-            "policy_fingerprint": self.policy_fingerprint,
-            "event": self.event.model_dump(),
-            "target": self.target,
-            "action": self.action,
-            "params": self.params,
-            "risk": self.risk,
-            "inverse": self.inverse.model_dump() if self.inverse else None,
-            "requires_approval": self.requires_approval,
-            "safeguards": self.safeguards.model_dump(),
-            "verify": self.verify.model_dump(),
-            "approval": self.approval.model_dump(),
-            "evidence": list(self.evidence),
-            "target_replicas": self.target_replicas,
-        }
+
+_ON_FAILURE = {"escalate": ("escalate",), "rollback": ("rollback",), "both": ("escalate", "rollback")}
+
+
+def _message(event: AnomalyEvent, *, tick_seconds: float) -> dict[str, Any]:
+    """The durable-rules message: the event plus the derived fields rules test.
+
+    ``dow`` (0 = Monday) and ``tod`` (minute of the UTC day) let maintenance windows compile to
+    plain comparisons; ``sev`` is the severity as a number for range tests; ``tick`` numbers the
+    service's scoring ticks ("3 of the last 5"), derived from the event's moment when it has none.
+    The message ``id`` is fresh on every call, so re-posting the same event (a retry, a replay) is
+    processed again.
+    """
+    at = event.moment
+    when = datetime.fromtimestamp(at, tz=UTC)
+    return {
+        "t": EVENT_TYPE,
+        "id": hex_id(),  # durable-rules drops a message it has seen: never reuse one
+        "event_id": event.id,
+        "service": event.service,
+        "detector": event.detector,
+        "score": float(event.score),
+        "threshold": float(event.threshold),
+        "sev": SEVERITY_LEVEL[event.severity or "low"],
+        "ts": float(at),
+        "tick": event.tick if event.tick is not None else int(at // tick_seconds),
+        "dow": when.weekday(),
+        "tod": when.hour * 60 + when.minute,
+        "metrics": {k: float(v) for k, v in event.metrics.items()},
+        "contributing": list(event.contributing),
+    }
 
 
 class _Host(Host):
@@ -152,10 +161,12 @@ class PolicyHost:
         self.compiled = policies if isinstance(policies, CompiledPolicySet) else compile_policies(policies)
         self.policy_set = self.compiled.policy_set
         self.tick_seconds = tick_seconds
-        self.name = f"selfheal_{self.policy_set.fingerprint[:12]}_{uuid.uuid4().hex[:8]}"
+        self.version = self.policy_set.fingerprint[:12]
+        self.name = f"selfheal_{self.version}_{uuid.uuid4().hex[:8]}"
         self.stats = HostStats()
         self._lock = threading.RLock()
         self._rules: dict[str, BoundRule] = {b.id: b for b in self.policy_set.rules}
+        self._specs = {b.id: _specs(b) for b in self.policy_set.rules}
         self._fired: list[Decision] = []
         self._errors: list[BaseException] = []
         self._current: AnomalyEvent | None = None
@@ -188,46 +199,58 @@ class PolicyHost:
         return fire
 
     def _decide(self, bound: BoundRule, event: AnomalyEvent, evidence: tuple[str, ...]) -> Decision:
-        from engine.actions import get_action
-
         rule = bound.rule
         spec = self.policy_set.topology.services.get(event.service)
-        scope = {**event.fields(), "topology": spec.model_dump() if spec else {}}
+        scope = {**event.model_dump(), "topology": spec.model_dump() if spec else {}}
         target = str(render(rule.then.target, scope))
-        target_spec = self.policy_set.topology.services.get(target)
         params = get_action(rule.then.action).validate(render(rule.then.params, scope))
         inverse = bound.inverse
-        if inverse is not None and inverse.params:
-            inverse = InverseSpec(action=inverse.action, params=render(inverse.params, scope))
+        safeguards, verify, approval = self._specs[bound.id]
         return Decision(
-            id=hex_id(),
-            rule_id=bound.id,
-            policy=bound.policy.policy,
-            policy_version=bound.policy.version,
-            policy_fingerprint=self.policy_set.fingerprint,
-            event=event,
+            id=new_id("dec"),
+            event_id=event.id,
+            service=event.service,
             target=target,
             action=rule.then.action,
             params=params,
             risk=bound.risk,
-            inverse=inverse,
-            requires_approval=bound.requires_approval,
-            safeguards=rule.safeguards,
-            verify=rule.verify,
-            approval=rule.approval,
+            policy=bound.policy.policy,
+            policy_version=f"{bound.policy.version}+{self.version}",
+            rule=bound.id,
+            safeguards=safeguards,
+            verify=verify,
+            approval=approval,
+            inverse=None
+            if inverse is None
+            else ActionCall(inverse.action, dict(render(inverse.params, scope)) if inverse.params else {}),
             evidence=evidence,
-            target_replicas=target_spec.replicas if target_spec else None,
+            bundle_version=event.bundle_version,
+            detector=event.detector,
+            detector_version=event.detector_version,
+            window_start=event.window_start,
+            window_end=event.window_end,
         )
 
     # ----------------------------------------------------------------------------- public API
     def post(self, event: AnomalyEvent | Mapping[str, Any]) -> Decision | None:
-        """Post one anomaly event; the decision it caused, or None (no rule matched or gated)."""
+        """Post one anomaly event; the decision it caused, or None (no rule matched or gated).
+
+        The service's health fact turns anomalous first (its dependents are gated from now on).
+        """
         evt = event if isinstance(event, AnomalyEvent) else AnomalyEvent.model_validate(event)
+        message = _message(evt, tick_seconds=self.tick_seconds)
+        try:  # durable-rules' C parser chokes on (and can crash over) strings that are not UTF-8
+            json.dumps(message, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            self.stats.errors += 1
+            raise PolicyError(
+                f"event {evt.id!r} holds text that is not valid UTF-8 ({exc.reason}); not posted",
+                hint="the source sent a lone surrogate in a name: fix the sender",
+            ) from exc
         with self._lock:
             self.stats.posted += 1
             if evt.service in self.policy_set.topology.services:
                 self._set_health(evt.service, anomalous=True, maintenance=None)
-            message = evt.message(tick_seconds=self.tick_seconds)
             self._fired.clear()
             self._errors.clear()
             self._current = evt
@@ -249,45 +272,6 @@ class PolicyHost:
                 self._remember(message)
             return decision
 
-    def post_tick(self, events: Sequence[AnomalyEvent], healthy: Iterable[str] = ()) -> list[Decision]:
-        """One scoring tick: mark every anomalous service first (so gating sees the root), then post.
-
-        Every event is posted even when an earlier one fails. When any failed, raises one
-        ``PolicyRunError`` after the last event: ``.decisions`` are all the decisions of the tick
-        (what this method would have returned), ``.errors`` one PolicyError per failed event.
-        """
-        decisions: list[Decision] = []
-        errors: list[PolicyError] = []
-        with self._lock:
-            for service in healthy:
-                self.set_health(service, anomalous=False)
-            for evt in events:
-                if evt.service in self.policy_set.topology.services:
-                    self._set_health(evt.service, anomalous=True, maintenance=None)
-            for evt in events:
-                try:
-                    decision = self.post(evt)
-                except PolicyRunError as exc:
-                    decisions.extend(exc.decisions)
-                    errors.append(exc)
-                except Exception as exc:  # durable-rules internals: keep the tick's other decisions
-                    self.stats.errors += 1
-                    wrapped = PolicyError(f"posting event {evt.id} ({evt.service}) failed: {exc}")
-                    wrapped.__cause__ = exc
-                    errors.append(wrapped)
-                else:
-                    if decision is not None:
-                        decisions.append(decision)
-        if errors:
-            raise PolicyRunError(
-                f"{len(errors)} of {len(events)} event(s) of the tick failed; "
-                f"{len(decisions)} decision(s) kept in .decisions: " + "; ".join(e.message for e in errors),
-                decisions=decisions,
-                errors=errors,
-                hint="fix the rule's then section; `selfheal rules test` reproduces it",
-            ) from errors[0]
-        return decisions
-
     def set_health(self, service: str, *, anomalous: bool, maintenance: bool | None = None) -> None:
         """Keep the health fact of ``service`` current. A healthy tick ends its anomaly streak."""
         with self._lock:
@@ -301,34 +285,6 @@ class PolicyHost:
     def health(self) -> dict[str, HealthFact]:
         with self._lock:
             return {s: fact for s, (fact, _) in self._health.items()}
-
-    def snapshot(self) -> dict[str, Any]:
-        """Health and anomaly history, JSON-ready, for the engine to persist."""
-        with self._lock:
-            return {
-                "fingerprint": self.policy_set.fingerprint,
-                "health": [fact.model_dump() for fact, _ in self._health.values()],
-                "history": {s: list(q) for s, q in self._history.items()},
-                "anchor": dict(self._anchor),
-            }
-
-    def restore(self, snapshot: Mapping[str, Any]) -> None:
-        """Re-assert a snapshot's facts into this (fresh) host."""
-        with self._lock:
-            for raw in snapshot.get("health", []):
-                fact = HealthFact.model_validate(raw)
-                self.set_health(fact.service, anomalous=fact.anomalous, maintenance=fact.maintenance)
-            for service, anchor in snapshot.get("anchor", {}).items():
-                self._assert(anchor)
-                self._anchor[service] = anchor
-            for service, items in snapshot.get("history", {}).items():
-                queue = self._history.setdefault(service, deque())
-                anchor = self._anchor.get(service)
-                for item in items:
-                    if anchor is not None and item.get("id") == anchor.get("id"):
-                        queue.append(anchor)
-                    elif self._assert(item):
-                        queue.append(item)
 
     def facts(self) -> list[dict[str, Any]]:
         """The facts durable-rules holds right now (for tests and debugging)."""
@@ -409,3 +365,31 @@ class PolicyHost:
         anchor = self._anchor.pop(service, None)
         if anchor is not None:
             self._retract(anchor)
+
+
+def _specs(bound: BoundRule) -> tuple[SafeguardSpec, VerifySpec, ApprovalSpec]:
+    """A rule's limits, verification and approval as a decision carries them (seconds, tuples)."""
+    rule = bound.rule
+    s, v, a = rule.safeguards, rule.verify, rule.approval
+    return (
+        SafeguardSpec(
+            cooldown_s=float(s.cooldown),
+            max_per_hour=s.max_per_hour,
+            max_per_hour_global=s.max_per_hour_global,
+            max_concurrent=s.max_concurrent,
+            blast_radius=s.blast_radius,
+        ),
+        VerifySpec(
+            deadline_s=float(v.deadline),
+            score_below=v.steady_state.score_below,
+            metrics={k: (b.min, b.max) for k, b in v.steady_state.metrics.items()},
+            on_failure=_ON_FAILURE[v.on_failure],
+            escalate_to=v.escalate_to,
+        ),
+        ApprovalSpec(
+            required=bound.requires_approval,
+            ttl_s=float(a.ttl),
+            on_expiry=a.on_expiry,
+            approvers=tuple(a.approvers),
+        ),
+    )

@@ -25,7 +25,6 @@ from pydantic import BaseModel, ValidationError
 from engine.errors import Problem, SpecError
 from engine.policy.model import (
     RULE_SECTIONS,
-    SEVERITY_LEVEL,
     Bounds,
     InverseSpec,
     Policy,
@@ -36,6 +35,7 @@ from engine.policy.model import (
 )
 from engine.policy.templates import check_reference, is_template, references
 from engine.policy.topology import TOPOLOGY_FILE, ServiceSpec, Topology, default_topology_path
+from engine.records import SEVERITY_LEVEL
 from engine.specs import did_you_mean, expect_mapping, problems_from, read_yaml
 
 log = logging.getLogger(__name__)

@@ -33,12 +33,11 @@ from pydantic import (
 )
 
 from engine.policy._util import parse_duration
+from engine.records import Severity
 
 Risk = Literal["low", "medium", "high"]
-Severity = Literal["low", "medium", "high", "critical"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
-SEVERITY_LEVEL: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 RISK_LEVEL: dict[str, int] = {"low": 0, "medium": 1, "high": 2}
 DAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 

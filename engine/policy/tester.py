@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import Problem, SpecError
-from engine.policy.events import AnomalyEvent, HealthFact
-from engine.policy.host import Decision, PolicyHost
+from engine.policy.host import HealthFact, PolicyHost
 from engine.policy.loader import PolicySet, load_policies
-from engine.policy.model import SEVERITY_LEVEL
+from engine.records import SEVERITY_LEVEL, AnomalyEvent, Decision
 
 
 @dataclass
@@ -148,12 +147,12 @@ def compare(expect: dict[str, Any], decision: Decision | None) -> list[str]:
     if decision is None:
         return out
     actual = {
-        "rule": decision.rule_id,
+        "rule": decision.rule,
         "action": decision.action,
         "target": decision.target,
         "params": decision.params,
         "risk": decision.risk,
-        "requires_approval": decision.requires_approval,
+        "requires_approval": decision.approval.required,
     }
     for key, want in expect.items():
         if key in actual and actual[key] != want:

@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.runtime.config import LOOPBACK
 from engine.runtime.journal import KINDS
-from engine.runtime.process import ApprovalRefused, Engine
+from engine.runtime.process import Engine
+from engine.runtime.supervisor import ApprovalRefused
 from engine.telemetry.points import parse_body
 
 SHARED = "token"  # the caller's name when it authenticated with the shared ``token``

@@ -1,4 +1,4 @@
-"""What the engine runs: the scoring pipeline, the policies, the actuators and the topology.
+"""What the engine runs: the detector, the policies, the actuators and the topology.
 
 Why an in-process object and a loader registry: the engine must not care whether its parts come from
 a hashed bundle directory, a test that fitted a pipeline a second ago, or a chaos experiment. A
@@ -9,10 +9,12 @@ loader turns a reference (``selfheal run REF`` or ``components:`` in the config)
     register_loader("bundle", lambda ref: (Path(ref) / "manifest.json").is_file(), load_bundle_components)
 
 Built in: ``path/to/file.py:function`` or ``package.module:function`` naming a factory
-``function(settings) -> EngineComponents`` (tests and experiments use it).
+``function(settings) -> EngineComponents`` (tests and experiments use it). ``assemble`` builds
+components from a fitted detector, a policy folder and a targets file.
 
-The three seams are protocols so that the engine's own logic (safeguards, approvals, journal,
-recovery) depends on nothing else in the project.
+The three seams are protocols owned by the stages that call them (``RowScorer`` by scoring,
+``PolicyEngine`` by the policy stage, ``ActionRunner`` by the executor), so the engine's own logic
+depends on nothing else in the project.
 """
 
 from __future__ import annotations
@@ -20,64 +22,19 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from typing import Any
 
 from engine.errors import ConfigError
-from engine.runtime.model import ActionCall, AnomalyEvent, Decision
+from engine.records import ActionCall
+from engine.runtime.executor import ActionRunner
+from engine.runtime.policies import PolicyEngine
+from engine.runtime.scoring import RowScorer
 
 log = logging.getLogger(__name__)
-
-
-@runtime_checkable
-class OnlineFeaturesLike(Protocol):
-    def push(self, ts: float, service: str, metric: str, value: float) -> list[Any]: ...
-    def flush(self) -> list[Any]: ...
-
-
-@runtime_checkable
-class PipelineLike(Protocol):
-    """``engine.detectors.pipeline.ScoringPipeline`` as the engine uses it."""
-
-    detector: str
-    feature_spec: Any
-    threshold_: float
-
-    @property
-    def feature_names(self) -> list[str]: ...
-    def score_rows(self, rows: Sequence[Any]) -> np.ndarray: ...
-
-
-@runtime_checkable
-class PolicyEngine(Protocol):
-    """The policies compiled into a durable-rules host, as the engine drives them.
-
-    ``decide`` posts one event and returns the decisions it caused (empty when no rule matched);
-    ``set_health`` keeps a service's health fact current so dependency gating sees it;
-    ``replay`` feeds a journaled event back after a restart to rebuild counts, discarding decisions.
-    """
-
-    version: str
-
-    def decide(self, event: AnomalyEvent) -> list[Decision]: ...
-    def set_health(self, service: str, anomalous: bool, score: float) -> None: ...
-    def replay(self, event: AnomalyEvent) -> None: ...
-
-
-@runtime_checkable
-class ActionRunner(Protocol):
-    """Runs one action on one target. Raises ``engine.errors.ActionError`` when it fails.
-
-    ``idempotency_key`` is unique per (decision, kind); backends that can (``http``) send it along
-    so that a target seeing the same key twice acts once. ``timeout_s`` caps what the call may
-    wait on (each request or program it runs).
-    """
-
-    def run(self, call: ActionCall, *, target: str, idempotency_key: str, timeout_s: float) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -91,24 +48,94 @@ class ServiceInfo:
 class EngineComponents:
     """Everything ``Engine`` needs besides its settings."""
 
-    pipeline: PipelineLike
+    pipeline: RowScorer
     policies: PolicyEngine
     actions: ActionRunner
     topology: dict[str, ServiceInfo] = field(default_factory=dict)
     bundle_version: str = "dev"
     detector_version: str = "dev"
-    features_factory: Callable[[], OnlineFeaturesLike] | None = None
-
-    def new_features(self) -> OnlineFeaturesLike:
-        if self.features_factory is not None:
-            return self.features_factory()
-        from engine.features import OnlineFeatures
-
-        return OnlineFeatures(self.pipeline.feature_spec)
 
     def replicas(self, service: str) -> int:
         info = self.topology.get(service)
         return info.replicas if info else 1
+
+
+class RegistryActions:
+    """``ActionRunner`` over the action registry; backends per service come from the targets file.
+
+    ``timeout_s`` (the engine's ``action_timeout_s``) caps each request or program of the call; a
+    target's own shorter ``timeout_s`` in the targets file still applies. ``requested_at`` (epoch
+    seconds, fixed per decision) makes a repeated call byte-identical (Kubernetes' restartedAt).
+    """
+
+    def __init__(self, targets: Any = None) -> None:
+        from engine.actions import TargetsConfig
+
+        self.targets = targets if targets is not None else TargetsConfig()
+
+    def run(
+        self,
+        call: ActionCall,
+        *,
+        target: str,
+        idempotency_key: str,
+        timeout_s: float,
+        requested_at: float | None = None,
+    ) -> Any:
+        from engine.actions import execute
+
+        return execute(
+            call.action,
+            call.params,
+            target,
+            idempotency_key,
+            settings=self.targets,
+            timeout_s=timeout_s,
+            requested_at=None
+            if requested_at is None
+            else datetime.fromtimestamp(requested_at, UTC).replace(tzinfo=None),
+        )
+
+    def repeatable(self, call: ActionCall, *, target: str) -> bool:
+        from engine.actions import repeatable
+
+        return repeatable(call.action, target, settings=self.targets)
+
+
+def assemble(
+    pipeline: RowScorer,
+    rules: Path | str,
+    *,
+    targets: Path | str | Any | None = None,
+    topology: Path | str | None = None,
+    bundle_version: str = "dev",
+    detector_version: str = "dev",
+) -> EngineComponents:
+    """Components from a fitted detector, a policy folder (or file) and a targets file or config."""
+    from engine.actions import load_targets
+    from engine.actions.targets import targets_for_policy
+    from engine.policy.host import PolicyHost
+    from engine.policy.loader import load_policies
+
+    policy_set = load_policies(rules, topology=topology)
+    host = PolicyHost(policy_set, tick_seconds=float(pipeline.feature_spec.interval))
+    if isinstance(targets, str | Path):
+        targets = load_targets(targets)
+    elif targets is None:
+        beside = targets_for_policy(Path(rules))
+        targets = load_targets(beside) if beside.is_file() else None
+    topo = {
+        name: ServiceInfo(tuple(spec.depends_on), spec.replicas, spec.tier)
+        for name, spec in policy_set.topology.services.items()
+    }
+    return EngineComponents(
+        pipeline=pipeline,
+        policies=host,
+        actions=RegistryActions(targets),
+        topology=topo,
+        bundle_version=bundle_version,
+        detector_version=detector_version,
+    )
 
 
 Loader = Callable[[str, Any], EngineComponents]

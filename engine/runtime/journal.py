@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import RuntimeEngineError
-from engine.ids import hex_id
+from engine.records import new_id
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,6 @@ class ApprovalStatus:
     APPROVED = "approved"
     REJECTED = "rejected"
     EXPIRED = "expired"
-
-
-def new_id(prefix: str) -> str:
-    """Unique ids: a prefix that says what it is, then 64 random bits in hex."""
-    return f"{prefix}-{hex_id(64)}"
 
 
 @dataclass(frozen=True)

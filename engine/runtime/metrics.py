@@ -7,6 +7,7 @@ several engines in one interpreter without metric-name collisions.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -28,6 +29,11 @@ class EngineMetrics:
             "selfheal_requests_throttled", "Push requests answered 429 (queue full)", registry=r
         )
         self.feature_rows = Counter("selfheal_feature_rows", "Feature rows scored", registry=r)
+        self.rows_refused = Counter(
+            "selfheal_rows_refused",
+            "Feature rows the detector could not score (dead-lettered; the rest of the tick was scored)",
+            registry=r,
+        )
         self.scoring_latency = Histogram(
             "selfheal_scoring_latency_seconds",
             "Time to score one micro-batch",
@@ -62,5 +68,27 @@ class EngineMetrics:
             approvals_pending
         )
 
+    def count(self, kind: str, data: dict[str, Any]) -> None:
+        """Count what a stage reported (its notes, which listeners hear too)."""
+        if kind == "blocked":
+            self.decisions.labels(f"blocked_{data['safeguard']}").inc()
+        elif kind in _DECISIONS:
+            self.decisions.labels(_DECISIONS[kind]).inc()
+        elif kind == "dispatch" and data["kind"] == "action":
+            self.decisions.labels("executed").inc()
+        elif kind in _ACTIONS:
+            self.actions.labels(_ACTIONS[kind]).inc()
+        elif kind in ("policy_error", "journal_refused"):
+            self.errors.labels("policy" if kind == "policy_error" else "journal").inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_DECISIONS = {"duplicate": "duplicate", "approval_requested": "awaiting_approval"}
+_ACTIONS = {
+    "executed": "succeeded",
+    "action_failed": "failed",
+    "verified": "verified",
+    "verification_failed": "verification_failed",
+}

@@ -1,68 +1,81 @@
 """Start-up after a crash: finish or report what the last process left, rebuild the policy host.
 
 What ``kill -9`` can leave in the journal, and what happens to it here:
-- an execution 'started' but never finished: the call may or may not have reached the target, so it
-  is marked 'unknown' and reported (decision status ``unknown``), never repeated;
+- an execution 'started' but never finished: the call may or may not have reached the target.
+  Where the target deduplicates by idempotency key (``ActionRunner.repeatable``: the simulator,
+  Kubernetes, an ``http`` target marked ``dedup``), the same call is sent again with the same key:
+  the target applies it at most once and answers what was done, and the execution is finished
+  from that answer. Elsewhere it is marked 'unknown' (decision status ``unknown``), never
+  repeated, and escalated to a human;
 - a decision 'ready' (cleared, execution not yet recorded): executed once now if younger than
   ``stale_decision_s`` (after the safeguards again), otherwise reported as ``stale``;
 - an execution that succeeded but whose verification was not recorded: verification starts now;
 - a decision 'executing' whose actions all failed: marked ``failed`` (no longer blocks its rule);
 - verifications 'watching' and approvals 'pending' simply continue (their deadlines are absolute);
-- the kill switch is read back;
 - the durable-rules host starts empty, so health facts are re-asserted from the last health events
-  and recent anomaly events are replayed into it (their decisions are discarded: they are in the
-  journal already) so that persistence counts ("3 of the last 5 ticks") survive the restart.
+  and recent anomaly events are posted again in journal order (their decisions are discarded:
+  they are in the journal already), so persistence counts ("3 of the last 5 ticks") survive.
+  This replay is the one restart path of the policy state.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
-from engine.runtime.journal import DecisionStatus, ExecutionStatus
-from engine.runtime.model import AnomalyEvent, Decision
-
-if TYPE_CHECKING:
-    from engine.runtime.process import Engine
+from engine.records import ActionCall, AnomalyEvent, Decision, Execution
+from engine.runtime.decider import Decider
+from engine.runtime.executor import Executor, deadline
+from engine.runtime.journal import DecisionStatus, ExecutionStatus, Journal
+from engine.runtime.policies import Note, PolicyEngine
 
 log = logging.getLogger(__name__)
 
 
-def recover(engine: Engine) -> dict[str, int]:
-    """Bring the engine's state in line with its journal; returns counts of what was done (for logs/tests)."""
-    journal = engine.journal
-    now = time.time()
-    done = {"unknown": 0, "resumed": 0, "stale": 0, "verifying": 0, "failed": 0, "replayed": 0}
-    control = journal.control("paused")
-    engine.paused = bool(control and control["value"])
+@dataclass
+class Recovered:
+    """What recovery did (counts, for logs and tests), the health it read back, and the executions
+    to dispatch once the engine runs (reconciled calls, resumed decisions)."""
 
-    for execution in journal.executions_with_status(ExecutionStatus.IN_FLIGHT):
-        journal.finish_execution(
-            execution["id"], ExecutionStatus.UNKNOWN, error="engine stopped during the call; outcome unknown"
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("reconciled", "unknown", "resumed", "stale", "verifying", "failed", "replayed"), 0
         )
-        journal.settle_execution(execution["id"])
-        if execution["kind"] == "action":
-            journal.set_decision_status(
-                execution["decision_id"],
-                DecisionStatus.UNKNOWN,
-                "the engine stopped while executing; check the target (not repeated)",
-            )
-        log.warning(
-            "execution %s (%s %s on %s) was in flight at the crash: reported as unknown, not repeated",
-            execution["id"],
-            execution["kind"],
-            execution["action"],
-            execution["target"],
-        )
-        done["unknown"] += 1
+    )
+    health: dict[str, bool] = field(default_factory=dict)
+    executions: list[Execution] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+
+def recover(
+    journal: Journal,
+    decider: Decider,
+    executor: Executor,
+    policies: PolicyEngine,
+    *,
+    stale_decision_s: float,
+    replay_horizon_s: float,
+    now: float | None = None,
+) -> Recovered:
+    """Bring the journal and the policy host in line with what the last process left (module doc)."""
+    now = time.time() if now is None else now
+    out = Recovered()
+    control = journal.control("paused")
+    decider.paused = bool(control and control["value"])
+    _in_flight(journal, executor, out)
 
     for row in journal.decisions_with_status([DecisionStatus.EXECUTING]):
         executions = [e for e in journal.executions_for(row["id"]) if e["kind"] == "action"]
         succeeded = [e for e in executions if e["status"] == ExecutionStatus.SUCCEEDED]
         if succeeded:
-            engine.begin_verification(Decision.from_record(row), succeeded[-1]["id"])
-            done["verifying"] += 1
+            decision = Decision.from_record(row)
+            with journal.transaction():
+                journal.start_verification(
+                    decision.id, succeeded[-1]["id"], deadline_ts=deadline(decision, now)
+                )
+                journal.set_decision_status(decision.id, DecisionStatus.VERIFYING)
+            out.counts["verifying"] += 1
         elif not executions:
             journal.set_decision_status(row["id"], DecisionStatus.READY)
         elif all(e["status"] == ExecutionStatus.FAILED for e in executions):
@@ -70,43 +83,83 @@ def recover(engine: Engine) -> dict[str, int]:
             journal.set_decision_status(
                 row["id"], DecisionStatus.FAILED, executions[-1]["error"] or "the action failed"
             )
-            done["failed"] += 1
+            out.counts["failed"] += 1
 
     for row in journal.decisions_with_status([DecisionStatus.READY]):
         age = now - row["ts"]
-        if age <= engine.settings.stale_decision_s:
+        if age <= stale_decision_s:
             log.warning(
                 "decision %s was decided but not executed before the crash: executing it once", row["id"]
             )
-            engine.run_ready(Decision.from_record(row))
-            done["resumed"] += 1
+            started = decider.run_ready(Decision.from_record(row))
+            out.executions += started.executions
+            out.notes += started.notes
+            out.counts["resumed"] += 1
         else:
             journal.set_decision_status(
                 row["id"], DecisionStatus.STALE, f"decided {age:.0f}s before the restart; not executed"
             )
             log.warning("decision %s is %.0fs old: reported as stale, not executed", row["id"], age)
-            done["stale"] += 1
+            out.counts["stale"] += 1
 
-    health = journal.last_health()
-    engine.health.update(health)
+    out.health = journal.last_health()
     # Rebuild the policy host in journal order: health changes and anomalies interleaved exactly as
     # the killed engine fed them, so streaks and persistence counts come back as they were.
-    for row in journal.events_since(now - engine.settings.replay_horizon_s, kinds=("anomaly", "health")):
-        payload = dict(row["payload"])
-        payload["contributing"] = tuple(tuple(c) for c in payload.get("contributing") or ())
+    for row in journal.events_since(now - replay_horizon_s, kinds=("anomaly", "health")):
         try:
+            event = AnomalyEvent.model_validate(row["payload"])
             if row["kind"] == "health":
-                engine.components.policies.set_health(
-                    row["service"], bool(payload["anomalous"]), row["score"] or 0.0
-                )
+                policies.set_health(event.service, anomalous=event.anomalous)
             else:
-                engine.components.policies.replay(AnomalyEvent(**payload))
-        except Exception:
-            log.exception("replaying event %s into the policy host failed", row["id"])
+                policies.post(event)  # its decision was journaled the first time: drop it
+        except Exception as exc:
+            log.warning("replaying event %s into the policy host failed: %s", row["id"], exc)
             continue
-        done["replayed"] += 1
-    for service, anomalous in health.items():  # older than the horizon: at least the current fact
-        engine.components.policies.set_health(service, anomalous, 1.0 if anomalous else 0.0)
-    if any(done.values()):
-        log.info("recovered from the journal: %s", done)  # what went wrong was warned above
-    return done
+        out.counts["replayed"] += 1
+    for service, anomalous in out.health.items():  # older than the horizon: at least the current fact
+        policies.set_health(service, anomalous=anomalous)
+    if any(out.counts.values()):
+        log.info("recovered from the journal: %s", out.counts)  # what went wrong was warned above
+    return out
+
+
+def _in_flight(journal: Journal, executor: Executor, out: Recovered) -> None:
+    """Executions a crash left 'started': asked again where the target can say, else escalated."""
+    for row in journal.executions_with_status(ExecutionStatus.IN_FLIGHT):
+        decision_row = journal.decision(row["decision_id"])
+        if decision_row is None:  # cannot happen: both are written in one transaction
+            continue
+        decision = Decision.from_record(decision_row)
+        call = ActionCall(row["action"], dict(row["params"] or {}))
+        what = f"{row['kind']} {row['action']} on {row['target']}"
+        if row["kind"] != "escalation" and executor.actions.repeatable(call, target=row["target"]):
+            log.warning(
+                "execution %s (%s) was in flight at the crash: asking the target again with the same "
+                "idempotency key (it applies the call at most once)",
+                row["id"],
+                what,
+            )
+            out.executions.append(Execution(row["id"], decision, row["kind"], call))
+            out.counts["reconciled"] += 1
+            continue
+        with journal.transaction():
+            journal.finish_execution(
+                row["id"], ExecutionStatus.UNKNOWN, error="engine stopped during the call; outcome unknown"
+            )
+            journal.settle_execution(row["id"])
+            if row["kind"] == "action":
+                journal.set_decision_status(
+                    decision.id,
+                    DecisionStatus.UNKNOWN,
+                    "the engine stopped while executing; check the target (not repeated)",
+                )
+        log.warning(
+            "execution %s (%s) was in flight at the crash: reported as unknown, not repeated", row["id"], what
+        )
+        out.counts["unknown"] += 1
+        if row["kind"] != "escalation":
+            out.notes += executor.escalate(
+                decision,
+                f"the engine stopped during {what}; its outcome is unknown and it was not repeated: "
+                "check the target",
+            )

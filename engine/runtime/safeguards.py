@@ -16,8 +16,8 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from engine.records import Decision
 from engine.runtime.journal import TargetCounts
-from engine.runtime.model import Decision
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """Scoring in worker processes, services partitioned across them (``workers: N`` in the config).
 
 Why: online features cost several microseconds per point in pure Python, and one interpreter runs
-one thread at a time; past ~50k points/s the scoring thread is the bottleneck. Each worker owns
-the ``OnlineFeatures`` of its services (a stable hash of the service name picks the worker, so a
-service's points stay in order) and its own copy of the pipeline; it returns the closed feature
-rows with their calibrated scores. Everything that must be serial (health facts, journal,
-policies, safeguards, actions) stays in the engine process.
+one thread at a time; past ~50k points/s the scoring thread is the bottleneck. Each worker runs
+the scoring stage (``engine.runtime.scoring``) for its services (a stable hash of the service name
+picks the worker, so a service's points stay in order) with its own copy of the detector, and
+returns what the stage returns. Everything that must be serial (events, health facts, policies,
+safeguards, journal, actions) stays in the engine process.
 
 Workers are started with ``spawn`` (no fork of a threaded process). A worker that dies takes its
 services' open buckets with it; the engine logs it, counts it, and reports not ready.
@@ -24,25 +24,20 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from engine.errors import RuntimeEngineError
+from engine.runtime.scoring import Scored, ScoringStage
 from engine.telemetry.columns import PointColumns
 from engine.telemetry.points import Point, Points
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[float, Points]
-OnScored = Callable[[list[Any], np.ndarray, list[float], int, float], None]
+OnScored = Callable[[Scored], None]
 
 
 def _worker(conn: Any, pipeline_bytes: bytes) -> None:
-    """Worker process: push points, score closed rows as one micro-batch, send them back."""
-    from engine.features import OnlineFeatures
-
-    pipeline = pickle.loads(pipeline_bytes)  # the engine pickled its own (verified) pipeline
-    online = OnlineFeatures(pipeline.feature_spec)
-    push = online.push
+    """Worker process: the scoring stage on the points of its services, tick by tick."""
+    stage = ScoringStage(pickle.loads(pipeline_bytes))  # the engine pickled its own (verified) pipeline
     gc.collect()
     gc.freeze()  # a dedicated process: keep full collections off the loaded pipeline (see server.py)
     conn.send("ready")
@@ -50,19 +45,7 @@ def _worker(conn: Any, pipeline_bytes: bytes) -> None:
         message = conn.recv()
         if message is None:
             return
-        rows: list[Any] = []
-        arrivals: list[float] = []
-        n = 0
-        for arrival, points in message:
-            n += len(points)
-            for ts, service, metric, value in points:
-                closed = push(ts, service, metric, value)
-                if closed:
-                    rows.extend(closed)
-                    arrivals.extend([arrival] * len(closed))
-        started = time.perf_counter()
-        scores = pipeline.score_rows(rows) if rows else np.empty(0)
-        conn.send((rows, scores, arrivals, n, time.perf_counter() - started))
+        conn.send(stage.step(message))
 
 
 class ShardPool:
@@ -140,19 +123,19 @@ class ShardPool:
         conn = self._conns[i]
         while True:
             try:
-                rows, scores, arrivals, n, elapsed = conn.recv()
+                scored = conn.recv()
             except (EOFError, OSError):
                 if not self._closing:
                     self.failed = True
                     log.critical("scoring worker %d died; its services are no longer scored", i)
                 return
             try:
-                self._on_scored(rows, scores, arrivals, n, elapsed)
+                self._on_scored(scored)
             except Exception:
                 log.exception("handling scores from worker %d failed", i)
             finally:
                 with self._cond:
-                    self._outstanding -= n
+                    self._outstanding -= scored.points
                     self._cond.notify_all()
 
     def wait_idle(self, timeout: float, below: int = 1) -> bool:

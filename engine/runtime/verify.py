@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from engine.runtime.model import VerifySpec
+from engine.records import VerifySpec
 
 Observation = tuple[float, float]  # (value, wall time seen)
 

@@ -52,7 +52,7 @@ class PointColumns:
         self._services: pa.DictionaryArray | None = None
 
     def _service_codes(self) -> pa.DictionaryArray:
-        """The service column dictionary-encoded, once (``latest`` and ``split`` both need it)."""
+        """The service column dictionary-encoded (what ``split`` partitions by)."""
         if self._services is None:
             self._services = pc.dictionary_encode(self.table["service"].chunk(0))
         return self._services
@@ -72,16 +72,6 @@ class PointColumns:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (PointColumns, (self.table,))  # Arrow tables pickle as buffer copies
-
-    def latest(self) -> list[Point]:
-        """The last point of each series in this batch (in the batch's order of last appearance)."""
-        t = self.table
-        services = self._service_codes()
-        metrics = pc.dictionary_encode(t["metric"].chunk(0))
-        key = services.indices.to_numpy().astype(np.int64) * len(metrics.dictionary)
-        key += metrics.indices.to_numpy()
-        _, first_from_end = np.unique(key[::-1], return_index=True)
-        return list(PointColumns(t.take(np.sort(len(key) - 1 - first_from_end))))
 
     def split(self, shard_of: dict[str, int], shards: int) -> list[PointColumns | None]:
         """Partition by service as ``crc32(service) % shards`` (the list path's rule), order kept;

@@ -242,7 +242,7 @@ def _durable_rates(host: Any, repeats: int, n: int = 5000) -> tuple[list[float],
 
     from durable.engine import Host
 
-    from engine.policy.events import AnomalyEvent
+    from engine.records import AnomalyEvent
 
     raw_host = Host()
     name = f"bench_{uuid.uuid4().hex[:8]}"
@@ -300,7 +300,7 @@ def bench_engine(repeats: int) -> list[Row]:
 
     from engine.policy.host import PolicyHost
     from engine.policy.loader import load_policies
-    from engine.runtime.adapters import assemble
+    from engine.runtime.components import assemble
     from engine.runtime.config import load_settings
     from engine.runtime.server import build_engine, serve_in_thread, tune_for_serving
 

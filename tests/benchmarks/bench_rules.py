@@ -17,7 +17,8 @@ from pathlib import Path
 from durable.engine import Host, MessageNotHandledException
 from harness import Row
 
-from engine.policy import AnomalyEvent, PolicyHost, compile_policies, load_policies
+from engine.policy import PolicyHost, compile_policies, load_policies
+from engine.records import AnomalyEvent
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
 N_EVENTS = 5000

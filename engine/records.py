@@ -1,68 +1,94 @@
-"""What the engine passes between its stages: anomaly events and decisions.
+"""The engine's vocabulary: what passes from scoring to policies to the journal, in one shape each.
 
-These are the runtime's own small, serialisable records. The policy layer (``engine.policy``)
-produces decisions in its own types; ``engine.runtime.components`` adapts them to ``Decision`` so
-the engine's safeguards, approvals, executor and journal depend on nothing but this module.
-Every record round-trips through the journal (``to_record`` / ``from_record``) because a restarted
-engine must be able to finish what a killed one started.
+- ``AnomalyEvent``: a scored row worth telling the policies about (an anomaly, or a service's
+  health changing back). The engine makes them, the policies match on them, shadow replay makes
+  them the same way, the journal keeps them, and ``selfheal rules test`` reads them from JSON files.
+- ``Decision``: a policy decided to act: what, on which target, under which limits, verified how,
+  approved by whom. The policy host renders it; the engine's safeguards, approvals, executor and
+  journal take it as it is (``to_record``/``from_record`` are its journal row, because a restarted
+  engine must finish what a killed one started).
+- ``Execution`` and ``Outcome``: one actuator call a decision caused (the action itself, or the
+  rollback or escalation after it) and what came back.
+
+Why one module at the bottom of the package: every layer speaks these types, so none of them
+converts another's, and no layer has to import another to know what a decision is.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from engine.ids import hex_id
+
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITY_LEVEL: dict[str, int] = {"low": 0, "medium": 1, "high": 2, "critical": 3}
 RISKS = ("low", "medium", "high")
+EXECUTION_KINDS = ("action", "rollback", "escalation")
 
 
-@dataclass(frozen=True)
-class AnomalyEvent:
-    """One scoring result worth telling the policies about (anomalous or a health change)."""
+def new_id(prefix: str) -> str:
+    """Unique ids: a prefix that says what it is, then 64 random bits in hex."""
+    return f"{prefix}-{hex_id(64)}"
 
-    id: str
+
+def severity_for(score: float) -> Severity:
+    """Default severity from a calibrated score when the event does not set one."""
+    if score >= 0.99:
+        return "critical"
+    if score >= 0.9:
+        return "high"
+    if score >= 0.7:
+        return "medium"
+    return "low"
+
+
+class AnomalyEvent(BaseModel):
+    """One scored row of one service worth telling the policies about (score calibrated to [0, 1]).
+
+    ``anomalous`` is False only for a health change back to normal. ``contributing`` names the
+    metrics behind the strongest features (what policies match on); ``features`` keeps those
+    features with their distance from the service's recent normal (|z|), as evidence.
+    ``moment`` is the time policies reason about (the end of the scored window).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
     service: str
     detector: str
-    detector_version: str
-    bundle_version: str
     score: float
-    threshold: float
-    anomalous: bool
-    contributing: tuple[tuple[str, float], ...]  # (feature, contribution) strongest first
-    window_start: float
-    window_end: float
-    ts: float  # the feature row's bucket (epoch seconds)
-    arrival: float = 0.0  # perf_counter when the batch behind it arrived (for latency)
-    metrics: dict[str, float] = field(default_factory=dict)  # the service's latest metric values
+    ts: float = Field(description="epoch seconds, UTC: the scored row (its feature bucket)")
+    threshold: float = 0.0
+    anomalous: bool = True
+    severity: Severity | None = None
+    tick: int | None = Field(
+        None, description="the service's scoring tick; derived from the moment if absent"
+    )
+    metrics: dict[str, float] = Field(default_factory=dict, description="the service's latest values")
+    contributing: tuple[str, ...] = ()
+    features: tuple[tuple[str, float], ...] = ()
+    window_start: float | None = None
+    window_end: float | None = None
+    bundle_version: str = ""
+    detector_version: str = ""
+    id: str = Field(default_factory=lambda: new_id("evt"), description="unique; durable-rules dedups")
+    arrival: float = Field(0.0, description="perf_counter when the points behind it arrived (latency)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _severity(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("severity") is None and "score" in data:
+            try:
+                return {**data, "severity": severity_for(float(data["score"]))}
+            except (TypeError, ValueError):
+                return data  # the score's own error says what is wrong
+        return data
 
     @property
-    def contributing_metrics(self) -> list[str]:
-        """Metric names behind the strongest features (feature names are ``<metric>__<transform>``)."""
-        out: list[str] = []
-        for feature, _ in self.contributing:
-            metric = feature.split("__", 1)[0]
-            if metric not in out:
-                out.append(metric)
-        return out
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready. Spelled out rather than ``dataclasses.asdict``: this runs for every event, and
-        asdict's recursive deep copy was a visible share of the engine's CPU under load."""
-        return {
-            "id": self.id,
-            "service": self.service,
-            "detector": self.detector,
-            "detector_version": self.detector_version,
-            "bundle_version": self.bundle_version,
-            "score": self.score,
-            "threshold": self.threshold,
-            "anomalous": self.anomalous,
-            "contributing": [list(c) for c in self.contributing],
-            "window_start": self.window_start,
-            "window_end": self.window_end,
-            "ts": self.ts,
-            "arrival": self.arrival,
-            "metrics": dict(self.metrics),
-        }
+    def moment(self) -> float:
+        return self.window_end if self.window_end is not None else self.ts
 
 
 @dataclass(frozen=True)
@@ -110,7 +136,11 @@ class ActionCall:
 
 @dataclass(frozen=True)
 class Decision:
-    """A policy decided to act: what, on which target, under which limits, and why."""
+    """A policy decided to act: what, on which target, under which limits, and why.
+
+    ``evidence`` lists the earlier anomaly events a persistence rule joined; ``replicas`` is how
+    many of the target's replicas the action touches at once (for the blast radius).
+    """
 
     id: str
     event_id: str
@@ -119,7 +149,7 @@ class Decision:
     action: str
     params: dict[str, Any]
     risk: str = "low"
-    replicas: int = 1  # how many of the target's replicas this action touches at once
+    replicas: int = 1
     policy: str = ""
     policy_version: str = ""
     rule: str = ""
@@ -127,7 +157,7 @@ class Decision:
     verify: VerifySpec | None = None
     approval: ApprovalSpec = field(default_factory=ApprovalSpec)
     inverse: ActionCall | None = None
-    escalate: ActionCall | None = None  # e.g. a webhook; the engine's default is used when None
+    evidence: tuple[str, ...] = ()
     bundle_version: str = ""
     detector: str = ""
     detector_version: str = ""
@@ -158,7 +188,7 @@ class Decision:
                 "verify": None if self.verify is None else asdict(self.verify),
                 "approval": asdict(self.approval),
                 "inverse": None if self.inverse is None else asdict(self.inverse),
-                "escalate": None if self.escalate is None else asdict(self.escalate),
+                "evidence": list(self.evidence),
             },
         }
 
@@ -183,7 +213,7 @@ class Decision:
             verify=None if verify is None else _verify(verify),
             approval=ApprovalSpec(**{**approval, "approvers": tuple(approval.get("approvers") or ())}),
             inverse=None if spec.get("inverse") is None else ActionCall(**spec["inverse"]),
-            escalate=None if spec.get("escalate") is None else ActionCall(**spec["escalate"]),
+            evidence=tuple(spec.get("evidence") or ()),
             bundle_version=row.get("bundle_version") or "",
             detector=row.get("detector") or "",
             detector_version=row.get("detector_version") or "",
@@ -200,3 +230,33 @@ def _verify(raw: dict[str, Any]) -> VerifySpec:
             "metrics": {k: (v[0], v[1]) for k, v in (raw.get("metrics") or {}).items()},
         }
     )
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One actuator call a decision caused: the action itself, or the rollback or escalation after it.
+
+    Journaled (status 'started') before the call; its idempotency key makes a second attempt of the
+    same call impossible, across restarts too. ``emitted`` is when the anomaly event behind an
+    action was made (``perf_counter``), for latency figures.
+    """
+
+    id: str
+    decision: Decision
+    kind: str
+    call: ActionCall
+    emitted: float | None = None
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.decision.id}:{self.kind}"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an actuator call returned: its result (JSON-ready) or the error, and when (wall time)."""
+
+    execution: Execution
+    result: Any
+    error: str | None
+    returned: float

@@ -1,0 +1,257 @@
+"""The deciding stage (the enforcer): decisions through the safeguards, into the journal, one commit.
+
+``enact`` is the pure core: given what the journal says (safeguard counts, remedies under way, the
+kill switch, maintenance windows), which decisions execute now, which wait for an approval, and
+which a safeguard blocks (and which one, for the journal's reason). Counts are kept current while
+a batch is enacted, so two decisions of one batch never both take the last free slot. One
+incident, one action: a decision for the same rule, target and action as one waiting, running or
+being verified is dropped and counted as a duplicate.
+
+``Decider`` is the journal's one hot-path writer: one transaction per batch holds the ticks'
+events, their decisions, approval requests and execution rows (status 'started'), and the
+bookkeeping other stages hand over (actuator outcomes, verification verdicts); one fsync'd commit
+*before* any actuator is called. After a crash a 'started' execution is reported, never repeated,
+and its idempotency key refuses a second attempt.
+
+One bad item never costs the others: when a batch cannot be written (a value SQLite refuses, say),
+it is written again event by event, each with its decisions, and only the items that still fail
+are refused (logged, counted, told to listeners).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from engine.records import ActionCall, Decision, Execution
+from engine.runtime import safeguards
+from engine.runtime.journal import DecisionStatus, Journal, SafeguardCounts
+from engine.runtime.policies import Note, Tick
+
+log = logging.getLogger(__name__)
+
+Write = Callable[[Journal], None]  # bookkeeping another stage hands over, run inside the commit
+Key = tuple[str, str, str]  # (target, rule, action): one remedy
+
+
+@dataclass
+class Context:
+    """What the safeguards of a batch of decisions see (kept current as the batch is enacted)."""
+
+    now: float
+    counts: SafeguardCounts
+    active: set[Key]
+    paused: bool
+    limits: safeguards.GlobalLimits
+    maintenance: Sequence[safeguards.MaintenanceWindow] = ()
+    replicas: Callable[[str], int] = lambda target: 1
+
+
+@dataclass
+class Enactment:
+    """The journal rows a batch of decisions will write, and what listeners are told after."""
+
+    records: list[tuple[Decision, str, str | None]] = field(default_factory=list)
+    approvals: list[Decision] = field(default_factory=list)
+    starts: list[tuple[Decision, float | None]] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+
+def verdict(decision: Decision, ctx: Context) -> safeguards.Verdict:
+    """May ``decision`` act now, by the safeguards (``engine.runtime.safeguards.check``)?"""
+    return safeguards.check(
+        decision,
+        ctx.counts.for_target(decision.target, decision.rule),
+        now=ctx.now,
+        limits=ctx.limits,
+        paused=ctx.paused,
+        replicas=ctx.replicas(decision.target),
+        maintenance=ctx.maintenance,
+    )
+
+
+def enact(decisions: Sequence[tuple[Decision, float | None]], ctx: Context) -> Enactment:
+    """Decisions (with when their event was made) through the safeguards, in order (module doc)."""
+    out = Enactment()
+    for decision, emitted in decisions:
+        key = (decision.target, decision.rule, decision.action)
+        if key in ctx.active:
+            out.notes.append(("duplicate", {"decision_id": decision.id}))
+            continue
+        v = verdict(decision, ctx)
+        if not v.allowed:
+            out.records.append((decision, DecisionStatus.BLOCKED, f"{v.safeguard}: {v.reason}"))
+            out.notes.append(("blocked", {"decision_id": decision.id, "safeguard": v.safeguard}))
+            continue
+        ctx.active.add(key)
+        if decision.approval.required:
+            out.records.append((decision, DecisionStatus.AWAITING_APPROVAL, None))
+            out.approvals.append(decision)
+            continue
+        # A new decision's idempotency key cannot have been used: it goes straight to 'executing'.
+        out.records.append((decision, DecisionStatus.EXECUTING, None))
+        out.starts.append((decision, emitted))
+        ctx.counts.started(decision.target, decision.rule, decision.replicas, ctx.now)
+    return out
+
+
+@dataclass
+class Committed:
+    """What one commit made durable: executions to dispatch now, and notes for listeners."""
+
+    executions: list[Execution] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    decided: list[float] = field(default_factory=list)  # emitted (perf_counter) of each decision journaled
+    unwritten: bool = False  # the bookkeeping could not be written: hand it over again
+
+    def merge(self, other: Committed) -> None:
+        self.executions += other.executions
+        self.notes += other.notes
+        self.decided += other.decided
+
+
+class Decider:
+    """The journal writer's core: ``commit`` a batch of ticks with the bookkeeping handed over."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        limits: safeguards.GlobalLimits,
+        maintenance: Sequence[safeguards.MaintenanceWindow] = (),
+        approval_ttl_s: float = 900.0,
+        replicas: Callable[[str], int] = lambda target: 1,
+    ) -> None:
+        self.journal = journal
+        self.limits = limits
+        self.maintenance = list(maintenance)
+        self.approval_ttl_s = approval_ttl_s
+        self.replicas = replicas
+        self.paused = False  # the kill switch, as the supervisor last read it from the journal
+
+    def context(self, decisions: Sequence[Decision], now: float | None = None) -> Context:
+        """The safeguard state for ``decisions``, read from the journal in one statement."""
+        now = time.time() if now is None else now
+        cap = 1 + max(
+            [self.limits.max_actions_per_hour]
+            + [max(d.safeguards.max_per_hour or 0, d.safeguards.max_per_hour_global or 0) for d in decisions]
+        )
+        counts, active = self.journal.decision_context(
+            [d.target for d in decisions], [d.rule for d in decisions if d.rule], now=now, cap=cap
+        )
+        return Context(now, counts, active, self.paused, self.limits, self.maintenance, self.replicas)
+
+    def commit(self, ticks: Sequence[Tick], writes: Sequence[Write] = ()) -> Committed:
+        """Journal ``ticks`` and run ``writes`` in one transaction (one fsync).
+
+        Never loses a tick to another item's failure (module docstring); when the bookkeeping
+        (``writes``) cannot be written, ``unwritten`` says so and the caller hands it over again.
+        """
+        try:
+            return self._commit(ticks, writes)
+        except Exception:
+            log.exception(
+                "journaling %d tick(s) with %d bookkeeping write(s) failed", len(ticks), len(writes)
+            )
+        done = Committed()
+        if writes:
+            try:
+                done = self._commit([], writes)
+            except Exception:
+                done.unwritten = True
+        for unit in _units(ticks):
+            try:
+                done.merge(self._commit([unit], ()))
+            except Exception as exc:
+                event = (unit.events or unit.changes)[0]
+                log.error("event %r (service %r) could not be journaled: %s", event.id, event.service, exc)
+                done.notes.append(("journal_refused", {"event_id": event.id, "error": str(exc)}))
+        return done
+
+    def _commit(self, ticks: Sequence[Tick], writes: Sequence[Write]) -> Committed:
+        journal = self.journal
+        out = Committed(notes=[n for tick in ticks for n in tick.notes])
+        rows = []
+        for tick in ticks:
+            rows += [({**e.model_dump(), "id": f"{e.id}-h"}, "health") for e in tick.changes]
+            rows += [(e.model_dump(), "anomaly") for e in tick.events]
+        decided = [(d, tick.emitted) for tick in ticks for d in tick.decided]
+        if not (rows or decided or writes):
+            return out
+        with journal.transaction():
+            journal.record_events(rows, ts=time.time())
+            if decided:
+                enactment = enact(decided, self.context([d for d, _ in decided]))
+                out.executions = self._journal(enactment)
+                out.notes += enactment.notes
+                out.decided = [emitted for _, emitted in decided]
+            for write in writes:
+                write(journal)
+        return out
+
+    def _journal(self, enactment: Enactment) -> list[Execution]:
+        """A batch's decisions, approval requests and executions: a few multi-row statements."""
+        journal = self.journal
+        journal.record_decisions([(d.to_record(), status, reason) for d, status, reason in enactment.records])
+        for decision in enactment.approvals:
+            approval_id = journal.create_approval(
+                decision.id,
+                ttl_s=decision.approval.ttl_s or self.approval_ttl_s,
+                allowed_approvers=decision.approval.approvers,
+            )
+            enactment.notes.append(
+                ("approval_requested", {"decision_id": decision.id, "approval_id": approval_id})
+            )
+        ids = journal.start_new_executions(
+            [(d.to_record(), f"{d.id}:action", d.replicas) for d, _ in enactment.starts]
+        )
+        return [
+            Execution(eid, d, "action", _call(d), emitted)
+            for (d, emitted), eid in zip(enactment.starts, ids, strict=True)
+        ]
+
+    def run_ready(self, decision: Decision) -> Committed:
+        """Start a journaled decision that is cleared to run (approved, or recovered after a crash):
+        the safeguards again, then its execution row, committed before the call. Nothing to
+        dispatch when a safeguard blocks it or it already ran (its idempotency key was used)."""
+        v = verdict(decision, self.context([decision]))
+        journal = self.journal
+        if not v.allowed:
+            journal.set_decision_status(decision.id, DecisionStatus.BLOCKED, f"{v.safeguard}: {v.reason}")
+            return Committed(notes=[("blocked", {"decision_id": decision.id, "safeguard": v.safeguard})])
+        with journal.transaction():
+            journal.set_decision_status(decision.id, DecisionStatus.READY)
+            execution_id = journal.start_execution(
+                decision.to_record(),
+                kind="action",
+                action=decision.action,
+                params=decision.params,
+                idempotency_key=f"{decision.id}:action",
+                replicas=decision.replicas,
+            )
+            if execution_id is None:
+                log.warning("decision %s was already executed; not executing it again", decision.id)
+                return Committed()
+            journal.set_decision_status(decision.id, DecisionStatus.EXECUTING)
+        return Committed([Execution(execution_id, decision, "action", _call(decision))])
+
+
+def _call(decision: Decision) -> ActionCall:
+    return ActionCall(decision.action, decision.params)
+
+
+def _units(ticks: Sequence[Tick]) -> list[Tick]:
+    """Each event of ``ticks`` alone, with the decisions it caused (the first keeps the tick's notes)."""
+    out: list[Tick] = []
+    for tick in ticks:
+        notes = list(tick.notes)
+        for event in tick.changes:
+            out.append(Tick([event], [], tick.emitted, [], notes))
+            notes = []
+        for event in tick.events:
+            mine = [d for d in tick.decided if d.event_id == event.id]
+            out.append(Tick([], [event], tick.emitted, mine, notes))
+            notes = []
+    return out

@@ -1,0 +1,411 @@
+"""The engine's stages on their own: given inputs, expected outputs; no threads, no HTTP.
+
+Scoring, event making, the policy stage, the decider (with a real journal in tmp_path), the
+supervisor and recovery. Everything is real: a fitted ScoringPipeline, policies compiled into a
+durable-rules host, SQLite. Actions go to the tests' AdminServer on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_runtime_support import (
+    NORMAL,
+    SERVICES,
+    T0,
+    AdminServer,
+    fit_pipeline,
+    points,
+    wait_for,
+    write_rules,
+)
+
+from engine.features.online import FeatureRow
+from engine.policy import PolicyHost, load_policies
+from engine.records import AnomalyEvent, Decision, Execution, Outcome
+from engine.runtime import safeguards
+from engine.runtime.components import RegistryActions, assemble
+from engine.runtime.decider import Decider, enact
+from engine.runtime.events import EventMaker, Observations, TickEvents
+from engine.runtime.executor import Executor
+from engine.runtime.journal import DecisionStatus, ExecutionStatus, Journal
+from engine.runtime.policies import ask
+from engine.runtime.recovery import recover
+from engine.runtime.scoring import Scored, ScoringStage
+from engine.runtime.supervisor import Supervisor
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Any:
+    return fit_pipeline()
+
+
+def _feed(stage: ScoringStage, t0: float, seconds: int, **override: float) -> Scored:
+    """One tick of every service's points, second by second; ``override`` sets a service's latency."""
+    tick = []
+    for k in range(seconds):
+        for service in SERVICES:
+            for p in points(service, t0 + k, 1, seed=k):
+                value = (
+                    override.get(service.replace("-", "_"), p["value"])
+                    if p["metric"] == "latency_p99_ms"
+                    else p["value"]
+                )
+                tick.append((p["ts"], p["service"], p["metric"], value))
+    return stage.step([(1.0, tick)])
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+
+def _zscore_pipeline() -> Any:
+    """A detector whose latency feature is a z-score over 3 buckets: 1e308 overflows it to infinity."""
+    from engine.detectors.pipeline import ScoringPipeline
+    from engine.features import FeatureSpec, OnlineFeatures
+
+    spec = FeatureSpec.model_validate(
+        {
+            "interval": "1s",
+            "metrics": {
+                "latency_p99_ms": {"transforms": [{"kind": "zscore", "window": 3}]},
+                "memory_util": {"transforms": ["raw"]},
+            },
+        }
+    )
+    online, rows, rng = OnlineFeatures(spec), [], np.random.default_rng(0)
+    for k in range(400):
+        for metric, (mean, sd) in NORMAL.items():
+            rows += online.push(T0 - 10_000 + k, "train", metric, mean + rng.normal() * sd)
+    X = np.array([r.values for r in rows])
+    return ScoringPipeline(spec, "IForest", {"n_estimators": 30}, random_state=0).fit(X)
+
+
+def _keys(items: Any) -> list[tuple[str, float]]:
+    return sorted((r.service, r.ts) for r in items)
+
+
+def test_one_huge_value_costs_only_its_own_row_not_the_tick() -> None:
+    """Issue 18, item 2: error_rate 1e308 overflowed a feature to infinity, the detector refused
+    the micro-batch and every service's rows of the tick went unscored."""
+    pipeline = _zscore_pipeline()
+    clean, stage = ScoringStage(pipeline), ScoringStage(pipeline)
+    _feed(clean, T0, 6)
+    _feed(stage, T0, 6)
+    expected = _feed(clean, T0 + 6, 2)
+    scored = _feed(stage, T0 + 6, 2, gateway=1e308)
+    assert _keys(scored.rows + scored.refused) == _keys(expected.rows)  # every row: scored or refused
+    assert [(r.service, r.ts) for r in scored.refused] == [("gateway", T0 + 6)]  # the bucket of the value
+    # the z-score overflowed (non-finite) or came out too large for the model's float32 input
+    assert "latency_p99_ms__z3" in scored.refused[0].reason or "overflow" in scored.refused[0].reason
+    assert len(scored.scores) == len(scored.rows) and np.isfinite(scored.scores).all()
+    assert scored.latest[("gateway", "latency_p99_ms")] == 1e308  # the value was seen, not the row scored
+
+
+class _Picky:
+    """A detector that refuses (raises on) any batch holding a row beyond its range: finite
+    features the model will not score. Everything else is the real pipeline."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.detector, self.feature_spec, self.threshold_ = (
+            inner.detector,
+            inner.feature_spec,
+            inner.threshold_,
+        )
+        self.feature_names = inner.feature_names
+        self.calls = 0
+
+    def score_rows(self, rows: list[Any]) -> np.ndarray:
+        self.calls += 1
+        if any(max(r.values) > 1e6 for r in rows):
+            raise ValueError("value outside the range the model was fitted on")
+        return self.inner.score_rows(rows)
+
+
+def test_rows_the_detector_refuses_are_found_and_the_rest_scored(pipeline: Any) -> None:
+    picky = _Picky(pipeline)
+    stage, clean = ScoringStage(picky), ScoringStage(pipeline)
+    _feed(stage, T0, 3)
+    _feed(clean, T0, 3)
+    expected = _feed(clean, T0 + 3, 4)
+    picky.calls = 0
+    scored = _feed(stage, T0 + 3, 4, vector_db=5e6)
+    assert _keys(scored.rows + scored.refused) == _keys(expected.rows)
+    assert {r.service for r in scored.refused} == {"vector-db"} and len(scored.refused) == 3
+    assert all(r.values[0] == 5e6 and "outside the range" in r.reason for r in scored.refused)
+    assert len(scored.scores) == len(scored.rows)
+    assert [r.ts for r in scored.rows] == sorted(r.ts for r in scored.rows)  # push order kept
+    n, bad = len(expected.rows), len(scored.refused)
+    assert picky.calls <= 1 + 2 * bad * int(np.ceil(np.log2(n)))  # halves: O(bad x log n) calls
+
+
+# ------------------------------------------------------------------------------------ events
+
+
+def _row(service: str, k: int, latency: float = 100.0) -> FeatureRow:
+    return FeatureRow(T0 + k, service, (latency, 0.5), T0 + k, T0 + k + 1)
+
+
+def test_events_name_contributing_metrics_and_health_changes_once(pipeline: Any) -> None:
+    maker = EventMaker(detector="IForest", threshold=0.9, feature_names=pipeline.feature_names,
+                       bundle_version="b", detector_version="1")  # fmt: skip
+    observations = Observations()
+    rows = [_row("gateway", k) for k in range(5)] + [_row("gateway", 5, 900.0), _row("gateway", 6, 950.0)]
+    scored = Scored(rows=rows, scores=np.array([0.1] * 5 + [0.97, 0.99]), arrivals=[1.0] * 7,
+                    latest={("gateway", "memory_util"): 0.5})  # fmt: skip
+    observations.saw(scored, 10.0)
+    made = maker.step(scored, observations)
+    assert [e.score for e in made.events] == [0.97, 0.99]
+    assert [e.score for e in made.changes] == [0.97]  # the flip, once
+    first = made.events[0]
+    assert first.contributing[0] == "latency_p99_ms" and first.features[0][0] == "latency_p99_ms__raw"
+    assert first.metrics == {"memory_util": 0.5} and first.moment == T0 + 6
+    back = maker.step(Scored(rows=[_row("gateway", 7)], scores=np.array([0.2]), arrivals=[1.0]), observations)
+    assert back.events == [] and [e.anomalous for e in back.changes] == [False]
+    assert observations.scores["gateway"] == (0.99, 10.0)
+
+
+# ------------------------------------------------------------------------------------ policies
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> PolicyHost:
+    return PolicyHost(load_policies(write_rules(tmp_path / "rules", "http://127.0.0.1:9")), tick_seconds=1.0)
+
+
+def _event(service: str, tick: int, **kw: Any) -> AnomalyEvent:
+    data: dict[str, Any] = dict(service=service, detector="IForest", detector_version="1", bundle_version="b",
+                                score=0.99, threshold=0.9, window_start=T0 + tick - 1, window_end=T0 + tick,
+                                ts=T0 + tick - 1, id=f"evt-{service}-{tick}")  # fmt: skip
+    return AnomalyEvent(**{**data, **kw})
+
+
+def test_the_policy_stage_marks_every_root_before_posting_a_victim(host: PolicyHost) -> None:
+    """gateway depends on vector-db: with both anomalous in one tick, only the root is acted on,
+    whatever order the rows came in; a root normal again by the tick's end leaves its victim ungated."""
+    victim, root = _event("gateway", 1), _event("vector-db", 1)
+    tick = ask(host, TickEvents(changes=[victim, root], events=[victim, root], emitted=0.0))
+    assert [d.target for d in tick.decided] == ["vector-db"]
+    healthy = _event("vector-db", 2, anomalous=False, score=0.1)
+    ask(host, TickEvents(changes=[healthy], events=[], emitted=0.0))
+    assert not host.health()["vector-db"].anomalous
+
+
+def test_a_failing_event_costs_only_itself(tmp_path: Path) -> None:
+    """A rule whose action breaks on one event; the tick's other events still decide."""
+    rules = write_rules(tmp_path / "rules", "http://127.0.0.1:9")
+    policy = rules / "platform.yaml"
+    policy.write_text(
+        policy.read_text().replace("params: {delta: 1}", "params: {delta: '${metrics.queue_depth}'}")
+    )
+    host = PolicyHost(load_policies(rules), tick_seconds=1.0)
+    events = [
+        _event("vector-db", 1),
+        _event("feature-store", 1),
+        _event("inference-a", 2),
+        _event("inference-a", 3),
+    ]
+    tick = ask(host, TickEvents(changes=[], events=events, emitted=0.0))
+    assert [d.target for d in tick.decided] == ["vector-db", "inference-a"]
+    ((kind, data),) = tick.notes
+    assert (
+        kind == "policy_error"
+        and data["event_id"] == "evt-feature-store-1"
+        and "queue_depth" in data["error"]
+    )
+
+
+# ------------------------------------------------------------------------------------ decider
+
+
+def _decider(journal: Journal, **limits: Any) -> Decider:
+    return Decider(journal, limits=safeguards.GlobalLimits(**limits), replicas=lambda t: 2)
+
+
+def test_decisions_of_one_batch_see_each_others_executions(host: PolicyHost, tmp_path: Path) -> None:
+    """The safeguard counts are read once per batch: the first decision's execution must still take
+    the only slot (max_concurrent 1) from the second decision of the same batch."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        decider = _decider(journal, max_concurrent=1)
+        ticks = [
+            ask(host, TickEvents([], [_event("inference-a", 1)], 0.0)),
+            ask(host, TickEvents([], [_event("inference-a", 2), _event("feature-store", 2)], 0.0)),
+        ]
+        done = decider.commit(ticks)
+        assert [e.decision.target for e in done.executions] == ["inference-a"]
+        assert sorted(d["status"] for d in journal.recent("decisions")) == ["blocked", "executing"]
+        assert journal.recent("decisions", status="blocked")[0]["reason"].startswith("max_concurrent")
+        assert [k for k, _ in done.notes] == ["blocked"]
+        again = decider.commit([ask(host, TickEvents([], [_event("feature-store", 3)], 0.0))])
+        assert again.executions == [] and journal.count("decisions", "blocked") == 2
+        assert journal.count("events") == 4
+
+
+def test_one_remedy_per_incident_and_approvals_wait(host: PolicyHost, tmp_path: Path) -> None:
+    decided = ask(host, TickEvents([], [_event("vector-db", 1), _event("vector-db", 2)], 0.0)).decided
+    assert len(decided) == 2 and all(d.approval.required for d in decided)
+    with Journal(tmp_path / "j.sqlite") as journal:
+        ctx = _decider(journal).context(decided)
+        out = enact([(d, None) for d in decided], ctx)
+    assert [status for _, status, _ in out.records] == [DecisionStatus.AWAITING_APPROVAL]
+    assert out.approvals == decided[:1] and out.starts == []
+    assert [kind for kind, _ in out.notes] == ["duplicate"]
+
+
+def test_an_event_the_journal_refuses_costs_only_itself(host: PolicyHost, tmp_path: Path) -> None:
+    """Issue 18, item 1: a service name with a lone surrogate made the decider's whole batch fail,
+    losing the events and decisions of normally named services in it."""
+    bad = _event("\ud800-x", 1)
+    good = _event("feature-store", 1)
+    tick = ask(host, TickEvents(changes=[bad, good], events=[bad, good], emitted=0.0))
+    with Journal(tmp_path / "j.sqlite") as journal:
+        done = _decider(journal).commit([tick])
+        assert [e.decision.target for e in done.executions] == ["feature-store"]
+        services = {r["service"] for r in journal.recent("events")}
+        assert services == {"feature-store"} and journal.count("events") == 2  # its anomaly and health change
+        assert [d["target"] for d in journal.recent("decisions")] == ["feature-store"]
+        refused = [data for kind, data in done.notes if kind == "journal_refused"]
+        assert {d["event_id"] for d in refused} == {bad.id}
+
+
+# ------------------------------------------------------------------------------------ supervisor
+
+
+def _journal_decision(journal: Journal, decider: Decider, host: PolicyHost, service: str) -> Decision:
+    (decision,) = ask(host, TickEvents([], [_event(service, 1)], 0.0)).decided
+    journal.record_decision(decision.to_record(), status=DecisionStatus.AWAITING_APPROVAL)
+    journal.create_approval(decision.id, ttl_s=60.0, now=1000.0)
+    return decision
+
+
+def test_the_supervisor_expires_approvals_and_runs_approved_ones(host: PolicyHost, tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        decider = _decider(journal)
+        supervisor = Supervisor(journal, decider, Observations(), threshold=0.9)
+        expired = _journal_decision(journal, decider, host, "vector-db")
+        assert supervisor.step(now=1059.0).notes == [] and supervisor.pending_approvals == 1
+        done = supervisor.step(now=1061.0)
+        assert [k for k, _ in done.notes] == ["approval_expired"] and done.executions == []
+        assert journal.decision(expired.id)["status"] == DecisionStatus.DENIED  # type: ignore[index]
+        host2 = PolicyHost(host.compiled, tick_seconds=1.0)
+        approved = _journal_decision(journal, decider, host2, "vector-db")
+        approval = journal.approval_for(approved.id)
+        assert approval is not None
+        row, note = supervisor.settle_approval(
+            approval["id"], approve=True, approver="alice", reason="ok", now=1001.0
+        )
+        assert row["approver"] == "alice" and note[0] == "approval_approved"
+        started = supervisor.step(now=1002.0)
+        assert [(e.decision.id, e.kind) for e in started.executions] == [(approved.id, "action")]
+        assert journal.decision(approved.id)["status"] == DecisionStatus.EXECUTING  # type: ignore[index]
+
+
+def test_a_verification_holds_only_on_observations_after_the_action(host: PolicyHost, tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        decider = _decider(journal)
+        observations = Observations()
+        supervisor = Supervisor(journal, decider, observations, threshold=0.9)
+        (decision,) = ask(
+            host, TickEvents([], [_event("inference-a", 1), _event("inference-a", 2)], 0.0)
+        ).decided
+        (execution,) = decider.commit([Tick_of(decision)]).executions
+        outcome = Outcome(execution, {"ok": True}, None, returned=100.0)
+        decider.commit([], [Executor.record([outcome])])
+        observations.scores["inference-a"] = (0.5, 99.0)  # seen before the action returned
+        assert supervisor.step(now=101.0).verdicts == []
+        observations.scores["inference-a"] = (0.5, 101.0)
+        (verdict,) = supervisor.step(now=102.0).verdicts
+        assert verdict.verified and verdict.state.detail == {"score": 0.5}
+        assert supervisor.step(now=103.0).verdicts == []  # handed over once, until it is journaled
+        decider.commit([], [Supervisor.record([verdict])])
+        assert journal.decision(decision.id)["status"] == DecisionStatus.VERIFIED  # type: ignore[index]
+
+
+def Tick_of(decision: Decision) -> Any:
+    from engine.runtime.policies import Tick
+
+    return Tick([], [], 0.0, [decision], [])
+
+
+# ------------------------------------------------------------------------------------ recovery
+
+
+def _started(journal: Journal, decision: Decision, key_kind: str = "action") -> str:
+    journal.record_decision(decision.to_record(), status=DecisionStatus.EXECUTING)
+    eid = journal.start_execution(
+        decision.to_record(), kind=key_kind, action=decision.action, params=decision.params,
+        idempotency_key=f"{decision.id}:{key_kind}",
+    )  # fmt: skip
+    assert eid is not None
+    return eid
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_a_call_left_unanswered_by_a_crash_is_asked_again_or_escalated(
+    host: PolicyHost, tmp_path: Path, pipeline: Any, dedup: bool
+) -> None:
+    """Issue 18: executions a crash left 'started' are reconciled, not left unknown: a target that
+    deduplicates by idempotency key is asked again (it applies the call at most once); any other
+    is reported unknown, never repeated, and escalated to a human."""
+    with AdminServer() as admin:
+        rules = write_rules(tmp_path / "rules", admin.url)
+        targets = rules / "targets.yaml"
+        if dedup:
+            targets.write_text(targets.read_text().replace("timeout_s: 30", "timeout_s: 30, dedup: true"))
+        components = assemble(pipeline, rules, bundle_version="b")
+        (decision,) = ask(
+            components.policies, TickEvents([], [_event("inference-a", 1), _event("inference-a", 2)], 0.0)
+        ).decided
+        outcomes: list[Outcome] = []
+        with Journal(tmp_path / "j.sqlite") as journal:
+            eid = _started(journal, decision)
+            decider = _decider(journal)
+            executor = Executor(
+                journal, components.actions, timeout_s=5.0, threads=2, on_outcome=outcomes.append
+            )
+            done = recover(
+                journal, decider, executor, components.policies, stale_decision_s=600, replay_horizon_s=0
+            )
+            if dedup:
+                assert done.counts["reconciled"] == 1 and done.counts["unknown"] == 0
+                (again,) = done.executions
+                assert (again.id, again.idempotency_key) == (eid, f"{decision.id}:action")
+                outcome = executor.call(again)
+                assert outcome.error is None
+                decider.commit([], [Executor.record([outcome])])
+                assert journal.execution(eid)["status"] == ExecutionStatus.SUCCEEDED  # type: ignore[index]
+                assert journal.decision(decision.id)["status"] == DecisionStatus.VERIFYING  # type: ignore[index]
+                assert [c["key"] for c in admin.calls("/admin/restart")] == [f"{decision.id}:action"]
+            else:
+                assert done.counts["unknown"] == 1 and done.executions == []
+                assert journal.execution(eid)["status"] == ExecutionStatus.UNKNOWN  # type: ignore[index]
+                assert journal.decision(decision.id)["status"] == DecisionStatus.UNKNOWN  # type: ignore[index]
+                hook = wait_for(lambda: admin.calls("/hook"))
+                assert "outcome is unknown" in hook[0]["body"]["reason"]
+                assert admin.calls("/admin/restart") == []  # never repeated
+            executor.shutdown()
+
+
+def test_registry_actions_say_which_targets_can_be_asked_again(tmp_path: Path) -> None:
+    from engine.actions import TargetsConfig
+    from engine.records import ActionCall
+
+    targets = TargetsConfig.model_validate(
+        {"services": {"a": {"backend": "http", "http": {"url": "http://x", "dedup": True}},
+                      "b": {"backend": "http", "http": {"url": "http://x"}},
+                      "c": {"backend": "simulator"}}}
+    )  # fmt: skip
+    actions = RegistryActions(targets)
+    restart = ActionCall("restart")
+    assert [actions.repeatable(restart, target=t) for t in "abc"] == [True, False, True]
+    assert not actions.repeatable(ActionCall("webhook", {"url": "http://x"}), target="a")
+
+
+def test_a_decision_round_trips_through_its_journal_row(host: PolicyHost) -> None:
+    (decision,) = ask(host, TickEvents([], [_event("feature-store", 1)], 0.0)).decided
+    assert decision.inverse is not None and decision.verify is not None
+    assert Decision.from_record(decision.to_record()) == decision
+    assert Execution("x", decision, "rollback", decision.inverse).idempotency_key == f"{decision.id}:rollback"
