@@ -1,9 +1,9 @@
 """Where selfheal keeps its state.
 
-All state (the DuckDB store, MLflow's database and artifacts, quarantine files, bundles, journals,
-executed notebooks) lives under one home folder so that a team can point every command at the same
-place, and a demo can be thrown away by deleting one directory. Resolution order: an explicit path
-(the CLI's ``--home``), then ``SELFHEAL_HOME``, then ``./.selfheal``.
+All state (the DuckDB store, MLflow's database and artifacts, quarantine files, bundles, signing
+keys, journals, executed notebooks) lives under one home folder so that a team can point every
+command at the same place, and a demo can be thrown away by deleting one directory. Resolution
+order: an explicit path (the CLI's ``--home``), then ``SELFHEAL_HOME``, then ``./.selfheal``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,16 @@ class Home:
     @property
     def bundles(self) -> Path:
         return self.root / "bundles"
+
+    @property
+    def keys(self) -> Path:
+        """Bundle signing: this host's key (``bundle-signing.key``) and pinned public keys (``trusted/``)."""
+        return self.root / "keys"
+
+    @property
+    def trusted_keys(self) -> Path:
+        """Public keys (``*.pub``) whose bundle signatures this host's engine accepts."""
+        return self.keys / "trusted"
 
     @property
     def journals(self) -> Path:

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import pytest
 
 from engine.bundle import build_bundle, load_bundle, verify_bundle
 from engine.bundle.manifest import MANIFEST_NAME, sha256_bytes
+from engine.bundle.signing import TRUST_ENV, generate_key, load_private_key, sign_manifest
 from engine.errors import BundleError, SpecError
 from engine.home import Home
 
@@ -93,10 +95,31 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"uri": uri, "client": client, "pipelines": pipelines, "run_ids": run_ids, "root": root}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This module's release key; its public key is trusted through SELFHEAL_TRUSTED_KEYS."""
+    key = tmp_path_factory.mktemp("keys") / "release.key"
+    public, _ = generate_key(key)
+    saved = os.environ.get(TRUST_ENV)
+    os.environ[TRUST_ENV] = str(public)
+    yield key
+    if saved is None:
+        os.environ.pop(TRUST_ENV, None)
+    else:
+        os.environ[TRUST_ENV] = saved
+
+
+def resign(folder: Path, key: Path) -> None:
+    """Sign a hand-edited manifest again: what only the key holder can do."""
+    sign_manifest(folder, load_private_key(key), (folder / MANIFEST_NAME).read_bytes())
+
+
 @pytest.fixture(scope="module")
-def built(registry: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Any:
+def built(registry: dict[str, Any], signing_key: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     out = tmp_path_factory.mktemp("bundles") / "champion"
-    return build_bundle(f"models:/{MODEL}@champion", RULES, tracking_uri=registry["uri"], output=out)
+    return build_bundle(
+        f"models:/{MODEL}@champion", RULES, tracking_uri=registry["uri"], output=out, signing_key=signing_key
+    )
 
 
 @pytest.fixture
@@ -264,17 +287,99 @@ def test_every_file_is_covered_one_flipped_byte_at_a_time(copy: Path) -> None:
     assert verify_bundle(copy).ok
 
 
-def test_a_rebuilt_manifest_is_caught_by_the_pinned_digest(copy: Path, built: Any, tmp_path: Path) -> None:
-    """Hashes alone cannot catch someone who also rewrites the manifest; pinning the digest does."""
+def _rehash(folder: Path, manifest: dict[str, Any], *files: str) -> None:
+    """What an attacker with write access does: recompute the hashes of what they changed."""
+    for rel in files:
+        data = (folder / rel).read_bytes()
+        manifest["files"][rel] = {"sha256": sha256_bytes(data), "size": len(data)}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def test_a_code_running_pickle_with_hashes_recomputed_is_refused_before_it_runs(
+    copy: Path, built: Any, tmp_path: Path, signing_key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Hashes alone cannot catch someone who also rewrites the manifest; the signature does."""
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Evil(str(marker)))
     (copy / "detector/pipeline.pkl").write_bytes(evil)
-    manifest = json.loads((copy / MANIFEST_NAME).read_text())
-    manifest["files"]["detector/pipeline.pkl"] = {"sha256": sha256_bytes(evil), "size": len(evil)}
-    (copy / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    _rehash(copy, json.loads((copy / MANIFEST_NAME).read_text()), "detector/pipeline.pkl")
+    with pytest.raises(BundleError, match=r"does not match manifest\.json.*refusing to load"):
+        load_bundle(copy)
+    code, _, err = _cli(capsys, "bundle", "verify", str(copy), "--load")
+    assert code == 2 and "changed after signing" in err
+    (copy / "manifest.sig").unlink()  # unsigned
+    with pytest.raises(BundleError, match="the bundle is not signed; refusing"):
+        load_bundle(copy)
+    other = tmp_path / "other.key"
+    generate_key(other)
+    resign(copy, other)  # signed, by a key nobody pinned
+    with pytest.raises(BundleError, match="which is not trusted here"):
+        load_bundle(copy)
+    resign(copy, signing_key)  # signed by a trusted key: only the pinned digest stops it now
     with pytest.raises(BundleError, match="is not the pinned"):
         load_bundle(copy, digest=built.digest)
     assert not marker.exists()
+    pickle.loads(evil)  # the pickle does run code when unpickled: the absence above is meaningful
+    assert marker.exists()
+
+
+def test_a_rules_rewrite_that_drops_an_approval_fails_verification(copy: Path, built: Any) -> None:
+    from engine.policy import compile_policies, load_policies
+
+    rules = copy / "rules" / "bad_deploy.yaml"
+    text = rules.read_text()
+    assert "risk: high" in text
+    rules.write_text(text.replace("risk: high", "risk: low"))
+    lowered = load_policies(copy / "rules")
+    assert not any(r.requires_approval for r in lowered.rules if r.policy.policy == "bad-deploy")
+    (copy / "compiled/policies.json").write_text(compile_policies(lowered).to_json())
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["policies"]["fingerprint"] = lowered.fingerprint
+    for policy in manifest["policies"]["policies"]:
+        for rule in policy["rules"]:
+            rule["risk"], rule["approval"] = "low", False
+    _rehash(copy, manifest, "rules/bad_deploy.yaml", "compiled/policies.json")
+    report = verify_bundle(copy)
+    assert [e for e in report.errors if "manifest.sig" in e] == report.errors != []
+    with pytest.raises(BundleError, match="changed after signing"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [("detector", "threshold", 0.999999), ("model", "name", "impostor"), ("environment", "pyod", "9.9")],
+)
+def test_the_signature_covers_the_manifests_metadata(copy: Path, section: str, key: str, value: Any) -> None:
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest[section][key] = value
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with pytest.raises(BundleError, match="changed after signing"):
+        load_bundle(copy)
+
+
+def test_the_engine_trusts_configured_keys_and_runs_unsigned_bundles_only_when_allowed(
+    built: Any,
+    copy: Path,
+    signing_key: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from engine.bundle.runtime import load_bundle_components
+    from engine.bundle.signing import Trust, public_path
+    from engine.runtime.config import EngineSettings
+
+    monkeypatch.delenv(TRUST_ENV)  # nothing trusted: even the genuine bundle is refused
+    with pytest.raises(BundleError, match="which is not trusted here"):
+        load_bundle_components(str(built.path), EngineSettings())
+    trusted = EngineSettings(trusted_keys=[public_path(signing_key)])
+    assert load_bundle_components(str(built.path), trusted).bundle_version == built.version
+    (copy / "manifest.sig").unlink()
+    with pytest.raises(BundleError, match="not signed"):
+        load_bundle(copy, trust=Trust())
+    with caplog.at_level("WARNING"):
+        components = load_bundle_components(str(copy), EngineSettings(allow_unsigned=True))
+    assert components.bundle_version == built.version
+    assert any("UNTRUSTED BUNDLE LOADED" in r.getMessage() for r in caplog.records)
 
 
 class _Evil:
@@ -311,27 +416,30 @@ def test_manifest_paths_cannot_escape_the_bundle(copy: Path, tmp_path: Path) -> 
     assert any("../outside.txt: path not allowed" in e for e in report.errors)
 
 
-def test_environment_rules(copy: Path) -> None:
+def test_environment_rules(copy: Path, signing_key: Path) -> None:
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
     env = manifest["environment"]
     env["scikit-learn"] = "0.0.1"
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    resign(copy, signing_key)
     report = verify_bundle(copy)
     assert report.ok and any("scikit-learn 0.0.1 built this bundle" in w for w in report.warnings)
     assert not verify_bundle(copy, strict=True).ok
     env["python"] = "3.9.1"
     env["numpy"] = "0.9.0"
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    resign(copy, signing_key)
     errors = "\n".join(verify_bundle(copy).errors)
     assert "Python 3.9.1 built this bundle" in errors and "numpy 0.9.0" in errors
     with pytest.raises(BundleError, match=r"Python 3\.9\.1"):
         load_bundle(copy)
 
 
-def test_probe_mismatch_refuses_a_detector_that_scores_differently(copy: Path) -> None:
+def test_probe_mismatch_refuses_a_detector_that_scores_differently(copy: Path, signing_key: Path) -> None:
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
     manifest["detector"]["probe"]["raw"][3] += 0.5
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    resign(copy, signing_key)
     assert verify_bundle(copy).ok  # static checks cannot see it
     with pytest.raises(BundleError, match="probe rows differ"):
         load_bundle(copy)
@@ -403,7 +511,7 @@ def test_cli_build_default_folder_under_home(
     assert code == 2 and "already exists" in err
 
 
-def test_force_replaces_only_bundles(registry: dict, built: Any, tmp_path: Path) -> None:
+def test_force_replaces_only_bundles(registry: dict, built: Any, tmp_path: Path, signing_key: Path) -> None:
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
@@ -412,7 +520,14 @@ def test_force_replaces_only_bundles(registry: dict, built: Any, tmp_path: Path)
     assert (precious / "notes.txt").read_text() == "keep me"
     again = Path(shutil.copytree(built.path, tmp_path / "again"))
     (again / "stale.txt").write_text("old")
-    result = build_bundle(f"models:/{MODEL}/1", RULES, tracking_uri=registry["uri"], output=again, force=True)
+    result = build_bundle(
+        f"models:/{MODEL}/1",
+        RULES,
+        tracking_uri=registry["uri"],
+        output=again,
+        force=True,
+        signing_key=signing_key,
+    )
     assert not (again / "stale.txt").exists() and verify_bundle(result.path).ok
 
 
@@ -481,3 +596,31 @@ def test_load_parses_policies_and_targets_from_the_verified_bytes(built: Any) ->
         assert opened.count(f"{root}/{rel}") == 1, (rel, [p for p in opened if p.startswith(root)])
     assert bundle.targets is not None and bundle.targets.defaults.backend == "simulator"
     assert bundle.policies.fingerprint == built.manifest["policies"]["fingerprint"]
+
+
+def test_keygen_sign_verify_and_pin_from_the_command_line(
+    copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    (copy / "manifest.sig").unlink()
+    code, _, err = _cli(capsys, "--home", str(home), "bundle", "verify", str(copy))
+    assert code == 2 and "not signed" in err and "bundle sign" in err
+    code, out, _ = _cli(capsys, "--home", str(home), "bundle", "keygen")
+    key = home / "keys" / "bundle-signing.key"
+    assert code == 0 and key.stat().st_mode & 0o077 == 0 and "pin it" in out
+    code, _, err = _cli(capsys, "--home", str(home), "bundle", "keygen")
+    assert code == 2 and "already exists" in err  # never silently replaced
+    code, out, _ = _cli(capsys, "--home", str(home), "bundle", "sign", str(copy))
+    assert code == 0 and "signed" in out
+    code, _, err = _cli(capsys, "--home", str(home), "bundle", "verify", str(copy))
+    assert code == 2 and "not trusted here" in err
+    pub = f"{key}.pub"
+    code, out, _ = _cli(capsys, "--home", str(home), "bundle", "verify", str(copy), "--trusted-key", pub)
+    assert code == 0 and "signed by trusted key" in out
+    (home / "keys" / "trusted").mkdir()
+    shutil.copy(pub, home / "keys" / "trusted" / "release.pub")  # pinned in the home
+    code, out, _ = _cli(capsys, "--home", str(home), "bundle", "inspect", str(copy))
+    assert code == 0 and "signature   trusted" in out
+    (copy / "rules" / "topology.yaml").write_text("services: {}\n")
+    code, _, err = _cli(capsys, "--home", str(home), "bundle", "sign", str(copy))
+    assert code == 2 and "sign: refused" in err  # a damaged bundle is never signed

@@ -43,6 +43,8 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
     assert "(verified)" in out
     bundles = [p for p in (home / "bundles").iterdir() if (p / "manifest.json").is_file()]
     assert len(bundles) == 1
+    assert (bundles[0] / "manifest.sig").is_file()  # signed with the home's key, pinned in the home
+    assert len(list((home / "keys" / "trusted").glob("*.pub"))) == 1
     assert "game day    every fault healed" in out
     report = home / "chaos" / "game-day" / "report.html"
     assert report.is_file() and str(report.resolve()) in out

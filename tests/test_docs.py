@@ -7,7 +7,8 @@ How the README's examples run (``test_readme_example_runs``, one test per fenced
   and ``notebooks/``; ``../shared/data/nab`` when the corpus is present (lines naming it are skipped
   when it is not); the sample input files the examples name (``_write_samples``); and the default
   home ``.selfheal/`` with four days of synthetic telemetry from 2026-01-05, a champion
-  ``selfheal-detector`` version 1 and its bundle ``.selfheal/bundles/selfheal-detector-v1``.
+  ``selfheal-detector`` version 1 and its bundle ``.selfheal/bundles/selfheal-detector-v1``, signed
+  with ``.selfheal/keys/bundle-signing.key``, which the home trusts.
   Every line must exit 0 (``EXIT`` lists the documented exceptions) without a traceback.
   Before a line runs, the test only:
   - drops optional parts, written ``[--option VALUE]``;
@@ -243,8 +244,9 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, admin: AdminServer) -> P
 @pytest.fixture(scope="module")
 def workspace_with_champion(workspace: Path) -> Path:
     """The workspace plus a champion `selfheal-detector` v1 (one configuration of the demo's sweep)
-    and its bundle in the default place."""
+    and its bundle in the default place, signed with the home's key, which the home trusts."""
     from engine.bundle import build_bundle
+    from engine.bundle.signing import KEY_FILE, generate_key, trust_key
     from engine.home import Home
     from engine.tracking import registry
     from engine.tracking.experiment import run_experiment
@@ -256,11 +258,14 @@ def workspace_with_champion(workspace: Path) -> Path:
     sweep = run_experiment(workspace.parent / "champion.yaml", home=home, workers=1, progress=False)
     assert sweep.best_run_id
     registry.promote(sweep.best_run_id, registry.DEFAULT_MODEL, tracking_uri=home.tracking_uri)
+    public, _ = generate_key(home.keys / KEY_FILE)
+    trust_key(public, home)
     built = build_bundle(
         f"models:/{registry.DEFAULT_MODEL}@{registry.CHAMPION}",
         REPO / "rules",
         tracking_uri=home.tracking_uri,
         bundles_dir=home.bundles,
+        signing_key=home.keys / KEY_FILE,
     )
     assert built.path == home.bundles / "selfheal-detector-v1"
     return workspace

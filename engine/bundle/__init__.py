@@ -3,22 +3,26 @@
 Public face::
 
     build_bundle(model_uri, rules, *, tracking_uri, output=None, bundles_dir=None, targets=None,
-                 topology=None, force=False) -> BuildResult          # needs MLflow
-    verify_bundle(path, *, strict=False, digest=None) -> VerifyReport  # hashes + compatibility, no unpickling
-    load_bundle(path, *, strict=False, digest=None) -> Bundle          # refuses before unpickling; no MLflow
+                 topology=None, force=False, signing_key=None) -> BuildResult      # needs MLflow
+    verify_bundle(path, *, strict=False, digest=None, trust=None) -> VerifyReport  # no unpickling
+    load_bundle(path, *, strict=False, digest=None, trust=None) -> Bundle          # refuses before unpickling
     Bundle: .pipeline .policies .compiled .topology .targets .manifest .version .digest .detector_version
+    Trust.load(paths, allow_unsigned=False), Trust.for_home(home, paths)           # the keys to accept
 
-Loading runs the pickled detector's code, so it happens only after every file's sha256 matched.
+Loading runs the pickled detector's code, so it happens only after the manifest's Ed25519 signature
+verified under a trusted key (``engine.bundle.signing``) and every file's sha256 matched.
 """
 
 from __future__ import annotations
 
 from engine.bundle.build import BuildResult, build_bundle, default_output
 from engine.bundle.load import Bundle, VerifyReport, load_bundle, verify_bundle
+from engine.bundle.signing import Trust
 
 __all__ = [
     "BuildResult",
     "Bundle",
+    "Trust",
     "VerifyReport",
     "build_bundle",
     "default_output",

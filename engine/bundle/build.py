@@ -9,6 +9,7 @@ half-written bundle that could be mistaken for a good one.
 Layout::
 
     DIR/manifest.json               provenance, versions, policies summary, probe, sha256 of every file
+    DIR/manifest.sig                Ed25519 signature over manifest.json (with ``signing_key``)
     DIR/detector/pipeline.pkl       the fitted ScoringPipeline (MLflow model's artifacts/pipeline/)
     DIR/detector/pipeline.json      its readable description (detector, params, threshold, features)
     DIR/detector/feature_spec.yaml  the feature spec
@@ -80,6 +81,7 @@ class BuildResult:
     digest: str
     version: str
     manifest: dict[str, Any]
+    signed_by: str | None = None  # key id of the signature, None when built unsigned
 
 
 def default_output(bundles_dir: Path, name: str, version: str) -> Path:
@@ -124,19 +126,24 @@ def build_bundle(
     targets: Path | str | None = None,
     topology: Path | str | None = None,
     force: bool = False,
+    signing_key: Path | str | None = None,
 ) -> BuildResult:
     """Resolve ``model_uri``, copy detector and policies, write the manifest; return where and what.
 
     ``rules`` is a policy folder (with topology.yaml) or one policy file. ``targets`` defaults to
     the ``targets.yaml`` beside the policies when there is one. ``output`` defaults to
     ``bundles_dir/<name>-v<version>``; an existing folder is replaced only with ``force``.
+    ``signing_key`` (a private key file, kept outside the bundle) signs the manifest; the engine
+    refuses unsigned bundles unless told otherwise, so production bundles are built with one.
     """
     from engine.actions.targets import TargetsConfig, load_targets, targets_for_policy
+    from engine.bundle.signing import load_private_key, sign_manifest
     from engine.policy import compile_policies, load_policies
     from engine.policy.loader import policy_files
     from engine.policy.targets import check_policies
     from engine.policy.topology import default_topology_path
 
+    private = load_private_key(signing_key) if signing_key is not None else None  # fail before work
     rules = Path(rules)
     checked = load_policies(rules, topology=topology)  # errors name the user's files, not the copies
     topo_src = Path(topology) if topology else default_topology_path(rules)
@@ -191,6 +198,7 @@ def build_bundle(
         }
         raw = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
         (staging / MANIFEST_NAME).write_bytes(raw)
+        signed_by = sign_manifest(staging, private, raw) if private is not None else None
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -199,8 +207,8 @@ def build_bundle(
         raise
     digest = sha256_bytes(raw)
     version = bundle_version(manifest, digest)
-    logger.info("built bundle %s at %s (digest %s)", version, out, digest)
-    return BuildResult(out, digest, version, manifest)
+    logger.info("built bundle %s at %s (digest %s, signed by %s)", version, out, digest, signed_by)
+    return BuildResult(out, digest, version, manifest, signed_by)
 
 
 def _copy_detector(model: dict[str, Any], dest: Path, *, tracking_uri: str) -> dict[str, Any]:

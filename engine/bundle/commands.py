@@ -1,4 +1,4 @@
-"""CLI commands of the bundle subpackage: ``bundle build``, ``bundle verify``, ``bundle inspect``."""
+"""CLI commands of the bundle subpackage: ``bundle keygen|build|sign|verify|inspect``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import typer
 
 from engine.cliutil import home_of
 
-bundle_app = typer.Typer(help="Bundles: a promoted detector with its policies, hashed.", no_args_is_help=True)
+bundle_app = typer.Typer(
+    help="Bundles: a promoted detector with its policies, hashed and signed.", no_args_is_help=True
+)
 
 BundleDir = Annotated[Path, typer.Argument(help="A bundle folder written by `selfheal bundle build`.")]
 Strict = Annotated[
@@ -19,6 +21,66 @@ Strict = Annotated[
 Digest = Annotated[
     str | None, typer.Option("--digest", help="Expected sha256 of manifest.json (pins the exact bundle).")
 ]
+KeyOpt = Annotated[
+    Path | None,
+    typer.Option("--key", help="Private signing key (default: HOME/keys/bundle-signing.key)."),
+]
+TrustedKeys = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--trusted-key",
+        help="Public key (KEY.pub) or folder of them to trust, besides SELFHEAL_TRUSTED_KEYS and "
+        "HOME/keys/trusted/. Repeatable.",
+    ),
+]
+AllowUnsigned = Annotated[
+    bool,
+    typer.Option(
+        "--allow-unsigned", help="Report an unsigned or untrusted bundle as a warning (local development)."
+    ),
+]
+
+
+def _trust(ctx: typer.Context, trusted: list[Path] | None, allow_unsigned: bool = False) -> Any:
+    from engine.bundle.signing import Trust
+
+    return Trust.for_home(home_of(ctx), trusted or (), allow_unsigned=allow_unsigned)
+
+
+def _signing_key(ctx: typer.Context, key: Path | None) -> Path:
+    from engine.bundle.signing import KEY_FILE
+
+    return key or home_of(ctx).keys / KEY_FILE
+
+
+@bundle_app.command("keygen")
+def keygen(
+    ctx: typer.Context,
+    key: KeyOpt = None,
+    trust: Annotated[
+        bool, typer.Option("--trust/--no-trust", help="Also pin the public key in HOME/keys/trusted/.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key (rotation).")] = False,
+) -> None:
+    """Make an Ed25519 signing key: KEY (private, mode 0600) and KEY.pub (the line engines pin).
+
+    Keep KEY out of bundles and repositories (a CI secret); give KEY.pub to every engine host.
+
+    Example: selfheal bundle keygen --key ~/.selfheal-keys/release.key
+    """
+    from engine.bundle.signing import generate_key, trust_key
+
+    path = _signing_key(ctx, key)
+    public, kid = generate_key(path, force=force)
+    typer.echo(f"key      {path} (private: keep it secret, never in a bundle)")
+    typer.echo(f"public   {public} (key id {kid})")
+    if trust:
+        typer.echo(f"trusted  {trust_key(public, home_of(ctx))}")
+    else:
+        typer.echo(
+            f"pin it   on each engine host: copy {public.name} into HOME/keys/trusted/, or "
+            "--trusted-key / trusted_keys / SELFHEAL_TRUSTED_KEYS"
+        )
 
 
 @bundle_app.command("build")
@@ -49,10 +111,15 @@ def build(
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle folder.")] = False,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Sign the bundle with this private key (bundle keygen).")
+    ] = None,
 ) -> None:
     """Resolve the model alias to a fixed version and write detector, policies and a hashed manifest.
 
-    Example: selfheal bundle build --model models:/latency@champion --rules rules/ -o bundles/latency
+    With --key the manifest is signed; engines refuse unsigned bundles unless told otherwise.
+
+    Example: selfheal bundle build --model models:/latency@champion --rules rules/ --key ci/release.key
     """
     from engine.bundle.build import build_bundle
     from engine.tracking.registry import resolve_tracking_uri
@@ -67,6 +134,7 @@ def build(
         targets=targets,
         topology=topology,
         force=force,
+        signing_key=key,
     )
     m = result.manifest
     source = f" (alias {m['model']['alias']})" if m["model"]["alias"] else ""
@@ -77,13 +145,41 @@ def build(
     typer.echo(f"policies {len(m['policies']['policies'])} ({m['policies']['fingerprint'][:12]})")
     typer.echo(f"files    {len(m['files'])} hashed in manifest.json")
     typer.echo(f"digest   {result.digest}")
+    signed = (
+        f"by key {result.signed_by}" if result.signed_by else "NO (pass --key, or `selfheal bundle sign`)"
+    )
+    typer.echo(f"signed   {signed}")
+
+
+@bundle_app.command("sign")
+def sign(ctx: typer.Context, path: BundleDir, key: KeyOpt = None) -> None:
+    """Sign a bundle's manifest.json (writes DIR/manifest.sig); its hashes are checked first.
+
+    Example: selfheal bundle sign .selfheal/bundles/latency-v3 --key ci/release.key
+    """
+    from engine.bundle.load import verify_bundle
+    from engine.bundle.manifest import MANIFEST_NAME
+    from engine.bundle.signing import Trust, load_private_key, sign_manifest
+
+    private = load_private_key(_signing_key(ctx, key))
+    report = verify_bundle(path, trust=Trust(allow_unsigned=True))  # sign only what is intact
+    if report.errors:
+        for error in report.errors:
+            typer.echo(f"error: {error}", err=True)
+        typer.echo("sign: refused (the bundle does not match its manifest)", err=True)
+        raise typer.Exit(2)
+    kid = sign_manifest(report.path, private, (report.path / MANIFEST_NAME).read_bytes())
+    typer.echo(f"signed {report.version} at {report.path} with key {kid}")
 
 
 @bundle_app.command("verify")
 def verify(
+    ctx: typer.Context,
     path: BundleDir,
     strict: Strict = False,
     digest: Digest = None,
+    trusted: TrustedKeys = None,
+    allow_unsigned: AllowUnsigned = False,
     load: Annotated[
         bool,
         typer.Option(
@@ -92,18 +188,21 @@ def verify(
         ),
     ] = False,
 ) -> None:
-    """Check every file's sha256 (nothing missing, nothing extra) and version compatibility; exit 0 or 2.
+    """Check the signature (a trusted key), every file's sha256 and version compatibility; exit 0 or 2.
 
     Without --load nothing is unpickled, so it is safe on a bundle you do not trust yet.
 
-    Example: selfheal bundle verify .selfheal/bundles/latency-v3 --digest 3f2a...
+    Example: selfheal bundle verify .selfheal/bundles/latency-v3 --trusted-key release.key.pub
     """
     from engine.bundle.load import load_bundle, verify_bundle
     from engine.errors import BundleError
 
-    report = verify_bundle(path, strict=strict, digest=digest)
+    trust = _trust(ctx, trusted, allow_unsigned)
+    report = verify_bundle(path, strict=strict, digest=digest, trust=trust)
     typer.echo(f"bundle {report.version} at {report.path}")
     typer.echo(f"digest {report.digest}")
+    if report.signature is not None and report.signature.trusted:
+        typer.echo(report.signature.detail)
     for warning in report.warnings:
         typer.echo(f"warning: {warning}", err=True)
     for error in report.errors:
@@ -114,7 +213,7 @@ def verify(
     typer.echo(f"files  {report.n_files} verified, no extra files")
     if load:
         try:
-            bundle = load_bundle(path, strict=strict, digest=digest)
+            bundle = load_bundle(path, strict=strict, digest=digest, trust=trust)
         except BundleError as exc:
             typer.echo(f"error: {exc}", err=True)
             typer.echo("verify: FAILED (load)", err=True)
@@ -127,6 +226,7 @@ def verify(
 
 @bundle_app.command("inspect")
 def inspect(
+    ctx: typer.Context,
     path: BundleDir,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the manifest and the integrity check as JSON.")
@@ -134,13 +234,14 @@ def inspect(
 ) -> None:
     """Print what is inside: model, detector, threshold, features, policies and rules, targets, versions.
 
-    Reads JSON and YAML only (never unpickles); integrity is checked and shown, not enforced.
+    Reads JSON and YAML only (never unpickles); signature and integrity are checked and shown, not
+    enforced (keys trusted: SELFHEAL_TRUSTED_KEYS and HOME/keys/trusted/).
 
     Example: selfheal bundle inspect .selfheal/bundles/latency-v3
     """
     from engine.bundle.load import verify_bundle
 
-    report = verify_bundle(path)
+    report = verify_bundle(path, trust=_trust(ctx, None))
     if as_json:
         doc = {
             "path": str(report.path),
@@ -149,6 +250,7 @@ def inspect(
             "ok": report.ok,
             "errors": report.errors,
             "warnings": report.warnings,
+            "signature": {"status": report.signature.status, "key_id": report.signature.key_id},
             "manifest": report.manifest,
         }
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
@@ -171,6 +273,7 @@ def _describe(report: Any) -> list[str]:
         f"digest      {report.digest}",
         f"created     {m.get('created_at')}",
         f"integrity   {integrity}",
+        f"signature   {report.signature.status}: {report.signature.detail}",
         f"model       {model['name']} version {model['version']} (resolved from {model['requested']}), "
         f"run {model['run_id']}, tracking {model['tracking_uri']}",
         f"detector    {det['name']} {json.dumps(det['params'], sort_keys=True)}"

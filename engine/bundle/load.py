@@ -1,10 +1,19 @@
-"""Verify and load a bundle, refusing anything that does not match its manifest before unpickling.
+"""Verify and load a bundle, refusing anything that is not signed by a trusted key before unpickling.
 
-Order matters and is the point of this module: manifest, then the sha256 of every file, then the
-environment rules, then (only if all passed) ``pickle.loads`` of the very bytes that were hashed,
-then the probe replay, then the policies, topology and targets (parsed from the same verified bytes,
-never re-read from disk; policies recompiled and compared with the shipped durable-rules JSON).
-Nothing here imports MLflow: a bundle runs on a host that has no tracking server.
+Order matters and is the point of this module:
+
+1. the signature (``manifest.sig``) over the raw bytes of manifest.json, under the trusted keys,
+   before the manifest is even parsed: it covers everything the manifest says (model, threshold,
+   versions, policies summary, every file's sha256 and size);
+2. the manifest's fields, then the sha256 of every file (nothing missing, nothing extra), then the
+   environment rules;
+3. only if all passed: ``pickle.loads`` of the very bytes that were hashed, then the probe replay,
+   then the policies, topology and targets (parsed from the same verified bytes, never re-read from
+   disk; policies recompiled and compared with the shipped durable-rules JSON).
+
+A bundle that is unsigned, signed by an unknown key or changed after signing is refused at step 1
+unless ``Trust.allow_unsigned`` (local development; logged as a warning). Nothing here imports
+MLflow: a bundle runs on a host that has no tracking server.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ from engine.bundle.manifest import (
     bundle_version,
     check_environment,
     check_files,
-    read_manifest,
+    parse_manifest,
+    read_manifest_bytes,
     sha256_bytes,
 )
 from engine.bundle.probe import probe_mismatch
+from engine.bundle.signing import SignatureCheck, Trust, check_signature, refusal_hint, require
 from engine.errors import BundleError, EngineError
 
 if TYPE_CHECKING:
@@ -51,6 +62,7 @@ class VerifyReport:
     manifest: dict[str, Any]
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    signature: SignatureCheck | None = None
     n_files: int = 0
     contents: dict[str, bytes] = field(default_factory=dict, repr=False)
 
@@ -88,18 +100,29 @@ class Bundle:
         return f"{self.model_name}/v{self.model_version}"
 
 
-def verify_bundle(path: Path | str, *, strict: bool = False, digest: str | None = None) -> VerifyReport:
-    """Check hashes (every listed file, nothing extra, nothing missing) and compatibility.
+def verify_bundle(
+    path: Path | str, *, strict: bool = False, digest: str | None = None, trust: Trust | None = None
+) -> VerifyReport:
+    """Check the signature, hashes (every listed file, nothing extra, nothing missing) and compatibility.
 
-    Reads bytes and JSON only; never unpickles. ``digest`` pins the sha256 of manifest.json.
-    Raises BundleError only when there is no readable manifest; everything else is in the report.
+    Reads bytes and JSON only; never unpickles. ``trust`` holds the keys a signature may be made
+    with (default: ``Trust.load()``, i.e. SELFHEAL_TRUSTED_KEYS); an unsigned or untrusted bundle is
+    an error, or a warning with ``trust.allow_unsigned``. ``digest`` pins the sha256 of
+    manifest.json. Raises BundleError only when there is no readable manifest; everything else is
+    in the report.
     """
     from engine.detectors.pipeline import FORMAT_VERSION as PIPELINE_FORMAT
 
     folder = Path(path)
-    manifest, raw = read_manifest(folder)
+    trust = trust if trust is not None else Trust.load()
+    raw = read_manifest_bytes(folder)
+    signature = check_signature(folder, raw, trust)  # on the raw bytes, before they are parsed
+    manifest = parse_manifest(folder, raw)
     actual = sha256_bytes(raw)
-    report = VerifyReport(folder, actual, bundle_version(manifest, actual), manifest)
+    report = VerifyReport(folder, actual, bundle_version(manifest, actual), manifest, signature=signature)
+    if not signature.trusted:
+        message = f"{signature.detail} ({refusal_hint(signature)})"
+        (report.warnings if trust.allow_unsigned else report.errors).append(message)
     if digest is not None and digest.strip().lower() != actual:
         report.errors.append(f"{MANIFEST_NAME}: digest {actual} is not the pinned {digest.strip()}")
     files = check_files(folder, manifest)
@@ -120,10 +143,20 @@ def verify_bundle(path: Path | str, *, strict: bool = False, digest: str | None 
     return report
 
 
-def load_bundle(path: Path | str, *, strict: bool = False, digest: str | None = None) -> Bundle:
+def load_bundle(
+    path: Path | str, *, strict: bool = False, digest: str | None = None, trust: Trust | None = None
+) -> Bundle:
     """Verify, then load the detector, policies, topology and targets. Raises BundleError if anything
-    fails; the pickle is only touched after every hash matched."""
-    report = verify_bundle(path, strict=strict, digest=digest)
+    fails; the pickle is only touched after the signature and every hash matched (module docstring).
+
+    ``trust``: the keys to accept (default ``Trust.load()``: SELFHEAL_TRUSTED_KEYS). Commands that
+    know the home pass ``Trust.for_home(home, ...)``, which adds ``HOME/keys/trusted/``.
+    """
+    folder = Path(path)
+    trust = trust if trust is not None else Trust.load()
+    # the signature alone first: an untrusted manifest is not even parsed when loading
+    require(check_signature(folder, read_manifest_bytes(folder), trust), trust, folder)
+    report = verify_bundle(folder, strict=strict, digest=digest, trust=trust)
     if not report.ok:
         raise BundleError(
             f"{report.path}: refusing to load bundle {report.version}: " + "; ".join(report.errors),

@@ -4,8 +4,10 @@ Why a manifest of hashes, checked before anything is parsed: the detector is a p
 pickle runs code. ``check_files`` compares the folder with the manifest (every listed file present
 with its size and sha256, no unlisted file, no symlink, no path escaping the folder) and returns the
 verified bytes, so the caller unpickles exactly the bytes that were hashed (no window between check
-and use). The manifest itself is not signed: its own sha256 (the bundle *digest*) is what a deploy
-pins (``selfheal bundle verify DIR --digest SHA``) to detect a bundle rebuilt by someone else.
+and use). The hashes only bind the files to the manifest; what binds the manifest to its maker is
+the Ed25519 signature beside it (``manifest.sig``, ``engine.bundle.signing``), checked on the raw
+bytes of manifest.json before they are even parsed. Its sha256 (the bundle *digest*) can
+additionally be pinned (``selfheal bundle verify DIR --digest SHA``) to accept one exact bundle.
 
 Compatibility rules (``check_environment``), decided here and documented in the README:
 
@@ -35,6 +37,9 @@ from engine import __version__
 from engine.specs import problems_from, read_yaml
 
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"
+UNHASHED = (MANIFEST_NAME, SIGNATURE_NAME)
+"""The two files not listed in the manifest: itself, and the signature over it."""
 FORMAT = "selfheal-bundle"
 FORMAT_VERSION = 1
 
@@ -84,13 +89,13 @@ def bundle_version(manifest: dict[str, Any], digest: str) -> str:
 
 
 def list_files(folder: Path) -> list[str]:
-    """Every file under ``folder`` except the manifest, as sorted POSIX relative paths."""
+    """Every file under ``folder`` except the manifest and its signature, as sorted POSIX relative paths."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         base = Path(dirpath)
         for name in filenames + [d for d in dirnames if (base / d).is_symlink()]:
             rel = (base / name).relative_to(folder).as_posix()
-            if rel != MANIFEST_NAME:
+            if rel not in UNHASHED:
                 found.append(rel)
     return sorted(found)
 
@@ -165,7 +170,7 @@ class PoliciesSection(_Section):
 
 
 class Manifest(_Section):
-    """What ``read_manifest`` checks before anything else looks at a manifest.
+    """What ``parse_manifest`` checks before anything else looks at a manifest.
 
     Every field that verify, load and inspect read is here with its type, so a damaged or
     hand-edited manifest fails with the field's path instead of a crash (``.split`` on a number)
@@ -182,13 +187,8 @@ class Manifest(_Section):
     files: dict[str, FileEntry]
 
 
-def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
-    """The parsed manifest and its raw bytes (the digest is the sha256 of those bytes).
-
-    The manifest is validated against ``Manifest``; any problem is a BundleError naming the field,
-    so ``bundle verify``/``inspect`` exit 2 with a clear line. The dict returned is the file's own
-    content (not a re-dump), so ``inspect --json`` shows exactly what is on disk.
-    """
+def read_manifest_bytes(folder: Path) -> bytes:
+    """The bytes of ``folder/manifest.json`` (BundleError when there is no bundle there)."""
     from engine.errors import BundleError
 
     path = folder / MANIFEST_NAME
@@ -196,7 +196,19 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
         raise BundleError(f"{folder}: not a folder", hint="give the folder `selfheal bundle build` wrote")
     if path.is_symlink() or not path.is_file():
         raise BundleError(f"{path}: no manifest", hint="give the folder `selfheal bundle build` wrote")
-    raw = path.read_bytes()
+    return path.read_bytes()
+
+
+def parse_manifest(folder: Path, raw: bytes) -> dict[str, Any]:
+    """The manifest from its bytes, checked against ``Manifest``.
+
+    Any problem is a BundleError naming the field, so ``bundle verify``/``inspect`` exit 2 with a
+    clear line. The dict returned is the file's own content (not a re-dump), so ``inspect --json``
+    shows exactly what is on disk.
+    """
+    from engine.errors import BundleError
+
+    path = folder / MANIFEST_NAME
     data, problems = read_yaml(path, raw)  # a .json file: JSON under the spec loader's rules
     if problems:
         raise BundleError("; ".join(map(str, problems)), hint="rebuild the bundle")
@@ -220,7 +232,7 @@ def read_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
             f"{path}: malformed manifest: " + "; ".join(f"{p.path}: {p.message}" for p in problems),
             hint="the manifest was damaged or edited by hand; rebuild it with `selfheal bundle build`",
         ) from exc
-    return data, raw
+    return data
 
 
 @dataclass
@@ -248,7 +260,7 @@ def check_files(folder: Path, manifest: dict[str, Any]) -> FileCheck:
     listed: dict[str, Any] = manifest["files"]
     for rel in sorted(listed):
         entry = listed[rel]
-        if not _safe_relpath(rel) or rel == MANIFEST_NAME:
+        if not _safe_relpath(rel) or rel in UNHASHED:
             result.problems.append(f"{rel}: path not allowed in a bundle (absolute, '..' or the manifest)")
             continue
         path = folder / rel

@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.chaos.experiment import Experiment, load_experiment
 from engine.chaos.results import RunResult, analyse
 from engine.shipped import shipped
+
+if TYPE_CHECKING:
+    from engine.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +60,18 @@ def resolve_experiment(ref: str | Path) -> Path:
     raise InputError(f"no chaos experiment {ref!r}", hint=f"give a file or one of: {', '.join(names)}")
 
 
-def build_components(bundle: Path | str | None = None, *, pipeline: Any = None, seed: int = 0) -> Any:
-    """Engine components: from a bundle, else a given pipeline, else the default chaos detector."""
+def build_components(
+    bundle: Path | str | Bundle | None = None, *, pipeline: Any = None, seed: int = 0
+) -> Any:
+    """Engine components: from a bundle (a folder, trusted by default rules, or one already loaded),
+    else a given pipeline, else the default chaos detector."""
     from engine.runtime.components import assemble
 
     if bundle is not None:
         from engine.bundle import load_bundle
         from engine.bundle.runtime import components_from_bundle
 
-        return components_from_bundle(load_bundle(bundle))
+        return components_from_bundle(load_bundle(bundle) if isinstance(bundle, str | Path) else bundle)
     if pipeline is None:
         from engine.chaos.detector import train_default_pipeline
 
@@ -77,7 +83,7 @@ def run_experiment(
     experiment: str | Path | Experiment,
     out_dir: Path,
     *,
-    bundle: Path | str | None = None,
+    bundle: Path | str | Bundle | None = None,
     pipeline: Any = None,
     speed: float | None = None,
     tracking_uri: str | None = None,
@@ -114,7 +120,7 @@ def run_experiments(
     experiments: list[str | Path],
     out_dir: Path,
     *,
-    bundle: Path | str | None = None,
+    bundle: Path | str | Bundle | None = None,
     pipeline: Any = None,
     speed: float | None = None,
     tracking_uri: str | None = None,
@@ -151,7 +157,7 @@ def run_experiments(
 def run_game_day(
     out_dir: Path,
     *,
-    bundle: Path | str | None = None,
+    bundle: Path | str | Bundle | None = None,
     pipeline: Any = None,
     speed: float | None = None,
     tracking_uri: str | None = None,

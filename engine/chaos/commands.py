@@ -56,6 +56,8 @@ def chaos_run(
 
     Example: selfheal chaos run game_day bad_deploy_expired --speed 720
     """
+    from engine.bundle import load_bundle
+    from engine.bundle.signing import Trust
     from engine.chaos.api import run_experiments
 
     home = home_of(ctx).ensure()
@@ -66,7 +68,8 @@ def chaos_run(
 
         uri = resolve_tracking_uri(home, tracking_uri)
     started = time.perf_counter()
-    report = run_experiments(experiments, folder, bundle=bundle, speed=speed, tracking_uri=uri, echo=_echo)
+    loaded = load_bundle(bundle, trust=Trust.for_home(home)) if bundle is not None else None
+    report = run_experiments(experiments, folder, bundle=loaded, speed=speed, tracking_uri=uri, echo=_echo)
     typer.echo(report.text().rstrip())
     typer.echo(f"report: {report.html}")
     typer.echo(f"summary: {report.summary}")
@@ -167,6 +170,7 @@ def replay(
 
     Example: selfheal replay .selfheal/bundles/champion --since 2026-01-10 --until 2026-01-12
     """
+    from engine.bundle.signing import Trust
     from engine.chaos.replay import replay_bundle
 
     home = home_of(ctx)
@@ -177,6 +181,7 @@ def replay(
         until=datetime.fromisoformat(until),
         services=services or None,
         progress=True,
+        trust=Trust.for_home(home),
     )
     typer.echo(result.render())
     if out is not None:

@@ -22,9 +22,12 @@ from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from engine.bundle.signing import Trust
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +165,15 @@ def replay_bundle(
     until: datetime,
     services: list[str] | None = None,
     progress: bool = False,
+    trust: Trust | None = None,
 ) -> ReplayResult:
-    """Replay a verified bundle over the store's history in [since, until) (module docstring)."""
+    """Replay a verified bundle over the store's history in [since, until) (module docstring).
+
+    ``trust``: the keys the bundle may be signed with (``engine.bundle.load_bundle``'s default when None).
+    """
     from engine.bundle import load_bundle
 
-    loaded = load_bundle(bundle)
+    loaded = load_bundle(bundle, trust=trust)
     return replay(
         loaded.pipeline,
         loaded.compiled,

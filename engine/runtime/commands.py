@@ -45,6 +45,20 @@ def run(
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8787).")] = None,
     journal_path: Annotated[Path | None, typer.Option("--journal", help="Journal file (SQLite).")] = None,
+    trusted_key: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trusted-key",
+            help="Public key (KEY.pub) or folder of them a bundle may be signed with; repeatable. "
+            "HOME/keys/trusted/, SELFHEAL_TRUSTED_KEYS and the trusted_keys setting are trusted too.",
+        ),
+    ] = None,
+    allow_unsigned: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsigned", help="Local development only: run an unsigned or untrusted bundle (warns)."
+        ),
+    ] = False,
 ) -> None:
     """Run the engine: ingest telemetry, score, decide, act, verify, journal. Stops cleanly on SIGTERM.
 
@@ -65,7 +79,13 @@ def run(
     overrides: dict[str, Any] = {
         k: v for k, v in (("host", host), ("port", port), ("journal", journal_path)) if v is not None
     }
+    if allow_unsigned:  # only when given: a config's allow_unsigned is not overridden by the default
+        overrides["allow_unsigned"] = True
     settings = load_settings(config, overrides=overrides)
+    pinned = home.trusted_keys
+    extra = [*(trusted_key or ()), *([pinned] if pinned.is_dir() else [])]
+    if extra:
+        settings = settings.model_copy(update={"trusted_keys": [*settings.trusted_keys, *extra]})
     if not ref:
         if not settings.components:
             raise ConfigError(

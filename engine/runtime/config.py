@@ -70,6 +70,14 @@ class EngineSettings(_Strict):
     """Every setting of ``selfheal run`` (name, type, default, meaning)."""
 
     components: str | None = Field(None, description="bundle directory or file.py:function factory")
+    trusted_keys: list[Path] = Field(
+        default_factory=list,
+        description="public keys (KEY.pub files or folders of them) a bundle must be signed with; "
+        "SELFHEAL_TRUSTED_KEYS and HOME/keys/trusted/ are trusted too",
+    )
+    allow_unsigned: bool = Field(
+        False, description="local development only: run an unsigned or untrusted bundle (logged as a warning)"
+    )
     host: str = Field("127.0.0.1", description="bind address; anything but loopback needs a token")
     port: int = Field(8787, ge=0, le=65535)
     token: str | None = Field(None, description="bearer token for approvals, pause/resume and non-loopback")
