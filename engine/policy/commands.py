@@ -43,26 +43,10 @@ def validate(
 
     Example: selfheal rules validate rules/
     """
-    from engine.actions.targets import TargetsConfig, load_targets, targets_for_policy
-    from engine.policy import compile_policies, load_policies
-    from engine.policy.targets import check_policies
+    from engine.policy import compile_policies
+    from engine.policy.targets import check_folder
 
-    problems = []
-    try:
-        policy_set = load_policies(path)
-    except SpecError as exc:
-        problems.extend(exc.problems)
-        policy_set = None
-    targets = targets_for_policy(path)
-    config: TargetsConfig | None = TargetsConfig()  # no file: the engine's defaults, no commands
-    if targets.is_file():
-        try:
-            config = load_targets(targets)
-        except SpecError as exc:
-            problems.extend(exc.problems)
-            config = None
-    if policy_set is not None and config is not None:
-        problems.extend(check_policies(config, policy_set, targets))
+    policy_set, problems = check_folder(path)
     if problems:
         _report(problems)
         raise typer.Exit(2)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from engine.actions.registry import available_actions
-from engine.actions.targets import TargetsConfig
-from engine.errors import Problem
-from engine.policy.loader import PolicySet
+from engine.actions.targets import TargetsConfig, load_targets, targets_for_policy
+from engine.errors import Problem, SpecError
+from engine.policy.loader import PolicySet, load_policies
 from engine.policy.model import InverseSpec
 from engine.specs import did_you_mean
 
@@ -44,3 +44,28 @@ def check_policies(config: TargetsConfig, policy_set: PolicySet, file: Path | st
                         Problem(policy.source, f"rules[{i}].{where}.params.{suffix}", message, hint)
                     )
     return problems
+
+
+def check_folder(path: Path | str) -> tuple[PolicySet | None, list[Problem]]:
+    """Everything ``selfheal rules validate`` checks: the policies and topology, the targets file
+    beside them (absent: the engine's defaults, no commands allowed) and what each asks of the other.
+
+    Returns the policy set (None when it does not load) and every problem found.
+    """
+    problems: list[Problem] = []
+    policy_set: PolicySet | None = None
+    try:
+        policy_set = load_policies(path)
+    except SpecError as exc:
+        problems.extend(exc.problems)
+    targets = targets_for_policy(Path(path))
+    config: TargetsConfig | None = TargetsConfig()
+    if targets.is_file():
+        try:
+            config = load_targets(targets)
+        except SpecError as exc:
+            problems.extend(exc.problems)
+            config = None
+    if policy_set is not None and config is not None:
+        problems.extend(check_policies(config, policy_set, targets))
+    return policy_set, problems
