@@ -28,7 +28,8 @@ from engine.errors import EngineError, SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "rules"
-LIMIT_S = 3.0
+LIMIT_S = 20.0  # a hang guard (an unguarded input ran for minutes), not a speed target: the
+# benchmark bench_fuzz_specs measures speed; a shared, loaded CI machine must not fail on it
 
 ENGINE_CONFIG: dict[str, Any] = {
     "host": "127.0.0.1",
