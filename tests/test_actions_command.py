@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +22,9 @@ LOCALE_COERCION = {"LC_CTYPE"}  # CPython may add it in the child (PEP 538); it 
 def test_the_child_gets_path_lang_and_non_secret_selfheal_variables_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The caller's own SELFHEAL_* variables (e.g. SELFHEAL_NAB_DIR) would pass, rightly: not this test's.
+    for name in [n for n in os.environ if n.startswith("SELFHEAL_")]:
+        monkeypatch.delenv(name)
     monkeypatch.setenv("KUBE_TOKEN", "k8s-secret")
     monkeypatch.setenv("SELFHEAL_ENGINE_TOKEN", "engine-secret")
     monkeypatch.setenv("SELFHEAL_ADMIN_CRED", "named-by-token-env")
