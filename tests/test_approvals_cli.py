@@ -121,9 +121,18 @@ def test_pause_resume_and_journal_filters(running: tuple[RunningEngine, AdminSer
     assert "inference-a  score" in events.output
     bad = cli.invoke(app, ["journal", "--journal", str(journal), "--since", "last tuesday"])
     assert bad.exit_code != 0 and "neither a duration nor a time" in str(bad.exception)
-    resumed = cli.invoke(app, ["resume", "--url", server.url, "--token", TOKEN])
+    resumed = cli.invoke(app, ["resume", "--url", server.url, "--token", "alice-token-5678"])
     assert resumed.exit_code == 0
     assert httpx.get(f"{server.url}/v1/status").json()["paused"] is False
+    history = cli.invoke(app, ["journal", "--journal", str(journal), "--kind", "control"])
+    lines = history.output.splitlines()
+    assert len(lines) == 2, history.output  # newest first: every change is kept, not only the last
+    assert "paused = false  by alice" in lines[0] and "reason" not in lines[0]
+    assert "paused = true  by token  reason: drill" in lines[1]
+    no_service = cli.invoke(
+        app, ["journal", "--journal", str(journal), "--kind", "control", "--service", "x"]
+    )
+    assert no_service.exit_code != 0 and "have no service" in str(no_service.exception)
 
 
 def test_journal_since_takes_compound_durations_and_iso_times(tmp_path: Path) -> None:

@@ -275,3 +275,23 @@ def test_record_events_in_bulk_keeps_every_event_once(tmp_path: Path) -> None:
         assert [r["id"] for r in rows] == [f"e{i}" for i in range(n)]
         assert rows[0]["service"] == "s0" and rows[-1]["score"] == (n - 1) / n
         assert rows[5]["payload"] == {"id": "e5", "service": "s2", "score": 5 / n}
+
+
+def test_every_control_change_is_kept_with_actor_and_reason(tmp_path: Path) -> None:
+    with Journal(tmp_path / "j.sqlite") as journal:
+        journal.set_control("paused", True, actor="alice", reason="incident bridge")
+        journal.set_control("paused", False, actor="bob", reason=None)
+        journal.set_control("mode:latency", "observe", actor="alice", reason="new policy")
+        assert journal.control("paused") == {
+            **journal.control("paused"),  # type: ignore[dict-item]
+            "value": False,
+            "actor": "bob",
+        }
+        history = journal.recent("control")
+        assert [(r["key"], r["value"], r["actor"], r["reason"]) for r in history] == [
+            ("mode:latency", "observe", "alice", "new policy"),
+            ("paused", False, "bob", None),
+            ("paused", True, "alice", "incident bridge"),
+        ]
+        assert [r["value"] for r in journal.recent("control", status="paused")] == [False, True]
+        assert journal.count("control", "paused") == 2

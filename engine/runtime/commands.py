@@ -224,14 +224,19 @@ def _since(value: str | None) -> float | None:
 def journal(
     ctx: typer.Context,
     kind: Annotated[
-        str, typer.Option(help="decisions, events, approvals, executions or verifications.")
+        str,
+        typer.Option(
+            help="decisions, events, approvals, executions, verifications or control (every pause, "
+            "resume and mode change, with who and why)."
+        ),
     ] = "decisions",
     service: Annotated[str | None, typer.Option(help="Only this service (or target).")] = None,
     since: Annotated[
         str | None, typer.Option(help="Only newer rows: 30m, 2h, 1d or an ISO time (UTC).")
     ] = None,
     status: Annotated[
-        str | None, typer.Option(help="Only this status (for events: anomaly or health).")
+        str | None,
+        typer.Option(help="Only this status (events: anomaly or health; control: its key, e.g. paused)."),
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 50,
     journal_path: Annotated[
@@ -242,6 +247,8 @@ def journal(
     """Show recent journal rows (readable while the engine runs).
 
     Example: selfheal journal --service inference-a --since 2h --status verified
+
+    Example: selfheal journal --kind control --since 1d
     """
     from engine.runtime.journal import Journal
 
@@ -281,6 +288,9 @@ def _line(kind: str, r: dict[str, Any]) -> str:
             f"{_when(r['created_ts'])}  {r['id']}  {r['status']:<9} decision {r['decision_id']}  "
             f"approver {r['approver'] or '-'}  reason {r['reason'] or '-'}  expires {_when(r['expires_ts'])}"
         )
+    if kind == "control":
+        why = f"  reason: {r['reason']}" if r.get("reason") else ""
+        return f"{_when(r['ts'])}  {r['key']} = {json.dumps(r['value'])}  by {r['actor'] or '-'}{why}"
     if kind == "executions":
         err = f"  error: {r['error']}" if r.get("error") else ""
         return (

@@ -86,17 +86,25 @@ CREATE INDEX IF NOT EXISTS verifications_status ON verifications (status);
 CREATE TABLE IF NOT EXISTS control (
     key TEXT PRIMARY KEY, value TEXT NOT NULL, actor TEXT, reason TEXT, updated_ts REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS control_history (
+    ts REAL NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, actor TEXT, reason TEXT
+);
+CREATE INDEX IF NOT EXISTS control_history_ts ON control_history (ts);
 """
 
-KINDS = ("events", "decisions", "approvals", "executions", "verifications")
+KINDS = ("events", "decisions", "approvals", "executions", "verifications", "control")
 _TS_COLUMN = {
+    "control": "ts",
     "events": "ts",
     "decisions": "ts",
     "approvals": "created_ts",
     "executions": "started_ts",
     "verifications": "started_ts",
 }
-_JSON_COLUMNS = {"contributing", "payload", "params", "spec", "result", "detail", "allowed_approvers"}
+_TABLE = {"control": "control_history"}  # a kind's rows; other kinds are their table's name
+_JSON_COLUMNS = {
+    *("value", "contributing", "payload", "params", "spec", "result", "detail", "allowed_approvers"),
+}
 
 
 class DecisionStatus:
@@ -714,20 +722,23 @@ class Journal:
             out.append((verification, decision))
         return out
 
-    # ---------------------------------------------------------------- control (kill switch)
+    # ---------------------------------------------------------------- control (kill switch, modes)
     def set_control(self, key: str, value: Any, *, actor: str | None, reason: str | None = None) -> None:
-        self._write(
-            "INSERT INTO control VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET "
-            "value = excluded.value, actor = excluded.actor, reason = excluded.reason, "
-            "updated_ts = excluded.updated_ts",
-            (key, _enc(value), actor, reason, time.time()),
-        )
+        """Set an operator control (the kill switch, a policy's mode) and keep the change in its
+        history (``recent("control")``): who paused, when and why is evidence after an incident,
+        and the current row alone would keep only the last word."""
+        now, encoded = time.time(), _enc(value)
+        with self.transaction():
+            self._write(
+                "INSERT INTO control VALUES (?,?,?,?,?) ON CONFLICT(key) DO UPDATE SET "
+                "value = excluded.value, actor = excluded.actor, reason = excluded.reason, "
+                "updated_ts = excluded.updated_ts",
+                (key, encoded, actor, reason, now),
+            )
+            self._write("INSERT INTO control_history VALUES (?,?,?,?,?)", (now, key, encoded, actor, reason))
 
     def control(self, key: str) -> dict[str, Any] | None:
-        row = self._one("SELECT * FROM control WHERE key = ?", (key,))
-        if row is not None:
-            row["value"] = json.loads(row["value"])
-        return row
+        return self._one("SELECT * FROM control WHERE key = ?", (key,))
 
     # ---------------------------------------------------------------- listing
     def recent(
@@ -744,6 +755,11 @@ class Journal:
             raise RuntimeEngineError(f"unknown journal kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
         ts = _TS_COLUMN[kind]
         where, params = [], []
+        if kind == "control" and service is not None:
+            raise RuntimeEngineError(
+                "control rows (pause, resume, mode changes) have no service",
+                hint="drop --service, or filter by the control's key with --status (e.g. paused)",
+            )
         if service is not None:
             if kind in ("approvals", "verifications"):
                 where.append("decision_id IN (SELECT id FROM decisions WHERE service = ? OR target = ?)")
@@ -760,22 +776,26 @@ class Journal:
         if status is not None:
             if kind == "events":
                 where.append("kind = ?")  # events have a kind (anomaly, health), not a status
+            elif kind == "control":
+                where.append("key = ?")  # which control: paused, mode:POLICY, ...
             else:
                 where.append("status = ?")
             params.append(status)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         return self._rows(
-            f"SELECT * FROM {kind} {clause} ORDER BY {ts} DESC, rowid DESC LIMIT ?", (*params, limit)
+            f"SELECT * FROM {_TABLE.get(kind, kind)} {clause} ORDER BY {ts} DESC, rowid DESC LIMIT ?",
+            (*params, limit),
         )
 
     def count(self, kind: str, status: str | None = None) -> int:
         if kind not in KINDS:
             raise RuntimeEngineError(f"unknown journal kind {kind!r}", hint=f"use one of {', '.join(KINDS)}")
+        table, column = _TABLE.get(kind, kind), "key" if kind == "control" else "status"
         with self._lock:
             if status is None:
-                return int(self._db.execute(f"SELECT count(*) FROM {kind}").fetchone()[0])
+                return int(self._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
             return int(
-                self._db.execute(f"SELECT count(*) FROM {kind} WHERE status = ?", (status,)).fetchone()[0]
+                self._db.execute(f"SELECT count(*) FROM {table} WHERE {column} = ?", (status,)).fetchone()[0]
             )
 
 
