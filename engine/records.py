@@ -164,6 +164,11 @@ class Decision:
     window_start: float | None = None
     window_end: float | None = None
 
+    def fields(self) -> dict[str, str]:
+        """Who and what, for a log line's ``extra`` (JSON logs carry them as fields) and for the
+        notes metrics count by policy and action."""
+        return {"decision_id": self.id, "service": self.service, "policy": self.policy, "action": self.action}
+
     def to_record(self) -> dict[str, Any]:
         """The journal row: flat columns plus a ``spec`` holding limits, verify, approval, inverse."""
         return {

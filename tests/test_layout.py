@@ -11,7 +11,7 @@ import engine
 
 
 def test_data_folders_are_not_packages() -> None:
-    for folder in ("rules", "datasets", "experiments", "notebooks"):
+    for folder in ("rules", "datasets", "experiments", "notebooks", "dashboards"):
         assert (REPO / folder).is_dir(), folder
         assert not list((REPO / folder).rglob("__init__.py")), f"{folder}/ must not be a package"
 

@@ -125,7 +125,7 @@ def test_pushed_points_lead_to_a_verified_action_in_the_journal(harness: Harness
         "selfheal_points_in_total",
         "selfheal_scoring_latency_seconds_bucket",
         "selfheal_anomalies_total",
-        'selfheal_actions_total{status="verified"} 1.0',
+        'selfheal_verifications_total{action="restart",outcome="verified",policy="platform"} 1.0',
         "selfheal_approvals_pending 0.0",
         "selfheal_queue_depth",
     ):

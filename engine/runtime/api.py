@@ -64,7 +64,7 @@ Reader = Depends(reader)
 
 def create_app(engine: Engine) -> FastAPI:
     settings = engine.settings
-    app = FastAPI(title="selfheal engine", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="selfheal engine", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
     app.state.engine = engine
 
     @app.get("/healthz")

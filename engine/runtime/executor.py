@@ -102,9 +102,23 @@ class Executor:
             )
         except Exception as exc:
             error = str(exc) if isinstance(exc, ActionError) else f"{type(exc).__name__}: {exc}"
-            log.warning("%s %s on %s failed: %s", execution.kind, call.action, decision.target, error)
+            log.warning(
+                "%s %s on %s failed: %s",
+                execution.kind,
+                call.action,
+                decision.target,
+                error,
+                extra={**decision.fields(), "action": call.action, "kind": execution.kind},
+            )
             outcome = Outcome(execution, None, error, time.time())
         else:
+            log.info(
+                "%s %s on %s succeeded",
+                execution.kind,
+                call.action,
+                decision.target,
+                extra={**decision.fields(), "action": call.action, "kind": execution.kind},
+            )
             outcome = Outcome(execution, _jsonable(result), None, time.time())
         self.on_outcome(outcome)
         return outcome
@@ -162,9 +176,9 @@ class Executor:
         notes: list[Note] = []
         for o in outcomes:
             execution = o.execution
-            data = {"decision_id": execution.decision.id, "kind": execution.kind}
+            data = {**execution.decision.fields(), "kind": execution.kind, "action": execution.call.action}
             if o.error is None:
-                notes.append(("executed", {**data, "action": execution.call.action}))
+                notes.append(("executed", data))
                 continue
             if execution.kind == "action":
                 notes += self.escalate(execution.decision, f"action failed: {o.error}")

@@ -2,20 +2,79 @@
 
 One registry per ``Engine`` (not the process-global default) so that tests and a benchmark can run
 several engines in one interpreter without metric-name collisions.
+
+Counters are counted from the notes the stages report (``count``). The gauges that describe the
+engine's state (each service's score against its threshold, the kill switch, the bundle, pending
+approvals) are read when Prometheus scrapes (``EngineState``), so the hot path pays nothing for
+them. ``dashboards/selfheal.json`` charts these names; a test keeps it to names that exist here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+@dataclass(frozen=True)
+class EngineState:
+    """What the state gauges show, taken when Prometheus scrapes."""
+
+    queue_depth: int
+    paused: bool
+    approvals_pending: int
+    oldest_approval_ts: float | None  # when the oldest pending request was made
+    threshold: float
+    scores: Mapping[str, tuple[float, float]]  # service -> (latest score, wall time seen)
+    anomalous: Mapping[str, bool]  # service -> its last row was above the threshold
+    bundle: Mapping[str, str]  # bundle_version, detector, detector_version, policy_version
+
+
+class _StateCollector(Collector):
+    def __init__(self, state: Callable[[], EngineState]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        s, now = self.state(), time.time()
+        yield GaugeMetricFamily("selfheal_queue_depth", "Accepted points waiting to be scored", s.queue_depth)
+        yield GaugeMetricFamily("selfheal_paused", "1 while the kill switch stops all actions", int(s.paused))
+        yield GaugeMetricFamily(
+            "selfheal_approvals_pending", "Approval requests waiting", s.approvals_pending
+        )
+        yield GaugeMetricFamily(
+            "selfheal_approval_oldest_age_seconds",
+            "Age of the oldest pending approval request (0 when none waits)",
+            0.0 if s.oldest_approval_ts is None else max(0.0, now - s.oldest_approval_ts),
+        )
+        yield InfoMetricFamily("selfheal_bundle", "The bundle and policy set the engine runs", dict(s.bundle))
+        score = GaugeMetricFamily("selfheal_service_score", "Latest anomaly score", labels=["service"])
+        threshold = GaugeMetricFamily(
+            "selfheal_service_threshold", "Score above which a row is anomalous", labels=["service"]
+        )
+        age = GaugeMetricFamily(
+            "selfheal_service_score_age_seconds", "Since the service was last scored", labels=["service"]
+        )
+        anomalous = GaugeMetricFamily(
+            "selfheal_service_anomalous", "1 while the service's last row was anomalous", labels=["service"]
+        )
+        health = dict(s.anomalous)
+        for service, (value, seen) in sorted(s.scores.items()):
+            score.add_metric([service], value)
+            threshold.add_metric([service], s.threshold)
+            age.add_metric([service], max(0.0, now - seen))
+            anomalous.add_metric([service], int(health.get(service, False)))
+        yield from (score, threshold, age, anomalous)
+
+
 class EngineMetrics:
-    def __init__(self, queue_depth: Callable[[], float], approvals_pending: Callable[[], float]) -> None:
+    def __init__(self, state: Callable[[], EngineState]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.points_in = Counter("selfheal_points_in", "Points accepted, by source", ["source"], registry=r)
@@ -54,19 +113,25 @@ class EngineMetrics:
         )
         self.anomalies = Counter("selfheal_anomalies", "Anomaly events, by service", ["service"], registry=r)
         self.decisions = Counter("selfheal_decisions", "Decisions, by outcome", ["outcome"], registry=r)
-        self.actions = Counter("selfheal_actions", "Action executions, by status", ["status"], registry=r)
+        self.actions = Counter(
+            "selfheal_actions",
+            "Actuator calls by policy, action, kind (action, rollback, escalation) and outcome",
+            ["policy", "action", "kind", "outcome"],
+            registry=r,
+        )
+        self.verifications = Counter(
+            "selfheal_verifications",
+            "Verifications of an action, by policy, action and outcome (verified, failed)",
+            ["policy", "action", "outcome"],
+            registry=r,
+        )
         self.scrape_errors = Counter(
             "selfheal_scrape_errors", "Failed Prometheus scrapes", ["url"], registry=r
         )
         self.errors = Counter(
             "selfheal_errors", "Errors the engine survived, by stage", ["stage"], registry=r
         )
-        Gauge("selfheal_queue_depth", "Accepted points waiting to be scored", registry=r).set_function(
-            queue_depth
-        )
-        Gauge("selfheal_approvals_pending", "Approval requests waiting", registry=r).set_function(
-            approvals_pending
-        )
+        r.register(_StateCollector(state))
 
     def count(self, kind: str, data: dict[str, Any]) -> None:
         """Count what a stage reported (its notes, which listeners hear too)."""
@@ -76,8 +141,12 @@ class EngineMetrics:
             self.decisions.labels(_DECISIONS[kind]).inc()
         elif kind == "dispatch" and data["kind"] == "action":
             self.decisions.labels("executed").inc()
-        elif kind in _ACTIONS:
-            self.actions.labels(_ACTIONS[kind]).inc()
+        elif kind in ("executed", "action_failed"):
+            outcome = "succeeded" if kind == "executed" else "failed"
+            self.actions.labels(data["policy"], data["action"], data["kind"], outcome).inc()
+        elif kind in ("verified", "verification_failed"):
+            outcome = "verified" if kind == "verified" else "failed"
+            self.verifications.labels(data["policy"], data["action"], outcome).inc()
         elif kind in ("policy_error", "journal_refused"):
             self.errors.labels("policy" if kind == "policy_error" else "journal").inc()
 
@@ -86,9 +155,3 @@ class EngineMetrics:
 
 
 _DECISIONS = {"duplicate": "duplicate", "approval_requested": "awaiting_approval"}
-_ACTIONS = {
-    "executed": "succeeded",
-    "action_failed": "failed",
-    "verified": "verified",
-    "verification_failed": "verification_failed",
-}

@@ -26,7 +26,7 @@ from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
 from engine.runtime.journal import Journal
-from engine.runtime.metrics import EngineMetrics
+from engine.runtime.metrics import EngineMetrics, EngineState
 from engine.runtime.policies import ask
 from engine.runtime.scoring import Scored, ScoringStage
 from engine.runtime.shards import ShardPool
@@ -66,9 +66,7 @@ class Engine:
             bundle_version=components.bundle_version,
             detector_version=components.detector_version,
         )
-        self.metrics = EngineMetrics(
-            lambda: self.queue.depth, lambda: self.writer.supervisor.pending_approvals
-        )
+        self.metrics = EngineMetrics(self._state)
         self.writer = Writer(
             self.journal,
             components,
@@ -228,6 +226,25 @@ class Engine:
     ) -> dict[str, Any]:
         """Approve or reject a pending request; approved decisions run at once."""
         return self.writer.settle_approval(approval_id, approve=approve, approver=approver, reason=reason)
+
+    def _state(self) -> EngineState:
+        """The state the gauges show (copies: the scoring thread keeps writing the originals)."""
+        supervisor, components = self.writer.supervisor, self.components
+        return EngineState(
+            queue_depth=self.queue.depth,
+            paused=self.paused,
+            approvals_pending=supervisor.pending_approvals,
+            oldest_approval_ts=supervisor.oldest_pending_ts,
+            threshold=self.events.threshold,
+            scores=self.observations.scores.copy(),
+            anomalous=self.events.health.copy(),
+            bundle={
+                "bundle_version": components.bundle_version,
+                "detector": components.pipeline.detector,
+                "detector_version": components.detector_version,
+                "policy_version": components.policies.version,
+            },
+        )
 
     def _latency(self, name: str, seconds: float) -> None:
         histogram = getattr(self.metrics, name, None)

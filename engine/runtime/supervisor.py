@@ -75,6 +75,7 @@ class Supervisor:
         self.observations = observations
         self.default_verify = VerifySpec(deadline_s=DEFAULT_DEADLINE_S, score_below=threshold)
         self.pending_approvals = 0
+        self.oldest_pending_ts: float | None = None  # when the oldest pending request was made
         self._settling: dict[str, float] = {}  # verification id -> since when its steady state holds
         self._handed_over: set[str] = set()  # verdicts given to the writer, not yet journaled
 
@@ -89,7 +90,7 @@ class Supervisor:
         control = journal.control(PAUSE_KEY)
         self.decider.paused = bool(control and control["value"])
         out = Pass()
-        waiting = 0
+        waiting, oldest = 0, None
         for row in journal.decisions_with_status([DecisionStatus.AWAITING_APPROVAL]):
             approval = journal.approval_for(row["id"])
             if approval is None:
@@ -111,11 +112,12 @@ class Supervisor:
                     )
             elif status == ApprovalStatus.PENDING:
                 waiting += 1
+                oldest = min(oldest or now, approval["created_ts"])
             elif status == ApprovalStatus.APPROVED:
                 self._run(Decision.from_record(row), out)
             else:
                 journal.set_decision_status(row["id"], DecisionStatus.DENIED, f"approval {status}")
-        self.pending_approvals = waiting
+        self.pending_approvals, self.oldest_pending_ts = waiting, oldest
         out.verdicts = self._verify(now)
         return out
 
@@ -191,10 +193,25 @@ class Supervisor:
             vid = v.verification["id"]
             self._settling.pop(vid, None)
             self._handed_over.discard(vid)
-            detail = {"decision_id": v.decision.id, "detail": v.state.detail}
+            fields = v.decision.fields()
+            detail = {**fields, "detail": v.state.detail}
             if v.verified:
+                log.info(
+                    "%s on %s verified: %s",
+                    v.decision.action,
+                    v.decision.target,
+                    v.state.detail,
+                    extra=fields,
+                )
                 notes.append(("verified", detail))
                 continue
+            log.warning(
+                "%s on %s not verified: %s",
+                v.decision.action,
+                v.decision.target,
+                v.state.detail,
+                extra=fields,
+            )
             notes.append(("verification_failed", detail))
             notes += self._after_failure(v, executor)
         return notes
