@@ -24,7 +24,8 @@ How the README's examples run (``test_readme_example_runs``, one test per fenced
   engine (a waiting approval). Lines that cannot run in a test are in ``SKIP_COMMANDS`` with why.
 - ```python blocks run with ``exec`` in a namespace holding ``PYTHON_NAMES`` (``spec``, ``X_train``,
   ``X_live``: a feature spec and two feature matrices).
-- ```yaml blocks are parts of an experiment spec: a detector entry (it has ``class``) or a feature
+- ```yaml blocks are an engine config (every key a setting of ``selfheal run``: loaded as the
+  engine loads it) or parts of an experiment spec: a detector entry (it has ``class``) or a feature
   spec; the test puts the block into a minimal spec and validates it as ``experiment validate`` does.
 - Any other block must be in ``SKIP_BLOCKS`` with the reason. A block that is neither run nor
   skipped fails ``test_every_readme_block_is_run_or_skipped``.
@@ -513,9 +514,15 @@ def test_readme_example_runs(block: Block, request: pytest.FixtureRequest, tmp_p
 
 
 def _validate_yaml(block: Block, tmp_path: Path) -> None:
+    from engine.runtime.config import EngineSettings, load_settings
     from engine.tracking.spec import load_spec
 
     part = yaml.safe_load(block.text)
+    if set(part) <= set(EngineSettings.model_fields):  # an engine config (`selfheal run engine.yaml`)
+        path = tmp_path / "engine.yaml"
+        path.write_text(block.text)
+        load_settings(path, environ={})
+        return
     spec: dict[str, Any] = {"name": "readme", "features": SMALL_FEATURES, "detectors": [{"class": "HBOS"}]}
     spec["detectors" if "class" in part else "features"] = [part] if "class" in part else part
     path = tmp_path / "readme-spec.yaml"

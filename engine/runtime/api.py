@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.runtime.config import LOOPBACK
 from engine.runtime.journal import KINDS
+from engine.runtime.notify import evidence
 from engine.runtime.process import Engine
 from engine.runtime.supervisor import ApprovalRefused
 from engine.telemetry.points import parse_body
@@ -131,6 +132,15 @@ def create_app(engine: Engine) -> FastAPI:
     @app.get("/v1/approvals", dependencies=[Reader])
     def approvals() -> Any:
         return engine.journal.pending_approvals()
+
+    @app.get("/v1/approvals/{approval_id}", dependencies=[Reader])
+    def approval(approval_id: str) -> Any:
+        """One request with its decision and evidence (where notifications link)."""
+        row = engine.journal.approval(approval_id)
+        decision = engine.journal.decision(row["decision_id"]) if row else None
+        if row is None or decision is None:
+            raise HTTPException(404, f"no approval request {approval_id}; list them at /v1/approvals")
+        return {**row, "decision": decision, "evidence": evidence(engine.journal, decision)}
 
     def settle(approval_id: str, approve: bool, body: _Body, who: str) -> Any:
         """The token's identity is recorded; the shared token names nobody, so it may not settle an

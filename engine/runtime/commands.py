@@ -226,8 +226,8 @@ def journal(
     kind: Annotated[
         str,
         typer.Option(
-            help="decisions, events, approvals, executions, verifications or control (every pause, "
-            "resume and mode change, with who and why)."
+            help="decisions, events, approvals, executions, verifications, control (every pause, "
+            "resume and mode change, with who and why) or notifications (status sent or dead)."
         ),
     ] = "decisions",
     service: Annotated[str | None, typer.Option(help="Only this service (or target).")] = None,
@@ -291,6 +291,12 @@ def _line(kind: str, r: dict[str, Any]) -> str:
     if kind == "control":
         why = f"  reason: {r['reason']}" if r.get("reason") else ""
         return f"{_when(r['ts'])}  {r['key']} = {json.dumps(r['value'])}  by {r['actor'] or '-'}{why}"
+    if kind == "notifications":
+        err = f"  error: {r['error']}" if r.get("error") else ""
+        return (
+            f"{_when(r['ts'])}  {r['id']}  {r['status']:<5} {r['kind']} to {r['channel']}  "
+            f"decision {r['decision_id']}  attempts {r['attempts']}{err}"
+        )
     if kind == "executions":
         err = f"  error: {r['error']}" if r.get("error") else ""
         return (

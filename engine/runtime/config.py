@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.errors import ConfigError, SpecError
 from engine.runtime.client import URL_ENV
+from engine.runtime.notify import Channel
 from engine.runtime.safeguards import GlobalLimits, MaintenanceWindow
 from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
 
@@ -110,7 +111,13 @@ class EngineSettings(_Strict):
     limits: Limits = Field(default_factory=Limits)
     maintenance: list[Maintenance] = Field(default_factory=list)
     approval_ttl_s: float = Field(900.0, gt=0, description="default TTL when a policy gives none")
-    escalation_webhook: str | None = Field(None, description="URL that receives failed verifications")
+    notifications: list[Channel] = Field(
+        default_factory=list,
+        description="webhooks told of approval requests, escalations and failed verifications",
+    )
+    public_url: str | None = Field(
+        None, description="the engine's address as people reach it, for links in notifications"
+    )
     action_timeout_s: float = Field(10.0, gt=0)
     verify_interval_s: float = Field(1.0, gt=0, description="how often steady states are checked")
     stale_decision_s: float = Field(
@@ -135,6 +142,13 @@ class EngineSettings(_Strict):
                 f"{source}: host {self.host!r} is not loopback and no token is set",
                 hint=f"set `token:` in the config or {ENV_PREFIX}TOKEN, or bind to 127.0.0.1",
             )
+
+    def link_base(self) -> str:
+        """Where links in notifications point: ``public_url``, else the address the engine binds."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
 
     def journal_path(self, home_journals: Path) -> Path:
         return self.journal or home_journals / "engine.sqlite"

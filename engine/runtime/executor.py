@@ -64,14 +64,12 @@ class Executor:
         *,
         timeout_s: float,
         threads: int,
-        escalation_webhook: str | None = None,
         on_start: Callable[[Execution], None] = lambda e: None,
         on_outcome: Callable[[Outcome], None] = lambda o: None,
     ) -> None:
         self.journal = journal
         self.actions = actions
         self.timeout_s = timeout_s
-        self.escalation_webhook = escalation_webhook
         self.on_start = on_start
         self.on_outcome = on_outcome
         # bounded: idle threads cost memory and every runnable one competes for the interpreter
@@ -186,22 +184,31 @@ class Executor:
         return notes
 
     def escalate(self, decision: Decision, why: str) -> list[Note]:
-        """Tell a human: the decision's escalation webhook, else the engine's, else a log line."""
-        url = (decision.verify.escalate_to if decision.verify else None) or self.escalation_webhook
-        if not url:
-            log.info("escalation for %s (no webhook configured, so only logged): %s", decision.id, why)
-            return [("escalation_unsent", {"decision_id": decision.id, "reason": why})]
-        payload = {
-            "decision_id": decision.id,
-            "service": decision.service,
-            "target": decision.target,
-            "action": decision.action,
-            "policy": decision.policy,
-            "rule": decision.rule,
-            "reason": why,
-        }
-        self.follow_up(decision, "escalation", ActionCall("webhook", {"url": url, "payload": payload}))
-        return []
+        """Tell a human: the engine's notification channels hear the ``escalated`` note, and the
+        policy's own ``escalate_to`` webhook, when it names one, is called as an execution
+        (journaled, at most once per decision)."""
+        url = decision.verify.escalate_to if decision.verify else None
+        log.warning(
+            "escalation for %s (%s): %s",
+            decision.id,
+            f"policy webhook {url}"
+            if url
+            else "no webhook configured in the policy; notification channels hear it",
+            why,
+            extra=decision.fields(),
+        )
+        if url:
+            payload = {
+                "decision_id": decision.id,
+                "service": decision.service,
+                "target": decision.target,
+                "action": decision.action,
+                "policy": decision.policy,
+                "rule": decision.rule,
+                "reason": why,
+            }
+            self.follow_up(decision, "escalation", ActionCall("webhook", {"url": url, "payload": payload}))
+        return [("escalated", {**decision.fields(), "reason": why})]
 
     def roll_back(self, decision: Decision, execution_id: str) -> None:
         """Run the decision's inverse, with what its action's result said would undo it."""

@@ -90,11 +90,17 @@ CREATE TABLE IF NOT EXISTS control_history (
     ts REAL NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, actor TEXT, reason TEXT
 );
 CREATE INDEX IF NOT EXISTS control_history_ts ON control_history (ts);
+CREATE TABLE IF NOT EXISTS notifications (
+    id TEXT PRIMARY KEY, ts REAL NOT NULL, channel TEXT NOT NULL, kind TEXT NOT NULL,
+    decision_id TEXT, status TEXT NOT NULL, attempts INTEGER NOT NULL, error TEXT, body TEXT
+);
+CREATE INDEX IF NOT EXISTS notifications_ts ON notifications (ts);
 """
 
-KINDS = ("events", "decisions", "approvals", "executions", "verifications", "control")
+KINDS = ("events", "decisions", "approvals", "executions", "verifications", "control", "notifications")
 _TS_COLUMN = {
     "control": "ts",
+    "notifications": "ts",
     "events": "ts",
     "decisions": "ts",
     "approvals": "created_ts",
@@ -103,7 +109,7 @@ _TS_COLUMN = {
 }
 _TABLE = {"control": "control_history"}  # a kind's rows; other kinds are their table's name
 _JSON_COLUMNS = {
-    *("value", "contributing", "payload", "params", "spec", "result", "detail", "allowed_approvers"),
+    *("value", "contributing", "payload", "params", "spec", "result", "detail", "allowed_approvers", "body"),
 }
 
 
@@ -358,6 +364,9 @@ class Journal:
         return self._rows(
             f"SELECT * FROM events WHERE ts >= ? AND kind IN ({marks}) ORDER BY ts, rowid", (since, *kinds)
         )
+
+    def event(self, event_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM events WHERE id = ?", (event_id,))
 
     def last_health(self) -> dict[str, bool]:
         """The latest known health per service (True = anomalous), from health-change events."""
@@ -740,6 +749,26 @@ class Journal:
     def control(self, key: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM control WHERE key = ?", (key,))
 
+    # ---------------------------------------------------------------- notifications
+    def record_notification(
+        self,
+        *,
+        channel: str,
+        kind: str,
+        decision_id: str | None,
+        status: str,
+        attempts: int,
+        error: str | None,
+        body: Any,
+    ) -> str:
+        """A message to people, sent or dead (undeliverable after its retries), with its body."""
+        notification_id = new_id("ntf")
+        self._write(
+            "INSERT INTO notifications VALUES (?,?,?,?,?,?,?,?,?)",
+            (notification_id, time.time(), channel, kind, decision_id, status, attempts, error, _enc(body)),
+        )
+        return notification_id
+
     # ---------------------------------------------------------------- listing
     def recent(
         self,
@@ -761,7 +790,7 @@ class Journal:
                 hint="drop --service, or filter by the control's key with --status (e.g. paused)",
             )
         if service is not None:
-            if kind in ("approvals", "verifications"):
+            if kind in ("approvals", "verifications", "notifications"):
                 where.append("decision_id IN (SELECT id FROM decisions WHERE service = ? OR target = ?)")
                 params += [service, service]
             elif kind == "events":

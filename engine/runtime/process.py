@@ -27,6 +27,7 @@ from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
 from engine.runtime.journal import Journal
 from engine.runtime.metrics import EngineMetrics, EngineState
+from engine.runtime.notify import Notifier
 from engine.runtime.policies import ask
 from engine.runtime.scoring import Scored, ScoringStage
 from engine.runtime.shards import ShardPool
@@ -80,6 +81,9 @@ class Engine:
         self.latencies = {k: deque(maxlen=200_000) for k in LATENCIES} if record_latencies else None
         self.points_scored = self.rows_scored = 0
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
+        self.notifier = Notifier(settings.notifications, self.journal, link_base=settings.link_base())
+        if settings.notifications:
+            self.listeners.append(self.notifier.hear)
         self.shards: ShardPool | None = None
         self._events_lock = threading.Lock()  # ticks reach events and policies one at a time
         self._stop, self._sources_stop = threading.Event(), threading.Event()
@@ -97,6 +101,7 @@ class Engine:
     # ================================================================ lifecycle
     def start(self) -> Engine:
         s = self.settings
+        self.notifier.start()
         self.events.health.update(self.writer.start())  # recovery first, then its threads
         if s.workers:
             self.shards = ShardPool(self.components.pipeline, s.workers, self._scored)
@@ -140,7 +145,9 @@ class Engine:
             thread.join(timeout=10)
         if self.shards is not None:
             self.shards.close()  # its reader threads hand their last results over first
-        if self.writer.stop(timeout):
+        stopped = self.writer.stop(timeout)
+        self.notifier.stop(min(timeout, 10.0))  # after the writer: its last commit may notify
+        if stopped:
             self.journal.close()
             log.info("engine stopped")
 

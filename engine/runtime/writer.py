@@ -85,7 +85,6 @@ class Writer:
             components.actions,
             timeout_s=settings.action_timeout_s,
             threads=min(limits.max_concurrent, ACT_THREADS) + 2,
-            escalation_webhook=settings.escalation_webhook,
             on_start=self._dispatched,
             on_outcome=self._handed,
         )
