@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine.runtime.config import LOOPBACK
 from engine.runtime.journal import KINDS
+from engine.runtime.ladder import Mode, policy_names, would_be
 from engine.runtime.notify import evidence
 from engine.runtime.process import Engine
 from engine.runtime.supervisor import ApprovalRefused
@@ -27,6 +28,16 @@ from engine.telemetry.points import parse_body
 
 SHARED = "token"  # the caller's name when it authenticated with the shared ``token``
 CLOSE = {"Connection": "close"}  # after refusing a body unread: the server stops reading the rest
+
+
+class _ModeChange(BaseModel):
+    """A step on the autonomy ladder: one policy, or one service under it."""
+
+    model_config = ConfigDict(extra="forbid")
+    policy: str
+    service: str | None = None
+    mode: Mode
+    reason: str | None = None
 
 
 class _Body(BaseModel):
@@ -177,6 +188,29 @@ def create_app(engine: Engine) -> FastAPI:
         body = body or _Body()
         engine.set_paused(False, actor=who, reason=body.reason)
         return {"paused": False}
+
+    @app.get("/v1/modes", dependencies=[Reader])
+    def modes() -> Any:
+        """The autonomy ladder: POLICY or POLICY/SERVICE -> mode; anything unlisted is auto."""
+        return {"default": "auto", "modes": engine.writer.decider.modes.snapshot()}
+
+    @app.post("/v1/modes")
+    def set_mode(change: _ModeChange, who: Operator) -> Any:
+        if who == SHARED:
+            raise HTTPException(
+                403, "changing a policy's mode needs an approver's own token (approver_tokens)"
+            )
+        known = policy_names(engine.components.policies)
+        if known is not None and change.policy not in known:
+            raise HTTPException(404, f"no policy {change.policy!r}; policies: {', '.join(sorted(known))}")
+        modes = engine.writer.decider.modes
+        modes.set(engine.journal, change.policy, change.service, change.mode, actor=who, reason=change.reason)
+        return {"policy": change.policy, "service": change.service, "mode": change.mode, "actor": who}
+
+    @app.get("/v1/policies/{policy}/observed", dependencies=[Reader])
+    def observed(policy: str) -> Any:
+        """What the policy would have done in observe mode, and whether each anomaly cleared by itself."""
+        return would_be(engine.journal, policy, now=time.time())
 
     @app.get("/v1/status", dependencies=[Reader])
     def status() -> Any:

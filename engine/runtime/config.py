@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.errors import ConfigError, SpecError
 from engine.runtime.client import URL_ENV
+from engine.runtime.ladder import Mode
 from engine.runtime.notify import Channel
 from engine.runtime.safeguards import GlobalLimits, MaintenanceWindow
 from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
@@ -114,6 +115,10 @@ class EngineSettings(_Strict):
     notifications: list[Channel] = Field(
         default_factory=list,
         description="webhooks told of approval requests, escalations and failed verifications",
+    )
+    modes: dict[str, Mode] = Field(
+        default_factory=dict,
+        description="the autonomy ladder: POLICY or POLICY/SERVICE -> observe, suggest or auto (default)",
     )
     public_url: str | None = Field(
         None, description="the engine's address as people reach it, for links in notifications"

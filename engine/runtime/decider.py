@@ -23,11 +23,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from engine.records import ActionCall, Decision, Execution
 from engine.runtime import safeguards
+from engine.runtime.executor import deadline
 from engine.runtime.journal import DecisionStatus, Journal, SafeguardCounts
+from engine.runtime.ladder import Modes
 from engine.runtime.policies import Note, Tick
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ class Context:
     limits: safeguards.GlobalLimits
     maintenance: Sequence[safeguards.MaintenanceWindow] = ()
     replicas: Callable[[str], int] = lambda target: 1
+    mode: Callable[[str, str], str] = lambda policy, service: "auto"  # the autonomy ladder
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Enactment:
     approvals: list[Decision] = field(default_factory=list)
     starts: list[tuple[Decision, float | None]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    observed: list[tuple[Key, Decision]] = field(default_factory=list)  # would have run (observe mode)
 
 
 def verdict(decision: Decision, ctx: Context) -> safeguards.Verdict:
@@ -86,6 +90,15 @@ def enact(decisions: Sequence[tuple[Decision, float | None]], ctx: Context) -> E
             out.notes.append(("blocked", {"decision_id": decision.id, "safeguard": v.safeguard}))
             continue
         ctx.active.add(key)
+        mode = ctx.mode(decision.policy, decision.service)
+        if mode == "observe":
+            reason = f"observe mode: would run {decision.action} on {decision.target}"
+            out.records.append((decision, DecisionStatus.OBSERVED, reason))
+            out.notes.append(("observed", decision.fields()))
+            out.observed.append((key, decision))
+            continue
+        if mode == "suggest" and not decision.approval.required:
+            decision = replace(decision, approval=replace(decision.approval, required=True))
         if decision.approval.required:
             out.records.append((decision, DecisionStatus.AWAITING_APPROVAL, None))
             out.approvals.append(decision)
@@ -123,8 +136,11 @@ class Decider:
         maintenance: Sequence[safeguards.MaintenanceWindow] = (),
         approval_ttl_s: float = 900.0,
         replicas: Callable[[str], int] = lambda target: 1,
+        modes: Modes | None = None,
     ) -> None:
         self.journal = journal
+        self.modes = modes or Modes()
+        self._observing: dict[Key, float] = {}  # observed remedies: until when a repeat is a duplicate
         self.limits = limits
         self.maintenance = list(maintenance)
         self.approval_ttl_s = approval_ttl_s
@@ -141,7 +157,12 @@ class Decider:
         counts, active = self.journal.decision_context(
             [d.target for d in decisions], [d.rule for d in decisions if d.rule], now=now, cap=cap
         )
-        return Context(now, counts, active, self.paused, self.limits, self.maintenance, self.replicas)
+        if self._observing:  # an observed remedy is "under way" until its verification deadline
+            self._observing = {k: until for k, until in self._observing.items() if until > now}
+            active |= self._observing.keys()
+        return Context(
+            now, counts, active, self.paused, self.limits, self.maintenance, self.replicas, self.modes.of
+        )
 
     def commit(self, ticks: Sequence[Tick], writes: Sequence[Write] = ()) -> Committed:
         """Journal ``ticks`` and run ``writes`` in one transaction (one fsync).
@@ -183,7 +204,10 @@ class Decider:
         with journal.transaction():
             journal.record_events(rows, ts=time.time())
             if decided:
-                enactment = enact(decided, self.context([d for d, _ in decided]))
+                ctx = self.context([d for d, _ in decided])
+                enactment = enact(decided, ctx)
+                for key, d in enactment.observed:
+                    self._observing[key] = deadline(d, ctx.now)
                 out.executions = self._journal(enactment)
                 out.notes += enactment.notes
                 out.decided = [emitted for _, emitted in decided]

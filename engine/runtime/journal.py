@@ -128,6 +128,7 @@ class DecisionStatus:
     ROLLED_BACK = "rolled_back"
     UNKNOWN = "unknown"  # the engine died mid-call; reported, never repeated
     STALE = "stale"  # decided before a crash and too old to act on; reported
+    OBSERVED = "observed"  # its policy is in observe mode: journaled as what would have run
 
     ACTIVE = (READY, EXECUTING, VERIFYING)
 
@@ -376,7 +377,23 @@ class Journal:
         )
         return {r["service"]: bool(r["payload"].get("anomalous")) for r in rows}
 
+    def healthy_again(self, service: str, *, after: float, until: float) -> float | None:
+        """When ``service`` was first journaled healthy again in (after, until], if it was."""
+        row = self._one(
+            "SELECT ts FROM events WHERE service = ? AND kind = 'health' AND ts > ? AND ts <= ? "
+            "AND json_extract(payload, '$.anomalous') = 0 ORDER BY ts LIMIT 1",
+            (service, after, until),
+        )
+        return None if row is None else float(row["ts"])
+
     # ---------------------------------------------------------------- decisions
+    def decisions_of(self, policy: str, status: str, *, limit: int) -> list[dict[str, Any]]:
+        """A policy's decisions in one status, newest first."""
+        return self._rows(
+            "SELECT * FROM decisions WHERE policy = ? AND status = ? ORDER BY ts DESC LIMIT ?",
+            (policy, status, limit),
+        )
+
     def record_decision(self, decision: Mapping[str, Any], *, status: str, reason: str | None = None) -> str:
         return self.record_decisions([(decision, status, reason)])[0]
 
@@ -748,6 +765,12 @@ class Journal:
 
     def control(self, key: str) -> dict[str, Any] | None:
         return self._one("SELECT * FROM control WHERE key = ?", (key,))
+
+    def controls(self, prefix: str) -> list[dict[str, Any]]:
+        """The current value of every control whose key starts with ``prefix`` (policy modes)."""
+        return self._rows(
+            "SELECT * FROM control WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix)
+        )
 
     # ---------------------------------------------------------------- notifications
     def record_notification(

@@ -154,4 +154,4 @@ class EngineMetrics:
         return generate_latest(self.registry)
 
 
-_DECISIONS = {"duplicate": "duplicate", "approval_requested": "awaiting_approval"}
+_DECISIONS = {"duplicate": "duplicate", "approval_requested": "awaiting_approval", "observed": "observed"}

@@ -27,6 +27,7 @@ from engine.runtime.decider import Decider, Write
 from engine.runtime.events import Observations
 from engine.runtime.executor import Executor
 from engine.runtime.journal import Journal
+from engine.runtime.ladder import Modes
 from engine.runtime.policies import Note, Tick
 from engine.runtime.recovery import recover
 from engine.runtime.supervisor import Supervisor, Verdict
@@ -79,6 +80,7 @@ class Writer:
             maintenance=[m.window() for m in settings.maintenance],
             approval_ttl_s=settings.approval_ttl_s,
             replicas=components.replicas,
+            modes=Modes(settings.modes),
         )
         self.executor = Executor(
             journal,
@@ -108,6 +110,7 @@ class Writer:
     def start(self) -> dict[str, bool]:
         """Recover from the journal, start the threads; returns each service's last known health."""
         s = self.settings
+        self.decider.modes.load(self.journal)  # modes changed at run time survive a restart
         recovered = recover(
             self.journal,
             self.decider,
