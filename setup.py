@@ -37,6 +37,6 @@ MAPPED = _shipped_packages()
 setup(
     packages=[*find_packages(include=["engine", "engine.*"]), *MAPPED],
     package_dir=MAPPED,
-    package_data={"engine": ["py.typed", "**/*.yaml", "**/*.json", "**/*.html"], **dict.fromkeys(MAPPED, DATA)},
+    package_data={"engine": ["py.typed", "**/*.yaml", "**/*.json", "**/*.html", "**/*.js", "**/*.css"], **dict.fromkeys(MAPPED, DATA)},
     data_files=[("share/jupyter/kernels/selfheal", ["notebooks/kernel.json"])],
 )

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import math
 import re
+import time
+from datetime import UTC, datetime
 
-__all__ = ["DURATION_HELP", "UNITS", "parse_duration"]
+from engine.errors import ConfigError
+
+__all__ = ["DURATION_HELP", "UNITS", "parse_duration", "since_ts"]
 
 #: Seconds per unit, largest first (the order compound forms must follow).
 UNITS: dict[str, float] = {
@@ -80,3 +84,22 @@ def _parse_text(text: str, what: str) -> float:
     if last_rank < 0:
         raise ValueError(f"{text!r} is not a {what}; write {DURATION_HELP}")
     return total
+
+
+def since_ts(value: str | None) -> float | None:
+    """A ``--since`` (or the console's ``since``) as epoch seconds: how long ago in the one duration
+    grammar (30m, 2h, 1h30m), else an ISO time (UTC unless it says otherwise)."""
+    if value is None:
+        return None
+    try:
+        return time.time() - parse_duration(value, what="--since")
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--since {value!r} is neither a duration nor a time",
+            hint="e.g. 30m, 1h30m or 2026-11-27T08:00",
+        ) from exc
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()

@@ -109,7 +109,7 @@ def test_an_approval_request_reaches_every_channel_with_its_evidence_and_link(
     assert event is not None and ev["score"] == event["score"] > ev["threshold"] == event["threshold"]
     assert [tuple(f) for f in ev["features"]] == [tuple(f) for f in event["payload"]["features"]]
     assert ev["features"] and ev["window_start"] < ev["window_end"]
-    link = f"https://selfheal.example/v1/approvals/{pending['id']}"
+    link = f"https://selfheal.example/approvals#{pending['id']}"
     expires = request["expires_ts"]
     expires_iso = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     summary = (

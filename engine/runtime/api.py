@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict
 
-from engine.runtime.config import LOOPBACK
+from engine.runtime.config import LOOPBACK, EngineSettings
 from engine.runtime.journal import KINDS
 from engine.runtime.ladder import Mode, policy_names, would_be
 from engine.runtime.notify import evidence
@@ -47,6 +47,16 @@ class _Body(BaseModel):
     reason: str | None = None
 
 
+def name_of(settings: EngineSettings, given: str) -> str | None:
+    """Whose token ``given`` is: its name in ``approver_tokens``, ``SHARED``, or None."""
+    for name, token in settings.approver_tokens.items():
+        if hmac.compare_digest(given.encode(), token.encode()):
+            return str(name)
+    if settings.token and hmac.compare_digest(given.encode(), settings.token.encode()):
+        return SHARED
+    return None
+
+
 def identify(request: Request) -> str:
     """The authenticated caller's name; 401 without a valid token."""
     settings = request.app.state.engine.settings
@@ -54,11 +64,9 @@ def identify(request: Request) -> str:
     scheme, _, given = header.partition(" ")
     if scheme.lower() != "bearer" or not given:
         raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    for name, token in settings.approver_tokens.items():
-        if hmac.compare_digest(given.encode(), token.encode()):
-            return str(name)
-    if settings.token and hmac.compare_digest(given.encode(), settings.token.encode()):
-        return SHARED
+    name = name_of(settings, given)
+    if name is not None:
+        return name
     if not settings.token and not settings.approver_tokens:
         raise HTTPException(401, "the engine has no token configured; set SELFHEAL_ENGINE_TOKEN and restart")
     raise HTTPException(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
@@ -153,29 +161,13 @@ def create_app(engine: Engine) -> FastAPI:
             raise HTTPException(404, f"no approval request {approval_id}; list them at /v1/approvals")
         return {**row, "decision": decision, "evidence": evidence(engine.journal, decision)}
 
-    def settle(approval_id: str, approve: bool, body: _Body, who: str) -> Any:
-        """The token's identity is recorded; the shared token names nobody, so it may not settle an
-        approval restricted to named approvers."""
-        if who == SHARED:
-            pending = engine.journal.approval(approval_id)
-            if pending and pending.get("allowed_approvers"):
-                raise HTTPException(
-                    403,
-                    "the shared token cannot approve an action restricted to named approvers; "
-                    "use your own token from approver_tokens",
-                )
-        try:
-            return engine.settle_approval(approval_id, approve=approve, approver=who, reason=body.reason)
-        except ApprovalRefused as exc:
-            raise HTTPException(exc.status, str(exc)) from exc
-
     @app.post("/v1/approvals/{approval_id}/approve")
     def approve(approval_id: str, who: Operator, body: _Body | None = None) -> Any:
-        return settle(approval_id, True, body or _Body(), who)
+        return settle(engine, approval_id, True, (body or _Body()).reason, who)
 
     @app.post("/v1/approvals/{approval_id}/reject")
     def reject(approval_id: str, who: Operator, body: _Body | None = None) -> Any:
-        return settle(approval_id, False, body or _Body(), who)
+        return settle(engine, approval_id, False, (body or _Body()).reason, who)
 
     @app.post("/v1/pause")
     def pause(who: Operator, body: _Body | None = None) -> Any:
@@ -196,16 +188,7 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/modes")
     def set_mode(change: _ModeChange, who: Operator) -> Any:
-        if who == SHARED:
-            raise HTTPException(
-                403, "changing a policy's mode needs an approver's own token (approver_tokens)"
-            )
-        known = policy_names(engine.components.policies)
-        if known is not None and change.policy not in known:
-            raise HTTPException(404, f"no policy {change.policy!r}; policies: {', '.join(sorted(known))}")
-        modes = engine.writer.decider.modes
-        modes.set(engine.journal, change.policy, change.service, change.mode, actor=who, reason=change.reason)
-        return {"policy": change.policy, "service": change.service, "mode": change.mode, "actor": who}
+        return change_mode(engine, change.policy, change.service, change.mode, change.reason, who)
 
     @app.get("/v1/policies/{policy}/observed", dependencies=[Reader])
     def observed(policy: str) -> Any:
@@ -226,6 +209,36 @@ def create_app(engine: Engine) -> FastAPI:
         }
 
     return app
+
+
+def settle(engine: Engine, approval_id: str, approve: bool, reason: str | None, who: str) -> Any:
+    """Approve or reject as ``who`` (the API and the console). The token's identity is recorded;
+    the shared token names nobody, so it may not settle an approval restricted to named approvers."""
+    if who == SHARED:
+        pending = engine.journal.approval(approval_id)
+        if pending and pending.get("allowed_approvers"):
+            raise HTTPException(
+                403,
+                "the shared token cannot approve an action restricted to named approvers; "
+                "use your own token from approver_tokens",
+            )
+    try:
+        return engine.settle_approval(approval_id, approve=approve, approver=who, reason=reason)
+    except ApprovalRefused as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+
+
+def change_mode(
+    engine: Engine, policy: str, service: str | None, mode: str, reason: str | None, who: str
+) -> dict[str, Any]:
+    """A step on the autonomy ladder, by a named approver (the API and the console)."""
+    if who == SHARED:
+        raise HTTPException(403, "changing a policy's mode needs an approver's own token (approver_tokens)")
+    known = policy_names(engine.components.policies)
+    if known is not None and policy not in known:
+        raise HTTPException(404, f"no policy {policy!r}; policies: {', '.join(sorted(known))}")
+    engine.writer.decider.modes.set(engine.journal, policy, service, mode, actor=who, reason=reason)
+    return {"policy": policy, "service": service, "mode": mode, "actor": who}
 
 
 async def _read_body(request: Request, cap: int, timeout_s: float) -> bytes | Response:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from engine.cliutil import home_of
-from engine.durations import parse_duration
+from engine.durations import since_ts
 from engine.errors import ConfigError
 
 UrlOpt = Annotated[
@@ -203,24 +203,6 @@ def approvals_reject(
     typer.echo(f"{row['id']} rejected by {row['approver']}")
 
 
-def _since(value: str | None) -> float | None:
-    """``--since``: how long ago in the one duration grammar (30m, 2h, 1h30m), else an ISO time."""
-    if value is None:
-        return None
-    try:
-        return time.time() - parse_duration(value, what="--since")
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ConfigError(
-            f"--since {value!r} is neither a duration nor a time",
-            hint="e.g. 30m, 1h30m or 2026-11-27T08:00",
-        ) from exc
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
 def journal(
     ctx: typer.Context,
     kind: Annotated[
@@ -254,7 +236,7 @@ def journal(
 
     path = journal_path or home_of(ctx).journals / "engine.sqlite"
     with Journal(path, read_only=True) as j:
-        rows = j.recent(kind, service=service, since=_since(since), status=status, limit=limit)
+        rows = j.recent(kind, service=service, since=since_ts(since), status=status, limit=limit)
     if as_json:
         for row in rows:
             typer.echo(json.dumps(row, default=str))

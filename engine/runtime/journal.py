@@ -387,6 +387,13 @@ class Journal:
         return None if row is None else float(row["ts"])
 
     # ---------------------------------------------------------------- decisions
+    def latest_decisions(self) -> dict[str, dict[str, Any]]:
+        """Each service's latest decision (the console's services view), in one statement."""
+        rows = self._rows(
+            "SELECT * FROM decisions WHERE rowid IN (SELECT max(rowid) FROM decisions GROUP BY service)"
+        )
+        return {r["service"]: r for r in rows}
+
     def decisions_of(self, policy: str, status: str, *, limit: int) -> list[dict[str, Any]]:
         """A policy's decisions in one status, newest first."""
         return self._rows(

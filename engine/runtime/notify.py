@@ -127,7 +127,7 @@ def approval_request(journal: Journal, approval_id: str, link_base: str | None) 
         "params": decision.get("params") or {},
         "evidence": evidence(journal, decision),
     }
-    link = f"{link_base}/v1/approvals/{approval_id}" if link_base else None
+    link = f"{link_base}/approvals#{approval_id}" if link_base else None  # the console's queue
     return Message("approval_requested", decision, details, link)
 
 

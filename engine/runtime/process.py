@@ -94,6 +94,10 @@ class Engine:
         return self.writer.decider.paused
 
     @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    @property
     def healthy(self) -> bool:
         """False when a scoring worker died (its services are no longer scored)."""
         return self.shards is None or not self.shards.failed

@@ -40,6 +40,7 @@ def _server(engine: Engine, port: int | None = None) -> Any:
     import uvicorn
 
     from engine.runtime.api import create_app
+    from engine.runtime.console.pages import add_console
 
     class _DrainingServer(uvicorn.Server):
         """uvicorn re-raises SIGTERM after its own shutdown, which would kill us before the drain;
@@ -51,8 +52,10 @@ def _server(engine: Engine, port: int | None = None) -> Any:
                 self.force_exit = True
             self.should_exit = True
 
+    app = create_app(engine)
+    add_console(app, engine)
     config = uvicorn.Config(
-        create_app(engine),
+        app,
         host=engine.settings.host,
         port=engine.settings.port if port is None else port,
         log_config=None,

@@ -1,0 +1,364 @@
+"""The console's pages and forms (FastAPI routes rendering Jinja2 templates).
+
+Auth: an operator enters a token once (``/login``); the session cookie (signed, HttpOnly,
+SameSite=Strict, Secure when ``public_url`` is https) keeps the token's *name*, never the token.
+Without a session the console is read-only (on loopback; beyond it, every page needs one, as the
+API's reads do). Every state-changing form carries the session's CSRF token and is refused (403)
+without it. Approving, rejecting, the kill switch and modes go through the same functions as the
+API (``engine.runtime.api.settle`` and ``change_mode``), so the rules are the same: the shared
+token cannot settle a request restricted to named approvers, and an approver sees buttons only for
+requests they may settle.
+
+Every page is sent with a Content-Security-Policy that allows no inline script or style: the one
+script (``static/console.js``) subscribes to ``/live`` (server-sent events) and reloads the part
+of the page that changed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from markupsafe import Markup, escape
+from starlette.middleware.sessions import SessionMiddleware
+
+from engine.durations import since_ts
+from engine.errors import EngineError
+from engine.runtime.api import change_mode, name_of, settle
+from engine.runtime.config import LOOPBACK
+from engine.runtime.console.live import History, Hub
+from engine.runtime.journal import KINDS
+from engine.runtime.ladder import MODES, policy_names, would_be
+from engine.runtime.notify import evidence
+from engine.runtime.process import Engine
+
+HERE = Path(__file__).resolve().parent
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+TIMELINE_KINDS = ("events", "decisions", "approvals", "executions", "verifications", "notifications")
+Reason = Annotated[str | None, Form()]
+
+
+def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) -> Hub:
+    """Serve the console from ``app`` (the engine's API app); returns its event hub."""
+    hub = Hub()
+    history = History(
+        lambda: engine.observations.scores, every_s=history_every_s, stopped=lambda: engine.stopped
+    )
+    engine.listeners.append(hub.hear)
+    history.sample()
+    history.start()
+    https = (engine.settings.public_url or "").startswith("https://")
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=secrets.token_hex(32),  # sessions end with the engine: sign in again after a restart
+        session_cookie="selfheal_session",
+        same_site="strict",
+        https_only=https,
+        max_age=12 * 3600,
+    )
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="console-static")
+    templates = Jinja2Templates(directory=HERE / "templates")
+    templates.env.filters["when"] = _when
+    templates.env.filters["duration"] = _duration
+    templates.env.globals["sparkline"] = sparkline
+    settings = engine.settings
+    journal = engine.journal
+
+    def session(request: Request) -> dict[str, Any]:
+        """Who is signed in (``None``: read-only) and the CSRF token of the session."""
+        s = request.session
+        if "csrf" not in s:
+            s["csrf"] = secrets.token_urlsafe(32)
+        if s.get("who") is None and settings.host not in LOOPBACK and request.url.path != "/login":
+            raise HTTPException(303, headers={"Location": "/login"})
+        return {"who": s.get("who"), "csrf": s["csrf"]}
+
+    def page(request: Request, name: str, **context: Any) -> Response:
+        context = {**session(request), "paused": engine.paused, "path": request.url.path, **context}
+        response = templates.TemplateResponse(request, name, context)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def acting(request: Request, csrf: str) -> str:
+        """The signed-in operator of a form post; 403 without a session or a valid CSRF token."""
+        expected = request.session.get("csrf") or ""
+        if not csrf or not expected or not hmac.compare_digest(csrf, expected):
+            raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and retry")
+        who = request.session.get("who")
+        if who is None:
+            raise HTTPException(403, "read-only session: sign in with your token first")
+        return str(who)
+
+    def back(to: str, message: str | None = None, request: Request | None = None) -> Response:
+        if message and request is not None:
+            request.session["flash"] = message
+        return RedirectResponse(to, status_code=303)
+
+    # ------------------------------------------------------------------ pages
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def services(request: Request) -> Response:
+        return page(request, "services.html", services=service_rows(engine, history), flash=_flash(request))
+
+    @app.get("/approvals", response_class=HTMLResponse, include_in_schema=False)
+    def approvals(request: Request) -> Response:
+        return page(request, "approvals.html", flash=_flash(request), **approvals_context(request))
+
+    @app.get("/approvals/list", response_class=HTMLResponse, include_in_schema=False)
+    def approvals_list(request: Request) -> Response:
+        """The queue alone: what the page's script swaps in when an approval event arrives."""
+        return page(request, "approvals_list.html", **approvals_context(request))
+
+    def approvals_context(request: Request) -> dict[str, Any]:
+        who, now, out = request.session.get("who"), time.time(), []
+        for row in journal.pending_approvals():
+            decision = journal.decision(row["decision_id"]) or {}
+            allowed = row.get("allowed_approvers") or []
+            may = who is not None and (who in allowed if allowed else True)
+            out.append(
+                {
+                    **row,
+                    "decision": decision,
+                    "evidence": evidence(journal, decision),
+                    "left_s": max(0.0, row["expires_ts"] - now),
+                    "may": may,
+                    "history": history.of(row["service"]),
+                }
+            )
+        return {"approvals": out}
+
+    @app.get("/services/{service}", response_class=HTMLResponse, include_in_schema=False)
+    def timeline(request: Request, service: str, since: str | None = None) -> Response:
+        start = _since(since)
+        items = timeline_items(engine, service, since=start)
+        return page(request, "timeline.html", service=service, items=items, history=history.of(service))
+
+    @app.get("/journal", response_class=HTMLResponse, include_in_schema=False)
+    def search(
+        request: Request, kind: str = "decisions", service: str | None = None, since: str | None = None
+    ) -> Response:
+        if kind not in KINDS:
+            raise HTTPException(422, f"kind must be one of {', '.join(KINDS)}")
+        service = service or None
+        rows = journal.recent(
+            kind, service=service if kind != "control" else None, since=_since(since), limit=200
+        )
+        return page(
+            request,
+            "journal.html",
+            rows=rows,
+            kind=kind,
+            kinds=KINDS,
+            service=service or "",
+            since=since or "",
+        )
+
+    @app.get("/control", response_class=HTMLResponse, include_in_schema=False)
+    def control(request: Request) -> Response:
+        names = sorted(policy_names(engine.components.policies) or [])
+        ladder = engine.writer.decider.modes
+        now = time.time()
+        policies = [
+            {"name": n, "mode": ladder.of(n, ""), "observed": would_be(journal, n, now=now)["counts"]}
+            for n in names
+        ]
+        return page(
+            request,
+            "control.html",
+            switch=journal.control("paused"),
+            history=journal.recent("control", limit=50),
+            policies=policies,
+            modes=ladder.snapshot(),
+            mode_names=MODES,
+            flash=_flash(request),
+        )
+
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    def login_page(request: Request) -> Response:
+        return page(request, "login.html", flash=_flash(request))
+
+    @app.get("/live", include_in_schema=False)
+    def live(request: Request) -> Response:
+        session(request)
+        return StreamingResponse(
+            hub.stream(request.is_disconnected),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    # ------------------------------------------------------------------ forms
+    @app.post("/login", include_in_schema=False)
+    def login(request: Request, token: Annotated[str, Form()], csrf: Annotated[str, Form()] = "") -> Response:
+        expected = request.session.get("csrf") or ""
+        if not csrf or not hmac.compare_digest(csrf, expected):
+            raise HTTPException(403, "the form's CSRF token is missing or wrong: reload the page and retry")
+        who = name_of(settings, token.strip())
+        if who is None:
+            return back("/login", "that token is not valid", request)
+        request.session.clear()  # a new session (and CSRF token) for the signed-in operator
+        request.session.update({"who": who, "csrf": secrets.token_urlsafe(32)})
+        return back("/approvals", f"signed in as {who}", request)
+
+    @app.post("/logout", include_in_schema=False)
+    def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+        acting(request, csrf)
+        request.session.clear()
+        return back("/")
+
+    @app.post("/approvals/{approval_id}/{verdict}", include_in_schema=False)
+    def decide(
+        request: Request,
+        approval_id: str,
+        verdict: str,
+        csrf: Annotated[str, Form()] = "",
+        reason: Reason = None,
+    ) -> Response:
+        who = acting(request, csrf)
+        if verdict not in ("approve", "reject"):
+            raise HTTPException(404, "approve or reject")
+        try:
+            settle(engine, approval_id, verdict == "approve", reason or None, who)
+        except HTTPException as exc:
+            return _refused(exc)
+        return back("/approvals", f"{approval_id} {verdict}d by {who}", request)
+
+    @app.post("/control/{switch}", include_in_schema=False)
+    def kill_switch(
+        request: Request, switch: str, csrf: Annotated[str, Form()] = "", reason: Reason = None
+    ) -> Response:
+        who = acting(request, csrf)
+        if switch not in ("pause", "resume"):
+            raise HTTPException(404, "pause or resume")
+        engine.set_paused(switch == "pause", actor=who, reason=reason or None)
+        return back("/control", f"actions {switch}d by {who}", request)
+
+    @app.post("/modes", include_in_schema=False)
+    def mode(
+        request: Request,
+        policy: Annotated[str, Form()],
+        mode: Annotated[str, Form()],
+        csrf: Annotated[str, Form()] = "",
+        service: Annotated[str, Form()] = "",
+        reason: Reason = None,
+    ) -> Response:
+        who = acting(request, csrf)
+        if mode not in MODES:
+            raise HTTPException(422, f"mode must be one of {', '.join(MODES)}")
+        try:
+            change_mode(engine, policy, service or None, mode, reason or None, who)
+        except HTTPException as exc:
+            return _refused(exc)
+        return back("/control", f"{policy}{'/' + service if service else ''} is now {mode}", request)
+
+    app.state.console_hub = hub
+    return hub
+
+
+def _refused(exc: HTTPException) -> Response:
+    """A refused form (already settled, not yours, ...): the reason, and the way back."""
+    detail = escape(str(exc.detail))
+    body = f"<!doctype html><title>refused</title><p id=refused>{detail}</p><a href=/approvals>back</a>"
+    return HTMLResponse(body, status_code=exc.status_code, headers=SECURITY_HEADERS)
+
+
+def _flash(request: Request) -> str | None:
+    return request.session.pop("flash", None)
+
+
+# ---------------------------------------------------------------------- what the pages show
+def service_rows(engine: Engine, history: History) -> list[dict[str, Any]]:
+    """One row per known service: score against threshold, health, its latest decision."""
+    scores, health = engine.observations.scores.copy(), engine.events.health.copy()
+    latest = engine.journal.latest_decisions()
+    threshold, now = engine.events.threshold, time.time()
+    ladder = engine.writer.decider.modes
+    rows = []
+    for service in sorted(set(scores) | set(health)):
+        score, seen = scores.get(service, (None, None))
+        decision = latest.get(service)
+        rows.append(
+            {
+                "service": service,
+                "score": score,
+                "threshold": threshold,
+                "anomalous": health.get(service, False),
+                "age_s": None if seen is None else now - seen,
+                "decision": decision,
+                "mode": ladder.of(decision["policy"], service) if decision else None,
+                "history": history.of(service),
+            }
+        )
+    return rows
+
+
+def timeline_items(engine: Engine, service: str, *, since: float | None) -> list[dict[str, Any]]:
+    """Everything the journal holds about ``service``, oldest first."""
+    items = []
+    for kind in TIMELINE_KINDS:
+        for row in engine.journal.recent(kind, service=service, since=since, limit=200):
+            ts = row.get("ts") or row.get("created_ts") or row.get("started_ts") or 0.0
+            items.append({"ts": ts, "kind": kind, "row": row})
+    return sorted(items, key=lambda i: i["ts"])
+
+
+def sparkline(
+    points: list[tuple[float, float]], threshold: float | None = None, *, w: int = 160, h: int = 32
+) -> str:
+    """An SVG polyline of (time, score), with the threshold as a line (no script, no style)."""
+    if len(points) < 2:
+        return Markup(
+            f'<svg class="spark" width="{w}" height="{h}" role="img" aria-label="no history yet"></svg>'
+        )
+    t0, t1 = points[0][0], points[-1][0]
+    values = [v for _, v in points] + ([threshold] if threshold is not None else [])
+    lo, hi = min(values), max(values)
+    span, dt = (hi - lo) or 1.0, (t1 - t0) or 1.0
+
+    def xy(t: float, v: float) -> str:
+        return f"{(t - t0) / dt * (w - 2) + 1:.1f},{h - 1 - (v - lo) / span * (h - 2):.1f}"
+
+    line = " ".join(xy(t, v) for t, v in points)
+    mark = ""
+    if threshold is not None:
+        y = xy(t0, threshold).split(",")[1]
+        mark = f'<line x1="0" x2="{w}" y1="{y}" y2="{y}" stroke="#c33" stroke-dasharray="3 2"/>'
+    return Markup(
+        f'<svg class="spark" width="{w}" height="{h}" role="img" aria-label="score, last hour">{mark}'
+        f'<polyline points="{line}" fill="none" stroke="#246" stroke-width="1.5"/></svg>'
+    )
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _since(value: str | None) -> float | None:
+    try:
+        return since_ts(value or None)
+    except EngineError as exc:
+        raise HTTPException(422, f"since: {exc}") from exc

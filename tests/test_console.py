@@ -1,0 +1,212 @@
+"""The operator's console against a real engine on 127.0.0.1: pages, auth (session cookie, CSRF),
+live updates over server-sent events, and approving through the form, in headless Chromium
+(Debian's chromium driven by Playwright). Screenshots land in the test's tmp_path (or in
+SELFHEAL_TEST_ARTEFACTS when set)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from test_runtime_support import TOKEN, AdminServer, push_anomaly, serving, wait_for, write_rules
+
+CHROMIUM = Path("/usr/bin/chromium")
+ALICE = "alice-token-5678"
+BOB = "bob-token-90123"
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[tuple[Any, AdminServer]]:
+    with AdminServer() as admin:
+        rules = write_rules(tmp_path / "rules", admin.url)
+        tokens = {"alice": ALICE, "bob": BOB}
+        with serving(rules, tmp_path / "journals", approver_tokens=tokens, verify_interval_s=0.05) as running:
+            yield running, admin
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+def _signed_in(url: str, token: str) -> httpx.Client:
+    client = httpx.Client(base_url=url)
+    csrf = _csrf(client.get("/login").text)
+    r = client.post("/login", data={"token": token, "csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/approvals"
+    return client
+
+
+def test_every_page_loads_read_only_under_a_strict_content_security_policy(
+    engine: tuple[Any, AdminServer],
+) -> None:
+    running, _ = engine
+    push_anomaly(running.url, feature_store=True, vector_db=True)
+    wait_for(lambda: httpx.get(f"{running.url}/v1/approvals").json())
+    for path in ("/", "/approvals", "/control", "/journal?kind=control", "/services/vector-db", "/login"):
+        r = httpx.get(f"{running.url}{path}")
+        assert r.status_code == 200, (path, r.text[:300])
+        csp = r.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "style-src 'self'" in csp
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", r.text), f"{path}: an inline script"
+        assert not re.search(r"\son\w+=", r.text) and " style=" not in r.text, f"{path}: inline handler/style"
+    services = httpx.get(f"{running.url}/").text
+    assert 'data-service="vector-db"' in services and "anomalous" in services
+    queue = httpx.get(f"{running.url}/approvals").text
+    assert "rollback_model on vector-db" in queue and "risk high" in queue and "alice" in queue
+    assert 'class="approve"' not in queue and 'id="read-only"' in queue  # read-only: no buttons
+    timeline = httpx.get(f"{running.url}/services/vector-db").text
+    assert timeline.index("<strong>event</strong>") < timeline.index("<strong>decision</strong>")
+    assert "awaiting_approval" in timeline
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_and_forms_need_the_csrf_token(
+    engine: tuple[Any, AdminServer],
+) -> None:
+    running, _ = engine
+    client = httpx.Client(base_url=running.url)
+    csrf = _csrf(client.get("/login").text)
+    bad = client.post("/login", data={"token": "not-a-token-000", "csrf": csrf}, follow_redirects=True)
+    assert "that token is not valid" in bad.text
+    assert client.post("/login", data={"token": ALICE}).status_code == 403  # no CSRF token
+    r = client.post("/login", data={"token": ALICE, "csrf": _csrf(client.get("/login").text)})
+    cookie = r.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie and ALICE.lower() not in cookie
+    page = client.get("/control").text
+    assert 'id="who">alice<' in page and 'id="switch-form"' in page
+    forged = client.post("/control/pause", data={"reason": "forged"})  # the session's cookie, no token
+    assert forged.status_code == 403 and httpx.get(f"{running.url}/v1/status").json()["paused"] is False
+    wrong = client.post("/control/pause", data={"reason": "forged", "csrf": csrf})  # the old session's
+    assert wrong.status_code == 403
+    paused = client.post("/control/pause", data={"reason": "drill", "csrf": _csrf(page)})
+    assert paused.status_code == 303 and httpx.get(f"{running.url}/v1/status").json()["paused"] is True
+    control = client.get("/control").text
+    assert "set by alice" in control and "drill" in control and 'id="paused-badge"' in control
+    anonymous = httpx.post(f"{running.url}/control/resume", data={"reason": "x", "csrf": "x"})
+    assert anonymous.status_code == 403
+
+
+def test_modes_change_from_the_console_and_are_journaled(engine: tuple[Any, AdminServer]) -> None:
+    running, _ = engine
+    client = _signed_in(running.url, BOB)
+    csrf = _csrf(client.get("/control").text)
+    r = client.post(
+        "/modes", data={"policy": "platform", "mode": "observe", "reason": "new team", "csrf": csrf}
+    )
+    assert r.status_code == 303
+    assert httpx.get(f"{running.url}/v1/modes").json()["modes"] == {"platform": "observe"}
+    page = client.get("/control").text
+    assert (
+        "mode:platform = &#34;observe&#34; by bob: new team" in page
+        or 'mode:platform = "observe" by bob' in page
+    )
+    shared = _signed_in(running.url, TOKEN)
+    refused = shared.post(
+        "/modes", data={"policy": "platform", "mode": "auto", "csrf": _csrf(shared.get("/control").text)}
+    )
+    assert refused.status_code == 403 and "approver&#39;s own token" in refused.text
+
+
+# ------------------------------------------------------------------ headless Chromium
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium: make browser (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def _shot(page: Any, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"console-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 5_000
+    artefacts = os.environ.get("SELFHEAL_TEST_ARTEFACTS")
+    if artefacts:
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artefacts) / path.name)
+    return path
+
+
+def test_an_approval_appears_live_and_is_approved_once_through_the_form(
+    engine: tuple[Any, AdminServer], browser: Any, tmp_path: Path
+) -> None:
+    running, admin = engine
+    url = running.url
+    alice = browser.new_context(base_url=url)
+    page = alice.new_page()
+    page.goto("/login")
+    page.fill("input[name=token]", ALICE)
+    page.click("#login button[type=submit]")
+    page.wait_for_url(f"{url}/approvals")
+    assert page.inner_text("#who") == "alice" and page.inner_text("#no-approvals")
+    page.wait_for_selector("body[data-live=open]")
+    viewer = browser.new_context(base_url=url).new_page()  # no token: read-only
+    viewer.goto("/approvals")
+    viewer.wait_for_selector("body[data-live=open]")
+
+    push_anomaly(url, vector_db=True)
+    (pending,) = wait_for(lambda: running.engine.journal.pending_approvals())
+    page.wait_for_selector(f"article[data-approval={pending['id']}]", timeout=5_000)
+    seen = time.time()
+    assert seen - pending["created_ts"] < 1.0, (
+        f"the request showed {seen - pending['created_ts']:.2f} s after it was made"
+    )
+    card = page.inner_text(f"#{pending['id']}")
+    assert "rollback_model on vector-db" in card and "against threshold" in card and "alice" in card
+    left = re.search(r"time left\s+(\d+) s", card)
+    assert left and 0 < int(left.group(1)) <= 30, card  # the policy's TTL: 30 s
+    viewer.wait_for_selector(f"article[data-approval={pending['id']}]", timeout=5_000)
+    assert viewer.locator("button.approve").count() == 0 and viewer.locator("#read-only").count() == 1
+    _shot(page, tmp_path, "approval")
+    _shot(viewer, tmp_path, "read-only")
+
+    csrf = page.get_attribute(f"#{pending['id']} input[name=csrf]", "value")
+    forged = alice.request.post(f"/approvals/{pending['id']}/approve", form={"reason": "forged"})
+    assert forged.status == 403  # alice's own cookie, no CSRF token
+    assert running.engine.journal.approval(pending["id"])["status"] == "pending"
+
+    page.fill(f"#{pending['id']} input[name=reason]", "canary is bad")
+    page.click(f"#{pending['id']} button.approve")
+    page.wait_for_selector("#flash")
+    assert "approved by alice" in page.inner_text("#flash")
+    wait_for(lambda: admin.calls("/admin/rollback_model"))
+    again = alice.request.post(f"/approvals/{pending['id']}/approve", form={"reason": "again", "csrf": csrf})
+    assert again.status == 409 and "already approved" in again.text()
+    time.sleep(0.5)
+    assert len(admin.calls("/admin/rollback_model")) == 1
+    row = running.engine.journal.approval(pending["id"])
+    assert row["approver"] == "alice" and row["reason"] == "canary is bad"
+    page.goto("/")
+    page.wait_for_selector("tr[data-service=vector-db]")
+    _shot(page, tmp_path, "services")
+
+
+def test_the_sparkline_draws_the_sampled_hour_against_the_threshold() -> None:
+    from engine.runtime.console.live import History
+    from engine.runtime.console.pages import sparkline
+
+    scores = {"svc": (0.2, 0.0)}
+    history = History(lambda: scores, every_s=30.0)
+    for k, score in enumerate((0.2, 0.9, 0.4)):
+        scores["svc"] = (score, 0.0)
+        history.sample(now=1000.0 + 30 * k)
+    assert [v for _, v in history.of("svc")] == [0.2, 0.9, 0.4] and history.of("other") == []
+    svg = str(sparkline(history.of("svc"), 0.5, w=100, h=20))
+    points = re.search(r'points="([^"]+)"', svg).group(1).split()  # type: ignore[union-attr]
+    assert [p.split(",")[0] for p in points] == ["1.0", "50.0", "99.0"]
+    ys = [float(p.split(",")[1]) for p in points]
+    assert ys[1] < ys[2] < ys[0]  # higher scores are drawn higher
+    assert 'y1="' in svg and "no history" in str(sparkline(history.of("other")))
