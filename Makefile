@@ -22,13 +22,14 @@ $(STAMP): pyproject.toml setup.py requirements.lock
 demo: $(STAMP)
 	$(BIN)/selfheal demo
 
-# Headless Chromium (Debian's package) for the test that renders the HTML report; installed when
-# running as root with apt-get, otherwise that one test skips and says why.
+# Headless Chromium (Debian's package) for the tests that render the HTML report and drive the
+# console (through Playwright, which uses this chromium: no browser download); installed when
+# running as root with apt-get, otherwise those tests skip and say why.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: chromium not installed; the report's browser test will skip"; fi; }
+	  else echo "note: chromium not installed; the browser tests (report, console) will skip"; fi; }
 
 # Tests marked `alone` drive the engine against a simulated clock running 720x the wall clock: a
 # busy neighbour test makes the engine lag that clock by more than a verification deadline's slack

@@ -41,49 +41,49 @@ class Hub:
     """Fan-out of engine notes to server-sent-event streams (module doc)."""
 
     def __init__(self) -> None:
-        self._clients: set[tuple[asyncio.AbstractEventLoop, asyncio.Queue[str]]] = set()
+        self._loops: dict[asyncio.AbstractEventLoop, set[asyncio.Queue[str]]] = {}
         self._lock = threading.Lock()
 
     @property
     def clients(self) -> int:
-        return len(self._clients)
+        return sum(len(queues) for queues in self._loops.values())
 
     def hear(self, kind: str, data: dict[str, Any]) -> None:
+        """One hand-over per event loop (not per client): each costs the writer a wake-up."""
         topic = WATCHED.get(kind)
         if topic is None:
             return
         message = f"event: {topic}\ndata: {json.dumps({'kind': kind, **_brief(data)})}\n\n"
         with self._lock:
-            clients = list(self._clients)
-        for loop, q in clients:
+            loops = [(loop, tuple(queues)) for loop, queues in self._loops.items()]
+        for loop, queues in loops:
             try:
-                loop.call_soon_threadsafe(_offer, q, message)
-            except RuntimeError:  # its loop is closed: the client is gone
-                self._drop(loop, q)
+                loop.call_soon_threadsafe(_offer, queues, message)
+            except RuntimeError:  # its loop is closed: its clients are gone
+                with self._lock:
+                    self._loops.pop(loop, None)
 
     async def stream(self, is_disconnected: Callable[[], Any]) -> AsyncIterator[str]:
         """One client's events until it goes away (a comment line every ``KEEPALIVE_S``)."""
-        client = (asyncio.get_running_loop(), asyncio.Queue[str](CLIENT_QUEUE))
+        loop, q = asyncio.get_running_loop(), asyncio.Queue[str](CLIENT_QUEUE)
         with self._lock:
-            self._clients.add(client)
+            self._loops.setdefault(loop, set()).add(q)
         try:
             yield "retry: 1000\n\n"
             while not await is_disconnected():
                 try:
-                    yield await asyncio.wait_for(client[1].get(), KEEPALIVE_S)
+                    yield await asyncio.wait_for(q.get(), KEEPALIVE_S)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
         finally:
-            self._drop(*client)
-
-    def _drop(self, loop: asyncio.AbstractEventLoop, q: asyncio.Queue[str]) -> None:
-        with self._lock:
-            self._clients.discard((loop, q))
+            with self._lock:
+                self._loops.get(loop, set()).discard(q)
 
 
-def _offer(q: asyncio.Queue[str], message: str) -> None:
-    if not q.full():
-        q.put_nowait(message)
+def _offer(queues: tuple[asyncio.Queue[str], ...], message: str) -> None:
+    for q in queues:
+        if not q.full():
+            q.put_nowait(message)
 
 
 def _brief(data: Mapping[str, Any]) -> dict[str, Any]:
