@@ -195,7 +195,8 @@ def test_metrics_endpoint_is_prometheus_text_the_engine_can_scrape(
     text = httpx.get(f"{server.url}/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     assert families["sim_retrieval_precision"].type == "gauge"
-    points = PromMapping.from_yaml(MAPPING).convert(text, now=0.0)
+    points, refused = PromMapping.from_yaml(MAPPING).convert(text, now=0.0)
+    assert refused == []
     assert {(s, m) for _, s, m, _ in points} == set(platform.latest)
     assert {ts for ts, *_ in points} == {T0 + 30}  # platform time, not the scraper's clock
     one = httpx.get(f"{server.url}/services/vector-db/metrics").text

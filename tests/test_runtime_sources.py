@@ -245,9 +245,16 @@ def test_prometheus_scrape_maps_names_and_labels(make_engine: Any, tmp_path: Pat
         "  vllm_memory: {metric: memory_util, match: {instance: a}}\n"
         "  vllm_latency_seconds: {metric: latency_p99_ms, scale: 1000, match: {quantile: '0.99'}}\n"
     )
-    assert PromMapping.from_yaml(mapping).convert(PROM_TEXT, 5.0) == [
-        (5.0, "inference-a", "memory_util", 0.61),
-        (5.0, "inference-a", "latency_p99_ms", 250.0),
+    assert PromMapping.from_yaml(mapping).convert(PROM_TEXT, T0) == (
+        [(T0, "inference-a", "memory_util", 0.61), (T0, "inference-a", "latency_p99_ms", 250.0)],
+        [],
+    )
+    broken = PROM_TEXT + 'vllm_memory{instance="a"} NaN\nvllm_memory{instance="a" 0.5\n'
+    points, refused = PromMapping.from_yaml(mapping).convert(broken, T0)
+    assert len(points) == 2  # the good samples of a scrape with a bad line or a NaN are kept
+    assert [(r.where, r.field, r.code) for r in refused] == [
+        ("line 9", "value", "non_finite_value"),
+        ("line 10", "line", "malformed_line"),
     ]
     url = f"http://127.0.0.1:{target.server_address[1]}/metrics"
     try:
@@ -398,3 +405,72 @@ def test_a_slow_body_is_cut_off_after_the_read_timeout(make_engine: Any) -> None
     assert time.monotonic() - started < 5
     ok = httpx.post(f"{server.url}/v1/telemetry", content=ndjson([GOOD]))
     assert ok.status_code == 202
+
+
+def _metric(server: Any, name: str) -> float:
+    for line in httpx.get(f"{server.url}/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_new_series_beyond_the_cap_are_refused_and_idle_ones_are_forgotten(
+    make_engine: Any, workers: int
+) -> None:
+    """Issue 18: 100k invented service names cost ~235 MiB, never freed."""
+    server = make_engine(max_series=4, series_idle_s=2.0, workers=workers)
+    url = f"{server.url}/v1/telemetry"
+    known = points("gateway", T0, 3) + points("vector-db", T0, 3)  # 2 services x 2 metrics
+    assert httpx.post(url, content=ndjson(known)).status_code == 202
+    body = ndjson(points("gateway", T0 + 3, 2) + points("intruder", T0, 3))
+    r = httpx.post(url, content=body)
+    assert r.status_code == 400 and r.json()["accepted"] == 4 and r.json()["rejected"] == 6
+    assert r.json()["detail"].startswith("new series: field 'service' 'intruder'/")
+    assert {e["code"] for e in r.json()["errors"]} == {"series_limit"}
+    assert _metric(server, "selfheal_series_refused_total") == 6
+    assert _metric(server, "selfheal_series") == 4
+    wait_for(lambda: server.engine.points_scored == 16)
+    assert {s for s, _ in server.engine.observations.metrics} == {"gateway", "vector-db"}
+    # Nothing more from either service: after series_idle_s both are forgotten, their state freed.
+    wait_for(lambda: _metric(server, "selfheal_series") == 0, timeout=10)
+    wait_for(lambda: not server.engine.observations.metrics and not server.engine.observations.scores)
+    assert not server.engine.events.attribution.base
+    if workers == 0:
+        assert server.engine.scoring.features.stats()["services"] == 0
+    assert _metric(server, "selfheal_series_evicted_total") == 4
+    assert httpx.post(url, content=ndjson(points("intruder", T0, 3))).status_code == 202
+    wait_for(lambda: ("intruder", "memory_util") in server.engine.observations.metrics)
+    wait_for(lambda: server.engine.points_scored == 22)  # the workers took the eviction and go on
+    assert server.engine.healthy
+
+
+def test_the_dead_letter_file_caps_each_input_and_rotates(tmp_path: Path) -> None:
+    """Issue 18: the dead-letter file kept every refused input whole, without rotation."""
+    from engine.runtime.intake import DeadLetter
+    from engine.telemetry.points import Rejection
+
+    path = tmp_path / "dead-letter.ndjson"
+    dead = DeadLetter(path, max_bytes=20_000, files=2, raw_bytes=100)
+    huge = Rejection(0, "service", "invalid_service", "is too long", "x" * 2**20)
+    small = Rejection(1, "value", "non_finite_value", "must be finite", {"value": "NaN"})
+    for _ in range(200):
+        dead.write("http", [huge, small])
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["dead-letter.ndjson", "dead-letter.ndjson.1", "dead-letter.ndjson.2"]
+    assert all((tmp_path / f).stat().st_size <= 20_000 for f in files)
+    first, second = (json.loads(line) for line in path.read_text().splitlines()[-2:])
+    assert len(first["raw"]) == 100 and first["raw_truncated"] == 2**20
+    assert (first["where"], first["field"], first["code"]) == ("line 1", "service", "invalid_service")
+    assert second["raw"] == {"value": "NaN"} and "raw_truncated" not in second
+
+
+def test_hostile_bodies_leave_the_dead_letter_bounded(make_engine: Any) -> None:
+    server = make_engine(start_engine=False, dead_letter_max_bytes=200_000, dead_letter_files=1)
+    name = "s" * 2**20  # three requests of 1 MiB names used to add 90 MiB
+    for _ in range(30):
+        body = ndjson([{**GOOD, "service": name, "metric": f"m{i}"} for i in range(10)])
+        assert httpx.post(f"{server.url}/v1/telemetry", content=body).status_code == 400
+    path = server.engine.dead_letter.path
+    total = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+    assert total <= 2 * 200_000

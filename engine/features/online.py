@@ -23,7 +23,7 @@ window, and the open buckets (at most ``lateness / interval + 2``). Not thread-s
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -165,6 +165,12 @@ class OnlineFeatures:
                 rows.extend(self._close(service, st, max(st.open)))
         rows.sort(key=lambda r: (r.ts, r.service))
         return rows
+
+    def forget(self, services: Iterable[str]) -> None:
+        """Drop the state of services that went quiet (the engine's idle-series eviction); a
+        service that comes back starts afresh, with its warm-up. Open buckets are dropped too."""
+        for service in services:
+            self._series.pop(service, None)
 
     def stats(self) -> dict[str, int]:
         """Counters and memory in use: for metrics endpoints and for the bounded-memory test."""

@@ -110,31 +110,32 @@ def create_app(engine: Engine) -> FastAPI:
         body = await _read_body(request, settings.max_request_bytes, settings.body_read_timeout_s)
         if isinstance(body, Response):
             return body
-        points, rejections = parse_body(body, request.headers.get("content-type", ""))
+        points, rejections = parse_body(body, request.headers.get("content-type", ""), engine.intake.names)
         if len(points) + len(rejections) > settings.max_request_points:
             return JSONResponse(
                 {"detail": f"more than {settings.max_request_points} points in one request; split it"},
                 status_code=413,
             )
-        if not engine.ingest(points, rejections, source="http"):
+        accepted = engine.ingest(points, rejections, source="http")
+        if accepted is None:
             retry = max(1, round(engine.settings.tick_s * 4))
             return JSONResponse(
                 {"detail": "queue full, nothing accepted; retry later", "queue_depth": engine.queue.depth},
                 status_code=429,
                 headers={"Retry-After": str(retry)},
             )
-        if rejections:
-            first = rejections[0]
+        if accepted.rejections:
+            first = accepted.rejections[0]
             return JSONResponse(
                 {
                     "detail": f"{first.where}: field '{first.field}' {first.reason}",
-                    "accepted": len(points),
-                    "rejected": len(rejections),
-                    "errors": [r.as_dict() for r in rejections[:50]],
+                    "accepted": accepted.points,
+                    "rejected": sum(r.count for r in accepted.rejections),
+                    "errors": [r.as_dict() for r in accepted.rejections[:50]],
                 },
                 status_code=400,
             )
-        return JSONResponse({"accepted": len(points)}, status_code=202)
+        return JSONResponse({"accepted": accepted.points}, status_code=202)
 
     @app.get("/v1/decisions", dependencies=[Reader])
     def decisions(

@@ -12,6 +12,7 @@ with these settings and ``components:`` naming a bundle or a ``file.py:function`
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -88,6 +89,23 @@ class EngineSettings(_Strict):
     )
     journal: Path | None = Field(None, description="SQLite journal (default HOME/journals/engine.sqlite)")
     dead_letter: Path | None = Field(None, description="rejected points, NDJSON (default beside the journal)")
+    dead_letter_max_bytes: int = Field(
+        64 * 2**20, ge=4096, description="the dead-letter file is rotated (to .1, .2, ...) past this size"
+    )
+    dead_letter_files: int = Field(3, ge=1, le=100, description="rotated dead-letter files kept")
+    dead_letter_raw_bytes: int = Field(
+        2048, ge=64, description="of each refused input kept in the dead-letter file (the rest is cut)"
+    )
+    max_series: int = Field(
+        100_000, ge=1, description="distinct (service, metric) series held; a new one beyond is refused"
+    )
+    series_idle_s: float = Field(
+        3600.0, gt=0, description="a series not seen for this long is forgotten (its state freed)"
+    )
+    max_name_length: int = Field(256, ge=1, description="longest service or metric name, in characters")
+    name_pattern: str | None = Field(
+        None, description="regular expression every service and metric name must match (whole name)"
+    )
     queue_max_points: int = Field(500_000, ge=1, description="accepted-but-unscored points before 429")
     max_request_points: int = Field(100_000, ge=1, description="largest batch one request may carry")
     max_request_bytes: int = Field(
@@ -132,6 +150,16 @@ class EngineSettings(_Strict):
     )
     replay_horizon_s: float = Field(3600.0, ge=0, description="events replayed into the policy host at start")
     drain_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: time allowed to score what was accepted")
+
+    @field_validator("name_pattern")
+    @classmethod
+    def _pattern_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     @field_validator("token")
     @classmethod

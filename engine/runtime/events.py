@@ -13,6 +13,7 @@ the wall time seen): events carry the service's latest values, verification comp
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,14 @@ class Observations:
         for row, score in zip(scored.rows, scored.scores.tolist(), strict=True):
             scores[row.service] = (score, now)
 
+    def forget(self, services: Iterable[str]) -> None:
+        """Drop what was seen of idle services (the engine's eviction, ``engine.runtime.intake``)."""
+        gone = set(services)
+        for service in gone:
+            self.scores.pop(service, None)
+        for key in [key for key in self.metrics if key[0] in gone]:
+            del self.metrics[key]
+
     def values_of(self, service: str, names: list[str]) -> dict[str, float]:
         metrics = self.metrics
         return {m: metrics[(service, m)][0] for m in names if (service, m) in metrics}
@@ -103,6 +112,14 @@ class EventMaker:
         self.metric_names = list(dict.fromkeys(f.split("__", 1)[0] for f in feature_names))
         self.attribution = Attribution(feature_names)
         self.health: dict[str, bool] = {}  # True: the service's last row was anomalous
+
+    def forget(self, services: Iterable[str]) -> None:
+        """Drop idle services' baselines and normal health (an anomalous one keeps its health:
+        its recovery must still be told when it comes back)."""
+        for service in services:
+            self.attribution.base.pop(service, None)
+            if not self.health.get(service):
+                self.health.pop(service, None)
 
     def step(self, scored: Scored, observations: Observations) -> TickEvents:
         """Events for a scored tick; ``observations`` gives each service's latest metric values."""

@@ -14,24 +14,26 @@ tick. Here:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
+from engine.runtime.intake import DeadLetter, Intake
 from engine.runtime.journal import Journal
 from engine.runtime.metrics import EngineMetrics, EngineState
 from engine.runtime.notify import Notifier
 from engine.runtime.policies import ask
 from engine.runtime.scoring import Scored, ScoringStage
 from engine.runtime.shards import ShardPool
-from engine.runtime.sources import DeadLetter, IngestQueue, PromMapping, scrape_loop, tail_ndjson
+from engine.runtime.sources import IngestQueue, PromMapping, scrape_loop, tail_ndjson
 from engine.runtime.writer import Writer, spawn
 from engine.telemetry.points import Point, Points, Rejection
 
@@ -57,7 +59,6 @@ class Engine:
         scorer = components.pipeline
         self.journal = Journal(journal_path)
         self.queue = IngestQueue(settings.queue_max_points)
-        self.dead_letter = DeadLetter(dead_letter_path)
         self.observations = Observations()
         self.scoring = ScoringStage(scorer)
         self.events = EventMaker(
@@ -77,6 +78,8 @@ class Engine:
             latency=self._latency,
             on_error=lambda stage: self.metrics.errors.labels(stage).inc(),
         )
+        self.intake = Intake(settings, self.metrics.registry)
+        self.dead_letter = DeadLetter.from_settings(dead_letter_path, settings)
         self.ready = threading.Event()
         self.latencies = {k: deque(maxlen=200_000) for k in LATENCIES} if record_latencies else None
         self.points_scored = self.rows_scored = 0
@@ -114,7 +117,9 @@ class Engine:
             sink = self._blocking_sink(f"file:{path}")
             self._spawn(
                 f"tail:{path}",
-                lambda p=path, k=sink: tail_ndjson(p, k, self._sources_stop, from_start=s.sources.from_start),
+                lambda p=path, k=sink: tail_ndjson(
+                    p, k, self._sources_stop, from_start=s.sources.from_start, names=self.intake.names
+                ),
             )
         for t in s.sources.prometheus:
             m, sink = PromMapping.from_yaml(t.mapping), self._blocking_sink(f"prometheus:{t.url}")
@@ -122,7 +127,7 @@ class Engine:
             self._spawn(
                 f"scrape:{t.url}",
                 lambda t=t, m=m, k=sink, e=failed: scrape_loop(
-                    t.url, m, t.interval_s, k, self._sources_stop, on_error=e
+                    t.url, m, t.interval_s, self.intake.names, k, self._sources_stop, on_error=e
                 ),
             )
         self.ready.set()
@@ -159,34 +164,57 @@ class Engine:
         self._threads.append(spawn(name, target, lambda stage: self.metrics.errors.labels(stage).inc()))
 
     # ================================================================ ingestion
-    def ingest(self, points: Points, rejections: Sequence[Rejection] = (), *, source: str = "http") -> bool:
-        """Offer parsed points; False when the queue is full (nothing was accepted: answer 429)."""
-        if not self.queue.offer(points, arrival=time.perf_counter()):
+    def ingest(
+        self, points: Points, rejections: Sequence[Rejection] = (), *, source: str = "http"
+    ) -> Accepted | None:
+        """Offer parsed points through the intake (series cap); None when the queue is full
+        (nothing was accepted: answer 429), else what was accepted and every rejection."""
+        admitted, refused = self.intake.admit(points)
+        if not self.queue.offer(admitted, arrival=time.perf_counter()):
             self.metrics.requests_throttled.inc()
-            return False
-        if points:
-            self.metrics.points_in.labels(source).inc(len(points))
-        self.reject(rejections, source)
-        return True
+            return None
+        if admitted:
+            self.metrics.points_in.labels(source).inc(len(admitted))
+        rejected = [*rejections, *refused]
+        self.reject(rejected, source)
+        return Accepted(len(admitted), rejected)
 
     def reject(self, rejections: Sequence[Rejection], source: str) -> None:
         for r in rejections:
-            self.metrics.points_rejected.labels(source, r.field).inc()
+            self.metrics.points_rejected.labels(source, r.field).inc(r.count)
         self.dead_letter.write(source, rejections)
 
     def _blocking_sink(self, source: str) -> Callable[[list[Point], list[Rejection]], bool]:
         def sink(points: list[Point], rejections: list[Rejection]) -> bool:
-            self.reject(rejections, source)
-            if not self.queue.put(points, stop=self._sources_stop):
+            admitted, refused = self.intake.admit(points)
+            self.reject([*rejections, *refused], source)
+            if not self.queue.put(admitted, stop=self._sources_stop):
                 return False
-            self.metrics.points_in.labels(source).inc(len(points))
+            self.metrics.points_in.labels(source).inc(len(admitted))
             return True
 
         return sink
 
+    def _forget(self, services: Sequence[str]) -> None:
+        """Drop the state of services the intake forgot as idle: features here (the scoring thread
+        owns them) or in the workers, and what events and observations keep of them."""
+        if self.shards is not None:
+            self.shards.forget(services)
+        else:
+            self.scoring.forget(services)
+        with self._events_lock:
+            self.observations.forget(services)
+            self.events.forget(services)
+            for service in services:
+                with contextlib.suppress(KeyError):  # a service with no anomaly has no label
+                    self.metrics.anomalies.remove(service)
+
     # ================================================================ scoring, events, policies
     def _score_loop(self) -> None:
         while not self._stop.is_set():
+            idle = self.intake.idle_services()
+            if idle:
+                self._forget(idle)
             if self.shards is not None and not self.shards.wait_idle(
                 self.settings.tick_s, below=MAX_TICK_POINTS
             ):
@@ -271,3 +299,10 @@ class Engine:
                 listener(kind, data)
             except Exception:
                 log.exception("listener failed on %s", kind)
+
+
+class Accepted(NamedTuple):
+    """What ``Engine.ingest`` took: how many points were queued, and every point refused."""
+
+    points: int
+    rejections: list[Rejection]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -51,6 +51,7 @@ class RowScorer(Protocol):
 @runtime_checkable
 class OnlineFeaturesLike(Protocol):
     def push(self, ts: float, service: str, metric: str, value: float) -> list[Any]: ...
+    def forget(self, services: Iterable[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,10 @@ class ScoringStage:
             out.rows, out.scores, out.arrivals, out.refused = self.score(rows, arrivals)
             out.seconds = time.perf_counter() - started
         return out
+
+    def forget(self, services: Iterable[str]) -> None:
+        """Drop the feature state of idle services (the engine's eviction, ``engine.runtime.intake``)."""
+        self.features.forget(services)
 
     def score(
         self, rows: list[Any], arrivals: list[float]

@@ -45,6 +45,9 @@ def _worker(conn: Any, pipeline_bytes: bytes) -> None:
         message = conn.recv()
         if message is None:
             return
+        if type(message) is tuple:  # ("forget", services): idle services' state goes (no reply)
+            stage.forget(message[1])
+            continue
         conn.send(stage.step(message))
 
 
@@ -118,6 +121,17 @@ class ShardPool:
         for i, part in enumerate(parts):
             if part:
                 self._conns[i].send(part)
+
+    def forget(self, services: Sequence[str]) -> None:
+        """Tell each worker to drop the state of its services among ``services`` (idle ones)."""
+        parts: dict[int, list[str]] = {}
+        for service in services:
+            shard = self._shard_of.pop(service, None)
+            if shard is None:
+                shard = zlib.crc32(service.encode()) % len(self._conns)
+            parts.setdefault(shard, []).append(service)
+        for shard, names in parts.items():
+            self._conns[shard].send(("forget", names))
 
     def _read(self, i: int) -> None:
         conn = self._conns[i]

@@ -1,5 +1,6 @@
-"""The engine's telemetry sources: the bounded ingest queue, the dead-letter file, file tail,
-Prometheus scrape. Every source parses with ``engine.telemetry.points`` (one parser).
+"""The engine's telemetry sources: the bounded ingest queue, file tail, Prometheus scrape.
+
+Every source parses with ``engine.telemetry.points`` (one parser, the engine's name rules).
 
 Why a bounded queue measured in points: when scoring cannot keep up, the HTTP source answers 429
 (``offer`` refuses the whole request, so a retry is safe) and the file sources wait; what ``offer``
@@ -8,46 +9,22 @@ accepted stays in memory until it is scored, and a SIGTERM drains it before exit
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import ConfigError, SpecError
 from engine.specs import load_yaml, problems_from
-from engine.telemetry.points import Point, Points, Rejection, parse_lines
+from engine.telemetry.points import DEFAULT_NAMES, NameRules, Point, Points, Rejection, parse_lines
+from engine.telemetry.prometheus import read_points
 
 log = logging.getLogger(__name__)
-
-
-class DeadLetter:
-    """Append-only NDJSON file of rejected points, so nobody has to reproduce a bad payload from logs."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(self, source: str, rejections: Sequence[Rejection]) -> None:
-        if not rejections:
-            return
-        now = time.time()
-        lines = [
-            json.dumps(
-                {"received": now, "source": source, "field": r.field, "reason": r.reason, "raw": r.raw},
-                default=str,
-            )
-            for r in rejections
-        ]
-        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
 
 
 class IngestQueue:
@@ -111,6 +88,7 @@ def tail_ndjson(
     from_start: bool = False,
     poll_s: float = 0.2,
     batch_lines: int = 5000,
+    names: NameRules = DEFAULT_NAMES,
 ) -> None:
     """Follow an NDJSON file (``-`` is stdin) and hand parsed batches to ``sink`` until ``stop``.
 
@@ -120,7 +98,7 @@ def tail_ndjson(
     if path == "-":
         import sys
 
-        _pump(sys.stdin, sink, stop, batch_lines=batch_lines, follow=False, poll_s=poll_s)
+        _pump(sys.stdin, sink, stop, batch_lines=batch_lines, follow=False, poll_s=poll_s, names=names)
         return
     file = Path(path)
     while not stop.is_set():
@@ -141,6 +119,7 @@ def tail_ndjson(
                 follow=True,
                 poll_s=poll_s,
                 rotated=_rotation(file, fh),
+                names=names,
             )
 
 
@@ -173,6 +152,7 @@ def _pump(
     follow: bool,
     poll_s: float,
     rotated: Callable[[], bool] | None = None,
+    names: NameRules = DEFAULT_NAMES,
 ) -> None:
     pending = ""
     lines: list[str] = []
@@ -187,14 +167,14 @@ def _pump(
             if len(lines) < batch_lines:
                 continue
         if lines:
-            good, bad = parse_lines(lines)
+            good, bad = parse_lines(lines, names)
             lines = []
             if not sink(good, bad):
                 return
             continue
         if not follow:
             if pending:
-                sink(*parse_lines([pending]))
+                sink(*parse_lines([pending], names))
             return
         if rotated is not None and rotated():
             return
@@ -232,32 +212,38 @@ class PromMapping(BaseModel):
             )
         return mapping
 
-    def convert(self, text: str, now: float) -> list[Point]:
-        """Map one scrape's exposition text to points stamped ``now`` (samples carry no time)."""
-        from prometheus_client.parser import text_string_to_metric_families
+    def convert(
+        self, text: str, now: float, names: NameRules = DEFAULT_NAMES
+    ) -> tuple[list[Point], list[Rejection]]:
+        """Map one scrape's exposition text to points stamped ``now`` (unless a sample has its own
+        time), checked by the point parser: a NaN sample or a missing service is refused and named,
+        like any point; samples no rule maps are not points and are skipped."""
 
-        out: list[Point] = []
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                rules = self.metrics.get(sample.name)
-                if rules is None:
-                    continue
-                for rule in rules if isinstance(rules, list) else [rules]:
-                    if any(sample.labels.get(k) != v for k, v in rule.match.items()):
-                        continue
-                    service = self.service or sample.labels.get(self.service_label or "")
-                    if not service or not math.isfinite(sample.value):
-                        continue
-                    out.append(
-                        (sample.timestamp or now, service, rule.metric, float(sample.value) * rule.scale)
-                    )
-        return out
+        def to_items(sample: Any) -> list[dict[str, Any]]:
+            rules = self.metrics.get(sample.name)
+            if rules is None:
+                return []
+            service = self.service or sample.labels.get(self.service_label or "")
+            return [
+                {
+                    "ts": sample.timestamp or now,
+                    "service": service,
+                    "metric": rule.metric,
+                    "value": sample.value * rule.scale,
+                }
+                for rule in (rules if isinstance(rules, list) else [rules])
+                if all(sample.labels.get(k) == v for k, v in rule.match.items())
+            ]
+
+        points, _, _, rejections = read_points(text, to_items, names)
+        return points, rejections
 
 
 def scrape_loop(
     url: str,
     mapping: PromMapping,
     interval_s: float,
+    names: NameRules,
     sink: Callable[[list[Point], list[Rejection]], bool],
     stop: threading.Event,
     on_error: Callable[[str], None] | None = None,
@@ -271,12 +257,12 @@ def scrape_loop(
             try:
                 response = client.get(url)
                 response.raise_for_status()
-                points = mapping.convert(response.text, started)
-            except (httpx.HTTPError, ValueError) as exc:
+                points, rejections = mapping.convert(response.text, started, names)
+            except httpx.HTTPError as exc:
                 log.warning("scrape of %s failed: %s", url, exc)
                 if on_error is not None:
                     on_error(url)
             else:
-                if not sink(points, []):
+                if not sink(points, rejections):
                     return
             stop.wait(max(0.0, interval_s - (time.time() - started)))

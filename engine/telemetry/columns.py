@@ -73,6 +73,30 @@ class PointColumns:
     def __reduce__(self) -> tuple[Any, ...]:
         return (PointColumns, (self.table,))  # Arrow tables pickle as buffer copies
 
+    def _series_codes(self) -> tuple[np.ndarray, list[str], list[str], int]:
+        """One int64 code per row for its ``(service, metric)``, with the two dictionaries."""
+        services = self._service_codes()
+        metrics = pc.dictionary_encode(self.table["metric"].chunk(0))
+        width = len(metrics.dictionary)
+        key = services.indices.to_numpy().astype(np.int64) * width
+        key += metrics.indices.to_numpy()
+        return key, services.dictionary.to_pylist(), metrics.dictionary.to_pylist(), width
+
+    def series(self) -> list[tuple[str, str]]:
+        """The distinct ``(service, metric)`` series of this batch."""
+        key, services, metrics, width = self._series_codes()
+        return [(services[k // width], metrics[k % width]) for k in np.unique(key).tolist()]
+
+    def without(self, series: list[tuple[str, str]]) -> tuple[PointColumns, dict[tuple[str, str], int]]:
+        """This batch without the points of ``series``, and how many points each of those had."""
+        key, services, metrics, width = self._series_codes()
+        service_code = {name: i for i, name in enumerate(services)}
+        metric_code = {name: i for i, name in enumerate(metrics)}
+        codes = np.array([service_code[s] * width + metric_code[m] for s, m in series], dtype=np.int64)
+        dropped = np.isin(key, codes)
+        counts = dict(zip(series, (np.count_nonzero(key == c) for c in codes), strict=True))
+        return PointColumns(self.table.filter(pa.array(~dropped))), counts
+
     def split(self, shard_of: dict[str, int], shards: int) -> list[PointColumns | None]:
         """Partition by service as ``crc32(service) % shards`` (the list path's rule), order kept;
         ``shard_of`` caches the rule per service name and is updated here."""

@@ -38,7 +38,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, NamedTuple
@@ -85,7 +85,8 @@ class PointError(ValueError):
 class Rejection:
     """One refused point: where it was (``index``, 0-based), the failing field, the reason's code
     and text, and the raw input. ``unit`` says what the index counts: lines of an NDJSON body or
-    file (shown 1-based), or points of a JSON array."""
+    file (shown 1-based), or points of a JSON array; or it is ``series`` for the points of a new
+    series the engine refused as a whole (``count`` of them, ``raw`` names the series)."""
 
     index: int
     field: str
@@ -93,14 +94,18 @@ class Rejection:
     reason: str
     raw: Any
     unit: str = "line"
+    count: int = 1
 
     @property
     def where(self) -> str:
+        if self.unit == "series":
+            return "new series"
         return f"line {self.index + 1}" if self.unit == "line" else f"point {self.index}"
 
     def as_dict(self) -> dict[str, Any]:
-        place = self.index + 1 if self.unit == "line" else self.index
-        return {self.unit: place, "field": self.field, "code": self.code, "reason": self.reason}
+        place = {"line": self.index + 1, "point": self.index}.get(self.unit, self.raw)
+        out = {self.unit: place, "field": self.field, "code": self.code, "reason": self.reason}
+        return out if self.count == 1 else {**out, "count": self.count}
 
 
 class NameRules:
@@ -314,14 +319,15 @@ def parse_items(
     items: Iterable[Any], names: NameRules = DEFAULT_NAMES, *, unit: str = "point"
 ) -> tuple[list[Point], list[Rejection]]:
     """Decoded points (a JSON array's elements) in, valid points and rejections out."""
-    good, _, bad = _parse_items(items, names, unit=unit)
+    good, _, bad = check_items(items, names, unit=unit)
     return good, bad
 
 
-def _parse_items(
-    items: Iterable[Any], names: NameRules, *, unit: str, index: list[int] | None = None
+def check_items(
+    items: Iterable[Any], names: NameRules, *, unit: str, index: Sequence[int] | None = None
 ) -> tuple[list[Point], list[int], list[Rejection]]:
-    """``parse_items`` that also says which item each good point came from."""
+    """``parse_items`` that also gives the position in ``items`` of each good point; a rejection's
+    index is ``index[position]`` when given (the line an item came from), else its position."""
     good: list[Point] = []
     kept: list[int] = []
     bad: list[Rejection] = []
@@ -350,11 +356,11 @@ def _parse_items(
                 and value - value == 0.0
             ):
                 append((ts, service, metric, value))
-                kept.append(where)
+                kept.append(i)
                 continue
         try:
             append(parse_point(item, now, names))
-            kept.append(where)
+            kept.append(i)
         except PointError as exc:
             bad.append(Rejection(where, exc.field, exc.code, exc.reason, item, unit))
     return good, kept, bad
@@ -421,12 +427,10 @@ def parse_lines_in_full(lines: Iterable[str], names: NameRules = DEFAULT_NAMES) 
         decoded = list(_decode_lines(chunk))
         index = [i for i, _, error in decoded if error is None]
         items = [item for _, item, error in decoded if error is None]
-        good, kept, bad = _parse_items(items, names, unit="line", index=index)
+        good, kept, bad = check_items(items, names, unit="line", index=index)
         out.points.extend(good)
-        out.lines.extend(kept)
-        if kept:
-            by_line = dict(zip(index, items, strict=True))
-            out.items.extend(by_line[i] for i in kept)
+        out.lines.extend(index[k] for k in kept)
+        out.items.extend(items[k] for k in kept)
         errors = [error for _, _, error in decoded if error is not None]
         if bad or errors:
             raw = dict(chunk)
@@ -509,7 +513,7 @@ def _parse_elements(text: str, start: int, names: NameRules) -> tuple[list[Point
             break  # garbage between elements: the rest cannot be told apart
         index += 1
     kept = [i for i, item in enumerate(items) if item is not _SKIPPED]
-    good, _, more = _parse_items([items[i] for i in kept], names, unit="point", index=kept)
+    good, _, more = check_items([items[i] for i in kept], names, unit="point", index=kept)
     return good, sorted(bad + more, key=lambda r: r.index)
 
 
