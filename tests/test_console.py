@@ -115,6 +115,26 @@ def test_modes_change_from_the_console_and_are_journaled(engine: tuple[Any, Admi
     assert refused.status_code == 403 and "approver&#39;s own token" in refused.text
 
 
+def test_an_incident_reads_in_order_from_anomaly_to_rollback(engine: tuple[Any, AdminServer]) -> None:
+    running, _ = engine
+    push_anomaly(running.url, feature_store=True)  # scale; its verification fails: escalate, roll back
+    journal = running.engine.journal
+    wait_for(lambda: len(journal.recent("executions", service="feature-store")) == 3, timeout=20)
+    (decision,) = journal.recent("decisions", service="feature-store")
+    services = httpx.get(f"{running.url}/").text
+    assert f'href="/incidents/{decision["id"]}"' in services
+    page = httpx.get(f"{running.url}/incidents/{decision['id']}").text
+    steps = re.findall(r"<strong>(\w+)</strong>\s*([^<\n]*)", page.split('id="incident"')[1])
+    kinds = [k for k, _ in steps]
+    assert kinds[0] == "event" and kinds[kinds.index("decision") :] == [
+        "decision", "execution", "verification", "execution", "execution"
+    ], steps  # fmt: skip
+    done = [what.split()[0] + " " + what.split()[1] for k, what in steps if k == "execution"]
+    assert done[0] == "action scale" and sorted(done[1:]) == ["escalation webhook", "rollback scale"]
+    assert "failed" in dict(steps)["verification"]
+    assert httpx.get(f"{running.url}/incidents/dec-none").status_code == 404
+
+
 # ------------------------------------------------------------------ headless Chromium
 
 

@@ -617,6 +617,26 @@ class Journal:
             "SELECT * FROM executions WHERE decision_id = ? ORDER BY started_ts", (decision_id,)
         )
 
+    def incident(self, decision_id: str) -> list[tuple[float, str, dict[str, Any]]]:
+        """One decision's story, oldest first, as (ts, kind, row): its events (the one that
+        triggered it and those a persistence rule joined), the decision, its approval, its
+        executions (action, escalation, rollback), verifications and notifications."""
+        decision = self.decision(decision_id)
+        if decision is None:
+            return []
+        ids = [decision.get("event_id") or "", *((decision.get("spec") or {}).get("evidence") or [])]
+        marks = ",".join("?" * len(ids))
+        out = [(r["ts"], "event", r) for r in self._rows(f"SELECT * FROM events WHERE id IN ({marks})", ids)]
+        out.append((decision["ts"], "decision", decision))
+        approval = self.approval_for(decision_id)
+        if approval is not None:
+            out.append((approval["created_ts"], "approval", approval))
+        out += [(r["started_ts"], "execution", r) for r in self.executions_for(decision_id)]
+        for kind, ts in (("verifications", "started_ts"), ("notifications", "ts")):
+            rows = self._rows(f"SELECT * FROM {kind} WHERE decision_id = ?", (decision_id,))
+            out += [(r[ts], kind[:-1], r) for r in rows]
+        return sorted(out, key=lambda item: item[0])
+
     def executions_with_status(self, statuses: Sequence[str]) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(statuses))
         return self._rows(f"SELECT * FROM executions WHERE status IN ({marks})", tuple(statuses))

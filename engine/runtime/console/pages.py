@@ -149,6 +149,14 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         items = timeline_items(engine, service, since=start)
         return page(request, "timeline.html", service=service, items=items, history=history.of(service))
 
+    @app.get("/incidents/{decision_id}", response_class=HTMLResponse, include_in_schema=False)
+    def incident(request: Request, decision_id: str) -> Response:
+        items = journal.incident(decision_id)
+        if not items:
+            raise HTTPException(404, f"no decision {decision_id}")
+        decision = next(row for _, kind, row in items if kind == "decision")
+        return page(request, "incident.html", decision=decision, items=items)
+
     @app.get("/journal", response_class=HTMLResponse, include_in_schema=False)
     def search(
         request: Request, kind: str = "decisions", service: str | None = None, since: str | None = None
