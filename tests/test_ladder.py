@@ -19,6 +19,7 @@ from test_runtime_support import (
     write_rules,
 )
 
+from engine.errors import ConfigError
 from engine.policy import PolicyHost, load_policies
 from engine.records import AnomalyEvent
 from engine.runtime import safeguards
@@ -155,3 +156,13 @@ def test_an_approver_promotes_a_policy_through_the_api(tmp_path: Path) -> None:
             later = ndjson(list(service_points(T0 + 6, 3, inference_a=True)))  # after the first push
             assert httpx.post(f"{url}/v1/telemetry", content=later).status_code == 202
             wait_for(lambda: admin.calls("/admin/restart"))  # auto now: it acts
+
+
+def test_a_mode_for_a_policy_that_is_not_loaded_fails_at_start(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Modes({"platfrom/vector-db": "observe"}, known={"platform", "checkout"})
+    assert "modes: 'platfrom/vector-db' names no loaded policy" in str(caught.value)
+    assert caught.value.hint == "did you mean 'platform'?"
+    assert (
+        Modes({"platform/vector-db": "observe"}, known={"platform"}).of("platform", "vector-db") == "observe"
+    )

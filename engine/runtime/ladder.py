@@ -22,8 +22,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from engine.errors import ConfigError
 from engine.runtime.executor import DEFAULT_DEADLINE_S
 from engine.runtime.journal import DecisionStatus, Journal
+from engine.specs import did_you_mean
 
 Mode = Literal["observe", "suggest", "auto"]
 MODES: tuple[Mode, ...] = ("observe", "suggest", "auto")
@@ -38,7 +40,16 @@ def key(policy: str, service: str | None = None) -> str:
 class Modes:
     """Each policy's mode and per-service overrides; read on the hot path, set by operators."""
 
-    def __init__(self, configured: Mapping[str, str] | None = None) -> None:
+    def __init__(self, configured: Mapping[str, str] | None = None, *, known: set[str] | None = None) -> None:
+        """``known``: the loaded policies' names; a configured key naming another policy fails here
+        (a typo would otherwise leave that policy in ``auto`` without a word)."""
+        for name in configured or {}:
+            policy = name.split("/", 1)[0]
+            if known is not None and policy not in known:
+                raise ConfigError(
+                    f"engine config: modes: {name!r} names no loaded policy",
+                    hint=did_you_mean(policy, known) or f"policies: {', '.join(sorted(known))}",
+                )
         self._modes: dict[str, str] = dict(configured or {})
         self._lock = threading.Lock()  # writers only: a read sees the old dict or the new one
 

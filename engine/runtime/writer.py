@@ -27,7 +27,7 @@ from engine.runtime.decider import Decider, Write
 from engine.runtime.events import Observations
 from engine.runtime.executor import Executor
 from engine.runtime.journal import Journal
-from engine.runtime.ladder import Modes
+from engine.runtime.ladder import Modes, policy_names
 from engine.runtime.policies import Note, Tick
 from engine.runtime.recovery import recover
 from engine.runtime.supervisor import Supervisor, Verdict
@@ -80,7 +80,7 @@ class Writer:
             maintenance=[m.window() for m in settings.maintenance],
             approval_ttl_s=settings.approval_ttl_s,
             replicas=components.replicas,
-            modes=Modes(settings.modes),
+            modes=Modes(settings.modes, known=policy_names(components.policies)),
         )
         self.executor = Executor(
             journal,
