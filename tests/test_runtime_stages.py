@@ -389,6 +389,46 @@ def test_a_call_left_unanswered_by_a_crash_is_asked_again_or_escalated(
             executor.shutdown()
 
 
+def test_an_escalation_left_unsent_by_a_crash_is_sent_again_not_left_unknown(
+    host: PolicyHost, tmp_path: Path, pipeline: Any
+) -> None:
+    """Issue 18: a crash between journaling an escalation and its webhook's answer left it
+    'unknown' and told nobody (an escalation is not escalated), so the human it was for never
+    heard of the unknown or failed action. A notification is sent again with the same idempotency
+    key: a receiver may get it twice (and can drop the repeat by key), never zero times."""
+    with AdminServer() as admin:
+        components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
+        (decision,) = ask(
+            components.policies, TickEvents([], [_event("inference-a", 1), _event("inference-a", 2)], 0.0)
+        ).decided
+        outcomes: list[Outcome] = []
+        with Journal(tmp_path / "j.sqlite") as journal:
+            journal.record_decision(decision.to_record(), status=DecisionStatus.UNKNOWN)
+            payload = {"decision_id": decision.id, "reason": "its outcome is unknown"}
+            eid = journal.start_execution(
+                decision.to_record(), kind="escalation", action="webhook",
+                params={"url": f"{admin.url}/hook", "payload": payload},
+                idempotency_key=f"{decision.id}:escalation",
+            )  # fmt: skip
+            executor = Executor(
+                journal, components.actions, timeout_s=5.0, threads=2, on_outcome=outcomes.append
+            )
+            done = recover(
+                journal, _decider(journal), executor, components.policies,
+                stale_decision_s=600, replay_horizon_s=0,
+            )  # fmt: skip
+            assert done.counts["unknown"] == 0 and done.counts["reconciled"] == 1
+            (again,) = done.executions
+            assert (again.id, again.kind) == (eid, "escalation")
+            outcome = executor.call(again)
+            assert outcome.error is None
+            _decider(journal).commit([], [Executor.record([outcome])])
+            assert journal.execution(eid)["status"] == ExecutionStatus.SUCCEEDED  # type: ignore[index]
+            (hook,) = admin.calls("/hook")
+            assert hook["key"] == f"{decision.id}:escalation" and hook["body"]["decision_id"] == decision.id
+            executor.shutdown()
+
+
 def test_registry_actions_say_which_targets_can_be_asked_again(tmp_path: Path) -> None:
     from engine.actions import TargetsConfig
     from engine.records import ActionCall

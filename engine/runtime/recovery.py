@@ -6,7 +6,9 @@ What ``kill -9`` can leave in the journal, and what happens to it here:
   Kubernetes, an ``http`` target marked ``dedup``), the same call is sent again with the same key:
   the target applies it at most once and answers what was done, and the execution is finished
   from that answer. Elsewhere it is marked 'unknown' (decision status ``unknown``), never
-  repeated, and escalated to a human;
+  repeated, and escalated to a human. An escalation is always sent again with its key: a
+  notification may reach its receiver twice (the key lets it drop the repeat), never zero times,
+  and an escalation cannot itself be escalated;
 - a decision 'ready' (cleared, execution not yet recorded): executed once now if younger than
   ``stale_decision_s`` (after the safeguards again), otherwise reported as ``stale``;
 - an execution that succeeded but whose verification was not recorded: verification starts now;
@@ -132,12 +134,15 @@ def _in_flight(journal: Journal, executor: Executor, out: Recovered) -> None:
         decision = Decision.from_record(decision_row)
         call = ActionCall(row["action"], dict(row["params"] or {}))
         what = f"{row['kind']} {row['action']} on {row['target']}"
-        if row["kind"] != "escalation" and executor.actions.repeatable(call, target=row["target"]):
+        if row["kind"] == "escalation" or executor.actions.repeatable(call, target=row["target"]):
             log.warning(
-                "execution %s (%s) was in flight at the crash: asking the target again with the same "
-                "idempotency key (it applies the call at most once)",
+                "execution %s (%s) was in flight at the crash: %s",
                 row["id"],
                 what,
+                "sending it again with the same idempotency key (the receiver may drop a repeat)"
+                if row["kind"] == "escalation"
+                else "asking the target again with the same idempotency key (it applies the call at "
+                "most once)",
             )
             out.executions.append(Execution(row["id"], decision, row["kind"], call))
             out.counts["reconciled"] += 1
@@ -157,9 +162,8 @@ def _in_flight(journal: Journal, executor: Executor, out: Recovered) -> None:
             "execution %s (%s) was in flight at the crash: reported as unknown, not repeated", row["id"], what
         )
         out.counts["unknown"] += 1
-        if row["kind"] != "escalation":
-            out.notes += executor.escalate(
-                decision,
-                f"the engine stopped during {what}; its outcome is unknown and it was not repeated: "
-                "check the target",
-            )
+        out.notes += executor.escalate(
+            decision,
+            f"the engine stopped during {what}; its outcome is unknown and it was not repeated: "
+            "check the target",
+        )
