@@ -20,10 +20,11 @@ log = logging.getLogger(__name__)
 
 def samples(text: str) -> Iterator[tuple[int, Any, Rejection | None]]:
     """``(line, sample, None)`` for each sample, ``(line, None, rejection)`` for a line that does
-    not parse; lines are 0-based, comments and blank lines are skipped."""
+    not parse; lines are 0-based and split at ``\n`` only (the exposition format's line end, and
+    how a file's lines are numbered), comments and blank lines are skipped."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for number, line in enumerate(text.splitlines()):
+    for number, line in enumerate(lines(text)):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
@@ -41,12 +42,17 @@ def samples(text: str) -> Iterator[tuple[int, Any, Rejection | None]]:
             yield number, sample, None
 
 
+def lines(text: str) -> list[str]:
+    """The lines of an exposition text (``\r\n`` ends read as ``\n``)."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def read_points(
     text: str, to_items: Callable[[Any], list[dict[str, Any]]], names: NameRules
 ) -> tuple[list[Point], list[int], list[dict[str, Any]], list[Rejection]]:
     """Samples of ``text`` turned into point objects by ``to_items`` (none, one or several per
     sample) and checked by the point parser: good points with their line and object, rejections."""
-    lines = text.splitlines()
+    numbered = lines(text)
     items: list[dict[str, Any]] = []
     index: list[int] = []
     bad: list[Rejection] = []
@@ -58,5 +64,5 @@ def read_points(
             items.append(item)
             index.append(number)
     good, kept, refused = check_items(items, names, unit="line", index=index)
-    bad += [Rejection(r.index, r.field, r.code, r.reason, lines[r.index][:RAW_CHARS]) for r in refused]
+    bad += [Rejection(r.index, r.field, r.code, r.reason, numbered[r.index][:RAW_CHARS]) for r in refused]
     return good, [index[k] for k in kept], [items[k] for k in kept], sorted(bad, key=lambda r: r.index)

@@ -671,8 +671,9 @@ def _json_type(value: object) -> str:
 
 
 def read_prom(path: Path, *, default_ts: datetime | None = None, on_step: Step = no_step) -> ReadResult:
-    """Prometheus text exposition, one sample per line (so every reject has its line number)."""
-    from prometheus_client.parser import text_string_to_metric_families
+    """Prometheus text exposition, one sample per line (so every reject has its line number); the
+    lines are parsed by the engine's scrape parser (``engine.telemetry.prometheus.samples``)."""
+    from engine.telemetry.prometheus import lines, samples
 
     if default_ts is None:
         default_ts = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
@@ -681,23 +682,16 @@ def read_prom(path: Path, *, default_ts: datetime | None = None, on_step: Step =
     fallback = default_ts.replace(tzinfo=UTC).timestamp()
     rows: list[tuple[int, float, str, str, float, str | None]] = []
     bad: list[tuple[int, str, str]] = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            try:
-                samples = [s for fam in text_string_to_metric_families(text + "\n") for s in fam.samples]
-            except (ValueError, IndexError, KeyError) as exc:
-                log.debug("%s:%d: %s", path, number, exc)
-                bad.append((number, "malformed_line", line.rstrip("\r\n")))
-                continue
-            for sample in samples:
-                labels = dict(sample.labels)
-                service = labels.pop("service", None) or labels.pop("job", None) or path.stem
-                ts = float(sample.timestamp) if sample.timestamp is not None else fallback
-                tags = canonical_labels(labels)
-                rows.append((number, ts, service, sample.name, float(sample.value), tags))
+    text = path.read_text(encoding="utf-8", errors="replace")
+    numbered = lines(text)
+    for index, sample, error in samples(text):
+        if error is not None:
+            bad.append((index + 1, error.code, numbered[index]))
+            continue
+        labels = dict(sample.labels)
+        service = labels.pop("service", None) or labels.pop("job", None) or path.stem
+        ts = float(sample.timestamp) if sample.timestamp is not None else fallback
+        rows.append((index + 1, ts, service, sample.name, float(sample.value), canonical_labels(labels)))
     raw = pl.DataFrame(
         rows,
         schema={
