@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,33 @@ def test_nab_score_reproduces_the_reference_at_published_thresholds(nab_corpus: 
     assert lines["reward_low_FP_rate"][1] == "63.4392"
     assert lines["reward_low_FN_rate"][1] == "74.3626"
     assert "realTweets" in lines
+
+
+def _disorder(corpus: Path) -> None:
+    """As in the real corpus: one row 55 minutes back (02:55 then 02:00), and one repeated time."""
+    path = corpus / "data" / "alpha" / "spike.csv"
+    lines = path.read_text().splitlines()
+    stamp, value = lines[200].split(",")
+    back = (datetime.fromisoformat(stamp) - timedelta(minutes=55)).strftime("%Y-%m-%d %H:%M:%S")
+    lines[200] = f"{back},{value}"
+    lines[300] = f"{lines[299].split(',')[0]},{lines[300].split(',')[1]}"
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_nab_run_and_score_take_rows_that_go_back_in_time_or_repeat(tmp_path: Path, home: Path) -> None:
+    """Issue 15: one real NAB file goes back 55 minutes; both commands stopped and scored nothing."""
+    corpus = tiny_corpus(tmp_path / "corpus")
+    _disorder(corpus)
+    out = tmp_path / "results"
+    args = ["nab", "run", "--corpus", str(corpus), "--out", str(out), "--no-mlflow"]
+    result = CliRunner().invoke(app(), args)
+    assert result.exit_code == 0, result.output
+    note = "1 row(s) whose timestamp goes backwards and 1 with a repeated timestamp, in 1 file(s)"
+    assert note in result.stderr
+    rows = sum(len(p.read_text().splitlines()) - 1 for p in out.rglob("*.csv"))
+    assert rows == 700 + 650 + 600  # one score per data row, the odd rows included
+    args = ["nab", "score", "--corpus", str(corpus), "--results", str(out), "--json"]
+    result = CliRunner().invoke(app(), args)
+    assert result.exit_code == 0, result.output
+    assert note in result.stderr
+    assert math.isfinite(json.loads(result.stdout)["standard.score"])

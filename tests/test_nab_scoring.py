@@ -300,3 +300,17 @@ def test_corpus_can_be_restricted_to_categories(tmp_path: Path) -> None:
         load_corpus(root, categories=["c"])
     with pytest.raises(EvaluationError, match="unknown categories"):
         load_corpus(root).subset(["c"])
+
+
+def test_a_row_that_goes_back_in_time_is_kept_and_placed_in_windows_by_its_time(tmp_path: Path) -> None:
+    """Issue 15: a timestamp going backwards refused the whole corpus; NAB scores rows as they are."""
+    root = make_corpus(tmp_path, {"cat/a.csv": (40, [(10, 20)])})
+    path = root / "data" / "cat" / "a.csv"
+    lines = path.read_text().splitlines()
+    lines[1 + 25] = lines[1 + 15].split(",")[0] + ",7.0"  # row 25 goes back to row 15's time
+    lines[1 + 30] = lines[1 + 29].split(",")[0] + ",7.0"  # row 30 repeats row 29's time
+    path.write_text("\n".join(lines) + "\n")
+    series = load_corpus(root).series["cat/a.csv"]
+    assert (series.backwards, series.repeated) == (1, 1)
+    assert len(series.values) == 40 and series.values[25] == 7.0  # kept, in file order
+    assert series.windows == ((10, 20),)  # the window still closes at its end time's first row

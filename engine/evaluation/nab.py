@@ -86,6 +86,8 @@ class NabSeries:
     timestamps: np.ndarray  # datetime64[us], naive UTC
     values: np.ndarray  # float64
     windows: tuple[tuple[int, int], ...]  # inclusive (first_row, last_row), sorted
+    backwards: int = 0  # rows whose timestamp is earlier than the row before (kept, scored as they are)
+    repeated: int = 0  # rows whose timestamp equals the row before
 
     @property
     def category(self) -> str:
@@ -122,6 +124,26 @@ class NabCorpus:
     @property
     def n_points(self) -> int:
         return sum(len(s.values) for s in self.series.values())
+
+    @property
+    def backwards(self) -> int:
+        """Rows, in all files, whose timestamp goes back from the row before."""
+        return sum(s.backwards for s in self.series.values())
+
+    @property
+    def repeated(self) -> int:
+        """Rows, in all files, whose timestamp repeats the row before."""
+        return sum(s.repeated for s in self.series.values())
+
+    def disorder(self) -> str | None:
+        """One line for a person when some rows go back in time or repeat one, else None."""
+        if not (self.backwards or self.repeated):
+            return None
+        files = sum(1 for s in self.series.values() if s.backwards or s.repeated)
+        return (
+            f"note: {self.backwards} row(s) whose timestamp goes backwards and {self.repeated} with a "
+            f"repeated timestamp, in {files} file(s); kept and scored in file order, as NAB does"
+        )
 
     def subset(self, categories: Iterable[str]) -> NabCorpus:
         """The same corpus restricted to some categories (for tune/score splits)."""
@@ -169,6 +191,9 @@ def _parse_ts(text: str, where: str) -> np.datetime64:
 
 
 def _read_series_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A data file's timestamps and values in file order. A timestamp that goes back or repeats
+    is kept where it is (a real stream has such rows and NAB scores rows as they are); the
+    caller counts them."""
     try:
         frame = pl.read_csv(path, columns=["timestamp", "value"], schema_overrides={"timestamp": pl.Utf8})
         ts = frame["timestamp"].str.to_datetime(time_unit="us", strict=True)
@@ -179,9 +204,6 @@ def _read_series_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
             hint="a NAB data file has the header 'timestamp,value' and one numeric row per time",
         ) from exc
     stamps = ts.to_numpy().astype("datetime64[us]")
-    # NAB's own files repeat timestamps around DST changes, so ties are allowed; disorder is not
-    if len(stamps) > 1 and np.any(np.diff(stamps) < np.timedelta64(0, "us")):
-        raise InputError(f"{path}: timestamps go backwards", hint="sort the file by time")
     if not np.all(np.isfinite(values)):
         raise InputError(f"{path}: non-finite values", hint="NAB files hold finite numbers only")
     return stamps, values
@@ -190,21 +212,26 @@ def _read_series_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _window_rows(
     stamps: np.ndarray, raw_windows: Sequence[Sequence[str]], where: str
 ) -> tuple[tuple[int, int], ...]:
-    """Window timestamps to inclusive row ranges (exact for NAB, whose ends are data timestamps)."""
+    """Window timestamps to inclusive row ranges (exact for NAB, whose ends are data timestamps).
+
+    A window runs from its first row inside ``[start, end]`` to the first row at ``end`` (a
+    repeated end timestamp closes the window at its first occurrence, as in NAB), else to its last
+    row inside. In file order, so a row whose timestamp went backwards is placed by its time, as
+    NAB places it; a row of another time caught between those two rows counts as inside.
+    """
     rows: list[tuple[int, int]] = []
     for pos, pair in enumerate(raw_windows):
         if len(pair) != 2:
             raise EvaluationError(f"{where}[{pos}]: a window is [start, end]", hint="fix the labels file")
         start = _parse_ts(str(pair[0]), f"{where}[{pos}][0]")
         end = _parse_ts(str(pair[1]), f"{where}[{pos}][1]")
-        # a repeated end timestamp closes the window at its first occurrence, as in NAB
-        first = int(np.searchsorted(stamps, start, side="left"))
-        last = int(np.searchsorted(stamps, end, side="left"))
-        if last == len(stamps) or stamps[last] != end:
-            last -= 1
-        if last < first:
+        inside = np.flatnonzero((stamps >= start) & (stamps <= end))
+        at_end = np.flatnonzero(stamps == end)
+        if not len(inside):
             logger.warning("%s[%d]: window %s..%s covers no data row; ignored", where, pos, start, end)
             continue
+        first = int(inside[0])
+        last = int(at_end[0]) if len(at_end) and at_end[0] >= first else int(inside[-1])
         rows.append((first, last))
     rows.sort()
     for (_, last), (first, _) in itertools.pairwise(rows):
@@ -250,9 +277,22 @@ def load_corpus(root: Path | str, *, categories: Iterable[str] | None = None) ->
                 hint=f'add "{key}": [] when the file has no anomaly',
             )
         stamps, values = _read_series_csv(path)
-        series[key] = NabSeries(
-            key, stamps, values, _window_rows(stamps, all_windows[key], f"{windows_path}: {key}")
-        )
+        steps = np.diff(stamps)
+        backwards = int(np.count_nonzero(steps < np.timedelta64(0, "us")))
+        repeated = int(np.count_nonzero(steps == np.timedelta64(0, "us")))
+        if backwards:
+            first = int(np.argmax(steps < np.timedelta64(0, "us"))) + 1
+            logger.warning(
+                "%s: %d row(s) whose timestamp goes backwards (first at data row %d: %s after %s); "
+                "kept in file order",
+                path,
+                backwards,
+                first + 1,
+                stamps[first],
+                stamps[first - 1],
+            )
+        windows = _window_rows(stamps, all_windows[key], f"{windows_path}: {key}")
+        series[key] = NabSeries(key, stamps, values, windows, backwards, repeated)
     if not series:
         raise InputError(f"{root / 'data'}: no <category>/<file>.csv data files", hint="check --corpus")
     return NabCorpus(root, series, load_profiles(root / PROFILES_FILE))
