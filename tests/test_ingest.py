@@ -289,7 +289,9 @@ def test_cli_reports_counts_and_exit_codes(
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("time,host,v\n1,2,3\n")
     assert _run("ingest", str(wrong)) == 2
-    assert "lacks column(s) ts, service, metric, value" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert (captured.out + captured.err).count("lacks column(s) ts, service, metric, value") == 1
+    assert captured.err.startswith("selfheal: error: nothing valid was read")
 
     assert _run("ingest", str(tmp_path / "missing.csv")) == 2
     assert "missing.csv does not exist" in capsys.readouterr().err
@@ -355,3 +357,36 @@ def test_cli_ingest_into_a_locked_store_names_the_holder(
         holder.stdin.close()
         holder.wait(timeout=30)
     assert _run("ingest", str(src)) == 0
+
+
+@pytest.mark.usefixtures("ingest_app")
+def test_incident_labels_load_from_csv_and_a_wrong_file_is_named_once(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 17: incidents.csv was refused as points lacking ts/metric/value, naming an internal
+    ``line`` column, and the error was printed twice."""
+    labels = tmp_path / "incidents.csv"
+    labels.write_text(
+        "service,kind,start,end,source\n"
+        "checkout,latency,2026-01-01 00:00:00,2026-01-01 00:10:00,oncall\n"
+        "checkout,latency,2026-01-01 01:00:00,2026-01-01 00:50:00,oncall\n"
+    )
+    assert _run("--home", str(home), "ingest", str(labels)) == 0
+    out = capsys.readouterr().out
+    assert "[csv, incidents]: read 2, incidents inserted 1 of 1, rejected 1" in out
+    with TelemetryStore(home / "telemetry.duckdb", read_only=True) as store:
+        assert store.incidents().rows() == [
+            ("checkout", "latency", datetime(2026, 1, 1), datetime(2026, 1, 1, 0, 10), "oncall")
+        ]
+    [bad] = _quarantine(next((home / "quarantine").glob("*.jsonl")))
+    assert (bad["line"], bad["reason"], bad["raw"]) == (
+        3,
+        "end_before_start",
+        "checkout,latency,2026-01-01 01:00:00,2026-01-01 00:50:00,oncall",
+    )
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("service,start\ncheckout,2026-01-01 00:00:00\n")
+    assert _run("--home", str(home), "ingest", str(wrong)) == 2
+    captured = capsys.readouterr()
+    assert "(found: service, start)" in captured.out + captured.err
+    assert (captured.out + captured.err).count("lacks column(s)") == 1

@@ -152,7 +152,8 @@ class IngestReport:
         """Raise InputError when nothing valid was read at all (every input unreadable or every row bad)."""
         if self.valid or self.incidents_read:
             return
-        reasons = "; ".join(f"{f.path}: {f.error}" for f in self.files if f.error) or "every row was rejected"
+        unread = sum(1 for f in self.files if f.error)  # each error is in the report already
+        reasons = f"{unread} input(s) not read or stored, see above" if unread else "every row was rejected"
         where = f"; rejected rows are in {self.quarantine}" if self.quarantine else ""
         raise InputError(
             f"nothing valid was read from {len(self.files)} input(s), {self.read} row(s) read "

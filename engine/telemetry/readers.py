@@ -327,10 +327,11 @@ def _rename_aliases(df: pl.DataFrame) -> pl.DataFrame:
 def _require_columns(df: pl.DataFrame, path: Path, required: Iterable[str] = FIELDS) -> None:
     missing = [c for c in required if c not in df.columns]
     if missing:
+        found = [c for c in df.columns if c != "line"]  # "line" is the reader's own, not the file's
         raise InputError(
-            f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(df.columns) or 'none'})",
-            hint="telemetry files need ts (or timestamp), service, metric, value; "
-            "a NAB folder is read with --format nab",
+            f"{path} lacks column(s) {', '.join(missing)} (found: {', '.join(found) or 'none'})",
+            hint="telemetry files need ts (or timestamp), service, metric, value; incident files "
+            f"need {', '.join(INCIDENT_COLUMNS)}; a NAB folder is read with --format nab",
         )
 
 
@@ -394,7 +395,11 @@ def _read_csv_strings(path: Path) -> pl.DataFrame:
 
 
 def read_csv(path: Path, *, on_step: Step = no_step) -> ReadResult:
+    """Points, or incident windows when the file has the incident columns and no ``value``."""
     raw = _rename_aliases(_read_csv_strings(path))
+    if is_incident_frame(raw):
+        on_step("validate")
+        return _read_incidents(path, "csv", raw)
     _require_columns(raw, path)
     on_step("validate")
     points, rejects = validate_points(raw)
@@ -411,11 +416,11 @@ def read_parquet(path: Path, *, on_step: Step = no_step) -> ReadResult:
         raise InputError(
             f"{path} is not readable as Parquet: {exc}", hint="check the file or pass --format"
         ) from exc
+    raw = raw.with_row_index("line", offset=1)
     if is_incident_frame(raw):
         on_step("validate")
-        return _read_incidents(path, raw)
+        return _read_incidents(path, "parquet", raw)
     _require_columns(raw, path)
-    raw = raw.with_row_index("line", offset=1)
     on_step("validate")
     points, rejects = validate_points(raw)
     rejects = _parquet_rejects(path, raw, rejects)
@@ -437,13 +442,13 @@ def _parquet_rejects(path: Path, raw: pl.DataFrame, rejects: pl.DataFrame) -> pl
 
 def is_incident_frame(df: pl.DataFrame) -> bool:
     """Incident windows, not points: every incident column and no ``value`` (what ``selfheal synth
-    --out`` writes as ``*.incidents.parquet``)."""
+    --out`` writes as ``*.incidents.parquet``, or the same columns in a CSV file)."""
     return all(c in df.columns for c in INCIDENT_COLUMNS) and "value" not in df.columns
 
 
-def _read_incidents(path: Path, raw: pl.DataFrame) -> ReadResult:
-    """Validate incident rows like points: each bad row is rejected with its reason, the rest load."""
-    raw = raw.with_row_index("line", offset=1)
+def _read_incidents(path: Path, fmt: str, raw: pl.DataFrame) -> ReadResult:
+    """Validate incident rows (``raw`` has their ``line``) like points: each bad row is rejected
+    with its reason, the rest load."""
     parsed = raw.with_columns(__start=parse_ts(raw["start"]), __end=parse_ts(raw["end"]))
     checks = [(_missing(name, raw.schema[name]), f"missing_{name}") for name in INCIDENT_COLUMNS]
     checks += [
@@ -463,9 +468,10 @@ def _read_incidents(path: Path, raw: pl.DataFrame) -> ReadResult:
         pl.col("__end").alias("end"),
         pl.col("source").cast(pl.String),
     )
-    rejects = _parquet_rejects(path, raw, parsed.filter(pl.col("reason").is_not_null()))
+    bad = parsed.filter(pl.col("reason").is_not_null())
+    rejects = _rejects_with_text(bad, None, path) if fmt == "csv" else _parquet_rejects(path, raw, bad)
     points = pl.DataFrame(schema={**POINTS_SCHEMA, "line": pl.Int64})
-    return ReadResult(path, "parquet", points, rejects, raw.height, incidents, content="incidents")
+    return ReadResult(path, fmt, points, rejects, raw.height, incidents, content="incidents")
 
 
 def read_jsonl(path: Path, *, on_step: Step = no_step) -> ReadResult:
