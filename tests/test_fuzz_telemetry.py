@@ -8,6 +8,7 @@ hostile line refused alone and named by its line, never a 500.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,3 +110,36 @@ def test_hostile_bytes_are_refused_by_line(server: Any) -> None:
     body = b"\xff\xfe garbage\n" + good.encode() + b'\n{"ts": 1\x00}\n'
     r = httpx.post(f"{server.url}/v1/telemetry", content=body)
     assert r.status_code == 400 and (r.json()["accepted"], r.json()["rejected"]) == (1, 2)
+
+
+FILE_GOOD = st.sampled_from(
+    [
+        '{"ts": 1700000000.5, "service": "a", "metric": "m", "value": 1.5}',
+        '{"ts": 1700000000, "service": "a", "metric": "m", "value": 2, "labels": {"x": "1"}}',
+        '{"timestamp": "2023-11-14T22:13:20Z", "service": "b", "metric": "m", "value": -3e2}',
+        '{"ts": "2023-11-14 22:13:20.123456+01:00", "service": "b", "metric": "m", "value": 0}',
+        '{"ts": 1700000000, "service": "a", "metric": "m", "value": 1, "labels": "{\\"y\\": 2}"}',
+    ]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(FILE_GOOD, HOSTILE, st.just("")), min_size=1, max_size=25))
+def test_a_jsonl_file_and_the_engine_accept_and_refuse_the_same_lines(lines: list[str]) -> None:
+    """One point parser: what ``selfheal ingest`` loads from a JSON-lines file is exactly what the
+    engine accepts pushed, and each refused line has the same reason code in both."""
+    import tempfile
+
+    from engine.telemetry.points import parse_lines_in_full
+    from engine.telemetry.readers import read_jsonl
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "points.jsonl"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        read = read_jsonl(path)
+    pushed = parse_lines_in_full(lines)
+    assert read.points["line"].to_list() == [i + 1 for i in pushed.lines]
+    assert list(zip(read.rejects["line"], read.rejects["reason"], strict=True)) == [
+        (r.index + 1, r.code) for r in pushed.rejections
+    ]
+    assert read.points["value"].to_list() == [p[3] for p in pushed.points]

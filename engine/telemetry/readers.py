@@ -1,10 +1,11 @@
 """Readers that turn telemetry files into validated long-format points plus a list of rejected rows.
 
-Every reader parses with vectorised Polars code and then finds the bad rows with expressions
-(``validate_points``), keeping each row's line number so a rejected row can be shown to a person
-with its file, line, raw text and reason. Per-line Python runs only for Prometheus text (its
-parser is line oriented and scrape files are small) and, for CSV, only to fetch the raw text of the
-rejected lines.
+CSV, Parquet and NAB files are parsed with vectorised Polars code and their bad rows found with
+expressions (``validate_points``); JSON lines go through the engine's point parser
+(``engine.telemetry.points``) and Prometheus text through the engine's scrape parser
+(``engine.telemetry.prometheus``), so a pushed or scraped line and the same line in a file are
+accepted or refused alike (a property test compares them). Each row keeps its line number so a
+rejected row can be shown to a person with its file, line, raw text and reason.
 
 Formats and how they map onto ``(ts, service, metric, value, labels)``:
 
@@ -28,11 +29,11 @@ Formats and how they map onto ``(ts, service, metric, value, labels)``:
   (``--ts``), else the file's modification time.
 
 Rejection reasons (one per row, first that applies): ``malformed_line`` (not JSON / not a
-Prometheus sample), ``non_string_service`` / ``non_string_metric`` (a JSON line whose service or
-metric is a number, list, object or boolean), ``missing_<field>``, ``unparsable_ts``,
-``non_numeric_value``, ``non_finite_value``, ``malformed_labels`` (labels that are not a JSON
-object). Incident rows: ``missing_<field>``, ``unparsable_start`` / ``unparsable_end``,
-``end_before_start``. Blank lines are skipped and not counted.
+Prometheus sample), ``missing_<field>``, ``unparsable_ts``, ``non_numeric_value``,
+``non_finite_value``, ``malformed_labels`` (labels that are not a JSON object); JSON lines also
+have the engine's other codes (``non_string_<field>``, ``invalid_<field>``, ``ts_out_of_range``;
+the rules are in ``engine.telemetry.points``). Incident rows: ``missing_<field>``,
+``unparsable_start`` / ``unparsable_end``, ``end_before_start``. Blank lines are skipped and not counted.
 
 Known limits: a CSV line number is the row's position plus the header, so a quoted field holding
 a newline shifts the numbers after it; fields beyond the header's count are dropped (polars'
@@ -475,102 +476,44 @@ def _read_incidents(path: Path, fmt: str, raw: pl.DataFrame) -> ReadResult:
 
 
 def read_jsonl(path: Path, *, on_step: Step = no_step) -> ReadResult:
-    """JSON lines: one object per line. Lines that are not a JSON object are ``malformed_line``;
-    a service or metric that is not a JSON string is ``non_string_<field>`` (it would otherwise be
-    stored as its JSON text, ``["x"]``, or as the text of a number)."""
+    """JSON lines: one point object per line, parsed by the engine's point parser
+    (``engine.telemetry.points``), so a line loads from a file exactly when the engine would accept
+    it pushed, and is refused with the same reason code otherwise."""
+    from engine.telemetry.points import labels_of, parse_lines_in_full
+
     text = path.read_text(encoding="utf-8", errors="replace")
-    lines = pl.Series("raw", text.split("\n"), dtype=pl.String).str.strip_suffix("\r")
-    frame = lines.to_frame().with_row_index("line", offset=1).filter(pl.col("raw").str.strip_chars() != "")
-    fields = _jsonl_fields(frame)
-    if fields is None:  # some line is not a JSON object: set those aside, decode the rest
-        is_object = (
-            pl.col("raw").str.strip_chars_start().str.starts_with("{")
-            & pl.col("raw").str.json_path_match("$").is_not_null()
-        )
-        frame = frame.with_columns(__object=is_object)
-        malformed = frame.filter(~pl.col("__object")).drop("__object")
-        frame = frame.filter(pl.col("__object")).drop("__object")
-        fields = _jsonl_fields(frame)
-        if fields is None:
-            fields = _jsonl_fields_slow(frame)
-    else:
-        malformed = frame.clear()
-    fields, non_string = _split_non_strings(fields)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     on_step("validate")
-    points, rejects = validate_points(fields)
-    rejects = pl.concat(
-        [
-            malformed.select(pl.col("line").cast(pl.Int64), "raw", reason=pl.lit("malformed_line")),
-            non_string,
-            rejects.select(pl.col("line").cast(pl.Int64), "raw", "reason"),
-        ]
-    ).sort("line")
-    rejects = rejects.select(
-        file=pl.lit(str(path)), line=pl.col("line").cast(pl.Int64), reason="reason", raw="raw"
+    parsed = parse_lines_in_full(lines)
+    labels = [
+        canonical_labels(labels_of(item.get("labels")) or {}) if type(item) is dict else None
+        for item in parsed.items
+    ]
+    frame = pl.DataFrame(
+        {
+            "ts": [p[0] for p in parsed.points],
+            "service": [p[1] for p in parsed.points],
+            "metric": [p[2] for p in parsed.points],
+            "value": [p[3] for p in parsed.points],
+            "labels": labels,
+            "line": [i + 1 for i in parsed.lines],
+        },
+        schema={
+            "ts": pl.Float64,
+            "service": pl.String,
+            "metric": pl.String,
+            "value": pl.Float64,
+            "labels": pl.String,
+            "line": pl.Int64,
+        },
+    )
+    points = frame.with_columns(ts=_epoch_seconds(pl.col("ts")))
+    rejects = pl.DataFrame(
+        [(str(path), r.index + 1, r.code, lines[r.index]) for r in parsed.rejections],
+        schema=REJECT_SCHEMA,
+        orient="row",
     )
     return ReadResult(path, "jsonl", points, rejects, points.height + rejects.height)
-
-
-_JSONL_STRUCT = pl.Struct({name: pl.String for name in (*FIELDS, *ALIASES)})
-
-
-def _jsonl_fields(frame: pl.DataFrame) -> pl.DataFrame | None:
-    """Decode every line in one vectorised pass (scalars arrive as text, then ``validate_points``
-    parses them); None when some line does not decode, so the caller can isolate it."""
-    try:
-        decoded = frame.with_columns(__doc=pl.col("raw").str.json_decode(_JSONL_STRUCT)).unnest("__doc")
-    except pl.exceptions.PolarsError:
-        return None
-    # labels are objects (not text), so they take a path match; only files that have any pay for it
-    has_labels = frame.select(pl.col("raw").str.contains('"labels"', literal=True).any()).item()
-    labels = pl.col("raw").str.json_path_match("$.labels") if has_labels else pl.lit(None, pl.String)
-    return decoded.with_columns(ts=pl.coalesce("ts", *ALIASES), labels=labels).drop(*ALIASES)
-
-
-_STRING_FIELDS: tuple[str, ...] = ("service", "metric")
-
-
-def _split_non_strings(fields: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Set aside the lines whose service or metric is not a JSON string.
-
-    Both decoders hand every scalar over as text, so ``5``, ``true`` and ``["x"]`` look like
-    strings. Only lines whose text *could* be such a value (a number, a boolean, a list or an
-    object) are decoded again in Python to learn the JSON type; in real files that is almost none.
-    """
-    suspect = pl.any_horizontal(
-        pl.col(name).str.starts_with("[")
-        | pl.col(name).str.starts_with("{")
-        | pl.col(name).is_in(["true", "false"])
-        | pl.col(name).cast(pl.Float64, strict=False).is_not_null()
-        for name in _STRING_FIELDS
-    ).fill_null(False)
-    candidates = fields.filter(suspect).select("line", "raw")
-    reasons: dict[int, str] = {}
-    for line, raw in candidates.iter_rows():
-        doc = json.loads(raw)
-        for name in _STRING_FIELDS:
-            if doc.get(name) is not None and not isinstance(doc[name], str):
-                reasons[line] = f"non_string_{name}"
-                break
-    if not reasons:
-        return fields, pl.DataFrame(schema={"line": pl.Int64, "raw": pl.String, "reason": pl.String})
-    table = pl.DataFrame(
-        {"line": list(reasons), "reason": list(reasons.values())},
-        schema={"line": fields.schema["line"], "reason": pl.String},
-    )
-    flagged = fields.join(table, on="line", how="left")
-    keep = flagged.filter(pl.col("reason").is_null()).drop("reason")
-    bad = flagged.filter(pl.col("reason").is_not_null()).select(
-        pl.col("line").cast(pl.Int64), "raw", "reason"
-    )
-    return keep, bad
-
-
-def _jsonl_fields_slow(frame: pl.DataFrame) -> pl.DataFrame:
-    """Field by field with path matches: a value that does not decode becomes null, not an error."""
-    fields = [pl.col("raw").str.json_path_match(f"$.{name}").alias(name) for name in (*FIELDS, "labels")]
-    aliases = [pl.col("raw").str.json_path_match(f"$.{alias}") for alias in ALIASES]
-    return frame.with_columns(*fields).with_columns(ts=pl.coalesce("ts", *aliases))
 
 
 def read_nab(path: Path, *, on_step: Step = no_step) -> ReadResult:
