@@ -71,8 +71,8 @@ def score_cmd(
     from engine.evaluation.nab import format_report, load_corpus, load_results, score_results
 
     nab = load_corpus(corpus)
-    if nab.disorder():
-        typer.echo(nab.disorder(), err=True)
+    if note := nab.disorder():
+        typer.echo(note, err=True)
     name, scores = load_results(results, nab, detector=detector)
     report = score_results(nab, scores, thresholds=_parse_thresholds(threshold))
     if as_json:
@@ -125,8 +125,8 @@ def run_cmd(
 
     spec = load_detector_spec(detector)
     nab = load_corpus(corpus, categories=category)
-    if nab.disorder():
-        typer.echo(nab.disorder(), err=True)
+    if note := nab.disorder():
+        typer.echo(note, err=True)
     result = run_corpus(nab, spec, out, workers=workers, progress=True)
     typer.echo(
         f"{spec.name} on {nab.root}: {result.n_points} points in {result.seconds:.1f} s "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import Counter as Tally
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -90,12 +91,8 @@ class Intake:
             kept, counts = points.without(refused)
         else:
             gone = set(refused)
-            kept_list = [p for p in points if (p[1], p[2]) not in gone]
-            counts = {key: 0 for key in refused}
-            for p in points:
-                if (p[1], p[2]) in gone:
-                    counts[(p[1], p[2])] += 1
-            kept = kept_list
+            kept = [p for p in points if (p[1], p[2]) not in gone]
+            counts = Tally((p[1], p[2]) for p in points if (p[1], p[2]) in gone)
         rejections = [
             Rejection(
                 -1,

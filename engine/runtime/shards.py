@@ -127,9 +127,8 @@ class ShardPool:
         parts: dict[int, list[str]] = {}
         for service in services:
             shard = self._shard_of.pop(service, None)
-            if shard is None:
-                shard = zlib.crc32(service.encode()) % len(self._conns)
-            parts.setdefault(shard, []).append(service)
+            if shard is not None:  # else no point of it was ever sent: no worker holds its state
+                parts.setdefault(shard, []).append(service)
         for shard, names in parts.items():
             self._conns[shard].send(("forget", names))
 
