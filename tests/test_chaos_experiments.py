@@ -108,3 +108,21 @@ def test_chaos_validate_and_list_commands(tmp_path: Path) -> None:
         ["replay"],
     ):
         assert "Example:" in runner.invoke(app, [*command, "--help"]).output
+
+
+def test_the_hosted_engine_logs_to_the_run_folder_not_the_terminal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`selfheal demo` printed the game day engine's 'not verified' warnings among its progress."""
+    import logging
+
+    from engine.chaos.runner import _engine_log
+
+    log = logging.getLogger("engine.runtime.supervisor")
+    with caplog.at_level("INFO"), _engine_log(tmp_path / "run" / "engine.log"):
+        log.warning("restart on gateway not verified")
+    assert "restart on gateway not verified" in (tmp_path / "run" / "engine.log").read_text()
+    assert not [r for r in caplog.records if "not verified" in r.getMessage()]
+    with caplog.at_level("INFO"):
+        log.warning("after the run")  # the engine's loggers are as they were
+    assert [r.getMessage() for r in caplog.records] == ["after the run"]

@@ -19,6 +19,7 @@ converted to wall time (``engine.chaos.timescale``). Its journal is the run's jo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC
 from pathlib import Path
@@ -297,6 +298,17 @@ class ChaosRun:
 
     # --------------------------------------------------------------------------- loop
     def run(self) -> dict[str, Any]:
+        """Run the experiment; the hosted engine's log goes to ``engine.log`` in the run folder.
+
+        Why not the caller's stderr: a chaos run exists to make the engine meet faults, so its
+        warnings (an action not verified, an escalation) are the experiment's material, judged in
+        the report and the journal beside that log; on stderr they read as the command's own
+        problems, in the middle of the progress lines (``selfheal demo`` showed four).
+        """
+        with _engine_log(self.out_dir / "engine.log"):
+            return self._run()
+
+    def _run(self) -> dict[str, Any]:
         exp = self.exp
         ctx, pump = self._start()
         aborted: str | None = None
@@ -597,3 +609,20 @@ def _read_journal(ctx: RunContext) -> dict[str, list[dict[str, Any]]]:
                 rows, key=lambda r: r.get("ts") or r.get("created_ts") or r.get("started_ts") or 0
             )
     return out
+
+
+@contextlib.contextmanager
+def _engine_log(path: Path) -> Iterator[None]:
+    """The ``engine.runtime`` loggers write to ``path`` (not further up) while the block runs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    runtime = logging.getLogger("engine.runtime")
+    runtime.addHandler(handler)
+    propagate, runtime.propagate = runtime.propagate, False
+    try:
+        yield
+    finally:
+        runtime.propagate = propagate
+        runtime.removeHandler(handler)
+        handler.close()
