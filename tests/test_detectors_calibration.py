@@ -69,6 +69,14 @@ def test_a_subnormal_spread_counts_as_none() -> None:
         assert np.isfinite(out).all() and (np.diff(out) >= 0).all() and out[0] < out[2], method
 
 
+def test_interpolation_rounding_does_not_reverse_two_close_scores() -> None:
+    """Found by the property test below: between knots -160789 and 0, the score -4.5e-24 was
+    interpolated 1.1e-16 above the score 0.0."""
+    cal = ScoreCalibrator("ecdf").fit([0.0, -160789.0])
+    out = cal.transform([-4.510640566067735e-24, 0.0])
+    assert out[0] <= out[1]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=60),

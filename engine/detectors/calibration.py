@@ -138,7 +138,10 @@ class ScoreCalibrator:
         s = _scores(scores, "ScoreCalibrator.transform")
         if self.method == "ecdf":
             x, p = self.knots_x_, self.knots_p_
-            out = np.interp(s, x, p)
+            # np.interp's rounding can land a hair above its segment's right knot (0.0 and -4.5e-24
+            # came out in the wrong order): capped at that knot, the map stays monotone
+            right = np.minimum(np.searchsorted(x, s, side="right"), len(x) - 1)
+            out = np.minimum(np.interp(s, x, p), p[right])
             below, above = s < x[0], s > x[-1]
             out[below] = p[0] * np.exp((s[below] - x[0]) / self.scale_)
             out[above] = 1.0 - (1.0 - p[-1]) * np.exp(-(s[above] - x[-1]) / self.scale_)
