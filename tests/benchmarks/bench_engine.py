@@ -16,12 +16,17 @@ with baselines measured in the same run:
 - RSS at the start and end of the soak. ``SELFHEAL_BENCH_SOAK_S`` sets the soak (default 20 s;
   the full run uses 600).
 
+Every figure is measured for two builds in the same run, each engine in a process of its own:
+the build before the runtime was cut into stages (commit ``BASELINE_COMMIT``, checked out into a
+temporary ``git worktree`` and imported through ``PYTHONPATH``) and this one, in ``--repeats``
+rounds that alternate which build goes first; the table shows the median over rounds of this build
+against that baseline. ``SELFHEAL_BENCH_BUILDS=this`` measures this build alone.
+
 Run: ``.venv/bin/python tests/benchmarks/run.py engine`` (``--repeats N`` = measurement windows).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import queue
@@ -51,6 +56,8 @@ TARGET_RATE = 50_000.0  # points/s offered during the soak (or 80% of saturation
 LOAD_FRACTION = float(os.environ.get("SELFHEAL_BENCH_LOAD", "0.6"))  # soak rate / saturation rate
 BURST_EVERY = 40  # feature buckets between anomaly bursts (one service, 3 buckets)
 T0 = 1_700_000_000.0  # in the past: the engine refuses points more than 10 minutes ahead
+BASELINE_COMMIT = "a7da661"  # the last build before the runtime's stage split
+REPO = HERE.parents[1]
 
 
 def _spec() -> Any:
@@ -295,12 +302,19 @@ def _finish(gen: subprocess.Popen[str], engine: Any, seconds: float) -> tuple[in
     return int(totals["sent"]), int(totals["throttled"])
 
 
-def bench_engine(repeats: int) -> list[Row]:
+def _assemble() -> Any:
+    """``assemble`` of whichever build is on the path (it moved in the stage split)."""
+    try:
+        from engine.runtime.components import assemble
+    except ImportError:  # the baseline build
+        from engine.runtime.adapters import assemble  # type: ignore[no-redef]
+    return assemble
+
+
+def _measure(repeats: int) -> dict[str, Any]:
+    """One build's figures (this process imports whichever ``engine`` is on the path)."""
     import psutil
 
-    from engine.policy.host import PolicyHost
-    from engine.policy.loader import load_policies
-    from engine.runtime.components import assemble
     from engine.runtime.config import load_settings
     from engine.runtime.server import build_engine, serve_in_thread, tune_for_serving
 
@@ -328,28 +342,24 @@ def bench_engine(repeats: int) -> list[Row]:
             environ={},
         )
         engine = build_engine(
-            assemble(pipeline, rules, bundle_version="bench"),
+            _assemble()(pipeline, rules, bundle_version="bench"),
             settings,
             tmp / "journals",
             record_latencies=True,
         )
-        switch = sys.getswitchinterval()
         server = serve_in_thread(engine)
         tune_for_serving()  # as `selfheal run` does in its own process
         try:
             # Phase 1, saturation: the generator pushes as fast as the engine accepts.
             gen = _generator(server.url, warmup + window * repeats, 0, T0)
             time.sleep(warmup)
-            rates, cpu_per_point, main_share = [], [], []
+            rates, cpu_per_point = [], []
             for _ in range(repeats):
                 p0, t0, c0 = engine.points_scored, time.perf_counter(), _engine_cpu(proc, gen.pid)
-                m0 = sum(proc.cpu_times()[:2])
                 time.sleep(window)
                 done = engine.points_scored - p0
                 rates.append(done / (time.perf_counter() - t0))
-                used = _engine_cpu(proc, gen.pid) - c0
-                cpu_per_point.append(used / max(done, 1) * 1e6)
-                main_share.append((sum(proc.cpu_times()[:2]) - m0) / max(used, 1e-9))
+                cpu_per_point.append((_engine_cpu(proc, gen.pid) - c0) / max(done, 1) * 1e6)
             sent, throttled = _finish(gen, engine, warmup + window * repeats)
             # Phase 2, soak at a fixed offered rate below saturation: latency and memory.
             offered = min(TARGET_RATE, LOAD_FRACTION * float(np.median(rates)))
@@ -362,41 +372,127 @@ def bench_engine(repeats: int) -> list[Row]:
             gen = _generator(server.url, soak, offered, T0 + 10_000_000)
             soak_sent, _ = _finish(gen, engine, soak)
             rss_end = proc.memory_info().rss / 2**20
-            a2e = np.array(lat["arrival_to_event"]) * 1000
-            e2d = np.array(lat["event_to_dispatch"]) * 1000
-            e2j = np.array(lat["event_to_journaled"]) * 1000
+            out = {k: [x * 1000 for x in v] for k, v in lat.items()}
             dispatched = admin.restarts() - actions_before
             scored = engine.points_scored
         finally:
             server.stop()
-            sys.setswitchinterval(switch)
-            gc.unfreeze()  # the other benchmarks run in this process
-    pyod = _pyod_rate(pipeline, X, repeats)
-    ours, raw = _durable_rates(PolicyHost(load_policies(rules), tick_seconds=60.0), repeats)
-    lost = sent + soak_sent - scored
-    note = (
-        f"{len(SERVICES) * len(METRICS)} series, {window:.0f}s x {repeats} at saturation; "
-        f"sent {sent + soak_sent:,}, scored {scored:,} (unscored {lost}), 429 answers {throttled}"
+    return {
+        **out,
+        "rates": rates,
+        "cpu_per_point": cpu_per_point,
+        "offered": offered,
+        "sent": sent + soak_sent,
+        "scored": scored,
+        "throttled": throttled,
+        "dispatched": dispatched,
+        "rss": [rss_start, rss_end],
+        "pyod": _pyod_rate(pipeline, X, repeats),
+    }
+
+
+def _baseline_tree(out: Path) -> Path:
+    """The baseline build, checked out with ``git worktree`` (removed by ``_drop_tree``)."""
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(out), BASELINE_COMMIT],
+        check=True,
+        capture_output=True,
     )
-    soak_note = f"soak {soak:.0f}s at {offered:,.0f} pts/s offered"
+    return out
+
+
+def _drop_tree(path: Path) -> None:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
+def _run_build(root: Path, repeats: int) -> dict[str, Any]:
+    """``_measure`` in a fresh interpreter that imports ``engine`` from ``root``."""
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, __file__, "--measure", str(repeats)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"measuring the build at {root} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _pct(samples: list[float], q: float) -> float:
+    return float(np.percentile(samples, q)) if samples else float("nan")
+
+
+def _rounds(repeats: int, both: bool, tmp: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``repeats`` rounds of one soak per build, alternating which build goes first.
+
+    The machine is shared and its load drifts over minutes: measuring one build after the other
+    once would compare two loads, alternating lets the medians compare builds.
+    """
+    this: list[dict[str, Any]] = []
+    base: list[dict[str, Any]] = []
+    root = _baseline_tree(tmp / BASELINE_COMMIT) if both else None
+    try:
+        for i in range(repeats):
+            order = [(REPO, this), (root, base)] if root else [(REPO, this)]
+            for tree, out in order if i % 2 else reversed(order):
+                print(f"  round {i + 1}/{repeats}: build {tree}", file=sys.stderr, flush=True)
+                out.append(_run_build(tree, 1))
+    finally:
+        if root:
+            _drop_tree(root)
+    return this, base
+
+
+def bench_engine(repeats: int) -> list[Row]:
+    from engine.policy.host import PolicyHost
+    from engine.policy.loader import load_policies
+
+    both = os.environ.get("SELFHEAL_BENCH_BUILDS", "both") != "this"
+    tmp = Path(tempfile.mkdtemp(prefix="selfheal-bench-builds-"))
+    this, base = _rounds(repeats, both, tmp)
+    with _Admin() as admin:  # policy host figures: this build's host against raw durable-rules
+        ours, raw = _durable_rates(
+            PolicyHost(load_policies(_rules(tmp / "rules", admin.url)), tick_seconds=60.0), repeats
+        )
+    label = f"build {BASELINE_COMMIT}" if base else ""
+
+    def per_round(runs: list[dict[str, Any]], key: str, q: float | None) -> list[float]:
+        if q is None:
+            return [x for r in runs for x in r[key]]
+        return [_pct(r[key], q) for r in runs]
+
+    def row(figure: str, unit: str, key: str, q: float | None = None, **kw: Any) -> Row:
+        return Row(figure, unit, per_round(this, key, q), label, per_round(base, key, q), **kw)
+
+    def total(key: str) -> int:
+        return sum(len(r[key]) if isinstance(r[key], list) else r[key] for r in this)
+
+    note = (
+        f"{len(SERVICES) * len(METRICS)} series; this build: sent {total('sent'):,}, scored"
+        f" {total('scored'):,} (unscored {total('sent') - total('scored')}), 429s {total('throttled')}"
+    )
+    soak_s = float(os.environ.get("SELFHEAL_BENCH_SOAK_S", "20"))
+    offered = float(np.median([r["offered"] for r in this]))
+    soak = f"soak {soak_s:.0f}s at {offered:,.0f} pts/s offered; median of per-round percentiles"
     return [
-        Row("engine points/s, HTTP push -> scored", "pts/s", rates,
-            "PyOD decision_function alone (pts/s equiv.)", pyod, target=">= 50,000", note=note),
-        Row("engine CPU per point (all engine processes)", "us", cpu_per_point, higher_is_better=False,
-            note=f"idle 2-core ceiling ~ {2e6 / float(np.median(cpu_per_point)):,.0f} pts/s; "
-            f"workers={settings.workers}, engine process {float(np.median(main_share)):.0%} of it"),
-        Row("arrival -> anomaly event p50", "ms", [float(np.percentile(a2e, 50))], higher_is_better=False,
-            note=f"{len(a2e)} events; {soak_note}"),
-        Row("arrival -> anomaly event p99", "ms", [float(np.percentile(a2e, 99))], higher_is_better=False),
-        Row("anomaly -> action dispatch p50", "ms", [float(np.percentile(e2d, 50))], higher_is_better=False,
-            note=f"{len(e2d)} dispatches, {dispatched} actions received by the target"),
-        Row("anomaly -> decision + execution journaled p99", "ms", [float(np.percentile(e2j, 99))],
-            higher_is_better=False, note=f"p50 {float(np.percentile(e2j, 50)):.1f} ms (one fsync'd commit)"),
-        Row("anomaly -> action dispatch p99", "ms", [float(np.percentile(e2d, 99))], higher_is_better=False,
-            target="< 50"),
+        row("engine points/s, HTTP push -> scored", "pts/s", "rates", target=">= baseline", note=note),
+        Row("PyOD decision_function alone (pts/s equiv.)", "pts/s", per_round(this, "pyod", None),
+            note="detector ceiling"),
+        row("engine CPU per point (all engine processes)", "us", "cpu_per_point", higher_is_better=False),
+        row("arrival -> anomaly event p50", "ms", "arrival_to_event", 50, higher_is_better=False,
+            note=f"{total('arrival_to_event')} events; {soak}"),
+        row("arrival -> anomaly event p99", "ms", "arrival_to_event", 99, higher_is_better=False),
+        row("anomaly -> action dispatch p50", "ms", "event_to_dispatch", 50, higher_is_better=False,
+            note=f"{total('event_to_dispatch')} dispatches, {total('dispatched')} received by the target"),
+        row("anomaly -> decision + execution journaled p99", "ms", "event_to_journaled", 99,
+            higher_is_better=False),
+        row("anomaly -> action dispatch p99", "ms", "event_to_dispatch", 99, higher_is_better=False,
+            target="< 10"),
         Row("PolicyHost decisions/s", "events/s", ours, "durable-rules raw post/s", raw),
-        Row(f"RSS end of {soak:.0f}s soak", "MiB", [rss_end], "RSS at soak start", [rss_start],
-            higher_is_better=False, target="flat"),
+        Row("RSS end of soak (this build)", "MiB", [r["rss"][1] for r in this], "RSS at soak start",
+            [r["rss"][0] for r in this], higher_is_better=False, target="flat"),
     ]  # fmt: skip
 
 
@@ -406,6 +502,8 @@ BENCHMARKS = [bench_engine]
 if __name__ == "__main__":
     if sys.argv[1:] == ["--admin"]:
         _admin_main()
+    elif len(sys.argv) == 3 and sys.argv[1] == "--measure":
+        print(json.dumps(_measure(int(sys.argv[2]))))
     elif len(sys.argv) == 6 and sys.argv[1] == "--generate":
         _generate(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
     else:
