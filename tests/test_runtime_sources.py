@@ -181,6 +181,13 @@ def test_full_queue_answers_429_and_loses_nothing_accepted(make_engine: Any) -> 
     assert 'selfheal_points_in_total{source="http"} 160.0' in metrics
 
 
+def test_push_is_refused_when_the_http_source_is_off(make_engine: Any) -> None:
+    server = make_engine(start_engine=False, sources={"http": False})
+    r = httpx.post(f"{server.url}/v1/telemetry", content=ndjson(points("gateway", T0, 2)))
+    assert r.status_code == 404 and "sources.http" in r.json()["detail"]
+    assert server.engine.queue.depth == 0 and httpx.get(f"{server.url}/healthz").status_code == 200
+
+
 def test_oversized_body_is_refused_by_its_content_length_before_it_is_read(make_engine: Any) -> None:
     server = make_engine(start_engine=False, max_request_bytes=1000)
     host, port = server.url.removeprefix("http://").split(":")

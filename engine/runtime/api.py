@@ -82,6 +82,12 @@ Operator = Annotated[str, Depends(identify)]
 Reader = Depends(reader)
 
 
+PUSH_OFF = (
+    "push is off in this engine (sources.http: false); send points to one of its file or"
+    " Prometheus sources, or set sources.http: true"
+)
+
+
 def create_app(engine: Engine) -> FastAPI:
     settings = engine.settings
     app = FastAPI(title="selfheal engine", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
@@ -104,6 +110,8 @@ def create_app(engine: Engine) -> FastAPI:
 
     @app.post("/v1/telemetry", dependencies=[Reader])
     async def telemetry(request: Request) -> Response:
+        if not settings.sources.http:
+            return JSONResponse({"detail": PUSH_OFF}, status_code=404)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_request_bytes:
             return _too_large(settings.max_request_bytes)

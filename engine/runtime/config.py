@@ -44,7 +44,7 @@ class PrometheusTarget(_Strict):
 
 
 class Sources(_Strict):
-    http: bool = True
+    http: bool = Field(True, description="accept pushes on POST /v1/telemetry (false: 404)")
     files: list[str] = Field(default_factory=list, description="NDJSON files to tail; '-' is stdin")
     from_start: bool = Field(False, description="read files from their start instead of their end")
     prometheus: list[PrometheusTarget] = Field(default_factory=list)
