@@ -311,8 +311,9 @@ def _assemble() -> Any:
     return assemble
 
 
-def _measure(repeats: int) -> dict[str, Any]:
-    """One build's figures (this process imports whichever ``engine`` is on the path)."""
+def _measure(repeats: int, offered: float = 0.0) -> dict[str, Any]:
+    """One build's figures (this process imports whichever ``engine`` is on the path); the soak
+    offers ``offered`` points/s, or (0) ``LOAD_FRACTION`` of this run's saturation rate."""
     import psutil
 
     from engine.runtime.config import load_settings
@@ -362,7 +363,7 @@ def _measure(repeats: int) -> dict[str, Any]:
                 cpu_per_point.append((_engine_cpu(proc, gen.pid) - c0) / max(done, 1) * 1e6)
             sent, throttled = _finish(gen, engine, warmup + window * repeats)
             # Phase 2, soak at a fixed offered rate below saturation: latency and memory.
-            offered = min(TARGET_RATE, LOAD_FRACTION * float(np.median(rates)))
+            offered = offered or min(TARGET_RATE, LOAD_FRACTION * float(np.median(rates)))
             lat = engine.latencies
             assert lat is not None
             for samples in lat.values():
@@ -405,11 +406,11 @@ def _drop_tree(path: Path) -> None:
     subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
-def _run_build(root: Path, repeats: int) -> dict[str, Any]:
+def _run_build(root: Path, repeats: int, offered: float) -> dict[str, Any]:
     """``_measure`` in a fresh interpreter that imports ``engine`` from ``root``."""
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run(
-        [sys.executable, __file__, "--measure", str(repeats)],
+        [sys.executable, __file__, "--measure", str(repeats), str(offered)],
         env=env,
         capture_output=True,
         text=True,
@@ -428,17 +429,20 @@ def _rounds(repeats: int, both: bool, tmp: Path) -> tuple[list[dict[str, Any]], 
     """``repeats`` rounds of one soak per build, alternating which build goes first.
 
     The machine is shared and its load drifts over minutes: measuring one build after the other
-    once would compare two loads, alternating lets the medians compare builds.
+    once would compare two loads, alternating lets the medians compare builds. Every soak offers
+    the rate the first one chose, so both builds' latencies are measured under the same load.
     """
     this: list[dict[str, Any]] = []
     base: list[dict[str, Any]] = []
     root = _baseline_tree(tmp / BASELINE_COMMIT) if both else None
+    offered = 0.0
     try:
         for i in range(repeats):
             order = [(REPO, this), (root, base)] if root else [(REPO, this)]
             for tree, out in order if i % 2 else reversed(order):
                 print(f"  round {i + 1}/{repeats}: build {tree}", file=sys.stderr, flush=True)
-                out.append(_run_build(tree, 1))
+                out.append(_run_build(tree, 1, offered))
+                offered = out[-1]["offered"]
     finally:
         if root:
             _drop_tree(root)
@@ -502,8 +506,8 @@ BENCHMARKS = [bench_engine]
 if __name__ == "__main__":
     if sys.argv[1:] == ["--admin"]:
         _admin_main()
-    elif len(sys.argv) == 3 and sys.argv[1] == "--measure":
-        print(json.dumps(_measure(int(sys.argv[2]))))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--measure":
+        print(json.dumps(_measure(int(sys.argv[2]), float(sys.argv[3]))))
     elif len(sys.argv) == 6 and sys.argv[1] == "--generate":
         _generate(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]))
     else:
