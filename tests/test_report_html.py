@@ -138,6 +138,25 @@ def test_missing_unexpected_and_unverified_actions_fail_the_run() -> None:
     assert "leak: no restart on inference-a was executed" in analyse(rec).reasons
 
 
+def test_an_expectation_may_name_several_remedies_and_tells_remedied_from_verified() -> None:
+    rec = record()
+    rec["experiment"]["expect"][0]["action"] = ["scale", "restart"]  # any one of them is the remedy
+    result = analyse(rec)
+    assert result.passed, result.reasons
+    (expectation,) = result.faults[0].expectations
+    assert expectation["met"] and expectation["remedied"]
+    rec["journal"]["verifications"][0]["status"] = "failed"
+    (expectation,) = analyse(rec).faults[0].expectations
+    assert not expectation["met"] and expectation["remedied"]  # the cause was acted on, not verified
+    assert expectation["why"] == "restart on inference-a was not verified (failed)"
+    rec["experiment"]["expect"][0]["action"] = ["scale", "refresh_index"]
+    (expectation,) = analyse(rec).faults[0].expectations
+    assert (
+        not expectation["remedied"]
+        and expectation["why"] == "no scale or refresh_index on inference-a was executed"
+    )
+
+
 def test_the_page_is_self_contained() -> None:
     page = render_html([analyse(record())])
     assert not re.search(r"""(src|href)=["']https?://""", page), "no CDN: the network is closed"

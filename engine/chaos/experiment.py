@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from engine.errors import Problem, SpecError
@@ -32,7 +33,8 @@ SERVICE_ROLES = {
     "feature-store": "feature_store",
     "ingestion": "ingestion",
 }
-ACTIONS = ("restart", "scale", "shift_traffic", "refresh_index", "rollback_model")
+Action = Literal["restart", "scale", "shift_traffic", "refresh_index", "rollback_model"]
+ACTIONS: tuple[str, ...] = Action.__args__  # type: ignore[attr-defined]
 METRICS = PLATFORM_METRICS
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -127,21 +129,29 @@ Step = FaultStep | PauseStep
 
 
 class Expectation(_Strict):
-    """The remediation a fault should get: ``action`` on ``service`` executed within ``within``."""
+    """The remediation a fault should get: ``action`` on ``service`` executed within ``within``.
+
+    ``action`` may list several actions when any one of them is the remedy (a policy that scales
+    out a queueing service and restarts it otherwise declares both); the first that ran is judged.
+    """
 
     fault: str
-    action: Literal["restart", "scale", "shift_traffic", "refresh_index", "rollback_model"]
+    action: Action | list[Action]
     service: Service
     within: Duration = 1800.0
     approval: Literal["none", "approved", "rejected", "expired"] = "none"
     executed: bool = True
     verified: bool = True
 
+    @property
+    def actions(self) -> tuple[str, ...]:
+        return (self.action,) if isinstance(self.action, str) else tuple(self.action)
+
 
 class ApprovalAnswer(_Strict):
     """How the experiment answers an approval request for ``action`` on ``service``."""
 
-    action: Literal["restart", "scale", "shift_traffic", "refresh_index", "rollback_model"]
+    action: Action
     service: Service
     decide: Literal["approve", "reject", "ignore"]
     after: Duration = 60.0
@@ -204,6 +214,9 @@ class Experiment(_Strict):
         1800.0, description="after the method: wait this long for the hypothesis"
     )
     allow_unexpected_actions: bool = False
+    control: bool = Field(
+        False, description="a quiet control: the method injects nothing and any action is a false one"
+    )
 
     @property
     def faults(self) -> list[FaultSpec]:
@@ -230,9 +243,29 @@ def _semantic(exp: Experiment, source: str) -> list[Problem]:
                     )
                 )
             names.setdefault(step.fault.name, i)
-    if not names:
+    if exp.control and names:
         problems.append(
-            Problem(source, "method", "the method injects no fault", "add a `- fault: {...}` step")
+            Problem(
+                source, "control", "a quiet control injects no fault", "remove the fault steps or the flag"
+            )
+        )
+    if exp.control and exp.allow_unexpected_actions:
+        problems.append(
+            Problem(
+                source,
+                "allow_unexpected_actions",
+                "a quiet control judges exactly the actions it would allow",
+                "remove allow_unexpected_actions",
+            )
+        )
+    if not names and not exp.control:
+        problems.append(
+            Problem(
+                source,
+                "method",
+                "the method injects no fault",
+                "add a `- fault: {...}` step, or set `control: true` for a quiet control",
+            )
         )
     for i, e in enumerate(exp.expect):
         if e.fault not in names:
@@ -257,6 +290,12 @@ def _semantic(exp: Experiment, source: str) -> list[Problem]:
             )
         )
     return problems
+
+
+def dump_experiment(exp: Experiment) -> str:
+    """The experiment as a file ``load_experiment`` reads back equal (defaults left out)."""
+    body = exp.model_dump(mode="json", exclude_defaults=True)
+    return yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=110)
 
 
 def load_experiment(path: Path | str) -> Experiment:
@@ -292,5 +331,6 @@ __all__ = [
     "Probe",
     "Safeguard",
     "Tolerance",
+    "dump_experiment",
     "load_experiment",
 ]

@@ -44,7 +44,7 @@ COLORS = {
 }
 
 
-def _fmt_s(v: float | None) -> str:
+def fmt_duration(v: float | None) -> str:
     if v is None:
         return "-"
     return f"{v / 60:.1f} min" if abs(v) >= 120 else f"{v:.0f} s"
@@ -71,7 +71,8 @@ def render_text(result: RunResult) -> str:
         apps = ", ".join(f"{a['action']}@{a['target']}:{a['status']}" for a in f.approvals) or "none"
         lines.append(
             f"  {f.name:<14} {f.kind:<18} {f.service:<13} injected {_clock(f.injected, t0)}  "
-            f"TTD {_fmt_s(f.ttd_s):>8}  TTR {_fmt_s(f.ttr_s):>8}  actions: {acts}  approvals: {apps}"
+            f"TTD {fmt_duration(f.ttd_s):>8}  TTR {fmt_duration(f.ttr_s):>8}  "
+            f"actions: {acts}  approvals: {apps}"
         )
     if result.unexpected:
         lines.append(
@@ -82,7 +83,7 @@ def render_text(result: RunResult) -> str:
     return "\n".join(lines)
 
 
-def _el(tag: str, text: str | None = None, **attrs: Any) -> str:
+def element(tag: str, text: str | None = None, **attrs: Any) -> str:
     """One SVG/HTML element; ``class_`` -> ``class``, ``stroke_width`` -> ``stroke-width``; escaped."""
     rendered = " ".join(
         f'{k.rstrip("_").replace("_", "-")}="{html.escape(str(v))}"' for k, v in attrs.items()
@@ -119,7 +120,9 @@ def _svg(service: str, result: RunResult, x0: float, x1: float) -> str:
     inner = H - PAD_T - PAD_B
     series: dict[str, list[list[float]]] = rec.get("series", {})
     parts = [
-        _el("rect", x=PAD_L, y=PAD_T, width=W - PAD_L - PAD_R, height=inner, fill="#fafafa", stroke="#e5e7eb")
+        element(
+            "rect", x=PAD_L, y=PAD_T, width=W - PAD_L - PAD_R, height=inner, fill="#fafafa", stroke="#e5e7eb"
+        )
     ]
     for f in (f for f in result.faults if f.service == service):
         left, right = lane.x(f.injected), lane.x(f.recovered or x1)
@@ -136,20 +139,20 @@ def _svg(service: str, result: RunResult, x0: float, x1: float) -> str:
         pad = (hi - lo) * 0.1 or abs(hi) * 0.1 or 1.0
         d = lane.path(points, lo - pad, hi + pad)
         parts.append(
-            _el("path", class_="metric", d=d, fill="none", stroke=COLORS["metric"], stroke_width=1.2)
+            element("path", class_="metric", d=d, fill="none", stroke=COLORS["metric"], stroke_width=1.2)
         )
-        parts.append(_el("text", metric, x=4, y=PAD_T + 10, font_size=10, fill=COLORS["metric"]))
-        parts.append(_el("text", f"{hi:.3g}", x=4, y=PAD_T + 22, font_size=9, fill="#6b7280"))
-        parts.append(_el("text", f"{lo:.3g}", x=4, y=H - PAD_B, font_size=9, fill="#6b7280"))
+        parts.append(element("text", metric, x=4, y=PAD_T + 10, font_size=10, fill=COLORS["metric"]))
+        parts.append(element("text", f"{hi:.3g}", x=4, y=PAD_T + 22, font_size=9, fill="#6b7280"))
+        parts.append(element("text", f"{lo:.3g}", x=4, y=H - PAD_B, font_size=9, fill="#6b7280"))
     scores = [(float(t), float(v)) for t, v in rec.get("scores", {}).get(service, []) if x0 <= t <= x1]
     if scores:
         d = lane.path(scores, 0.0, 1.0)
         parts.append(
-            _el("path", class_="score", d=d, fill="none", stroke=COLORS["score"], stroke_dasharray="3,2")
+            element("path", class_="score", d=d, fill="none", stroke=COLORS["score"], stroke_dasharray="3,2")
         )
         y = round(lane.y(float(rec.get("threshold", 1.0)), 0.0, 1.0), 1)
         parts.append(
-            _el("line", x1=PAD_L, x2=W - PAD_R, y1=y, y2=y, stroke=COLORS["score"], stroke_width=0.5)
+            element("line", x1=PAD_L, x2=W - PAD_R, y1=y, y2=y, stroke=COLORS["score"], stroke_width=0.5)
         )
     for n in rec["notes"]:
         if n["kind"] == "anomaly" and n.get("service") == service and x0 <= n["ts"] <= x1:
@@ -173,7 +176,7 @@ def _svg(service: str, result: RunResult, x0: float, x1: float) -> str:
                 f"<title>{html.escape(title)}</title></path>"
             )
             parts.append(
-                _el(
+                element(
                     "text",
                     f"approval {a['status']}",
                     x=round(x + 7, 1),
@@ -186,7 +189,7 @@ def _svg(service: str, result: RunResult, x0: float, x1: float) -> str:
         t = x0 + (x1 - x0) * i / 4
         label = _clock(t, rec["started"])
         parts.append(
-            _el(
+            element(
                 "text",
                 label,
                 x=round(lane.x(t), 1),
@@ -213,12 +216,17 @@ def _action(
         f'<line class="action" x1="{x}" x2="{x}" y1="{PAD_T}" y2="{H - PAD_B}" stroke="{color}" '
         f'stroke-width="2"><title>{html.escape(label)}</title></line>'
     )
-    parts.append(_el("text", label, x=x + 3, y=PAD_T + 22, font_size=10, fill=color))
+    parts.append(element("text", label, x=x + 3, y=PAD_T + 22, font_size=10, fill=color))
 
 
-def _table(headers: Iterable[str], rows: Iterable[Iterable[Any]], table_id: str) -> str:
+class Raw(str):
+    """A table cell that is already HTML (a link); every other cell is escaped."""
+
+
+def html_table(headers: Iterable[str], rows: Iterable[Iterable[Any]], table_id: str) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    cell = lambda c: c if isinstance(c, Raw) else html.escape(str(c))  # noqa: E731
+    body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
@@ -278,8 +286,8 @@ def _fault_row(f: Any, t0: float) -> list[str]:
         f.kind,
         f.service,
         _clock(f.injected, t0),
-        _fmt_s(f.ttd_s),
-        _fmt_s(f.ttr_s),
+        fmt_duration(f.ttd_s),
+        fmt_duration(f.ttr_s),
         actions or "none",
         approvals or "none",
         "met" if f.ok else "NOT MET",
@@ -328,7 +336,7 @@ def _section(result: RunResult) -> str:
         f"{result.title}. Detector {rec.get('detector')}, bundle {rec.get('bundle_version')}, "
         f"clock x{rec['speed']:g}."
     )
-    table = _table(
+    table = html_table(
         FAULT_COLUMNS, [_fault_row(f, rec["started"]) for f in result.faults], f"faults-table-{result.name}"
     )
     return (
@@ -345,15 +353,15 @@ def _section(result: RunResult) -> str:
 
 def render_html(results: list[RunResult], title: str = "selfheal chaos report") -> str:
     """One page for one or more runs (a game day and its variants side by side)."""
-    overview = _table(
+    overview = html_table(
         OVERVIEW_COLUMNS,
         [
             [
                 r.name,
                 r.verdict,
                 len(r.faults),
-                _fmt_s(_mean([f.ttd_s for f in r.faults])),
-                _fmt_s(_mean([f.ttr_s for f in r.faults])),
+                fmt_duration(_mean([f.ttd_s for f in r.faults])),
+                fmt_duration(_mean([f.ttr_s for f in r.faults])),
                 sum(len(f.actions) for f in r.faults),
                 len(r.unexpected),
                 len(r.approvals),

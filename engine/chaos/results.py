@@ -222,34 +222,34 @@ def _expectation(
     claimed: set[str],
 ) -> dict[str, Any]:
     deadline = fr.injected + float(e["within"])
-    out = {**e, "met": False, "why": ""}
+    out = {**e, "met": False, "remedied": False, "why": ""}
+    wanted = [e["action"]] if isinstance(e["action"], str) else list(e["action"])
+    what = " or ".join(wanted)
     matching = [
         d
         for d in decisions.values()
-        if d["target"] == e["service"] and d["action"] == e["action"] and d["ts_pts"] >= fr.injected
+        if d["target"] == e["service"] and d["action"] in wanted and d["ts_pts"] >= fr.injected
     ]
     if e["approval"] != "none":
         statuses = [a["status"] for d in matching for a in approvals.get(d["id"], [])]
         if not statuses:
-            out["why"] = f"no approval was asked for {e['action']} on {e['service']}"
+            out["why"] = f"no approval was asked for {what} on {e['service']}"
             return out
         if e["approval"] not in statuses:
             ended = ", ".join(statuses)
-            out["why"] = (
-                f"approval for {e['action']} on {e['service']} ended {ended}, expected {e['approval']}"
-            )
+            out["why"] = f"approval for {what} on {e['service']} ended {ended}, expected {e['approval']}"
             return out
     runs = [
         a
         for a in actions
         if a["target"] == e["service"]
-        and a["action"] == e["action"]
+        and a["action"] in wanted
         and a["executed"] is not None
         and a["executed"] >= fr.injected
     ]
     if not e["executed"]:
         if runs:
-            out["why"] = f"{e['action']} on {e['service']} ran although it should not have"
+            out["why"] = f"{what} on {e['service']} ran although it should not have"
             for a in runs:
                 claimed.add(a["execution_id"])
                 a["fault"] = fr.name
@@ -257,7 +257,7 @@ def _expectation(
         out["met"] = True
         return out
     if not runs:
-        out["why"] = f"no {e['action']} on {e['service']} was executed"
+        out["why"] = f"no {what} on {e['service']} was executed"
         return out
     first = runs[0]
     for a in runs:
@@ -266,11 +266,12 @@ def _expectation(
     if first["executed"] > deadline:
         late = first["executed"] - fr.injected
         out["why"] = (
-            f"{e['action']} on {e['service']} ran {late:.0f} s after the fault, limit {e['within']:.0f} s"
+            f"{first['action']} on {e['service']} ran {late:.0f} s after the fault, limit {e['within']:.0f} s"
         )
         return out
+    out["remedied"] = True  # the cause was acted on in time; whether the engine verified it is next
     if e["verified"] and first["verification"] != "verified":
-        out["why"] = f"{e['action']} on {e['service']} was not verified ({first['verification']})"
+        out["why"] = f"{first['action']} on {e['service']} was not verified ({first['verification']})"
         return out
     out["met"] = True
     return out

@@ -38,7 +38,7 @@ import httpx
 import numpy as np
 
 from engine.chaos.experiment import ApprovalAnswer, Experiment, FaultStep, PauseStep, Probe
-from engine.errors import RuntimeEngineError
+from engine.errors import InputError, RuntimeEngineError
 from engine.simulation.clock import ScaledClock
 from engine.simulation.live import Point, SimulatedPlatform
 from engine.simulation.server import PlatformServer
@@ -101,6 +101,7 @@ class _Pump:
         self.paused = threading.Event()
         self.error: BaseException | None = None
         self._client = httpx.Client(timeout=30.0)
+        self._encoded: dict[tuple[str, str], str] = {}
         self._thread = threading.Thread(target=self._run, name="chaos-pump", daemon=True)
 
     def start(self) -> None:
@@ -123,6 +124,14 @@ class _Pump:
             log.exception("telemetry pump failed")
             self.error = exc
 
+    def _names(self, service: str, metric: str) -> str:
+        """The JSON of a series' names, encoded once: a warm-up pushes ~80k points, and one
+        ``json.dumps`` per point cost more wall time than the engine took to score them."""
+        key = (service, metric)
+        if key not in self._encoded:
+            self._encoded[key] = f'"service":{json.dumps(service)},"metric":{json.dumps(metric)}'
+        return self._encoded[key]
+
     def push(self, points: list[Point]) -> None:
         """POST points as NDJSON; a 429 (engine busy) is retried after its Retry-After."""
         record = self.timeline.points
@@ -130,9 +139,7 @@ class _Pump:
             record[(service, metric)].append((ts, value))
         for i in range(0, len(points), 50_000):
             chunk = points[i : i + 50_000]
-            body = "\n".join(
-                json.dumps({"ts": ts, "service": s, "metric": m, "value": v}) for ts, s, m, v in chunk
-            )
+            body = "\n".join(f'{{"ts":{ts!r},{self._names(s, m)},"value":{v!r}}}' for ts, s, m, v in chunk)
             while True:
                 r = self._client.post(
                     f"{self.ctx.engine_url}/v1/telemetry",
@@ -244,6 +251,11 @@ class ChaosRun:
         self._approver_tokens = {a.approver: secrets.token_urlsafe(16) for a in exp.approvals}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         journal = self.out_dir / "engine.sqlite"
+        if journal.exists():  # its cooldowns and decisions would leak into this run's verdict
+            raise InputError(
+                f"{self.out_dir} already holds a run (its engine journal {journal.name})",
+                hint="give every run a folder of its own (another --out), or delete that folder",
+            )
         settings = load_settings(
             overrides={
                 "port": 0,
