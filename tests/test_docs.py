@@ -78,12 +78,13 @@ FAST: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("synth",): (["--days", "1"], "one day takes the same path as fourteen"),
     ("experiment", "run"): (["--workers", "1"], "on two shared cores, spawning workers costs more"),
     ("nab", "run"): (["--category", "artificialWithAnomaly"], "the whole subset takes ~30 s a run"),
+    ("chaos", "campaign"): (["--n", "2", "--workers", "1"], "two experiments take the path of fifty"),
 }
 #: Commands that make their block slow (more than a few seconds), or `alone` (an engine racing a
 #: simulated clock, see `make test`).
 SLOW = {("demo",), ("experiment", "run"), ("evaluate",), ("nab", "run"), ("nab", "score"), ("run",),
-        ("bundle", "build"), ("chaos", "run")}  # fmt: skip
-ALONE = {("chaos", "run")}
+        ("bundle", "build"), ("chaos", "run"), ("chaos", "campaign")}  # fmt: skip
+ALONE = {("chaos", "run"), ("chaos", "campaign")}
 #: Long-running commands: started in the background, stopped with this signal (exit 0 expected).
 SERVERS = {("run",): signal.SIGTERM, ("chaos", "platform"): signal.SIGINT}
 #: Documented exit codes other than 0, by the README line (without its comment).

@@ -16,6 +16,7 @@ def register(app: typer.Typer) -> None:
     """Add the chaos commands (and the shadow replay) to the root app."""
     chaos = typer.Typer(help="Chaos experiments against the simulated platform.", no_args_is_help=True)
     chaos.command("run")(chaos_run)
+    chaos.command("campaign")(chaos_campaign)
     chaos.command("validate")(chaos_validate)
     chaos.command("list")(chaos_list)
     chaos.command("platform")(chaos_platform)
@@ -78,14 +79,91 @@ def chaos_run(
         raise typer.Exit(1)
 
 
+def chaos_campaign(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", help="How many experiments to draw.")] = 50,
+    seed: Annotated[
+        int, typer.Option(help="The campaign's seed: the same seed draws the same experiments.")
+    ] = 0,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", "-b", help="Run this bundle's detector and policies (default: fit one)."),
+    ] = None,
+    speed: Annotated[
+        float | None, typer.Option(help="Platform seconds per wall second (default 720).")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Experiments run at once, each in its own process.")] = 1,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Campaign folder (default HOME/chaos/campaign-<seed>-<time>)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write and validate the generated experiments; run nothing.")
+    ] = False,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the home's).")
+    ] = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log the campaign's figures to MLflow.")
+    ] = True,
+) -> None:
+    """Draw chaos experiments at random from a seed, run them against the engine, report the heal rate.
+
+    Each experiment is a fault kind on an eligible service (or two at once, or a quiet control
+    with no fault) at 0.5x to 5x the shipped strength, at a random weekday and time; its expected
+    remedy comes from the policies. Writes experiments/*.yaml and campaign.json (the draw),
+    one folder per experiment (journal, report.html), campaign.html (heal rate per kind, TTD/TTR
+    distributions, every unexpected action with its rule, approvals) and summary.txt. Exit code 0
+    when the campaign ran (its figures are the result), 2 on bad input.
+
+    Example: selfheal chaos campaign --n 50 --seed 7 --workers 2
+    """
+    from engine.chaos.campaign import generate_campaign, write_campaign
+    from engine.errors import InputError
+
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}", hint="e.g. --workers 2")
+    home = home_of(ctx).ensure()
+    folder = out or home.root / "chaos" / f"campaign-{seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    policies = None
+    if bundle is not None:
+        from engine.bundle import load_bundle
+
+        policies = load_bundle(bundle).policies
+    campaign = generate_campaign(n, seed, policies=policies)
+    if dry_run:
+        paths = write_campaign(campaign, folder)
+        for g, path in zip(campaign.items, paths, strict=True):
+            typer.echo(f"ok  {path}: {g.draw.label}, {g.draw.when}")
+        typer.echo(f"{len(paths)} experiments written and valid: {folder / 'experiments'}")
+        typer.echo(f"draw: {folder / 'campaign.json'}")
+        return
+    from engine.chaos.campaign_run import run_campaign
+
+    uri = None
+    if mlflow:
+        from engine.tracking.registry import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(home, tracking_uri)
+    result = run_campaign(
+        campaign, folder, bundle=bundle, speed=speed, workers=workers, tracking_uri=uri, echo=_echo
+    )
+    from engine.chaos.campaign_report import render_text
+
+    typer.echo(render_text(result))
+    typer.echo(f"report: {folder / 'campaign.html'}")
+
+
 def chaos_validate(
     files: Annotated[
-        list[Path] | None, typer.Argument(help="Experiment files (default: every experiments/chaos/*.yaml).")
+        list[Path] | None,
+        typer.Argument(help="Experiment files or folders of them (default: every experiments/chaos/*.yaml)."),
     ] = None,
 ) -> None:
     """Validate chaos experiments without running them; every problem of every file at once.
 
-    Exit code 0 when all are valid, 2 otherwise.
+    A folder stands for every *.yaml inside it, e.g. the experiments a campaign generated
+    (selfheal chaos campaign --dry-run writes them). Exit code 0 when all are valid, 2 otherwise.
 
     Example: selfheal chaos validate experiments/chaos/game_day.yaml
     """
@@ -93,7 +171,7 @@ def chaos_validate(
     from engine.chaos.experiment import load_experiment
     from engine.errors import Problem, SpecError
 
-    paths = files or sorted(EXPERIMENTS_DIR.glob("*.yaml"))
+    paths = [p for f in files or [EXPERIMENTS_DIR] for p in (sorted(f.glob("*.yaml")) if f.is_dir() else [f])]
     problems: list[Problem] = []
     for path in paths:
         try:
