@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -221,7 +222,9 @@ def run_demo(
 
         t = time.perf_counter()
         echo(f"[7/{steps}] game day: simulated platform + engine, faults injected (simulated clock)")
-        chaos = run_game_day(home.root / "chaos" / "game-day", tracking_uri=uri, echo=echo)
+        folder = home.root / "chaos" / "game-day"
+        shutil.rmtree(folder, ignore_errors=True)  # the last demo's game day: a run needs a fresh folder
+        chaos = run_game_day(folder, tracking_uri=uri, echo=echo)
         summary.game_day_html = chaos.html
         summary.game_day_text = chaos.text()
         summary.game_day_passed = chaos.passed
