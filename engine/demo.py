@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -222,9 +221,7 @@ def run_demo(
 
         t = time.perf_counter()
         echo(f"[7/{steps}] game day: simulated platform + engine, faults injected (simulated clock)")
-        folder = home.root / "chaos" / "game-day"
-        shutil.rmtree(folder, ignore_errors=True)  # the last demo's game day: a run needs a fresh folder
-        chaos = run_game_day(folder, tracking_uri=uri, echo=echo)
+        chaos = run_game_day(home.new_run("chaos", "game-day"), tracking_uri=uri, echo=echo)
         summary.game_day_html = chaos.html
         summary.game_day_text = chaos.text()
         summary.game_day_passed = chaos.passed

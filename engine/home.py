@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 ENV_VAR = "SELFHEAL_HOME"
@@ -75,6 +76,26 @@ class Home:
     @property
     def notebooks_out(self) -> Path:
         return self.root / "notebooks"
+
+    def new_run(self, *parts: str) -> Path:
+        """A fresh folder for one run under ``HOME/parts/``: its start time, then -2, -3... if taken.
+
+        Why fresh every time: a chaos run's engine journal holds its cooldowns, hourly limits and
+        decisions; a second run reusing the folder would inherit them (its remedies blocked, the old
+        decisions judged as its own unexpected actions). Created here, so two runs started in the
+        same second never share one.
+        """
+        parent = self.root.joinpath(*parts)
+        parent.mkdir(parents=True, exist_ok=True)
+        stem = datetime.now().strftime("%Y%m%d-%H%M%S")
+        for n in range(1, 10_000):
+            folder = parent / (stem if n == 1 else f"{stem}-{n}")
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            return folder
+        raise FileExistsError(f"{parent}: no free run folder for {stem}; remove old runs")
 
 
 def use_tracking(uri: str) -> None:

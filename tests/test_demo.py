@@ -32,7 +32,7 @@ def _demo(home: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
     home = tmp_path / "demo-home"
     first = _demo(home)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
     assert "== selfheal demo: summary ==" in out
     assert "PROMOTED: selfheal-detector version 1" in out
@@ -46,18 +46,22 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
     assert (bundles[0] / "manifest.sig").is_file()  # signed with the home's key, pinned in the home
     assert len(list((home / "keys" / "trusted").glob("*.pub"))) == 1
     assert "game day    every fault healed" in out
-    report = home / "chaos" / "game-day" / "report.html"
-    assert report.is_file() and str(report.resolve()) in out
+    (report,) = (home / "chaos" / "game-day").glob("*/report.html")
+    assert str(report.resolve()) in out
     noise = ("INFO", "WARNING", "ERROR", "Downloading artifacts", "[IPKernelApp]", "Traceback")
     assert [line for line in first.stderr.splitlines() if any(n in line for n in noise)] == []
     _run_the_hints(out)
 
-    # the second run skips the (slow) game day: it checks idempotency of the research loop and bundle
-    second = _demo(home, "--no-game-day")
-    assert second.returncode == 0, second.stderr[-3000:]
+    # the second run: idempotent research loop and bundle, and a game day of its own (its own run
+    # folder and journal: the first run's cooldowns and decisions must not leak into its verdict)
+    second = _demo(home)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "(0 new)" in second.stdout  # the same data, not duplicated
     assert "champion    models:/selfheal-detector@champion = version 1" in second.stdout
     assert len(list((home / "notebooks").glob("03_scheduled_evaluation-*.ipynb"))) == 2
+    assert "game day    every fault healed" in second.stdout
+    reports = sorted((home / "chaos" / "game-day").glob("*/report.html"))
+    assert len(reports) == 2 and str(reports[-1].resolve()) in second.stdout
 
 
 def _run_the_hints(out: str, *, everything: bool = True) -> None:

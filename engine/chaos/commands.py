@@ -62,7 +62,7 @@ def chaos_run(
     from engine.chaos.api import run_experiments
 
     home = home_of(ctx).ensure()
-    folder = out or home.root / "chaos" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = out or home.new_run("chaos")
     uri = None
     if mlflow:
         from engine.tracking.registry import resolve_tracking_uri
