@@ -1,4 +1,4 @@
-"""Write the three research notebooks (no outputs) from this one readable source.
+"""Write the four research notebooks (no outputs) from this one readable source.
 
 Run: .venv/bin/python notebooks/make_notebooks.py
 The notebooks stay thin: every cell calls functions in ``engine`` (engine.tracking.research,
@@ -152,10 +152,45 @@ print(f"{ev.model_uri} = version {ev.version}; window {ev.window_start} .. {ev.w
     ]
 )
 
+OUTCOMES = _nb(
+    [
+        new_markdown_cell(
+            "# 04 · Outcomes: what the engine's actions achieved\n\n"
+            "The engine's journal as evidence, after `selfheal journal export --to-store`: per policy "
+            "rule, how many decisions it made, how many actions ran, how many of those were verified "
+            "(the service healthy again), the median time from the anomaly to the verified recovery, "
+            "and the approvals people rejected or let expire; per detector version, the alarms "
+            "operators labeled and how many were false. Rejections and false alarms are the "
+            "negative labels research can learn from (tables `outcomes` and `alarm_labels`)."
+        ),
+        _params(
+            """
+home = None          # selfheal home folder (None: SELFHEAL_HOME or ./.selfheal)
+policies = None      # a list of policy names such as ["platform"]; None means all
+"""
+        ),
+        new_code_cell(
+            """
+from engine.runtime.outcomes import (
+    OUTCOMES, false_alarms_by_detector, load_outcomes, plot_effectiveness, policy_effectiveness,
+)
+
+outcomes, labels = load_outcomes(home, policies=policies)
+print(f"{outcomes.height} decisions, {labels.height} labeled alarms")
+{outcome: OUTCOMES[outcome] for outcome in sorted(set(outcomes["outcome"]))}
+""".strip()
+        ),
+        new_code_cell("table = policy_effectiveness(outcomes)\ntable"),
+        new_code_cell("fig = plot_effectiveness(table)"),
+        new_code_cell("false_alarms_by_detector(labels)"),
+    ]
+)
+
 NOTEBOOKS = {
     "01_explore_telemetry.ipynb": EXPLORE,
     "02_tune_detector.ipynb": TUNE,
     "03_scheduled_evaluation.ipynb": SCHEDULED,
+    "04_outcomes.ipynb": OUTCOMES,
 }
 
 

@@ -100,6 +100,11 @@ PLACEHOLDERS = (
         "a waiting approval, from `selfheal approvals list`",
     ),
     (
+        r"\bevt-[0-9a-f]{16}\b",
+        r"\b(evt-[0-9a-f]{16})\b",
+        "an anomaly event, from `selfheal journal --kind events`",
+    ),
+    (
         r"\b[0-9a-f]{8}\.\.\.",
         r"digest\s+([0-9a-f]{64})",
         "a bundle digest, printed by `selfheal bundle build`",

@@ -22,7 +22,12 @@ from engine.tracking.notebooks import coerce, declared_parameters, run_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ("01_explore_telemetry.ipynb", "02_tune_detector.ipynb", "03_scheduled_evaluation.ipynb")
+NAMES = (
+    "01_explore_telemetry.ipynb",
+    "02_tune_detector.ipynb",
+    "03_scheduled_evaluation.ipynb",
+    "04_outcomes.ipynb",
+)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -122,6 +127,7 @@ PARAMETERS = {
                "threshold_q", "features_from"},
     NAMES[2]: {"home", "tracking_uri", "model_name", "alias", "window_days", "metric", "min_quality",
                "mlflow_run_id"},
+    NAMES[3]: {"home", "policies"},  # both take effect: tests/test_outcomes.py
 }  # fmt: skip
 
 

@@ -3,7 +3,7 @@
 Authentication is a bearer token from the configuration (``token``), plus optional named tokens
 (``approver_tokens``). The actor recorded for an approval or the kill switch is the identity bound
 to the token (the token's name, or ``token`` for the shared one), never a name the body gives: a
-body that claims one is refused (422). Operator actions (approve, reject, pause, resume) always
+body that claims one is refused (422). Operator actions (approve, reject, pause, resume, label) always
 need a token; when the engine listens beyond loopback, every ``/v1`` endpoint does.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -22,6 +22,7 @@ from engine.runtime.config import LOOPBACK, EngineSettings
 from engine.runtime.journal import KINDS
 from engine.runtime.ladder import Mode, policy_names, would_be
 from engine.runtime.notify import evidence
+from engine.runtime.outcomes import label_event
 from engine.runtime.process import Engine
 from engine.runtime.supervisor import ApprovalRefused
 from engine.telemetry.points import parse_body
@@ -44,6 +45,14 @@ class _Body(BaseModel):
     """What an operator may say: why. Who is the token's business (no ``approver`` field)."""
 
     model_config = ConfigDict(extra="forbid")
+    reason: str | None = None
+
+
+class _Label(BaseModel):
+    """An operator's word on one anomaly event (research uses it as a label)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: Literal["false_alarm", "true_alarm"]
     reason: str | None = None
 
 
@@ -189,6 +198,14 @@ def create_app(engine: Engine) -> FastAPI:
         body = body or _Body()
         engine.set_paused(False, actor=who, reason=body.reason)
         return {"paused": False}
+
+    @app.post("/v1/events/{event_id}/label")
+    def label(event_id: str, body: _Label, who: Operator) -> Any:
+        """Mark an anomaly a false (or true) alarm; `selfheal journal export` hands it to research."""
+        try:
+            return label_event(engine.journal, event_id, body.label, actor=who, reason=body.reason)
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
 
     @app.get("/v1/modes", dependencies=[Reader])
     def modes() -> Any:

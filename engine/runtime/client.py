@@ -63,6 +63,9 @@ class EngineClient:
     def reject(self, approval_id: str, reason: str | None) -> Any:
         return self._call("POST", f"/v1/approvals/{approval_id}/reject", {"reason": reason})
 
+    def label(self, event_id: str, label: str, reason: str | None) -> Any:
+        return self._call("POST", f"/v1/events/{event_id}/label", {"label": label, "reason": reason})
+
 
 class EngineUnreachable(RuntimeEngineError):
     """Nothing listens at the engine URL."""

@@ -1,4 +1,4 @@
-"""CLI commands of the engine: run, pause, resume, approvals list|approve|reject, journal."""
+"""CLI commands of the engine: run, pause, resume, approvals list|approve|reject, journal [label|export]."""
 
 from __future__ import annotations
 
@@ -28,7 +28,11 @@ def register(app: typer.Typer) -> None:
     app.command("run")(run)
     app.command("pause")(pause)
     app.command("resume")(resume)
-    app.command("journal")(journal)
+    journal_app = typer.Typer(invoke_without_command=True)
+    journal_app.callback()(journal)
+    journal_app.command("label")(journal_label)
+    journal_app.command("export")(journal_export)
+    app.add_typer(journal_app, name="journal")
     approvals = typer.Typer(help="High-risk actions waiting for a human.", no_args_is_help=True)
     approvals.command("list")(approvals_list)
     approvals.command("approve")(approvals_approve)
@@ -226,7 +230,7 @@ def journal(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """Show recent journal rows (readable while the engine runs).
+    """Show recent journal rows (readable while the engine runs); `label` and `export` below.
 
     Example: selfheal journal --service inference-a --since 2h --status verified
 
@@ -234,6 +238,8 @@ def journal(
     """
     from engine.runtime.journal import Journal
 
+    if ctx.invoked_subcommand is not None:
+        return
     path = journal_path or home_of(ctx).journals / "engine.sqlite"
     with Journal(path, read_only=True) as j:
         rows = j.recent(kind, service=service, since=since_ts(since), status=status, limit=limit)
@@ -246,6 +252,58 @@ def journal(
         return
     for row in rows:
         typer.echo(_line(kind, row))
+
+
+def journal_label(
+    ctx: typer.Context,
+    event_id: Annotated[str, typer.Argument(help="Anomaly event id, from `selfheal journal --kind events`.")],
+    false_alarm: Annotated[
+        bool, typer.Option("--false-alarm/--true-alarm", help="Nothing was wrong / something was.")
+    ] = True,
+    reason: Annotated[str | None, typer.Option(help="Why; recorded with your name.")] = None,
+    url: UrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
+    """Label an anomaly a false (or true) alarm, through the running engine; research reads the
+    labels after `selfheal journal export --to-store` (the `alarm_labels` table).
+
+    Example: selfheal journal label evt-1a2b3c4d5e6f7a8b --false-alarm --reason "planned load test"
+    """
+    from engine.runtime.client import EngineClient
+
+    row = EngineClient(url, token).label(event_id, "false_alarm" if false_alarm else "true_alarm", reason)
+    typer.echo(f"{row['event_id']} labeled {row['label']} by {row['actor']}")
+
+
+def journal_export(
+    ctx: typer.Context,
+    to_store: Annotated[
+        bool, typer.Option("--to-store", help="Write the tables into the home's DuckDB store.")
+    ] = False,
+    journal_path: Annotated[
+        Path | None, typer.Option("--journal", help="Journal file (default in the home).")
+    ] = None,
+) -> None:
+    """The journal as evidence: one outcome per decision (healed, not_healed, rejected, expired...,
+    with time to recover, detector and bundle versions, the event's window) and the alarms people
+    labeled. --to-store writes them to the DuckDB store (tables `outcomes`, `alarm_labels`, view
+    `outcome_telemetry`; notebook 04 reads them); without it, prints the per-policy summary.
+    Readable while the engine runs; exporting again replaces rows by id.
+
+    Example: selfheal journal export --to-store
+    """
+    from engine.runtime.journal import Journal
+    from engine.runtime.outcomes import export_to_store, outcomes_frame, policy_effectiveness
+
+    home = home_of(ctx)
+    path = journal_path or home.journals / "engine.sqlite"
+    if to_store:
+        n_outcomes, n_labels = export_to_store(path, home.telemetry_db)
+        typer.echo(f"{n_outcomes} outcome(s), {n_labels} alarm label(s): {path} -> {home.telemetry_db}")
+        return
+    with Journal(path, read_only=True) as j:
+        table = policy_effectiveness(outcomes_frame(j))
+    typer.echo(str(table) if table.height else f"no decisions in {path}")
 
 
 def _when(ts: float | None) -> str:

@@ -799,6 +799,31 @@ class Journal:
             "SELECT * FROM control WHERE substr(key, 1, ?) = ? ORDER BY key", (len(prefix), prefix)
         )
 
+    # ---------------------------------------------------------------- evidence (engine.runtime.outcomes)
+    def outcome_rows(self) -> list[dict[str, Any]]:
+        """Every decision with its event (time, score), approval and latest verification."""
+        return self._rows(
+            "SELECT d.*, e.ts AS event_ts, e.score AS event_score, a.status AS approval, "
+            "a.approver AS approver, v.status AS verification, v.finished_ts AS verified_ts "
+            "FROM decisions d LEFT JOIN events e ON e.id = d.event_id "
+            "LEFT JOIN approvals a ON a.decision_id = d.id "
+            "LEFT JOIN verifications v ON v.id = (SELECT id FROM verifications w "
+            "WHERE w.decision_id = d.id ORDER BY w.started_ts DESC LIMIT 1) ORDER BY d.ts, d.id"
+        )
+
+    def labeled_events(self, prefix: str) -> list[dict[str, Any]]:
+        """Events an operator labeled (control key ``prefix`` + event id) with the label's word."""
+        return [
+            {**row, "label": json.loads(row["label"])}
+            for row in self._rows(
+                "SELECT e.*, c.value AS label, c.actor AS actor, c.reason AS reason, "
+                "c.updated_ts AS labeled_ts "
+                "FROM control c JOIN events e ON e.id = substr(c.key, ?) "
+                "WHERE substr(c.key, 1, ?) = ? ORDER BY e.ts, e.id",
+                (len(prefix) + 1, len(prefix), prefix),
+            )
+        ]
+
     # ---------------------------------------------------------------- notifications
     def record_notification(
         self,

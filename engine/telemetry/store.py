@@ -89,6 +89,27 @@ _DDL: tuple[str, ...] = (
         source  VARCHAR   NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
+    # the engine's journal as evidence (engine.runtime.outcomes): additive, no schema version bump
+    """CREATE TABLE IF NOT EXISTS outcomes (
+        decision_id VARCHAR PRIMARY KEY, event_id VARCHAR, decided TIMESTAMP, service VARCHAR,
+        target VARCHAR, policy VARCHAR, policy_version VARCHAR, rule VARCHAR, action VARCHAR,
+        risk VARCHAR, status VARCHAR, outcome VARCHAR, approval VARCHAR, approver VARCHAR,
+        verification VARCHAR, time_to_recover_s DOUBLE, event_score DOUBLE, detector VARCHAR,
+        detector_version VARCHAR, bundle_version VARCHAR, window_start TIMESTAMP,
+        window_end TIMESTAMP, journal VARCHAR
+    )""",
+    """CREATE TABLE IF NOT EXISTS alarm_labels (
+        event_id VARCHAR PRIMARY KEY, ts TIMESTAMP, service VARCHAR, detector VARCHAR,
+        detector_version VARCHAR, bundle_version VARCHAR, score DOUBLE, label VARCHAR,
+        actor VARCHAR, reason VARCHAR, labeled TIMESTAMP, window_start TIMESTAMP,
+        window_end TIMESTAMP, journal VARCHAR
+    )""",
+    # each outcome with the telemetry of its service over the window that triggered it
+    """CREATE VIEW IF NOT EXISTS outcome_telemetry AS
+        SELECT o.decision_id, o.policy, o.rule, o.outcome, o.detector_version, t.ts, t.service,
+               t.metric, t.value, t.labels
+        FROM outcomes o JOIN telemetry t
+          ON t.service = o.service AND t.ts >= o.window_start AND t.ts <= o.window_end""",
 )
 
 # The batch joined with the rows already stored under its keys. The stored side is limited to the
@@ -346,6 +367,26 @@ class TelemetryStore:
         finally:
             con.unregister("_batch")
         return inserted
+
+    def upsert_outcomes(self, outcomes: pl.DataFrame, labels: pl.DataFrame) -> None:
+        """Write decision outcomes and alarm labels exported from a journal, replacing rows by id
+        (an export repeated after decisions settled updates them)."""
+        con = self.con
+        for table, frame in (("outcomes", outcomes), ("alarm_labels", labels)):
+            if frame.height == 0:
+                continue
+            con.register("_batch", frame.to_arrow())
+            try:
+                con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM _batch")
+            finally:
+                con.unregister("_batch")
+
+    def outcomes(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(outcomes, alarm_labels) as exported by ``selfheal journal export --to-store``."""
+        return (
+            _fetch(self.con, "SELECT * FROM outcomes ORDER BY decided, decision_id", []),
+            _fetch(self.con, "SELECT * FROM alarm_labels ORDER BY ts, event_id", []),
+        )
 
     # -- reads --------------------------------------------------------------------------------------
 
