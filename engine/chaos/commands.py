@@ -95,7 +95,7 @@ def chaos_campaign(
     workers: Annotated[int, typer.Option(help="Experiments run at once, each in its own process.")] = 1,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Campaign folder (default HOME/chaos/campaign-<seed>-<time>)."),
+        typer.Option("--out", "-o", help="Campaign folder (default HOME/chaos/campaign-<seed>/<time>)."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Write and validate the generated experiments; run nothing.")
@@ -124,7 +124,7 @@ def chaos_campaign(
     if workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}", hint="e.g. --workers 2")
     home = home_of(ctx).ensure()
-    folder = out or home.root / "chaos" / f"campaign-{seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = out or home.new_run("chaos", f"campaign-{seed}")
     policies = None
     if bundle is not None:
         from engine.bundle import load_bundle
