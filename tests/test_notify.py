@@ -101,7 +101,7 @@ def test_an_approval_request_reaches_every_channel_with_its_evidence_and_link(
             (chat,) = wait_for(lambda: receiver.at("/slack"))
             (pd,) = wait_for(lambda: receiver.at("/pd"))
             request = httpx.get(f"{running.url}/v1/approvals/{pending['id']}").json()
-            wait_for(lambda: len(running.engine.journal.recent("notifications")) == 3)
+            wait_for(lambda: len(running.engine.journal.recent("notifications", status="sent")) == 3)
             sent = running.engine.journal.recent("notifications")
             event = running.engine.journal.event(request["decision"]["event_id"])
 
@@ -134,7 +134,8 @@ def test_an_approval_request_reaches_every_channel_with_its_evidence_and_link(
         "evidence": ev,
     }
     assert got["body"] == generic
-    assert got["headers"]["Idempotency-Key"] == f"{decision['id']}:approval_requested:ops"
+    (ops,) = [n for n in sent if n["channel"] == "ops"]
+    assert got["headers"]["Idempotency-Key"] == ops["id"]  # its journal row: stable across a restart
     top = ", ".join(f"{name} (|z| {z:g})" for name, z in ev["features"])
     assert chat["body"] == {
         "text": summary,
@@ -207,6 +208,38 @@ def test_a_failed_verification_and_its_escalation_reach_their_channels(
         paged["body"]["payload"]["class"] == "escalated" and paged["body"]["payload"]["severity"] == "error"
     )
     assert receiver.at("/slack") == []  # that channel wants approval requests only
+
+
+def test_a_message_queued_when_the_engine_died_is_sent_after_the_restart(tmp_path: Path) -> None:
+    """The notifier journals a message as pending before it is sent: an engine that dies with it
+    queued (here: the first notifier never starts, its memory is gone) sends it on the next start,
+    under the same Idempotency-Key; a message for a channel the config dropped since is dead."""
+    receiver = Receiver()
+    ops = Channel(name="ops", url=f"{receiver.url}/x", backoff_s=0.01)
+    old = Channel(name="old", url=f"{receiver.url}/old", backoff_s=0.01)
+    try:
+        with Journal(tmp_path / "j.sqlite") as journal:
+            decision_id = journal.record_decision(
+                {"service": "svc", "policy": "p", "rule": "r", "action": "restart"}, status="failed"
+            )
+            Notifier([ops, old], journal, link_base=None).hear(
+                "escalated", {"decision_id": decision_id, "reason": "action failed: boom"}
+            )
+            pending = journal.pending_notifications()
+        assert receiver.received == [] and {p["channel"] for p in pending} == {"ops", "old"}
+        with Journal(tmp_path / "j.sqlite") as journal:  # the restarted engine
+            restarted = Notifier([ops], journal, link_base=None)
+            restarted.start()
+            (got,) = wait_for(lambda: receiver.at("/x"))
+            restarted.stop(5.0)
+            rows = {r["channel"]: r for r in journal.recent("notifications")}
+    finally:
+        receiver.close()
+    assert got["body"]["reason"] == "action failed: boom" and got["body"]["decision_id"] == decision_id
+    assert got["headers"]["Idempotency-Key"] == rows["ops"]["id"]
+    assert rows["ops"]["status"] == "sent" and rows["ops"]["body"] == got["body"]
+    assert rows["old"]["status"] == "dead" and rows["old"]["error"] == "channel no longer configured"
+    assert receiver.at("/old") == []
 
 
 def _message(journal: Journal) -> Message:

@@ -213,7 +213,7 @@ def journal(
         str,
         typer.Option(
             help="decisions, events, approvals, executions, verifications, control (every pause, "
-            "resume and mode change, with who and why) or notifications (status sent or dead)."
+            "resume and mode change, with who and why) or notifications (status pending, sent or dead)."
         ),
     ] = "decisions",
     service: Annotated[str | None, typer.Option(help="Only this service (or target).")] = None,

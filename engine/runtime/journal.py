@@ -825,24 +825,32 @@ class Journal:
         ]
 
     # ---------------------------------------------------------------- notifications
-    def record_notification(
-        self,
-        *,
-        channel: str,
-        kind: str,
-        decision_id: str | None,
-        status: str,
-        attempts: int,
-        error: str | None,
-        body: Any,
-    ) -> str:
-        """A message to people, sent or dead (undeliverable after its retries), with its body."""
-        notification_id = new_id("ntf")
+    def queue_notifications(self, rows: Sequence[tuple[str, str, str | None, Any]]) -> list[str]:
+        """``(channel, kind, decision_id, note)`` about to be sent: journaled ``pending`` first (with
+        the engine's note as the body), so a message queued when the engine dies is sent after the
+        restart instead of lost. Returns their ids (each message's Idempotency-Key)."""
+        now = time.time()
+        ids = [new_id("ntf") for _ in rows]
+        values = [
+            (nid, now, channel, kind, decision_id, "pending", 0, None, _enc(note))
+            for nid, (channel, kind, decision_id, note) in zip(ids, rows, strict=True)
+        ]
+        self._insert_many("INSERT INTO notifications VALUES", "(?,?,?,?,?,?,?,?,?)", values)
+        return ids
+
+    def settle_notification(
+        self, notification_id: str, *, status: str, attempts: int, error: str | None, body: Any
+    ) -> None:
+        """A queued message's end: ``sent``, or ``dead`` (undeliverable after its retries), with the
+        body as sent."""
         self._write(
-            "INSERT INTO notifications VALUES (?,?,?,?,?,?,?,?,?)",
-            (notification_id, time.time(), channel, kind, decision_id, status, attempts, error, _enc(body)),
+            "UPDATE notifications SET status = ?, attempts = ?, error = ?, body = ? WHERE id = ?",
+            (status, attempts, error, _enc(body), notification_id),
         )
-        return notification_id
+
+    def pending_notifications(self) -> list[dict[str, Any]]:
+        """Messages queued but not settled: the engine stopped (or died) before sending them."""
+        return self._rows("SELECT * FROM notifications WHERE status = 'pending' ORDER BY ts, id")
 
     # ---------------------------------------------------------------- listing
     def recent(

@@ -7,11 +7,13 @@ the strongest features, the input window, policy, rule, action, risk, who may ap
 expires) and a link to the request, so the person paged can decide without polling.
 
 Why a thread of its own: a receiver that is slow or down must never delay deciding, so ``hear``
-only queues. Each message is retried with exponential backoff (tenacity) on transport errors and
-transient statuses; one that still fails, or that its receiver refuses (a 4xx other than 408/429:
-sending it again unchanged will not help), is journaled as ``dead`` with its body
-(``selfheal journal --kind notifications --status dead``), and every message sent is journaled as
-``sent``: whether the on-call was told is part of an incident's record.
+only journals the message as ``pending`` and queues it; a pending message left by an engine that
+died is sent when the engine starts again, with the same Idempotency-Key (its journal id), so a
+receiver that saw it before the crash can tell. Each message is retried with exponential backoff
+(tenacity) on transport errors and transient statuses; one that still fails, or that its receiver
+refuses (a 4xx other than 408/429: sending it again unchanged will not help), is journaled as
+``dead`` with its body (``selfheal journal --kind notifications --status dead``), and every message
+sent is journaled as ``sent``: whether the on-call was told is part of an incident's record.
 """
 
 from __future__ import annotations
@@ -220,20 +222,39 @@ class Notifier:
         self.channels = list(channels)
         self.journal = journal
         self.link_base = link_base.rstrip("/") if link_base else None
-        self._queue: queue.Queue[tuple[str, dict[str, Any]] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, Channel, str, dict[str, Any]] | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = httpx.Client()
 
     def hear(self, kind: str, data: dict[str, Any]) -> None:
-        """A listener of the engine's notes: queue what a channel wants, never block."""
-        if any(kind in c.events for c in self.channels):
-            self._queue.put((kind, data))
+        """A listener of the engine's notes: journal what a channel wants as pending, queue it."""
+        wanted = [c for c in self.channels if kind in c.events]
+        if not wanted:
+            return
+        rows = [(c.name, kind, data.get("decision_id"), data) for c in wanted]
+        for nid, channel in zip(self.journal.queue_notifications(rows), wanted, strict=True):
+            self._queue.put((nid, channel, kind, data))
 
     def start(self) -> None:
-        if self.channels and self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="selfheal-notify", daemon=True)
-            self._thread.start()
+        """Queue the messages an earlier run left pending, then start sending."""
+        if not self.channels or self._thread is not None:
+            return
+        by_name = {c.name: c for c in self.channels}
+        for row in self.journal.pending_notifications():
+            channel = by_name.get(row["channel"])
+            if channel is None:  # the config dropped the channel since: say so rather than wait forever
+                self.journal.settle_notification(
+                    row["id"],
+                    status="dead",
+                    attempts=0,
+                    error="channel no longer configured",
+                    body=row["body"],
+                )
+                continue
+            self._queue.put((row["id"], channel, row["kind"], row["body"]))
+        self._thread = threading.Thread(target=self._loop, name="selfheal-notify", daemon=True)
+        self._thread.start()
 
     def stop(self, timeout: float) -> None:
         """Send what was queued (a failing receiver is no longer retried), then stop."""
@@ -247,14 +268,17 @@ class Notifier:
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
+            nid, channel, kind, data = item
             try:
-                message = self.message(*item)
-                if message is not None:
-                    for channel in self.channels:
-                        if message.kind in channel.events:
-                            self.send(channel, message)
+                message = self.message(kind, data)
+                if message is None:
+                    self.journal.settle_notification(
+                        nid, status="dead", attempts=0, error="its decision is not in the journal", body=data
+                    )
+                else:
+                    self.send(channel, message, nid)
             except Exception:  # one bad note never stops the others
-                log.exception("notification of %s failed", item[0])
+                log.exception("notification of %s failed", kind)
 
     def message(self, kind: str, data: dict[str, Any]) -> Message | None:
         if kind == "approval_requested":
@@ -265,12 +289,17 @@ class Notifier:
         details = {"reason": data["reason"]} if kind == "escalated" else {"detail": data.get("detail")}
         return Message(kind, decision, details)
 
-    def send(self, channel: Channel, m: Message) -> bool:
-        """POST the message with retries; journal it as sent or dead. True when it was delivered."""
+    def send(self, channel: Channel, m: Message, notification_id: str | None = None) -> bool:
+        """POST the message with retries; journal it as sent or dead. True when it was delivered.
+
+        ``notification_id``: its pending row (``hear``); a message sent directly is journaled here."""
         body = body_for(channel, m)
         content = json.dumps(body, separators=(",", ":")).encode()
-        key = f"{m.decision['id']}:{m.kind}:{channel.name}"
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key, **channel.headers}
+        if notification_id is None:
+            (notification_id,) = self.journal.queue_notifications(
+                [(channel.name, m.kind, m.decision["id"], {})]
+            )
+        headers = {"Content-Type": "application/json", "Idempotency-Key": notification_id, **channel.headers}
         attempts = 0
 
         def post() -> None:
@@ -306,10 +335,8 @@ class Notifier:
             log.error(
                 "%s to %s dead after %d attempt(s): %s", m.kind, channel.name, attempts, error, extra=fields
             )
-        self.journal.record_notification(
-            channel=channel.name,
-            kind=m.kind,
-            decision_id=m.decision["id"],
+        self.journal.settle_notification(
+            notification_id,
             status="sent" if error is None else "dead",
             attempts=attempts,
             error=error,
