@@ -6,12 +6,12 @@ campaign against the real engine (marked ``alone``: it races a 720x clock).
 from __future__ import annotations
 
 import shutil
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import needs_chromium, rendered_dom
 from typer.testing import CliRunner
 
 from engine.chaos.api import RULES_DIR
@@ -34,7 +34,6 @@ from engine.errors import InputError, SpecError
 from engine.policy.loader import load_policies
 from engine.simulation.config import load_config
 
-CHROMIUM = Path("/usr/bin/chromium")
 ALONE_SEED = 24  # its first 8: a quiet control, pairs, single and paired outages, every kind
 SEED = 5
 
@@ -326,26 +325,10 @@ def test_the_campaign_page_is_self_contained() -> None:
     assert "memory_leak on gateway" in page  # what no policy covers is said, not hidden
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium")
+@needs_chromium
 def test_the_campaign_page_renders_in_headless_chromium(tmp_path: Path) -> None:
     page, _ = write_campaign_report(result(), tmp_path)
-    dom = subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=2000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    dom = rendered_dom(page, tmp_path / "profile")
     assert 'data-plots-rendered="2"' in dom, dom[:500]
     assert 'data-kind-rows="5"' in dom and 'data-experiment-rows="4"' in dom
     assert 'data-points="5"' in dom  # 3 detected faults on the TTD plot, 2 recovered on the TTR plot

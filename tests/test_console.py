@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import CHROMIUM
 from test_runtime_support import TOKEN, AdminServer, push_anomaly, serving, wait_for, write_rules
 
-CHROMIUM = Path("/usr/bin/chromium")
 ALICE = "alice-token-5678"
 BOB = "bob-token-90123"
 

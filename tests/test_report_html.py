@@ -14,14 +14,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
+from conftest import CHROMIUM, needs_chromium, rendered_dom
 
 from engine.chaos.experiment import load_experiment
 from engine.chaos.report import render_html, render_text, write_report
 from engine.chaos.results import analyse
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments" / "chaos"
-CHROMIUM = Path("/usr/bin/chromium")
 T0 = 1_768_294_800.0
 
 
@@ -163,26 +162,10 @@ def test_the_page_is_self_contained() -> None:
     assert page.count('<svg class="lane"') == 2 and 'id="faults-table"' in page
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium")
+@needs_chromium
 def test_timeline_and_table_render_in_headless_chromium(tmp_path: Path) -> None:
     page, _ = write_report([analyse(record())], tmp_path)
-    dom = subprocess.run(
-        [
-            str(CHROMIUM),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--virtual-time-budget=2000",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
+    dom = rendered_dom(page, tmp_path / "profile")
     assert 'data-lanes-rendered="2"' in dom, dom[:500]
     assert 'data-table-rows="2"' in dom  # one row in the overview, one fault row in the run's table
     assert "restart (verified)" in dom and "4.0 min" in dom
