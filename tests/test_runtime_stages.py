@@ -7,6 +7,7 @@ durable-rules host, SQLite. Actions go to the tests' AdminServer on 127.0.0.1.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,16 @@ from engine.policy import PolicyHost, load_policies
 from engine.records import AnomalyEvent, Decision, Execution, Outcome
 from engine.runtime import safeguards
 from engine.runtime.components import RegistryActions, assemble
+from engine.runtime.config import load_settings
 from engine.runtime.decider import Decider, enact
 from engine.runtime.events import EventMaker, Observations, TickEvents
 from engine.runtime.executor import Executor
 from engine.runtime.journal import DecisionStatus, ExecutionStatus, Journal
-from engine.runtime.policies import ask
+from engine.runtime.policies import Tick, ask
 from engine.runtime.recovery import recover
 from engine.runtime.scoring import Scored, ScoringStage
 from engine.runtime.supervisor import Supervisor
+from engine.runtime.writer import Writer
 
 
 @pytest.fixture(scope="module")
@@ -324,9 +327,45 @@ def test_a_verification_holds_only_on_observations_after_the_action(host: Policy
         assert journal.decision(decision.id)["status"] == DecisionStatus.VERIFIED  # type: ignore[index]
 
 
-def Tick_of(decision: Decision) -> Any:
-    from engine.runtime.policies import Tick
+# ------------------------------------------------------------------------------------ the writer
 
+
+def test_a_commit_dispatches_its_actions_before_any_listener_hears_of_it(
+    tmp_path: Path, pipeline: Any
+) -> None:
+    """A listener is never on the path to an actuator: a commit's actions are dispatched first,
+    then listeners hear its notes (they were told first, so a slow listener held every action of
+    the commit back). Here the listener of the commit's approval request waits for the restart
+    decided in the same commit to reach the target."""
+    with AdminServer() as admin:
+        components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
+        events = [_event("inference-a", 1), _event("inference-a", 2)]
+        restart = ask(components.policies, TickEvents([], events, 0.0))
+        approval = ask(components.policies, TickEvents([], [_event("vector-db", 3)], 0.0))
+        heard: list[bool] = []
+
+        def listener(kind: str, data: dict[str, Any]) -> None:
+            if kind == "approval_requested":
+                deadline = time.monotonic() + 10.0
+                while not admin.calls("/admin/restart") and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                heard.append(bool(admin.calls("/admin/restart")))
+
+        with Journal(tmp_path / "j.sqlite") as journal:
+            settings = load_settings(overrides={}, environ={})
+            writer = Writer(
+                journal, components, settings, Observations(),
+                notify=listener, latency=lambda name, s: None, on_error=lambda stage: None,
+            )  # fmt: skip
+            writer.start()
+            try:
+                writer.submit(Tick([], [], 0.0, restart.decided + approval.decided, []))
+                assert wait_for(lambda: heard, timeout=20.0) == [True]
+            finally:
+                assert writer.stop(20.0)
+
+
+def Tick_of(decision: Decision) -> Any:
     return Tick([], [], 0.0, [decision], [])
 
 

@@ -182,6 +182,12 @@ class Writer:
         if not (ticks or writes):
             return
         committed = self.decider.commit(ticks, writes)
+        now = time.perf_counter()
+        for emitted in committed.decided:
+            self._latency("event_to_journaled", now - emitted)
+        # The commit's actions first: they wait on nothing else; escalations, rollbacks and what
+        # listeners hear of the bookkeeping come after.
+        self._run(committed.executions, committed.notes)
         if committed.unwritten:  # it rides in the next commit instead
             self._on_error("journal")
             for o in outcomes:
@@ -189,12 +195,7 @@ class Writer:
             for v in verdicts:
                 self._verdicts.put(v)
             outcomes, verdicts = [], []
-        now = time.perf_counter()
-        for emitted in committed.decided:
-            self._latency("event_to_journaled", now - emitted)
-        notes = committed.notes + self.executor.recorded(outcomes)
-        notes += self.supervisor.recorded(verdicts, self.executor)
-        self._run(committed.executions, notes)
+        self._run((), self.executor.recorded(outcomes) + self.supervisor.recorded(verdicts, self.executor))
         if outcomes:
             self._wake.set()  # the supervisor starts watching the new steady states
 
@@ -209,10 +210,11 @@ class Writer:
         self._notify("dispatch", data)
 
     def _run(self, executions: Sequence[Execution], notes: Sequence[Note]) -> None:
-        for kind, data in notes:
-            self._notify(kind, data)
+        """Dispatch, then tell listeners (a listener is never on the path to an actuator)."""
         for execution in executions:
             self.executor.dispatch(execution)
+        for kind, data in notes:
+            self._notify(kind, data)
 
     # ================================================================ supervision and operators
     def _supervise_loop(self) -> None:
