@@ -129,7 +129,7 @@ def test_replay_decides_what_an_engine_fed_the_same_points_decides(
         ticks.setdefault(int(point[0] // interval), []).append(point)
     settings = load_settings(overrides={"port": 0, "tick_s": 0.005, "verify_interval_s": 0.05}, environ={})
     engine = build_engine(assemble(pipeline, RULES, bundle_version="replay"), settings, tmp_path)
-    engine.set_paused(True, actor="test", reason="compare with replay")
+    engine.writer.set_paused(True, actor="test", reason="compare with replay")
     engine.start()
     try:
         fed = 0

@@ -251,7 +251,7 @@ def test_rollback_after_failed_verification_obeys_kill_switch_and_maintenance(
     harness.push(3, feature_store=True)
     wait_for(lambda: harness.admin.calls("/admin/scale"))
     if guard == "kill_switch":
-        harness.engine.set_paused(True, actor="test", reason="drill")
+        harness.engine.writer.set_paused(True, actor="test", reason="drill")
     else:
         harness.engine.writer.decider.maintenance = [MaintenanceWindow(("feature-*",), 0.0, 4e9, "upgrade")]
     blocked = wait_for(lambda: harness.decision_with(DecisionStatus.BLOCKED, "feature-store"), timeout=15)
@@ -381,7 +381,7 @@ def test_stop_keeps_the_journal_open_while_the_decider_is_still_writing(
         components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
         engine = build_engine(components, settings, tmp_path / "journals").start()
         engine.listeners.append(lambda kind, data: kind == "blocked" and release.wait(10))
-        engine.set_paused(True, actor="test")
+        engine.writer.set_paused(True, actor="test")
         engine.ingest(list(_tuples(service_points(T0, 3))), [], source="test")
         engine.ingest(list(_tuples(service_points(T0 + 3, 4, inference_a=True))), [], source="test")
         wait_for(lambda: engine.journal.count("decisions", "blocked"))  # the decider now waits

@@ -190,13 +190,13 @@ def create_app(engine: Engine) -> FastAPI:
     @app.post("/v1/pause")
     def pause(who: Operator, body: _Body | None = None) -> Any:
         body = body or _Body()
-        engine.set_paused(True, actor=who, reason=body.reason)
+        engine.writer.set_paused(True, actor=who, reason=body.reason)
         return {"paused": True}
 
     @app.post("/v1/resume")
     def resume(who: Operator, body: _Body | None = None) -> Any:
         body = body or _Body()
-        engine.set_paused(False, actor=who, reason=body.reason)
+        engine.writer.set_paused(False, actor=who, reason=body.reason)
         return {"paused": False}
 
     @app.post("/v1/events/{event_id}/label")
@@ -249,7 +249,7 @@ def settle(engine: Engine, approval_id: str, approve: bool, reason: str | None, 
                 "use your own token from approver_tokens",
             )
     try:
-        return engine.settle_approval(approval_id, approve=approve, approver=who, reason=reason)
+        return engine.writer.settle_approval(approval_id, approve=approve, approver=who, reason=reason)
     except ApprovalRefused as exc:
         raise HTTPException(exc.status, str(exc)) from exc
 

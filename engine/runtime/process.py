@@ -255,17 +255,7 @@ class Engine:
                     self._notify("anomaly", event.model_dump())
             self.writer.submit(ask(self.components.policies, made))
 
-    # ================================================================ operators and notes
-    def set_paused(self, paused: bool, *, actor: str, reason: str | None = None) -> None:
-        """The kill switch: journaled (it survives restarts) and applied at once."""
-        self.writer.set_paused(paused, actor=actor, reason=reason)
-
-    def settle_approval(
-        self, approval_id: str, *, approve: bool, approver: str, reason: str | None
-    ) -> dict[str, Any]:
-        """Approve or reject a pending request; approved decisions run at once."""
-        return self.writer.settle_approval(approval_id, approve=approve, approver=approver, reason=reason)
-
+    # ================================================================ gauges and notes
     def _state(self) -> EngineState:
         """The state the gauges show (copies: the scoring thread keeps writing the originals)."""
         supervisor, components = self.writer.supervisor, self.components

@@ -253,7 +253,7 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         who = acting(request, csrf)
         if switch not in ("pause", "resume"):
             raise HTTPException(404, "pause or resume")
-        engine.set_paused(switch == "pause", actor=who, reason=reason or None)
+        engine.writer.set_paused(switch == "pause", actor=who, reason=reason or None)
         return back("/control", f"actions {switch}d by {who}", request)
 
     @app.post("/modes", include_in_schema=False)
