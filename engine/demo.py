@@ -131,7 +131,7 @@ def run_demo(
 ) -> DemoSummary:
     """Run the whole loop; the returned summary says what happened at each step."""
     from engine.bundle import build_bundle, verify_bundle
-    from engine.bundle.signing import Trust
+    from engine.bundle.signing import Trust, local_signing_key
     from engine.telemetry.store import TelemetryStore
     from engine.telemetry.synth import generate, load_config
     from engine.tracking import registry
@@ -208,7 +208,7 @@ def run_demo(
         tracking_uri=uri,
         bundles_dir=home.bundles,
         force=True,
-        signing_key=_local_signing_key(home, echo),
+        signing_key=local_signing_key(home, echo),
     )
     report = verify_bundle(built.path, digest=built.digest, trust=Trust.for_home(home))
     summary.bundle_path = built.path
@@ -227,19 +227,3 @@ def run_demo(
         summary.game_day_passed = chaos.passed
         summary.seconds["game day"] = time.perf_counter() - t
     return summary
-
-
-def _local_signing_key(home: Home, echo: Callable[[str], None]) -> Path:
-    """The home's own signing key, made and pinned in HOME/keys/trusted/ on the first run.
-
-    A demo signs its bundle like production does, so the engine's default (refuse unsigned
-    bundles) holds here too; a team signs in CI with a key of its own and pins that instead.
-    """
-    from engine.bundle.signing import KEY_FILE, generate_key, public_path, trust_key
-
-    key = home.keys / KEY_FILE
-    if not key.is_file():
-        _, kid = generate_key(key)
-        echo(f"       new local signing key {kid} at {key} (pinned in {home.trusted_keys})")
-    trust_key(public_path(key), home)
-    return key

@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -292,3 +292,18 @@ def require(check: SignatureCheck, trust: Trust, where: Path) -> None:
         where,
         check.detail,
     )
+
+
+def local_signing_key(home: Home, echo: Callable[[str], None] = logger.info) -> Path:
+    """The home's own signing key, made and pinned in HOME/keys/trusted/ on first use.
+
+    The demo and the closed-loop assessment sign their bundles like production does, so the
+    engine's default (refuse unsigned bundles) holds there too; a team signs in CI with a key of
+    its own and pins that instead.
+    """
+    key = home.keys / KEY_FILE
+    if not key.is_file():
+        _, kid = generate_key(key)
+        echo(f"       new local signing key {kid} at {key} (pinned in {home.trusted_keys})")
+    trust_key(public_path(key), home)
+    return key
