@@ -1,13 +1,21 @@
-"""Promotion: the champion/challenger gate on alias `champion`, --force with a reason, list, rollback."""
+"""Promotion: the champion/challenger gate on alias `champion`, --force with a reason, list, rollback.
+
+The gate judges detection and healing: its closed-loop rules run on real MLflow runs (SQLite) whose
+closed-loop figures are logged as ``selfheal chaos assess`` logs them; the end-to-end test
+runs real campaigns against two real candidate bundles, a detector that alarms (and heals) and one
+that never alarms, whose detection metric is the better one.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow import MlflowClient
 from test_tracking_support import feature_frame
+from typer.testing import CliRunner
 
 from engine import cli
 from engine.detectors.pipeline import ScoringPipeline
@@ -17,6 +25,7 @@ from engine.tracking import registry
 from engine.tracking.model import log_pipeline
 
 NAME = ""
+CAMPAIGN = {"seed": "5", "n": "4"}
 
 
 @pytest.fixture(autouse=True)
@@ -40,13 +49,26 @@ def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return uri
 
 
-def _run(uri: str, pipeline: ScoringPipeline, f1: float, fingerprint: str = "fp1", metric: str = "f1") -> str:
-    """A configuration run as the experiment runner logs it: model, metric, comparability tags."""
+def _run(
+    uri: str,
+    pipeline: ScoringPipeline,
+    f1: float,
+    fingerprint: str = "fp1",
+    metric: str = "f1",
+    *,
+    healed: float | None = None,
+    victim: float = 0.0,
+    false: float = 0.0,
+    campaign: dict[str, str] = CAMPAIGN,
+    parent: str | None = None,
+) -> str:
+    """A configuration run as the sweep logs it; with ``healed``, closed-loop figures as assess logs them."""
     registry.use_tracking(uri)
     exp = mlflow.get_experiment_by_name("gate")
-    with mlflow.start_run(experiment_id=exp.experiment_id) as run:
+    tags = {"mlflow.parentRunId": parent} if parent else {}
+    with mlflow.start_run(experiment_id=exp.experiment_id, tags=tags) as run:
         model_uri = log_pipeline(pipeline)
-        mlflow.log_metrics({"f1": f1, "nab_score": 50.0})
+        mlflow.log_metrics({"f1": f1, "mean_delay_s": 600.0, "false_alarms_per_day": 1.0})
         mlflow.set_tags(
             {
                 registry.TAG_KIND: "config",
@@ -57,6 +79,17 @@ def _run(uri: str, pipeline: ScoringPipeline, f1: float, fingerprint: str = "fp1
                 registry.TAG_EVAL_KEY: "key1",
             }
         )
+        if healed is not None:
+            mlflow.set_tags({registry.TAG_CL_SEED: campaign["seed"], registry.TAG_CL_N: campaign["n"]})
+            figures = {
+                "faults": 4.0,
+                "faults_healed": healed,
+                "heal_rate": healed / 4,
+                "victim_actions": victim,
+                "control_actions": false,
+                "unapproved_high_risk_actions": 0.0,
+            }
+            mlflow.log_metrics({registry.CL + k: v for k, v in figures.items()})
     return run.info.run_id
 
 
@@ -164,3 +197,133 @@ def test_cli_exit_codes_and_listing(
     assert "champion" in out and "forced: drill" in out
     assert run("models", "rollback", NAME) == 0
     assert "moved back from version 2 to 1" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the closed loop in the gate
+def test_a_better_f1_that_heals_fewer_faults_loses_and_the_healer_wins(
+    uri: str, pipeline: ScoringPipeline
+) -> None:
+    champion = registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
+    assert champion.promoted
+
+    sharp = registry.promote(_run(uri, pipeline, 0.9, healed=1), NAME, tracking_uri=uri)
+    assert not sharp.promoted and _champion(uri) == champion.version
+    assert "faults healed 1/4 against the champion's 2/4" in sharp.reason
+    rows = {c.name: c for c in sharp.criteria}
+    assert rows["f1"].verdict == "pass" and rows["faults healed"].verdict == "FAIL"
+
+    healer = registry.promote(_run(uri, pipeline, 0.7, healed=3), NAME, tracking_uri=uri)
+    assert healer.promoted and _champion(uri) == healer.version
+    assert "heals at least as many faults" in healer.reason
+    # the verdict explains itself beside the model: a table tag on the version, a text in the run
+    client = MlflowClient(uri)
+    table = client.get_model_version(NAME, healer.version).tags["selfheal.gate_table"]
+    assert "faults healed" in table and "3/4" in table and "2/4" in table
+    texts = [a.path for a in client.list_artifacts(healer.run_id, "gate")]
+    assert len(texts) == 1 and texts[0].startswith(f"gate/{NAME}-v{healer.version}")
+
+
+def test_a_challenger_acting_on_a_victim_or_in_a_quiet_control_is_refused_whatever_its_f1(
+    uri: str, pipeline: ScoringPipeline
+) -> None:
+    first = registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
+    victim = registry.promote(_run(uri, pipeline, 0.99, healed=4, victim=1), NAME, tracking_uri=uri)
+    assert not victim.promoted and _champion(uri) == first.version
+    assert "actions on victims 1 against the champion's 0" in victim.reason
+    assert [c.name for c in victim.criteria if c.failed] == ["actions on victims"]
+
+    false = registry.promote(_run(uri, pipeline, 0.99, healed=4, false=2), NAME, tracking_uri=uri)
+    assert not false.promoted and [c.name for c in false.criteria if c.failed] == [
+        "false actions (quiet controls)"
+    ]
+    assert _champion(uri) == first.version
+
+
+def test_without_the_champions_campaign_a_challenger_is_not_comparable(
+    uri: str, pipeline: ScoringPipeline
+) -> None:
+    first = registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
+    unassessed = _run(uri, pipeline, 0.9)
+    result = registry.promote(unassessed, NAME, tracking_uri=uri)
+    assert not result.promoted and "not comparable" in result.reason
+    assert f"selfheal chaos assess {unassessed} --seed 5 --n 4" in result.reason
+    other = registry.promote(
+        _run(uri, pipeline, 0.9, healed=4, campaign={"seed": "6", "n": "4"}), NAME, tracking_uri=uri
+    )
+    assert not other.promoted and "campaign seed 6, n 4 != seed 5, n 4" in other.reason
+    assert _champion(uri) == first.version
+
+
+def test_promote_prints_the_verdict_table(uri: str, pipeline: ScoringPipeline, tmp_path: Path) -> None:
+    registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
+    run_id = _run(uri, pipeline, 0.9, healed=1)
+    out = CliRunner().invoke(
+        cli.app, ["--home", str(tmp_path), "promote", run_id, "--name", NAME, "--tracking-uri", uri]
+    )
+    assert out.exit_code == 1, out.output
+    lines = out.output.splitlines()
+    assert lines[0].startswith("NOT PROMOTED") and "champion v1" in lines[1] and "challenger v2" in lines[1]
+    healed = next(line for line in lines if line.startswith("faults healed"))
+    assert healed.split()[-3:] == ["2/4", "1/4", "FAIL"]
+
+
+def _deaf(pipeline: ScoringPipeline) -> ScoringPipeline:
+    """The same detector with a threshold no calibrated score reaches: it never alarms, never heals."""
+    deaf = copy.deepcopy(pipeline)
+    deaf.threshold_ = 2.0
+    deaf.threshold_obj_.threshold_ = 2.0
+    return deaf
+
+
+@pytest.mark.slow
+@pytest.mark.alone
+def test_assess_runs_one_campaign_per_candidate_and_promote_puts_the_healer_forward(tmp_path: Path) -> None:
+    from engine.chaos.detector import train_default_pipeline
+
+    home = Home.resolve(tmp_path / "home")
+    uri = registry.resolve_tracking_uri(home)
+    registry.ensure_experiment("gate", tracking_uri=uri, home=home)
+    healer = train_default_pipeline()
+    registry.use_tracking(uri)
+    exp = mlflow.get_experiment_by_name("gate")
+    with mlflow.start_run(experiment_id=exp.experiment_id) as sweep:
+        mlflow.set_tags({registry.TAG_KIND: "sweep", registry.TAG_METRIC: "f1", registry.TAG_HIGHER: "true"})
+    sweep_id = sweep.info.run_id
+    good = _run(uri, healer, 0.5, parent=sweep_id)
+    deaf = _run(uri, _deaf(healer), 0.9, parent=sweep_id)
+    MlflowClient(uri).set_tag(sweep_id, registry.TAG_BEST_RUN, deaf)  # the sweep's best by F1
+
+    # seed 21 starts with a dependency outage, the fault the default detector heals most reliably
+    args = [
+        "--home",
+        str(home.root),
+        "experiment",
+        "assess",
+        sweep_id,
+        "--top",
+        "2",
+        "--n",
+        "2",
+        "--seed",
+        "21",
+    ]
+    out = CliRunner().invoke(cli.app, [*args, "--name", NAME, "--workers", "2"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("[1/2] 000-") + out.output.count("[2/2] 000-") == 2  # one progress line each
+    client = MlflowClient(uri)
+    figures = {r: client.get_run(r).data.metrics for r in (good, deaf)}
+    assert figures[deaf][registry.CL + "faults_healed"] == 0.0
+    assert figures[deaf][registry.CL + "faults"] == figures[good][registry.CL + "faults"] == 2.0
+    assert figures[good][registry.CL + "faults_healed"] >= 1.0
+    assert client.get_run(good).data.tags[registry.TAG_CL_SEED] == "21"
+    assert client.get_run(sweep_id).data.tags[registry.TAG_BEST_CLOSED_LOOP] == good
+    ranked = [line for line in out.output.splitlines() if line[:2] in ("1 ", "2 ")]
+    assert good[:8] in ranked[0] and deaf[:8] in ranked[1]
+    assert (home.bundles / "candidates").is_dir()
+
+    promote = ["--home", str(home.root), "promote", sweep_id, "--name", NAME]
+    first = CliRunner().invoke(cli.app, promote)
+    assert first.exit_code == 0 and f"(run {good})" in first.output, first.output
+    second = CliRunner().invoke(cli.app, ["--home", str(home.root), "promote", deaf, "--name", NAME])
+    assert second.exit_code == 1 and "faults healed 0/2" in second.output, second.output
+    assert client.get_model_version_by_alias(NAME, "champion").run_id == good

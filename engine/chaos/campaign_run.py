@@ -242,27 +242,40 @@ def run_campaign(
 
 
 def log_campaign(result: Any, out_dir: Path, tracking_uri: str, run_id: str | None = None) -> str:
-    """The campaign's figures as one MLflow run (or into ``run_id``, e.g. a candidate's); its id."""
+    """The campaign's figures as one MLflow run (or into ``run_id``, e.g. a candidate's); its id.
+
+    Into another run the figures go under ``closed_loop.`` and the campaign's identity into tags
+    (``selfheal.closed_loop.*``), not params: a candidate may be assessed again at another seed
+    (a param may not change), and its own ``selfheal.kind`` stays what it was.
+    """
     import mlflow
 
     from engine.home import use_tracking
+    from engine.tracking.registry import CL
 
     use_tracking(tracking_uri)
     if run_id is None:
         mlflow.set_experiment(MLFLOW_EXPERIMENT)
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"campaign-{result.seed}") as run:
-        mlflow.set_tags({"selfheal.kind": "chaos-campaign", "campaign.seed": str(result.seed)})
-        mlflow.log_params(
-            {
-                "campaign.seed": result.seed,
-                "campaign.n": len(result.outcomes),
-                "campaign.speed": result.speed,
-                "campaign.detector": result.detector,
-                "campaign.bundle_version": result.bundle_version,
-            }
-        )
-        mlflow.log_metrics(result.metrics())
+        identity = {
+            "campaign.seed": str(result.seed),
+            "campaign.n": str(len(result.outcomes)),
+            "campaign.speed": str(result.speed),
+            "campaign.detector": result.detector,
+            "campaign.bundle_version": result.bundle_version,
+        }
+        if run_id is None:
+            mlflow.set_tags({"selfheal.kind": "chaos-campaign", "campaign.seed": str(result.seed)})
+            mlflow.log_params(identity)
+            mlflow.log_metrics(result.metrics())
+            artifacts = "campaign"
+        else:
+            mlflow.set_tags(
+                {f"selfheal.closed_loop.{k.removeprefix('campaign.')}": v for k, v in identity.items()}
+            )
+            mlflow.log_metrics({CL + k: v for k, v in result.metrics().items()})
+            artifacts = "closed_loop"
         for name in ("campaign.html", "summary.txt", "campaign.json"):
             if (out_dir / name).is_file():
-                mlflow.log_artifact(str(out_dir / name), artifact_path="campaign")
+                mlflow.log_artifact(str(out_dir / name), artifact_path=artifacts)
         return str(run.info.run_id)

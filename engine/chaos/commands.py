@@ -10,6 +10,74 @@ from typing import Annotated
 import typer
 
 from engine.cliutil import home_of
+from engine.tracking.registry import DEFAULT_MODEL
+
+
+def chaos_assess(
+    ctx: typer.Context,
+    runs: Annotated[
+        list[str], typer.Argument(help="A sweep run id (its best --top candidates) or configuration run ids.")
+    ],
+    top: Annotated[int, typer.Option("--top", help="How many of a sweep's best candidates to assess.")] = 2,
+    n: Annotated[int, typer.Option("--n", help="Experiments in the campaign each candidate faces.")] = 8,
+    seed: Annotated[
+        int, typer.Option("--seed", help="The campaign's seed: every candidate faces the same faults.")
+    ] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Candidates assessed at once, each in its own process (default: cores)."),
+    ] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="Registered model the candidates are versions of.")
+    ] = DEFAULT_MODEL,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Folder of the campaigns (default HOME/chaos/assess-SEED-TIME)."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: the home's).")
+    ] = None,
+) -> None:
+    """Closed-loop assessment: bundle the best candidates, run the same seeded chaos campaign against each.
+
+    Every candidate is registered as a version of --name, bundled with the shipped policies (signed
+    with the home's key) and faces the same campaign (--n experiments drawn from --seed, as `chaos
+    campaign` draws them). Heal rate, TTD/TTR, actions on victims and actions in quiet controls go
+    into each candidate's MLflow run (closed_loop.*), where `selfheal promote` judges them; on a
+    sweep, the best healer becomes the candidate `selfheal promote SWEEP_RUN` puts forward.
+
+    Example: selfheal chaos assess 3f2a9c... --top 2 --n 8 --seed 11 --workers 2
+    """
+    from engine.chaos.assess import assess
+    from engine.errors import InputError
+    from engine.hints import selfheal_command
+    from engine.tracking import registry
+
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers must be at least 1, got {workers}", hint="e.g. --workers 2")
+    home = home_of(ctx)
+    uri = registry.resolve_tracking_uri(home, tracking_uri)
+    result = assess(
+        runs,
+        home=home,
+        tracking_uri=uri,
+        n=n,
+        seed=seed,
+        top=top,
+        workers=workers,
+        name=name,
+        out_dir=out,
+        echo=typer.echo,
+    )
+    typer.echo("")
+    typer.echo(result.table())
+    typer.echo(
+        f"\n{len(result.candidates)} candidate(s) x {n} experiments (seed {seed}) in {result.wall_s:.0f} s, "
+        f"{result.workers} worker(s); campaign reports under {result.out_dir}"
+    )
+    target = runs[0] if len(runs) == 1 else result.best.run_id
+    flags = [] if uri == home.tracking_uri else ["--tracking-uri", uri]
+    typer.echo(f"next: {selfheal_command(home, 'promote', target, '--name', name, *flags)}")
 
 
 def register(app: typer.Typer) -> None:
@@ -17,6 +85,7 @@ def register(app: typer.Typer) -> None:
     chaos = typer.Typer(help="Chaos experiments against the simulated platform.", no_args_is_help=True)
     chaos.command("run")(chaos_run)
     chaos.command("campaign")(chaos_campaign)
+    chaos.command("assess")(chaos_assess)
     chaos.command("validate")(chaos_validate)
     chaos.command("list")(chaos_list)
     chaos.command("platform")(chaos_platform)

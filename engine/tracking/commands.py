@@ -145,8 +145,13 @@ def promote(
     reason: Annotated[str | None, typer.Option("--reason", help="Why --force (recorded as a tag).")] = None,
     tracking_uri: TrackingUri = None,
 ) -> None:
-    """Register a run's model and move alias `champion` if it beats the champion on the same evaluation.
+    """Register a run's model and move alias `champion` if it wins the gate against the champion.
 
+    The gate: the challenger beats the champion's detection metric on the same evaluation AND, on
+    the same campaign (`selfheal chaos assess`), heals at least as many faults, with no action
+    on a victim, no false action in a quiet control and no high-risk action without approval. The
+    verdict is printed as a table (champion vs challenger per criterion). A sweep run id stands for
+    its best candidate: the best healer when the sweep was assessed, else the best detector.
     Exit code 0 when the model is the champion afterwards, 1 when the gate kept the old champion.
 
     Example: selfheal promote 3f2a9c... --name selfheal-detector
@@ -156,10 +161,13 @@ def promote(
     uri = registry.resolve_tracking_uri(home_of(ctx), tracking_uri)
     result = registry.promote(run_id, name, tracking_uri=uri, force=force, reason=reason)
     typer.echo(result.summary())
+    if result.criteria:
+        typer.echo(result.table())
     is_champion = result.promoted or result.reason == "already the champion"
     if not is_champion:
         typer.echo(
-            "hint: a challenger must beat the champion on the same data; --force --reason TEXT overrides"
+            "hint: a challenger must beat the champion on the same data and heal at least as well in the "
+            "same campaign; --force --reason TEXT overrides"
         )
         raise typer.Exit(1)
 

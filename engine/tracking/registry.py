@@ -1,11 +1,22 @@
 """Tracking location, registered models and the champion/challenger gate.
 
-Promotion moves the registry alias ``champion`` (stages are deprecated in MLflow). A challenger
-moves it only when it beats the champion on the same evaluation: the same data fingerprint, the
-same evaluation key (data selection, features, split, level) and the same selection metric.
-``force`` overrides the gate and is recorded (tag ``selfheal.force_reason``). Every move of the
-alias is appended to the registered model's tag ``selfheal.champion_history`` so that rollback
-can move it back, repeatedly, without guessing from version numbers.
+Promotion moves the registry alias ``champion`` (stages are deprecated in MLflow). The gate judges
+detection AND healing, because a detector with the better F1 on history can still heal fewer
+faults once the engine acts on its events:
+
+- detection: the challenger beats the champion's selection metric on the same evaluation (the
+  same data fingerprint, evaluation key and metric);
+- closed loop (the ``closed_loop.*`` figures ``selfheal chaos assess`` logs into a candidate's
+  run, ``engine.chaos.assess``): on the same campaign (seed and size) it heals at least as
+  many faults as the champion, and it acts on no victim, in no quiet control (a false action) and
+  runs no high-risk action without an approval. A challenger without closed-loop figures is not
+  comparable with a champion that has them.
+
+The verdict is a table, champion against challenger per criterion (``PromotionResult.table``),
+printed by the CLI, tagged on the model version and logged into the challenger's run. ``force``
+overrides the gate and is recorded (tag ``selfheal.force_reason``). Every move of the alias is
+appended to the registered model's tag ``selfheal.champion_history`` so that rollback can move it
+back, repeatedly, without guessing from version numbers.
 """
 
 from __future__ import annotations
@@ -40,6 +51,18 @@ TAG_MODEL_URI = "selfheal.model_uri"
 TAG_BEST_RUN = "selfheal.best_run_id"
 TAG_DETECTOR = "selfheal.detector"
 TAG_SPEC = "selfheal.spec_name"
+#: On a sweep run: its candidate that came first in a closed-loop assessment (promote prefers it).
+TAG_BEST_CLOSED_LOOP = "selfheal.best_closed_loop_run"
+TAG_CL_SEED = "selfheal.closed_loop.seed"
+TAG_CL_N = "selfheal.closed_loop.n"
+#: Prefix of the closed-loop figures in a candidate's run (``engine.chaos.campaign_run.log_campaign``).
+CL = "closed_loop."
+#: Closed-loop counts a challenger must keep at zero, with the words the verdict uses.
+CL_MUST_BE_ZERO = {
+    "victim_actions": "actions on victims",
+    "control_actions": "false actions (quiet controls)",
+    "unapproved_high_risk_actions": "high-risk actions without approval",
+}
 
 
 def resolve_tracking_uri(home: Home, explicit: str | None = None) -> str:
@@ -125,10 +148,79 @@ class PromotionResult:
     champion_version: str | None = None
     champion_value: float | None = None
     forced: bool = False
+    criteria: list[Criterion] = field(default_factory=list)
 
     def summary(self) -> str:
         verdict = "PROMOTED" if self.promoted else "NOT PROMOTED"
         return f"{verdict}: {self.name} version {self.version} (run {self.run_id}): {self.reason}"
+
+    def table(self) -> str:
+        """Champion against challenger, one criterion a line (what the gate looked at, and why)."""
+        if not self.criteria:
+            return ""
+        head = [
+            "criterion",
+            "rule",
+            f"champion v{self.champion_version or '-'}",
+            f"challenger v{self.version}",
+            "",
+        ]
+        rows = [head] + [[c.name, c.rule, c.champion, c.challenger, c.verdict] for c in self.criteria]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+@dataclass
+class Criterion:
+    """One line of the gate's verdict; ``verdict`` is ``pass``, ``FAIL`` or empty (shown, not judged)."""
+
+    name: str
+    rule: str
+    champion: str
+    challenger: str
+    verdict: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "FAIL"
+
+
+def candidate_run(client: Any, run_id: str) -> Any:
+    """The configuration run ``run_id`` stands for: itself, or for a sweep its best candidate (the
+    one a closed-loop assessment put first, else the best by the selection metric)."""
+    run = _get_run(client, run_id)
+    tags = run.data.tags
+    if tags.get(TAG_KIND) == "sweep":
+        best = tags.get(TAG_BEST_CLOSED_LOOP) or tags.get(TAG_BEST_RUN)
+        if not best:
+            raise TrackingError(f"sweep run {run_id} has no best child", hint="rerun the experiment")
+        run = _get_run(client, best)
+    if not run.data.tags.get(TAG_MODEL_URI) or not run.data.tags.get(TAG_METRIC):
+        raise TrackingError(
+            f"run {run.info.run_id} has no selfheal model (tags {TAG_MODEL_URI}, {TAG_METRIC} missing)",
+            hint="promote a configuration run logged by `selfheal experiment run`",
+        )
+    return run
+
+
+def register_version(client: Any, name: str, run: Any) -> str:
+    """The version of ``name`` holding ``run``'s model, registered on first use (idempotent)."""
+    from mlflow.exceptions import MlflowException
+
+    model_uri = run.data.tags[TAG_MODEL_URI]
+    with contextlib.suppress(MlflowException):  # already there
+        client.create_registered_model(name, description="selfheal anomaly detector (calibrated scores)")
+    found = client.search_model_versions(f"name='{name}' and run_id='{run.info.run_id}'")
+    if found:
+        return str(max(int(v.version) for v in found))
+    version = client.create_model_version(
+        name,
+        source=model_uri,
+        run_id=run.info.run_id,
+        tags={TAG_METRIC: run.data.tags[TAG_METRIC]},
+        model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
+    )
+    return str(version.version)
 
 
 def promote(
@@ -141,47 +233,20 @@ def promote(
 ) -> PromotionResult:
     """Register the run's model under ``name`` and move ``champion`` to it if it wins the gate.
 
-    A sweep's parent run id stands for its best child. Promoting the same run again reuses its
-    version (idempotent). The version is registered even when it loses, tagged with the verdict.
+    A sweep's parent run id stands for its best candidate (``candidate_run``). Promoting the same
+    run again reuses its version (idempotent). The version is registered even when it loses,
+    tagged with the verdict; the verdict's table goes into the challenger's run (gate/).
     """
-    from mlflow.exceptions import MlflowException
-
     if force and not (reason and reason.strip()):
         raise TrackingError("--force needs a reason", hint='add --reason "why the gate is overridden"')
     client = _client(tracking_uri)
-    run = _get_run(client, run_id)
+    run = candidate_run(client, run_id)
     tags = run.data.tags
-    if tags.get(TAG_KIND) == "sweep":
-        best = tags.get(TAG_BEST_RUN)
-        if not best:
-            raise TrackingError(f"sweep run {run_id} has no best child", hint="rerun the experiment")
-        run = _get_run(client, best)
-        tags = run.data.tags
     run_id = run.info.run_id
-    model_uri = tags.get(TAG_MODEL_URI)
-    metric = tags.get(TAG_METRIC)
-    if not model_uri or not metric:
-        raise TrackingError(
-            f"run {run_id} has no selfheal model (tags {TAG_MODEL_URI}, {TAG_METRIC} missing)",
-            hint="promote a configuration run logged by `selfheal experiment run`",
-        )
+    metric = tags[TAG_METRIC]
     higher = tags.get(TAG_HIGHER, "true") == "true"
     value = _finite(run.data.metrics.get(metric))
-
-    with contextlib.suppress(MlflowException):  # already there
-        client.create_registered_model(name, description="selfheal anomaly detector (calibrated scores)")
-    found = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
-    if found:
-        version = max(found, key=lambda v: int(v.version))
-    else:
-        version = client.create_model_version(
-            name,
-            source=model_uri,
-            run_id=run_id,
-            tags={TAG_METRIC: metric},
-            model_id=model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None,
-        )
-    ver = str(version.version)
+    ver = register_version(client, name, run)
 
     champion = _champion(client, name)
     result = PromotionResult(name, ver, run_id, False, "", metric, value, forced=force)
@@ -192,24 +257,33 @@ def promote(
         return result
     if champion is None:
         result.promoted, result.reason = True, "no champion yet"
+        result.criteria = _criteria(run, None, metric, higher)
     else:
         champ_run = _get_run(client, champion.run_id)
         result.champion_value = _finite(champ_run.data.metrics.get(metric))
-        mismatch = _comparability(tags, champ_run.data.tags, metric)
+        result.criteria = _criteria(run, champ_run, metric, higher)
+        mismatch = _comparability(run, champ_run, metric)
+        failed = [c for c in result.criteria if c.failed]
         if mismatch:
             result.reason = f"not comparable with champion v{champion.version}: {mismatch}"
         elif value is None:
             result.reason = f"challenger has no finite '{metric}'"
-        elif result.champion_value is None or _beats(value, result.champion_value, higher):
+        elif failed:
+            parts = [
+                f"{metric} {_fmt(value)} does not beat champion v{champion.version} "
+                f"({_fmt(result.champion_value)})"
+                if c.name == metric
+                else f"{c.name} {c.challenger} against the champion's {c.champion} (rule: {c.rule})"
+                for c in failed
+            ]
+            result.reason = "; ".join(parts)
+        else:
             result.promoted = True
             result.reason = (
                 f"{metric} {_fmt(value)} beats champion v{champion.version} ({_fmt(result.champion_value)})"
             )
-        else:
-            result.reason = (
-                f"{metric} {_fmt(value)} does not beat champion v{champion.version} "
-                f"({_fmt(result.champion_value)})"
-            )
+            if _closed_loop(run) is not None:
+                result.reason += ", heals at least as many faults, no victim or false action"
         if not result.promoted and force:
             result.promoted = True
             result.reason = f"forced over the gate ({result.reason}); reason: {reason}"
@@ -225,18 +299,104 @@ def promote(
             client.set_model_version_tag(name, ver, "selfheal.force_reason", str(reason))
     else:
         client.set_model_version_tag(name, ver, "selfheal.gate", f"rejected: {result.reason}"[:4900])
+    if result.criteria:
+        verdict = f"{result.summary()}\n\n{result.table()}\n"
+        client.set_model_version_tag(name, ver, "selfheal.gate_table", result.table()[:4900])
+        client.log_text(run_id, verdict, f"gate/{name}-v{ver}-{_now().replace(':', '')}.txt")
     logger.info("%s", result.summary())
     return result
 
 
-def _comparability(challenger: dict[str, str], champion: dict[str, str], metric: str) -> str:
-    """Empty when the two runs were judged on the same evaluation, else what differs."""
+def _closed_loop(run: Any) -> dict[str, float] | None:
+    """The ``closed_loop.*`` figures of a run (unprefixed), or None when it was never assessed."""
+    if TAG_CL_SEED not in run.data.tags:
+        return None
+    return {k.removeprefix(CL): float(v) for k, v in run.data.metrics.items() if k.startswith(CL)}
+
+
+def _campaign(run: Any) -> str:
+    tags = run.data.tags
+    return f"seed {tags.get(TAG_CL_SEED)}, n {tags.get(TAG_CL_N)}"
+
+
+def _criteria(run: Any, champ_run: Any | None, metric: str, higher: bool) -> list[Criterion]:
+    """Champion against challenger per criterion; with no champion, the challenger's figures alone."""
+    mine, theirs = run.data.metrics, (champ_run.data.metrics if champ_run is not None else {})
+
+    def cell(metrics: dict[str, float], key: str, fmt: str = "{:.3f}") -> str:
+        v = _finite(metrics.get(key))
+        return "-" if v is None else fmt.format(v)
+
+    judged = champ_run is not None
+    value, champ_value = _finite(mine.get(metric)), _finite(theirs.get(metric))
+    beats = value is not None and (champ_value is None or _beats(value, champ_value, higher))
+    out = [
+        Criterion(
+            metric,
+            "higher wins" if higher else "lower wins",
+            cell(theirs, metric),
+            cell(mine, metric),
+            ("pass" if beats else "FAIL") if judged else "",
+        )
+    ]
+    for key, label in (("mean_delay_s", "detection delay (s)"), ("false_alarms_per_day", "false alarms/day")):
+        if key != metric:
+            out.append(Criterion(label, "shown", cell(theirs, key, "{:.1f}"), cell(mine, key, "{:.1f}")))
+    cl, champ_cl = _closed_loop(run), (_closed_loop(champ_run) if champ_run is not None else None)
+    if cl is None and champ_cl is None:
+        return out
+    mine_cl, theirs_cl = cl or {}, champ_cl or {}
+    out.append(
+        Criterion(
+            "campaign",
+            "the same",
+            _campaign(champ_run) if champ_cl is not None else "-",
+            _campaign(run) if cl is not None else "-",
+        )
+    )
+    healed, champ_healed = mine_cl.get("faults_healed"), theirs_cl.get("faults_healed")
+    verdict = ""
+    if judged and champ_cl is not None:
+        verdict = "pass" if healed is not None and healed >= (champ_healed or 0.0) else "FAIL"
+
+    def of(figures: dict[str, float]) -> str:
+        if "faults" not in figures:
+            return "-"
+        return f"{figures.get('faults_healed', 0):.0f}/{figures['faults']:.0f}"
+
+    out.append(Criterion("faults healed", "at least the champion's", of(theirs_cl), of(mine_cl), verdict))
+    for key, label in CL_MUST_BE_ZERO.items():
+        mine_v = mine_cl.get(key)
+        verdict = "" if not judged or cl is None else ("pass" if mine_v == 0 else "FAIL")
+        out.append(
+            Criterion(label, "none", cell(theirs_cl, key, "{:.0f}"), cell(mine_cl, key, "{:.0f}"), verdict)
+        )
+    for key, label in (
+        ("detect_rate", "faults detected"),
+        ("wrong_root_actions", "wrong remedies on a root"),
+    ):
+        out.append(Criterion(label, "shown", cell(theirs_cl, key, "{:.2f}"), cell(mine_cl, key, "{:.2f}")))
+    return out
+
+
+def _comparability(run: Any, champ_run: Any, metric: str) -> str:
+    """Empty when the two runs were judged on the same evaluation and campaign, else what differs."""
+    challenger, champion = run.data.tags, champ_run.data.tags
     diffs = []
     for tag, what in ((TAG_FINGERPRINT, "data fingerprint"), (TAG_EVAL_KEY, "evaluation key")):
         if challenger.get(tag) != champion.get(tag):
             diffs.append(f"{what} {challenger.get(tag)} != {champion.get(tag)}")
     if champion.get(TAG_METRIC) != metric:
         diffs.append(f"metric {metric} != {champion.get(TAG_METRIC)}")
+    if TAG_CL_SEED in champion:
+        if TAG_CL_SEED not in challenger:
+            diffs.append(
+                f"the champion was assessed in a campaign ({_campaign(champ_run)}), the challenger never "
+                f"(selfheal chaos assess {run.info.run_id} --seed {champion[TAG_CL_SEED]} "
+                f"--n {champion.get(TAG_CL_N)})"
+            )
+        elif _campaign(run) != _campaign(champ_run):
+            diffs.append(f"campaign {_campaign(run)} != {_campaign(champ_run)} (assess both on the same)")
     return "; ".join(diffs)
 
 
