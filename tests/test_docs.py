@@ -71,6 +71,7 @@ SKIP_COMMANDS = {
 #: Blocks that are not bash, python or yaml, by their first line, and why.
 SKIP_BLOCKS = {
     "0 6 * * *": "a crontab entry; the `selfheal evaluate` it schedules runs in the research-loop block",
+    "NOT PROMOTED:": "output of `selfheal promote`; tests/test_promote.py checks the table's lines",
 }
 #: Options appended to a command (its path in the CLI), and why.
 FAST: dict[tuple[str, ...], tuple[list[str], str]] = {
@@ -79,12 +80,13 @@ FAST: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("experiment", "run"): (["--workers", "1"], "on two shared cores, spawning workers costs more"),
     ("nab", "run"): (["--category", "artificialWithAnomaly"], "the whole subset takes ~30 s a run"),
     ("chaos", "campaign"): (["--n", "2", "--workers", "1"], "two experiments take the path of fifty"),
+    ("chaos", "assess"): (["--n", "1", "--top", "1", "--workers", "1"], "one candidate, one experiment"),
 }
 #: Commands that make their block slow (more than a few seconds), or `alone` (an engine racing a
 #: simulated clock, see `make test`).
 SLOW = {("demo",), ("experiment", "run"), ("evaluate",), ("nab", "run"), ("nab", "score"), ("run",),
-        ("bundle", "build"), ("chaos", "run"), ("chaos", "campaign")}  # fmt: skip
-ALONE = {("chaos", "run"), ("chaos", "campaign")}
+        ("bundle", "build"), ("chaos", "run"), ("chaos", "campaign"), ("chaos", "assess")}  # fmt: skip
+ALONE = {("chaos", "run"), ("chaos", "campaign"), ("chaos", "assess")}
 #: Long-running commands: started in the background, stopped with this signal (exit 0 expected).
 SERVERS = {("run",): signal.SIGTERM, ("chaos", "platform"): signal.SIGINT}
 #: Documented exit codes other than 0, by the README line (without its comment).
