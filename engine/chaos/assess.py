@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +168,7 @@ def assess(
         sweep = sweep_run if len(refs) == 1 else None
     campaign = generate_campaign(n, seed)  # before any build: a bad --n fails fast
     workers = max(1, min(len(runs), workers or os.cpu_count() or 1))
-    folder = out_dir or home.root / "chaos" / f"assess-{seed}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = out_dir or home.new_run("chaos", f"assess-{seed}")
     client = registry._client(tracking_uri)
     key = local_signing_key(home, echo)
     metric = runs[0].data.tags[registry.TAG_METRIC]

@@ -32,7 +32,7 @@ def chaos_assess(
     ] = DEFAULT_MODEL,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Folder of the campaigns (default HOME/chaos/assess-SEED-TIME)."),
+        typer.Option("--out", "-o", help="Campaigns folder (default HOME/chaos/assess-<seed>/<time>)."),
     ] = None,
     tracking_uri: Annotated[
         str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: the home's).")
