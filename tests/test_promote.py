@@ -297,7 +297,7 @@ def test_assess_runs_one_campaign_per_candidate_and_promote_puts_the_healer_forw
     args = [
         "--home",
         str(home.root),
-        "experiment",
+        "chaos",
         "assess",
         sweep_id,
         "--top",
