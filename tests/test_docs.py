@@ -72,6 +72,7 @@ SKIP_COMMANDS = {
 SKIP_BLOCKS = {
     "0 6 * * *": "a crontab entry; the `selfheal evaluate` it schedules runs in the research-loop block",
     "NOT PROMOTED:": "output of `selfheal promote`; tests/test_promote.py checks the table's lines",
+    "flowchart LR": "a mermaid picture of the engine's stages",
 }
 #: Options appended to a command (its path in the CLI), and why.
 FAST: dict[tuple[str, ...], tuple[list[str], str]] = {
