@@ -82,7 +82,7 @@ TUNE = _nb(
 home = None                 # selfheal home folder
 tracking_uri = None         # None: MLFLOW_TRACKING_URI or sqlite in the home folder
 detector = "IForest"        # any registered detector or PyOD class name
-params = {"n_estimators": 100}
+params = {}                 # the detector's parameters; {} takes its defaults
 services = None             # a list of services; None means all
 start = None                # ISO time or None
 end = None
@@ -107,7 +107,7 @@ print("MLflow run:", result.run_id)
 """.strip()
         ),
         new_code_cell(
-            "fig = scores_figure(result.assessment.series, result.pipeline.threshold_, title=repr(result.pipeline))"
+            "fig = scores_figure(result.assessment.series, result.detector.threshold_, title=result.detector.name)"
         ),
         new_code_cell("fig = pr_figure(result.assessment.series)"),
     ]

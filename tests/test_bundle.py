@@ -1,4 +1,4 @@
-"""Bundles end to end with real parts: a pipeline fitted here, MLflow on SQLite in tmp, the repo's rules/.
+"""Bundles end to end with real parts: a detector fitted here, MLflow on SQLite in tmp, the repo's rules/.
 
 One registry and one clean bundle are built per module (logging a pyfunc model costs ~1 s); every
 test that damages a bundle works on its own copy.
@@ -33,6 +33,7 @@ pytestmark = pytest.mark.xdist_group("bundle")  # one registry and bundle per mo
 REPO = Path(__file__).resolve().parents[1]
 RULES = REPO / "rules"
 MODEL = "latency"
+MODEL_FILE = "detector/models/default.skops"
 SPEC = {
     "interval": "10s",
     "metrics": {
@@ -42,32 +43,39 @@ SPEC = {
 }
 
 
-def _features(seed: int) -> tuple[Any, pl.DataFrame]:
-    """A few hundred complete feature rows from synthetic points, through engine.features."""
+def _points(seed: int) -> pl.DataFrame:
+    """A few hundred buckets of synthetic points for inference-a."""
     from datetime import datetime, timedelta
 
-    from engine.features import FeatureSpec, batch_features
-
-    spec = FeatureSpec.model_validate(SPEC)
     rng = np.random.default_rng(seed)
     n = 400
     start = datetime(2026, 1, 1)
     ts = [start + timedelta(seconds=10 * i) for i in range(n)]
-    frames = [
-        pl.DataFrame(
-            {"ts": ts, "service": "inference-a", "metric": metric, "value": rng.normal(mu, sd, n)},
-            schema_overrides={"ts": pl.Datetime("us")},
-        )
-        for metric, mu, sd in (("latency_p99_ms", 120.0, 8.0), ("memory_util", 0.5, 0.03))
-    ]
-    return spec, batch_features(pl.concat(frames), spec)
+    return pl.concat(
+        [
+            pl.DataFrame(
+                {"ts": ts, "service": "inference-a", "metric": metric, "value": rng.normal(mu, sd, n)},
+                schema_overrides={"ts": pl.Datetime("us")},
+            )
+            for metric, mu, sd in (("latency_p99_ms", 120.0, 8.0), ("memory_util", 0.5, 0.03))
+        ]
+    )
 
 
 def _fit(seed: int, detector: str, params: dict[str, Any]) -> Any:
-    from engine.detectors.pipeline import ScoringPipeline
+    from engine.detectors.stream import StreamDetector
+    from engine.detectors.stream_config import StreamConfig
 
-    spec, frame = _features(seed)
-    return ScoringPipeline(spec, detector, params, random_state=seed).fit(frame), frame
+    config = StreamConfig.model_validate(
+        {
+            "groups": [{"name": "default", "features": SPEC}],
+            "model": {"class": detector, "params": params},
+            "calibration": "ecdf",
+            "seed": seed,
+        }
+    )
+    points = _points(seed)
+    return StreamDetector(config).fit(points), points
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +84,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     import mlflow
     from mlflow import MlflowClient
 
-    from engine.tracking.model import log_pipeline
+    from engine.tracking.model import log_detector
     from engine.tracking.registry import ensure_experiment
 
     root = tmp_path_factory.mktemp("mlflow")
@@ -86,7 +94,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     for seed, det, params in ((0, "IForest", {"n_estimators": 30}), (1, "IForest", {"n_estimators": 20})):
         pipeline, frame = _fit(seed, det, params)
         with mlflow.start_run(experiment_id=exp) as run:
-            model_uri = log_pipeline(pipeline)
+            model_uri = log_detector(pipeline)
         mlflow.register_model(model_uri, MODEL)
         pipelines.append((pipeline, frame))
         run_ids.append(run.info.run_id)
@@ -155,9 +163,8 @@ def test_build_fixes_the_alias_to_a_version_and_hashes_every_file(built: Any, re
         assert m["environment"][key]
     files = set(m["files"])
     expected = {
-        "detector/pipeline.pkl",
-        "detector/pipeline.json",
-        "detector/feature_spec.yaml",
+        "detector/detector.json",
+        "detector/models/default.skops",
         "compiled/policies.json",
         "rules/topology.yaml",
         "rules/targets.yaml",
@@ -206,9 +213,9 @@ def test_alias_moved_after_build_keeps_the_fixed_version(built: Any, registry: d
     client.set_registered_model_alias(MODEL, "champion", "2")
     try:
         bundle = load_bundle(built.path)
-        assert bundle.model_version == "1" and bundle.pipeline.params["n_estimators"] == 30
-        v1, frame = registry["pipelines"][0]
-        np.testing.assert_array_equal(bundle.pipeline.score_frame(frame), v1.score_frame(frame))
+        assert bundle.model_version == "1" and bundle.detector.config.model.params["n_estimators"] == 30
+        v1, points = registry["pipelines"][0]
+        assert bundle.detector.score_history(points).equals(v1.score_history(points))
         rebuilt = build_bundle(
             f"models:/{MODEL}@champion", RULES, tracking_uri=registry["uri"], output=tmp_path / "new"
         )
@@ -221,12 +228,11 @@ def test_alias_moved_after_build_keeps_the_fixed_version(built: Any, registry: d
 # ----------------------------------------------------------------------------------- load, verify
 
 
-def test_load_scores_a_row_like_the_fitted_pipeline(built: Any, registry: dict) -> None:
+def test_load_scores_like_the_fitted_detector(built: Any, registry: dict) -> None:
     bundle = load_bundle(built.path)
-    fitted, frame = registry["pipelines"][0]
-    row = frame.head(1)
-    assert bundle.pipeline.score_frame(row)[0] == pytest.approx(fitted.score_frame(row)[0], abs=1e-12)
-    assert bundle.pipeline.threshold_ == fitted.threshold_
+    fitted, points = registry["pipelines"][0]
+    assert bundle.detector.score_history(points).equals(fitted.score_history(points))
+    assert bundle.detector.threshold_ == fitted.threshold_
     assert bundle.version == built.version
     assert bundle.detector_version == f"{MODEL}/v1"
     assert bundle.policies.fingerprint == built.manifest["policies"]["fingerprint"]
@@ -248,7 +254,12 @@ def test_verify_ok_and_digest_pinning(built: Any, capsys: pytest.CaptureFixture[
 
 @pytest.mark.parametrize(
     "rel",
-    ["detector/pipeline.pkl", "detector/pipeline.json", "rules/memory_leak.yaml", "compiled/policies.json"],
+    [
+        "detector/models/default.skops",
+        "detector/detector.json",
+        "rules/memory_leak.yaml",
+        "compiled/policies.json",
+    ],
 )
 def test_one_flipped_byte_fails_verify_and_load(
     copy: Path, rel: str, capsys: pytest.CaptureFixture[str]
@@ -263,16 +274,44 @@ def test_one_flipped_byte_fails_verify_and_load(
         load_bundle(copy)
 
 
-def test_tampered_pickle_is_never_unpickled(copy: Path, tmp_path: Path) -> None:
+def test_tampered_model_is_never_loaded(copy: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Evil(str(marker)))
-    (copy / "detector/pipeline.pkl").write_bytes(evil)
-    with pytest.raises(BundleError, match=r"refusing to load.*detector/pipeline\.pkl: sha256 mismatch"):
+    (copy / MODEL_FILE).write_bytes(evil)
+    with pytest.raises(
+        BundleError, match=r"refusing to load.*detector/models/default\.skops: sha256 mismatch"
+    ):
         load_bundle(copy)
     assert not marker.exists()
     # the test's own evil pickle does run when unpickled: the absence above is meaningful
     pickle.loads(evil)
     assert marker.exists()
+
+
+def test_a_code_running_model_with_rehashed_manifest_runs_no_code(
+    copy: Path, tmp_path: Path, signing_key: Path
+) -> None:
+    """Even with the manifest rewritten to match and signed by a trusted key (a stolen key, no
+    digest pinned), the model file is read as skops: a pickle is not a skops archive, and a skops
+    archive naming other types is refused before anything is built."""
+    import skops.io as sio
+
+    marker = tmp_path / "pwned"
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    for payload, message in (
+        (pickle.dumps(_Evil(str(marker))), "cannot be read as a saved detector"),
+        (
+            sio.dumps({"format": "selfheal-detector", "detector": _Evil(str(marker))}),
+            "refusing to load types",
+        ),
+    ):
+        (copy / MODEL_FILE).write_bytes(payload)
+        _rehash(copy, manifest, MODEL_FILE)
+        resign(copy, signing_key)
+        assert verify_bundle(copy).ok  # the hashes match: only the loader stands in the way
+        with pytest.raises(BundleError, match=message):
+            load_bundle(copy)
+        assert not marker.exists()
 
 
 def test_every_file_is_covered_one_flipped_byte_at_a_time(copy: Path) -> None:
@@ -301,8 +340,8 @@ def test_a_code_running_pickle_with_hashes_recomputed_is_refused_before_it_runs(
     """Hashes alone cannot catch someone who also rewrites the manifest; the signature does."""
     marker = tmp_path / "pwned"
     evil = pickle.dumps(_Evil(str(marker)))
-    (copy / "detector/pipeline.pkl").write_bytes(evil)
-    _rehash(copy, json.loads((copy / MANIFEST_NAME).read_text()), "detector/pipeline.pkl")
+    (copy / MODEL_FILE).write_bytes(evil)
+    _rehash(copy, json.loads((copy / MANIFEST_NAME).read_text()), MODEL_FILE)
     with pytest.raises(BundleError, match=r"does not match manifest\.json.*refusing to load"):
         load_bundle(copy)
     code, _, err = _cli(capsys, "bundle", "verify", str(copy), "--load")
@@ -437,7 +476,7 @@ def test_environment_rules(copy: Path, signing_key: Path) -> None:
 
 def test_probe_mismatch_refuses_a_detector_that_scores_differently(copy: Path, signing_key: Path) -> None:
     manifest = json.loads((copy / MANIFEST_NAME).read_text())
-    manifest["detector"]["probe"]["raw"][3] += 0.5
+    manifest["detector"]["probe"]["default"]["raw"][3] += 0.5
     (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
     resign(copy, signing_key)
     assert verify_bundle(copy).ok  # static checks cannot see it
@@ -447,9 +486,9 @@ def test_probe_mismatch_refuses_a_detector_that_scores_differently(copy: Path, s
 
 @pytest.mark.slow  # a fresh interpreter importing pyod, sklearn, polars and durable-rules
 def test_bundle_loads_and_scores_without_mlflow(built: Any, registry: dict) -> None:
-    fitted, frame = registry["pipelines"][0]
-    expected = float(fitted.score_frame(frame.head(1))[0])
-    row = frame.head(1).select(fitted.feature_names).to_numpy().tolist()
+    fitted, _ = registry["pipelines"][0]
+    row = [[130.0, 1.5, 0.52]]
+    expected = float(fitted.model_scores("default", np.array(row))[1][0])
     script = textwrap.dedent(
         f"""
         import sys
@@ -457,7 +496,7 @@ def test_bundle_loads_and_scores_without_mlflow(built: Any, registry: dict) -> N
         from engine.bundle import load_bundle
         import engine.bundle.runtime  # the engine's loader must not need MLflow either
         b = load_bundle({str(built.path)!r})
-        print(repr(float(b.pipeline.score_matrix({row!r})[0])))
+        print(repr(float(b.detector.model_scores("default", {row!r})[1][0])))
         assert not any(m == "mlflow" or m.startswith("mlflow.") for m in sys.modules if sys.modules[m])
         """
     )
@@ -559,7 +598,7 @@ def test_not_a_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ("detector", "threshold", "high", "detector.threshold"),
         ("detector", "feature_names", "a,b", "detector.feature_names"),
         ("model", "name", ["x"], "model.name"),
-        ("files", "detector/pipeline.pkl", "deadbeef", "files.detector/pipeline.pkl"),
+        ("files", "detector/detector.json", "deadbeef", "files.detector/detector.json"),
         ("policies", "policies", {"a": 1}, "policies.policies"),
     ],
 )

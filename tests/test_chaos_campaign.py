@@ -340,16 +340,14 @@ def test_the_campaign_page_renders_in_headless_chromium(tmp_path: Path) -> None:
 def test_a_small_campaign_against_the_engine(tmp_path: Path) -> None:
     import mlflow
 
+    from engine.chaos.api import default_detector
     from engine.chaos.campaign_run import MLFLOW_EXPERIMENT, run_campaign
-    from engine.chaos.detector import train_default_pipeline
 
     campaign = generate_campaign(8, ALONE_SEED)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     lines: list[str] = []
     out = tmp_path / "campaign"
-    found = run_campaign(
-        campaign, out, pipeline=train_default_pipeline(days=1.5), tracking_uri=uri, echo=lines.append
-    )
+    found = run_campaign(campaign, out, pipeline=default_detector(), tracking_uri=uri, echo=lines.append)
     assert [o["verdict"] for o in found.outcomes if o["verdict"] == "error"] == []
     assert sum(line.startswith("[") for line in lines) == 8  # one progress line per experiment
     (control,) = [o for o in found.outcomes if o["control"]]

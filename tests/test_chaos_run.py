@@ -25,16 +25,16 @@ SPEED = 720.0
 
 @pytest.fixture(scope="module")
 def pipeline() -> Any:
-    from engine.chaos.detector import train_default_pipeline
+    from engine.chaos.api import default_detector
 
-    return train_default_pipeline(days=1.5)
+    return default_detector()
 
 
 def run(name: str, tmp_path: Path, pipeline: Any, tracking_uri: str | None = None) -> RunResult:
     return run_experiment(
         EXPERIMENTS_DIR / f"{name}.yaml",
         tmp_path / name,
-        pipeline=pipeline,
+        detector=pipeline,
         speed=SPEED,
         tracking_uri=tracking_uri,
     )

@@ -271,11 +271,33 @@ def test_load_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
     junk.write_text("not a pickle")
     with pytest.raises(DetectorError, match="cannot be read as a saved detector"):
         load_detector(junk)
-    import joblib
+    import pickle
 
-    joblib.dump({"something": 1}, tmp_path / "other.joblib")
+    import skops.io as sio
+
+    (tmp_path / "other.skops").write_bytes(sio.dumps({"something": 1}))
     with pytest.raises(DetectorError, match="not a selfheal detector file"):
-        load_detector(tmp_path / "other.joblib")
+        load_detector(tmp_path / "other.skops")
+    marker = tmp_path / "pwned"
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(_Touch(str(marker))))
+    with pytest.raises(DetectorError, match="cannot be read as a saved detector"):
+        load_detector(tmp_path / "evil.pkl")  # a pickle is not read as one: no code runs
+    assert not marker.exists()
+    (tmp_path / "evil.skops").write_bytes(sio.dumps({"format": "selfheal-detector", "detector": _Touch("x")}))
+    with pytest.raises(DetectorError, match=r"refusing to load types .*_Touch"):
+        load_detector(tmp_path / "evil.skops")
+
+
+class _Touch:
+    """A pickle payload that creates a file when unpickled (it must never be)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        from pathlib import Path
+
+        return (Path.touch, (Path(self.path),))
 
 
 def test_constant_column_is_named_when_it_breaks_a_detector(X: np.ndarray) -> None:

@@ -25,8 +25,9 @@ How the README's examples run (``test_readme_example_runs``, one test per fenced
 - ```python blocks run with ``exec`` in a namespace holding ``PYTHON_NAMES`` (``spec``, ``X_train``,
   ``X_live``: a feature spec and two feature matrices).
 - ```yaml blocks are an engine config (every key a setting of ``selfheal run``: loaded as the
-  engine loads it) or parts of an experiment spec: a detector entry (it has ``class``) or a feature
-  spec; the test puts the block into a minimal spec and validates it as ``experiment validate`` does.
+  engine loads it) or parts of an experiment spec: a detector entry (it has ``class``), the
+  detector part of a spec (it has ``detectors``) or a feature spec; the test puts the block into a
+  minimal spec and validates it as ``experiment validate`` does.
 - Any other block must be in ``SKIP_BLOCKS`` with the reason. A block that is neither run nor
   skipped fails ``test_every_readme_block_is_run_or_skipped``.
 """
@@ -533,7 +534,12 @@ def _validate_yaml(block: Block, tmp_path: Path) -> None:
         load_settings(path, environ={})
         return
     spec: dict[str, Any] = {"name": "readme", "features": SMALL_FEATURES, "detectors": [{"class": "HBOS"}]}
-    spec["detectors" if "class" in part else "features"] = [part] if "class" in part else part
+    if "class" in part:
+        spec["detectors"] = [part]
+    elif "detectors" in part:  # the detector part of a spec: features, groups, model, post-processing
+        spec.update(part)
+    else:
+        spec["features"] = part
     path = tmp_path / "readme-spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     load_spec(path)

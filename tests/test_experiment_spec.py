@@ -98,23 +98,23 @@ def test_evaluation_key_ignores_the_grid_but_not_the_data() -> None:
     assert a.evaluation_key != c.evaluation_key
 
 
-def _demo_quick_with(tmp_path: Path, *edits: tuple[str, str]) -> Path:
-    """A copy of the shipped demo spec with textual edits (each must apply exactly once)."""
-    text = (REPO / "experiments" / "demo_quick.yaml").read_text()
+def _sweep_with(tmp_path: Path, *edits: tuple[str, str]) -> Path:
+    """A copy of the shipped PyOD sweep spec with textual edits (each must apply exactly once)."""
+    text = (REPO / "experiments" / "synth_pyod_sweep.yaml").read_text()
     for old, new in edits:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
-    path = tmp_path / "demo_quick.yaml"
+    path = tmp_path / "synth_pyod_sweep.yaml"
     path.write_text(text)
     return path
 
 
 def test_detector_params_are_checked_at_load_every_problem_once(tmp_path: Path) -> None:
-    path = _demo_quick_with(
+    path = _sweep_with(
         tmp_path,
-        ("n_estimators: [50, 150]", "n_estimatorz: [50, 150]"),
-        ("contamination: 0.01", "contamination: 0.9"),
-        ("n_bins: [10, 30]", "n_bins: [10, -3]"),
+        ("n_estimators: [50, 100, 200]", "n_estimatorz: [50, 100, 200]"),
+        ("  - class: IForest\n", "  - class: IForest\n    params: {contamination: 0.9}\n"),
+        ("n_bins: [10, 20, 40]", "n_bins: [10, -3, 40]"),
     )
     with pytest.raises(SpecError) as info:
         load_spec(path)
@@ -132,12 +132,23 @@ def test_detector_params_are_checked_at_load_every_problem_once(tmp_path: Path) 
 
 
 def test_own_detector_params_are_checked_at_load() -> None:
-    raw = small_spec(detectors=[{"class": "CUSUM", "grid": {"refrence": [60]}}])
+    raw = small_spec(detectors=[{"class": "KMeansDistance", "grid": {"n_cluster": [4]}}])
     with pytest.raises(SpecError) as info:
-        validate_spec(raw, file="cusum.yaml")
+        validate_spec(raw, file="kmeans.yaml")
     [problem] = info.value.problems
-    assert problem.path == "detectors[0].grid.refrence"
-    assert problem.hint == "did you mean 'reference'?"
+    assert problem.path == "detectors[0].grid.n_cluster"
+    assert problem.hint == "did you mean 'n_clusters'?"
+
+
+def test_a_stateful_detector_is_refused_in_the_shared_model_slot() -> None:
+    """A forecaster keeps state between rows; fitted once and shared by every service of a group it
+    would mix their series, so the spec is refused at load, naming file and field."""
+    raw = small_spec(detectors=[{"class": "HBOS"}, {"class": "SeasonalResidual", "params": {"season": 60}}])
+    with pytest.raises(SpecError) as info:
+        validate_spec(raw, file="forecast.yaml")
+    [problem] = info.value.problems
+    assert (problem.file, problem.path) == ("forecast.yaml", "detectors[1].class")
+    assert "keeps state between rows" in problem.message and "stateless" in problem.hint
 
 
 def test_experiment_validate_command_fails_on_a_misspelt_param(
@@ -145,7 +156,7 @@ def test_experiment_validate_command_fails_on_a_misspelt_param(
 ) -> None:
     from engine import cli
 
-    path = _demo_quick_with(tmp_path, ("n_estimators: [50, 150]", "n_estimatorz: [50, 150]"))
+    path = _sweep_with(tmp_path, ("n_estimators: [50, 100, 200]", "n_estimatorz: [50, 100, 200]"))
     with pytest.raises(SystemExit) as info:
         cli.main(["--home", str(tmp_path / "home"), "experiment", "validate", str(path)])
     captured = capsys.readouterr()

@@ -14,15 +14,15 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
-from test_tracking_support import feature_frame
+from test_tracking_support import fitted_detector
 from typer.testing import CliRunner
 
 from engine import cli
-from engine.detectors.pipeline import ScoringPipeline
+from engine.detectors.stream import StreamDetector
 from engine.errors import TrackingError
 from engine.home import Home
 from engine.tracking import registry
-from engine.tracking.model import log_pipeline
+from engine.tracking.model import log_detector
 
 NAME = ""
 CAMPAIGN = {"seed": "5", "n": "4"}
@@ -35,9 +35,8 @@ def _name(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="module")
-def pipeline() -> ScoringPipeline:
-    spec, frame = feature_frame(n=200)
-    return ScoringPipeline(spec, "HBOS").fit(frame)
+def pipeline() -> StreamDetector:
+    return fitted_detector(n=200)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +50,7 @@ def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def _run(
     uri: str,
-    pipeline: ScoringPipeline,
+    pipeline: StreamDetector,
     f1: float,
     fingerprint: str = "fp1",
     metric: str = "f1",
@@ -67,7 +66,7 @@ def _run(
     exp = mlflow.get_experiment_by_name("gate")
     tags = {"mlflow.parentRunId": parent} if parent else {}
     with mlflow.start_run(experiment_id=exp.experiment_id, tags=tags) as run:
-        model_uri = log_pipeline(pipeline)
+        model_uri = log_detector(pipeline)
         mlflow.log_metrics({"f1": f1, "mean_delay_s": 600.0, "false_alarms_per_day": 1.0})
         mlflow.set_tags(
             {
@@ -98,7 +97,7 @@ def _champion(uri: str) -> str:
 
 
 def test_gate_moves_champion_only_for_a_better_comparable_challenger(
-    uri: str, pipeline: ScoringPipeline
+    uri: str, pipeline: StreamDetector
 ) -> None:
     first = registry.promote(_run(uri, pipeline, 0.5), NAME, tracking_uri=uri)
     assert first.promoted and first.reason == "no champion yet" and _champion(uri) == first.version
@@ -124,7 +123,7 @@ def test_gate_moves_champion_only_for_a_better_comparable_challenger(
     assert again.version == better.version and again.reason == "already the champion"
 
 
-def test_force_needs_a_reason_and_is_recorded(uri: str, pipeline: ScoringPipeline) -> None:
+def test_force_needs_a_reason_and_is_recorded(uri: str, pipeline: StreamDetector) -> None:
     registry.promote(_run(uri, pipeline, 0.8), NAME, tracking_uri=uri)
     weak = _run(uri, pipeline, 0.1)
     with pytest.raises(TrackingError, match="reason"):
@@ -135,7 +134,7 @@ def test_force_needs_a_reason_and_is_recorded(uri: str, pipeline: ScoringPipelin
     assert tags["selfheal.forced"] == "true" and tags["selfheal.force_reason"] == "hotfix for incident 42"
 
 
-def test_rollback_walks_back_through_the_champion_history(uri: str, pipeline: ScoringPipeline) -> None:
+def test_rollback_walks_back_through_the_champion_history(uri: str, pipeline: StreamDetector) -> None:
     v1 = registry.promote(_run(uri, pipeline, 0.5), NAME, tracking_uri=uri).version
     v2 = registry.promote(_run(uri, pipeline, 0.6), NAME, tracking_uri=uri).version
     v3 = registry.promote(_run(uri, pipeline, 0.7), NAME, tracking_uri=uri).version
@@ -151,7 +150,7 @@ def test_rollback_walks_back_through_the_champion_history(uri: str, pipeline: Sc
     assert "selfheal.rolled_back_at" in rows[2].tags
 
 
-def test_sweep_run_id_stands_for_its_best_child(uri: str, pipeline: ScoringPipeline) -> None:
+def test_sweep_run_id_stands_for_its_best_child(uri: str, pipeline: StreamDetector) -> None:
     child = _run(uri, pipeline, 0.6)
     registry.use_tracking(uri)
     exp = mlflow.get_experiment_by_name("gate")
@@ -177,7 +176,7 @@ def test_unknown_run_is_a_clear_error(uri: str) -> None:
 
 
 def test_cli_exit_codes_and_listing(
-    uri: str, pipeline: ScoringPipeline, capsys: pytest.CaptureFixture[str]
+    uri: str, pipeline: StreamDetector, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good, bad = _run(uri, pipeline, 0.6), _run(uri, pipeline, 0.2)
 
@@ -201,7 +200,7 @@ def test_cli_exit_codes_and_listing(
 
 # ------------------------------------------------------------------ the closed loop in the gate
 def test_a_better_f1_that_heals_fewer_faults_loses_and_the_healer_wins(
-    uri: str, pipeline: ScoringPipeline
+    uri: str, pipeline: StreamDetector
 ) -> None:
     champion = registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
     assert champion.promoted
@@ -224,7 +223,7 @@ def test_a_better_f1_that_heals_fewer_faults_loses_and_the_healer_wins(
 
 
 def test_a_challenger_acting_on_a_victim_or_in_a_quiet_control_is_refused_whatever_its_f1(
-    uri: str, pipeline: ScoringPipeline
+    uri: str, pipeline: StreamDetector
 ) -> None:
     first = registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
     victim = registry.promote(_run(uri, pipeline, 0.99, healed=4, victim=1), NAME, tracking_uri=uri)
@@ -240,7 +239,7 @@ def test_a_challenger_acting_on_a_victim_or_in_a_quiet_control_is_refused_whatev
 
 
 def test_without_the_champions_campaign_a_challenger_is_not_comparable(
-    uri: str, pipeline: ScoringPipeline
+    uri: str, pipeline: StreamDetector
 ) -> None:
     first = registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
     unassessed = _run(uri, pipeline, 0.9)
@@ -254,7 +253,7 @@ def test_without_the_champions_campaign_a_challenger_is_not_comparable(
     assert _champion(uri) == first.version
 
 
-def test_promote_prints_the_verdict_table(uri: str, pipeline: ScoringPipeline, tmp_path: Path) -> None:
+def test_promote_prints_the_verdict_table(uri: str, pipeline: StreamDetector, tmp_path: Path) -> None:
     registry.promote(_run(uri, pipeline, 0.5, healed=2), NAME, tracking_uri=uri)
     run_id = _run(uri, pipeline, 0.9, healed=1)
     out = CliRunner().invoke(
@@ -267,23 +266,22 @@ def test_promote_prints_the_verdict_table(uri: str, pipeline: ScoringPipeline, t
     assert healed.split()[-3:] == ["2/4", "1/4", "FAIL"]
 
 
-def _deaf(pipeline: ScoringPipeline) -> ScoringPipeline:
+def _deaf(pipeline: StreamDetector) -> StreamDetector:
     """The same detector with a threshold no calibrated score reaches: it never alarms, never heals."""
     deaf = copy.deepcopy(pipeline)
     deaf.threshold_ = 2.0
-    deaf.threshold_obj_.threshold_ = 2.0
     return deaf
 
 
 @pytest.mark.slow
 @pytest.mark.alone
 def test_assess_runs_one_campaign_per_candidate_and_promote_puts_the_healer_forward(tmp_path: Path) -> None:
-    from engine.chaos.detector import train_default_pipeline
+    from engine.chaos.api import default_detector
 
     home = Home.resolve(tmp_path / "home")
     uri = registry.resolve_tracking_uri(home)
     registry.ensure_experiment("gate", tracking_uri=uri, home=home)
-    healer = train_default_pipeline()
+    healer = default_detector()
     registry.use_tracking(uri)
     exp = mlflow.get_experiment_by_name("gate")
     with mlflow.start_run(experiment_id=exp.experiment_id) as sweep:

@@ -1,4 +1,4 @@
-"""Shadow replay: a pipeline and the shipped policies over stored synthetic history, no side effects."""
+"""Shadow replay: the default detector and the shipped policies over stored history, no side effects."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 @pytest.fixture(scope="module")
 def pipeline() -> Any:
-    from engine.chaos.detector import train_default_pipeline
+    from engine.chaos.api import default_detector
 
-    return train_default_pipeline(days=1.5, seed=3)
+    return default_detector()
 
 
 def test_replay_lines_decisions_up_with_labeled_incidents(history: tuple[Path, Any], pipeline: Any) -> None:
@@ -100,7 +100,6 @@ def test_replay_decides_what_an_engine_fed_the_same_points_decides(
     and through shadow replay give the same anomalies and the same decisions."""
     import time
 
-    from engine.chaos.detector import warmup_seconds
     from engine.policy.loader import load_policies
     from engine.runtime.components import assemble
     from engine.runtime.config import load_settings
@@ -116,10 +115,8 @@ def test_replay_decides_what_an_engine_fed_the_same_points_decides(
     since, until = first["start"] - timedelta(hours=2), first["end"] + timedelta(hours=1)
     result = replay(pipeline, load_policies(RULES), db, since=since, until=until)
     with TelemetryStore(db, read_only=True) as store:
-        points = store.points(
-            start=since - timedelta(seconds=warmup_seconds(pipeline.feature_spec)), end=until
-        )
-    interval = float(pipeline.feature_spec.interval)
+        points = store.points(start=since - timedelta(seconds=pipeline.warmup_s), end=until)
+    interval = pipeline.interval_s
     ticks: dict[int, list[tuple[float, str, str, float]]] = {}
     frame = points.sort("ts")
     stamps = (frame["ts"].dt.epoch("us").to_numpy() / 1e6).tolist()

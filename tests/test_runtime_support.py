@@ -1,6 +1,6 @@
-"""Shared parts for the engine tests (no tests here): a fitted pipeline, policies, an admin server.
+"""Shared parts for the engine tests (no tests here): a fitted detector, policies, an admin server.
 
-Everything is real: a ScoringPipeline fitted on synthetic normal telemetry, policies loaded and
+Everything is real: a stream detector fitted on synthetic normal telemetry, policies loaded and
 compiled into a durable-rules host, actions through the registry's ``http`` backend against a local
 HTTP server on 127.0.0.1 that records what it receives. ``build_components`` is also the factory a
 subprocess engine loads (``components: tests/test_runtime_support.py:build_components``).
@@ -91,13 +91,21 @@ def write_rules(folder: Path, admin_url: str, *, approval_ttl: str = "30s") -> P
 
 
 def fit_pipeline(seed: int = 0) -> Any:
-    from engine.detectors.pipeline import ScoringPipeline
-    from engine.features import FeatureSpec
+    """The engine's detector for these tests: IForest on the raw values, fitted on normal rows."""
+    from engine.detectors.stream_config import StreamConfig
+    from engine.testing.detectors import fit_on_rows
 
-    spec = FeatureSpec.model_validate(SPEC)
+    config = StreamConfig.model_validate(
+        {
+            "groups": [{"name": "default", "features": SPEC}],
+            "model": {"class": "IForest", "params": {"n_estimators": 50}},
+            "calibration": "ecdf",
+            "seed": seed,
+        }
+    )
     rng = np.random.default_rng(seed)
-    X = np.column_stack([rng.normal(*NORMAL[m], 2000) for m in spec.metrics])
-    return ScoringPipeline(spec, "IForest", {"n_estimators": 50}, random_state=seed).fit(X)
+    X = np.column_stack([rng.normal(*NORMAL[m], 2000) for m in SPEC["metrics"]])
+    return fit_on_rows(config, X)
 
 
 def build_components(settings: Any) -> Any:

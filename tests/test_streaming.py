@@ -1,4 +1,4 @@
-"""The streaming runner is the engine's online path: same features, same detector, same scores."""
+"""`nab run` is the engine's online path: the stream detector, same features, same scores."""
 
 from __future__ import annotations
 
@@ -18,17 +18,17 @@ from engine.detectors.likelihood import (
     log_likelihood,
 )
 from engine.detectors.nab_zscore import NabZScore
+from engine.detectors.stream import plan_series
 from engine.errors import ConfigError, DetectorParamError, SpecError
 from engine.evaluation.nab import NabCorpus, load_corpus, load_results
 from engine.evaluation.streaming import (
     DEFAULT_SPEC,
     SPEC_DIR,
     DetectorSpec,
-    StreamScorer,
     epoch_seconds,
     load_detector_spec,
+    nab_detector,
     parse_detector_spec,
-    plan_series,
     run_corpus,
     run_series,
     scores_per_row,
@@ -92,14 +92,16 @@ MICRO = parse_detector_spec(
 def point_by_point(
     spec: DetectorSpec, ts: np.ndarray, values: np.ndarray, warmup: int
 ) -> tuple[np.ndarray, float]:
-    """The engine's path: one ``push`` per point, then ``flush``."""
-    scorer = StreamScorer(spec, warmup_points=warmup)
+    """The engine's path: one ``score`` call per point, then ``flush``."""
+    det = nab_detector(spec)
+    states = {"series": det.new_state("series", warmup_points=warmup)}
     scored = []
     for t, v in zip(ts, values, strict=True):
-        scored.extend(scorer.push(float(t), float(v)))
-    scored.extend(scorer.flush())
-    assert scorer.plan is not None
-    return scores_per_row(ts, scored, scorer.plan.interval), scorer.plan.interval
+        scored.extend(det.score([(float(t), "series", "value", float(v))], states))
+    scored.extend(det.flush(states))
+    plan = states["series"].plan
+    assert plan is not None
+    return scores_per_row(ts, scored, plan[0]), plan[0]
 
 
 @pytest.mark.parametrize("spec", [DEFAULT_SPEC, SEASONAL, MICRO], ids=["default", "seasonal", "micro-batch"])
@@ -124,10 +126,9 @@ def test_chunked_pushes_give_the_same_scores(corpus: NabCorpus) -> None:
 def test_seasonal_column_is_chosen_on_the_warm_up(corpus: NabCorpus) -> None:
     series = corpus.series["alpha/shift.csv"]
     ts = epoch_seconds(series.timestamps)[: series.probation]
-    plan = plan_series(SEASONAL, ts, series.values[: series.probation])
-    assert plan.interval == 300.0 and plan.lag == 12
+    assert plan_series(SEASONAL.features, ts, series.values[: series.probation]) == (300.0, 12)
     noise = np.random.default_rng(0).normal(size=len(ts))
-    assert plan_series(SEASONAL, ts, noise).lag is None
+    assert plan_series(SEASONAL.features, ts, noise) == (300.0, None)
 
 
 def test_no_look_ahead_scores_of_the_past_do_not_change(corpus: NabCorpus) -> None:
@@ -226,13 +227,13 @@ def test_likelihood_flags_a_jump_once_then_demotes_the_red_run() -> None:
 def test_postprocessor_spatial_rule_and_suppression() -> None:
     post = ScorePostprocessor(PostprocessParams(spatial_tolerance=0.05, suppress_rows=3, average=1))
     for v in np.linspace(0, 10, 50):
-        assert post.update(0.0, float(v), warmup=True) == 0.0
-    assert post.update(0.0, 5.0) < 0.5
-    assert post.update(0.0, 11.0) == 1.0  # beyond max + 5% of the range
-    assert post.update(0.0, 20.0) == 0.3  # alarm again within 3 rows: capped
+        assert post.update(0.0, [float(v)], warmup=True) == 0.0
+    assert post.update(0.0, [5.0]) < 0.5
+    assert post.update(0.0, [11.0]) == 1.0  # beyond max + 5% of the range
+    assert post.update(0.0, [20.0]) == 0.3  # alarm again within 3 rows: capped
     for _ in range(3):
-        post.update(0.0, 5.0)
-    assert post.update(0.0, 40.0) == 1.0  # suppression is over
+        post.update(0.0, [5.0])
+    assert post.update(0.0, [40.0]) == 1.0  # suppression is over
 
 
 @pytest.mark.nab
@@ -244,7 +245,10 @@ def test_real_nab_file_runner_equals_online_path(nab_corpus: Path) -> None:
     online, interval = point_by_point(DEFAULT_SPEC, ts, series.values, series.probation)
     np.testing.assert_array_equal(run_series(DEFAULT_SPEC, series), online)
     assert interval == 300.0
-    assert plan_series(DEFAULT_SPEC, ts[: series.probation], series.values[: series.probation]).lag == 288
+    assert plan_series(DEFAULT_SPEC.features, ts[: series.probation], series.values[: series.probation]) == (
+        300.0,
+        288,
+    )
     ((first, last),) = series.windows
     assert online[first : last + 1].max() >= 0.5  # the jump is flagged inside its window
     assert (np.delete(online, np.arange(first, last + 1))[series.probation :] < 0.5).all()
@@ -258,8 +262,10 @@ def test_irregular_timestamps_gaps_and_repeats_keep_runner_equal_to_online(tmp_p
     values[700:] += 40
     for spec in (DEFAULT_SPEC, MICRO):
         online, interval = point_by_point(spec, ts, values, warmup=135)
-        scorer = StreamScorer(spec, warmup_points=135)
-        batched = scorer.push_many(ts, values) + scorer.flush()
+        det = nab_detector(spec)
+        states = {"s": det.new_state("s", warmup_points=135)}
+        points = zip(ts.tolist(), ["s"] * len(ts), ["value"] * len(ts), values.tolist(), strict=True)
+        batched = det.score(points, states) + det.flush(states)
         np.testing.assert_array_equal(scores_per_row(ts, batched, interval), online)
         assert interval == 300.0
         assert ((online >= 0) & (online <= 1)).all()
@@ -267,8 +273,9 @@ def test_irregular_timestamps_gaps_and_repeats_keep_runner_equal_to_online(tmp_p
 
 
 def test_a_series_shorter_than_its_warm_up_scores_zero() -> None:
-    scorer = StreamScorer(DEFAULT_SPEC, warmup_points=50)
+    det = nab_detector(DEFAULT_SPEC)
+    states = {"s": det.new_state("s", warmup_points=50)}
     ts = 1_600_000_000.0 + 300.0 * np.arange(10)
-    assert scorer.push_many(ts, np.arange(10.0)) == []
-    scored = scorer.flush()
+    assert det.score(((t, "s", "value", float(i)) for i, t in enumerate(ts)), states) == []
+    scored = det.flush(states)
     assert len(scored) == 10 and all(s.score == 0.0 for s in scored)

@@ -17,7 +17,7 @@ from test_tracking_support import make_home, small_spec, write_spec
 
 from engine.tracking import registry
 from engine.tracking.experiment import run_experiment
-from engine.tracking.model import load_pipeline
+from engine.tracking.model import load_logged_detector
 
 pytestmark = pytest.mark.slow
 
@@ -83,5 +83,5 @@ def test_experiment_and_promotion_against_a_tracking_server(server: str, tmp_pat
     promoted = registry.promote(result.parent_run_id, "server-model", tracking_uri=server)
     assert promoted.promoted
     assert client.get_model_version_by_alias("server-model", "champion").run_id == result.best_run_id
-    pipeline = load_pipeline("models:/server-model@champion", tracking_uri=server, dst=tmp_path / "dl")
-    assert pipeline.threshold_ > 0
+    detector = load_logged_detector("models:/server-model@champion", tracking_uri=server, dst=tmp_path / "dl")
+    assert detector.threshold_ > 0

@@ -74,6 +74,26 @@ def random_points(n: int = 400, seed: int = 0) -> pl.DataFrame:
     )
 
 
+def small_detector(model: str = "HBOS", params: dict[str, Any] | None = None, **config: Any) -> Any:
+    """An unfitted stream detector over SMALL_FEATURES, every service one role."""
+    from engine.detectors.stream import StreamDetector
+    from engine.detectors.stream_config import StreamConfig
+
+    doc = {
+        "name": "small",
+        "groups": [{"name": "default", "features": SMALL_FEATURES}],
+        "model": {"class": model, "params": dict(params or {})},
+        "calibration": "ecdf",
+        **config,
+    }
+    return StreamDetector(StreamConfig.model_validate(doc))
+
+
+def fitted_detector(model: str = "HBOS", n: int = 400, **config: Any) -> Any:
+    """``small_detector`` fitted on ``random_points(n)``."""
+    return small_detector(model, **config).fit(random_points(n))
+
+
 def feature_frame(n: int = 400, seed: int = 0) -> tuple[Any, pl.DataFrame]:
     """A FeatureSpec and the batch feature frame of ``random_points``."""
     from engine.features import FeatureSpec, batch_features

@@ -4,13 +4,13 @@ Public face::
 
     build_bundle(model_uri, rules, *, tracking_uri, output=None, bundles_dir=None, targets=None,
                  topology=None, force=False, signing_key=None) -> BuildResult      # needs MLflow
-    verify_bundle(path, *, strict=False, digest=None, trust=None) -> VerifyReport  # no unpickling
-    load_bundle(path, *, strict=False, digest=None, trust=None) -> Bundle          # refuses before unpickling
-    Bundle: .pipeline .policies .compiled .topology .targets .manifest .version .digest .detector_version
+    verify_bundle(path, *, strict=False, digest=None, trust=None) -> VerifyReport  # no loading
+    load_bundle(path, *, strict=False, digest=None, trust=None) -> Bundle          # refuses before loading
+    Bundle: .detector .policies .compiled .topology .targets .manifest .version .digest .detector_version
     Trust.load(paths, allow_unsigned=False), Trust.for_home(home, paths)           # the keys to accept
 
-Loading runs the pickled detector's code, so it happens only after the manifest's Ed25519 signature
-verified under a trusted key (``engine.bundle.signing``) and every file's sha256 matched.
+The detector is loaded (skops, no code run) only after the manifest's Ed25519 signature verified
+under a trusted key (``engine.bundle.signing``) and every file's sha256 matched.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ Layout::
 
     DIR/manifest.json               provenance, versions, policies summary, probe, sha256 of every file
     DIR/manifest.sig                Ed25519 signature over manifest.json (with ``signing_key``)
-    DIR/detector/pipeline.pkl       the fitted ScoringPipeline (MLflow model's artifacts/pipeline/)
-    DIR/detector/pipeline.json      its readable description (detector, params, threshold, features)
-    DIR/detector/feature_spec.yaml  the feature spec
+    DIR/detector/detector.json      the stream detector (MLflow model's artifacts/detector/): its
+                                    config (roles, features, model, post-processing) and what fit learned
+    DIR/detector/models/*.skops     each role's fitted model (skops: loading runs no code)
     DIR/rules/topology.yaml, *.yaml the source policies, loadable with ``load_policies(DIR/rules)``
     DIR/rules/targets.yaml          the targets file (optional)
     DIR/compiled/policies.json      the durable-rules rulesets (CompiledPolicySet.to_json())
@@ -212,41 +212,35 @@ def build_bundle(
 
 
 def _copy_detector(model: dict[str, Any], dest: Path, *, tracking_uri: str) -> dict[str, Any]:
-    """Download the fixed model version, copy its pipeline folder, describe it and record the probe."""
-    from engine.detectors.pipeline import MANIFEST_NAME as PIPELINE_JSON
-    from engine.detectors.pipeline import PICKLE_NAME, ScoringPipeline
-    from engine.tracking.model import pipeline_dir
+    """Download the fixed model version, copy its detector folder, describe it and record the probe."""
+    from engine.detectors.artifact import DETECTOR_JSON, FORMAT_VERSION, load_detector_dir
+    from engine.tracking.model import detector_dir
     from engine.tracking.registry import download_model
 
     fixed = f"models:/{model['name']}/{model['version']}"
     with tempfile.TemporaryDirectory(prefix="selfheal-bundle-") as tmp:
         local = download_model(fixed, tracking_uri=tracking_uri, dst=tmp)
-        src = pipeline_dir(local)
-        if not (src / PICKLE_NAME).is_file() or not (src / PIPELINE_JSON).is_file():
+        src = detector_dir(local)
+        if not (src / DETECTOR_JSON).is_file():
             raise BundleError(
-                f"{fixed} has no selfheal pipeline (artifacts/pipeline/{PICKLE_NAME} missing)",
-                hint="bundle a model logged by `selfheal experiment run` (tracking.model.log_pipeline)",
+                f"{fixed} has no selfheal detector (artifacts/detector/{DETECTOR_JSON} missing)",
+                hint="bundle a model logged by `selfheal experiment run` (tracking.model.log_detector)",
             )
         shutil.copytree(src, dest)
-    pipeline = ScoringPipeline.load(dest)  # from our own registry, before the bundle exists
-    if not (dest / "feature_spec.yaml").is_file():
-        import yaml
-
-        (dest / "feature_spec.yaml").write_text(
-            yaml.safe_dump(pipeline.feature_spec.model_dump(mode="json"), sort_keys=False)
-        )
-    described = pipeline.describe()
+    detector = load_detector_dir(dest)  # from our own registry, before the bundle exists
+    described = detector.describe()
     return {
-        "name": pipeline.detector,
+        "name": detector.detector,
         "params": described["params"],
-        "calibration": pipeline.calibration,
-        "threshold": pipeline.threshold_,
-        "threshold_policy": pipeline.threshold,
-        "feature_names": pipeline.feature_names,
-        "interval_s": float(pipeline.feature_spec.interval),
-        "n_train": described.get("n_train"),
-        "pipeline_format_version": described["format_version"],
-        "probe": make_probe(pipeline),
+        "calibration": described["calibration"],
+        "threshold": detector.threshold_,
+        "threshold_policy": described["threshold_policy"],
+        "feature_names": detector.feature_names,
+        "interval_s": detector.interval_s,
+        "n_train": described["n_train"],
+        "groups": described["groups"],
+        "format_version": FORMAT_VERSION,
+        "probe": make_probe(detector),
     }
 
 

@@ -184,13 +184,13 @@ def verify(
         bool,
         typer.Option(
             "--load",
-            help="After the checks pass, also load it: unpickle, replay the probe, compile policies.",
+            help="After the checks pass, also load it: the detector, the probe replay, the policies.",
         ),
     ] = False,
 ) -> None:
     """Check the signature (a trusted key), every file's sha256 and version compatibility; exit 0 or 2.
 
-    Without --load nothing is unpickled, so it is safe on a bundle you do not trust yet.
+    Without --load no model is loaded, so it is safe on a bundle you do not trust yet.
 
     Example: selfheal bundle verify .selfheal/bundles/latency-v3 --trusted-key release.key.pub
     """
@@ -234,7 +234,7 @@ def inspect(
 ) -> None:
     """Print what is inside: model, detector, threshold, features, policies and rules, targets, versions.
 
-    Reads JSON and YAML only (never unpickles); signature and integrity are checked and shown, not
+    Reads JSON and YAML only (never loads a model); signature and integrity are checked and shown, not
     enforced (keys trusted: SELFHEAL_TRUSTED_KEYS and HOME/keys/trusted/).
 
     Example: selfheal bundle inspect .selfheal/bundles/latency-v3

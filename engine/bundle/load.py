@@ -1,4 +1,4 @@
-"""Verify and load a bundle, refusing anything that is not signed by a trusted key before unpickling.
+"""Verify and load a bundle, refusing anything that is not signed by a trusted key before loading it.
 
 Order matters and is the point of this module:
 
@@ -7,8 +7,9 @@ Order matters and is the point of this module:
    versions, policies summary, every file's sha256 and size);
 2. the manifest's fields, then the sha256 of every file (nothing missing, nothing extra), then the
    environment rules;
-3. only if all passed: ``pickle.loads`` of the very bytes that were hashed, then the probe replay,
-   then the policies, topology and targets (parsed from the same verified bytes, never re-read from
+3. only if all passed: the detector built from the very bytes that were hashed
+   (``engine.detectors.artifact``: JSON and skops, which runs no code), then the probe replay, then
+   the policies, topology and targets (parsed from the same verified bytes, never re-read from
    disk; policies recompiled and compared with the shipped durable-rules JSON).
 
 A bundle that is unsigned, signed by an unknown key or changed after signing is refused at step 1
@@ -19,7 +20,6 @@ MLflow: a bundle runs on a host that has no tracking server.
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,13 +43,13 @@ from engine.errors import BundleError, EngineError
 
 if TYPE_CHECKING:
     from engine.actions.targets import TargetsConfig
-    from engine.detectors.pipeline import ScoringPipeline
+    from engine.detectors.stream import StreamDetector
     from engine.policy import CompiledPolicySet, PolicySet
     from engine.policy.topology import Topology
 
 logger = logging.getLogger(__name__)
 
-PICKLE_FILE = f"{DETECTOR_DIR}/pipeline.pkl"
+DETECTOR_FILE = f"{DETECTOR_DIR}/detector.json"
 
 
 @dataclass
@@ -79,7 +79,7 @@ class Bundle:
     manifest: dict[str, Any]
     digest: str
     version: str
-    pipeline: ScoringPipeline
+    detector: StreamDetector
     policies: PolicySet
     compiled: CompiledPolicySet
     topology: Topology
@@ -105,13 +105,13 @@ def verify_bundle(
 ) -> VerifyReport:
     """Check the signature, hashes (every listed file, nothing extra, nothing missing) and compatibility.
 
-    Reads bytes and JSON only; never unpickles. ``trust`` holds the keys a signature may be made
-    with (default: ``Trust.load()``, i.e. SELFHEAL_TRUSTED_KEYS); an unsigned or untrusted bundle is
-    an error, or a warning with ``trust.allow_unsigned``. ``digest`` pins the sha256 of
+    Reads bytes and JSON only; never loads the models. ``trust`` holds the keys a signature may be
+    made with (default: ``Trust.load()``, i.e. SELFHEAL_TRUSTED_KEYS); an unsigned or untrusted
+    bundle is an error, or a warning with ``trust.allow_unsigned``. ``digest`` pins the sha256 of
     manifest.json. Raises BundleError only when there is no readable manifest; everything else is
     in the report.
     """
-    from engine.detectors.pipeline import FORMAT_VERSION as PIPELINE_FORMAT
+    from engine.detectors.artifact import FORMAT_VERSION as DETECTOR_FORMAT
 
     folder = Path(path)
     trust = trust if trust is not None else Trust.load()
@@ -129,13 +129,13 @@ def verify_bundle(
     report.errors.extend(files.problems)
     report.contents = files.contents
     report.n_files = len(manifest["files"])
-    for required in (PICKLE_FILE, COMPILED_FILE, f"{RULES_DIR}/topology.yaml"):
+    for required in (DETECTOR_FILE, COMPILED_FILE, f"{RULES_DIR}/topology.yaml"):
         if required not in manifest["files"]:
             report.errors.append(f"{required}: not in the manifest (every bundle has one)")
-    fmt = manifest.get("detector", {}).get("pipeline_format_version")
-    if fmt != PIPELINE_FORMAT:
+    fmt = manifest.get("detector", {}).get("format_version")
+    if fmt != DETECTOR_FORMAT:
         report.errors.append(
-            f"{DETECTOR_DIR}/pipeline.json: pipeline format {fmt!r}, this selfheal reads {PIPELINE_FORMAT}"
+            f"{DETECTOR_FILE}: detector format {fmt!r}, this selfheal reads {DETECTOR_FORMAT}"
         )
     errors, warnings = check_environment(manifest, strict=strict)
     report.errors.extend(errors)
@@ -147,7 +147,7 @@ def load_bundle(
     path: Path | str, *, strict: bool = False, digest: str | None = None, trust: Trust | None = None
 ) -> Bundle:
     """Verify, then load the detector, policies, topology and targets. Raises BundleError if anything
-    fails; the pickle is only touched after the signature and every hash matched (module docstring).
+    fails; the detector is only read after the signature and every hash matched (module docstring).
 
     ``trust``: the keys to accept (default ``Trust.load()``: SELFHEAL_TRUSTED_KEYS). Commands that
     know the home pass ``Trust.for_home(home, ...)``, which adds ``HOME/keys/trusted/``.
@@ -164,8 +164,8 @@ def load_bundle(
         )
     for warning in report.warnings:
         logger.warning("bundle %s: %s", report.version, warning)
-    pipeline = _unpickle(report)
-    mismatch = probe_mismatch(pipeline, report.manifest["detector"]["probe"])
+    detector = _load_detector(report)
+    mismatch = probe_mismatch(detector, report.manifest["detector"]["probe"])
     if mismatch:
         raise BundleError(
             f"{report.path}: {mismatch}; the detector does not behave here as it did when built",
@@ -191,7 +191,7 @@ def load_bundle(
         manifest=report.manifest,
         digest=report.digest,
         version=report.version,
-        pipeline=pipeline,
+        detector=detector,
         policies=policies,
         compiled=compiled,
         topology=policies.topology,
@@ -200,20 +200,18 @@ def load_bundle(
     )
 
 
-def _unpickle(report: VerifyReport) -> ScoringPipeline:
-    from engine.detectors.pipeline import ScoringPipeline
+def _load_detector(report: VerifyReport) -> StreamDetector:
+    from engine.detectors.artifact import from_files
 
-    data = report.contents[PICKLE_FILE]  # the verified bytes, not a second read of the file
+    prefix = f"{DETECTOR_DIR}/"
+    files = {rel[len(prefix) :]: data for rel, data in report.contents.items() if rel.startswith(prefix)}
     try:
-        obj = pickle.loads(data)  # sha256 of these bytes matched the manifest just above
-    except Exception as exc:
+        return from_files(files, source=str(report.path / DETECTOR_DIR))  # the verified bytes
+    except EngineError as exc:
         raise BundleError(
-            f"{report.path / PICKLE_FILE}: cannot unpickle the detector ({type(exc).__name__}: {exc})",
+            f"{report.path / DETECTOR_DIR}: cannot load the detector: {exc.message}",
             hint="load it with the library versions recorded in the manifest, or rebuild the bundle",
         ) from exc
-    if not isinstance(obj, ScoringPipeline):
-        raise BundleError(f"{report.path / PICKLE_FILE}: holds {type(obj).__name__}, not a ScoringPipeline")
-    return obj
 
 
 def _policies(report: VerifyReport) -> tuple[PolicySet, CompiledPolicySet]:

@@ -1,23 +1,24 @@
 """The bundle manifest: what is inside, where it came from, and the sha256 of every file.
 
-Why a manifest of hashes, checked before anything is parsed: the detector is a pickle, and loading a
-pickle runs code. ``check_files`` compares the folder with the manifest (every listed file present
-with its size and sha256, no unlisted file, no symlink, no path escaping the folder) and returns the
-verified bytes, so the caller unpickles exactly the bytes that were hashed (no window between check
-and use). The hashes only bind the files to the manifest; what binds the manifest to its maker is
-the Ed25519 signature beside it (``manifest.sig``, ``engine.bundle.signing``), checked on the raw
-bytes of manifest.json before they are even parsed. Its sha256 (the bundle *digest*) can
-additionally be pinned (``selfheal bundle verify DIR --digest SHA``) to accept one exact bundle.
+Why a manifest of hashes, checked before anything is parsed: the detector's models are data (skops,
+which builds only the types a detector is made of), but a bundle is still what the engine acts on.
+``check_files`` compares the folder with the manifest (every listed file present with its size and
+sha256, no unlisted file, no symlink, no path escaping the folder) and returns the verified bytes,
+so the caller loads exactly the bytes that were hashed (no window between check and use). The
+hashes only bind the files to the manifest; what binds the manifest to its maker is the Ed25519
+signature beside it (``manifest.sig``, ``engine.bundle.signing``), checked on the raw bytes of
+manifest.json before they are even parsed. Its sha256 (the bundle *digest*) can additionally be
+pinned (``selfheal bundle verify DIR --digest SHA``) to accept one exact bundle.
 
 Compatibility rules (``check_environment``), decided here and documented in the README:
 
-- Python major.minor differs: error (pickled numpy/scikit-learn state is only supported on the
+- Python major.minor differs: error (saved numpy/scikit-learn state is only supported on the
   interpreter and wheels it was written with);
-- numpy major differs: error (numpy 1 and 2 pickles are not interchangeable);
+- numpy major differs: error (numpy 1 and 2 arrays and models are not interchangeable);
 - pyod, scikit-learn, numpy minor/patch, scipy, selfheal or durable-rules differ: warning, because
   ``load_bundle`` replays the recorded probe rows and refuses the bundle if the scores differ, which
   is a stronger check than any version rule; ``strict`` turns these warnings into errors;
-- a bundle format or pipeline format newer than this selfheal understands: error.
+- a bundle format or detector format other than this selfheal's: error.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ SIGNATURE_NAME = "manifest.sig"
 UNHASHED = (MANIFEST_NAME, SIGNATURE_NAME)
 """The two files not listed in the manifest: itself, and the signature over it."""
 FORMAT = "selfheal-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 DETECTOR_DIR = "detector"
 RULES_DIR = "rules"
@@ -49,7 +50,7 @@ COMPILED_FILE = "compiled/policies.json"
 TARGETS_FILE = f"{RULES_DIR}/targets.yaml"
 REQUIRED_SECTIONS = ("model", "detector", "policies", "environment", "files")
 
-#: Distributions whose versions are recorded; the pickle needs the first ones at load time.
+#: Distributions whose versions are recorded; the detector needs the first ones at load time.
 TRACKED = ("numpy", "scipy", "scikit-learn", "pyod", "polars", "pydantic", "durable-rules")
 ERROR_IF_MAJOR_DIFFERS = ("numpy",)
 
@@ -67,7 +68,7 @@ def sha256_file(path: Path) -> str:
 
 
 def environment() -> dict[str, str]:
-    """Versions of everything that decides whether the pickled detector loads and scores the same."""
+    """Versions of everything that decides whether the saved detector loads and scores the same."""
     out = {
         "selfheal": __version__,
         "python": platform.python_version(),
@@ -144,8 +145,9 @@ class DetectorSection(_Section):
     feature_names: list[str]
     interval_s: float
     n_train: int | None = None
-    pipeline_format_version: int
-    probe: ProbeSection
+    format_version: int
+    groups: dict[str, Any]
+    probe: dict[str, ProbeSection]  # per metric group whose model was fitted on history
 
 
 class RuleSummary(_Section):

@@ -30,9 +30,9 @@ def components_from_bundle(bundle: Bundle) -> EngineComponents:
     """Engine components over an already loaded bundle (durable-rules host from its compiled rules)."""
     from engine.policy.host import PolicyHost
 
-    host = PolicyHost(bundle.compiled, tick_seconds=float(bundle.pipeline.feature_spec.interval))
+    host = PolicyHost(bundle.compiled, tick_seconds=bundle.detector.interval_s)
     return EngineComponents(
-        pipeline=bundle.pipeline,
+        pipeline=bundle.detector,
         policies=host,
         actions=RegistryActions(bundle.targets),
         topology={

@@ -2,7 +2,7 @@
 
 Why: the manifest's sha256 list proves that the files match the manifest, not who wrote the
 manifest. Anyone who can write the folder can recompute the hashes, so a code-running
-``pipeline.pkl`` or a rules rewrite that drops an approval verified as well as the real thing. A
+detector file or a rules rewrite that drops an approval verified as well as the real thing. A
 signature over the manifest's exact bytes covers everything the manifest says (model name and
 version, detector threshold and parameters, library versions, the policies summary, the sha256 and
 size of every file), and only the holder of the private key can make one. The engine accepts a

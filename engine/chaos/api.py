@@ -60,11 +60,20 @@ def resolve_experiment(ref: str | Path) -> Path:
     raise InputError(f"no chaos experiment {ref!r}", hint=f"give a file or one of: {', '.join(names)}")
 
 
-def build_components(
-    bundle: Path | str | Bundle | None = None, *, pipeline: Any = None, seed: int = 0
-) -> Any:
+DEFAULT_DETECTOR = shipped("experiments") / "platform_default.yaml"
+"""The experiment spec whose first configuration a chaos run fits when it is given no bundle."""
+
+
+def default_detector() -> Any:
+    """The platform's default detector, fitted in memory on the spec's synthetic history."""
+    from engine.tracking.experiment import fit_spec
+
+    return fit_spec(DEFAULT_DETECTOR)
+
+
+def build_components(bundle: Path | str | Bundle | None = None, *, detector: Any = None) -> Any:
     """Engine components: from a bundle (a folder, trusted by default rules, or one already loaded),
-    else a given pipeline, else the default chaos detector."""
+    else a given detector, else the default detector."""
     from engine.runtime.components import assemble
 
     if bundle is not None:
@@ -72,11 +81,9 @@ def build_components(
         from engine.bundle.runtime import components_from_bundle
 
         return components_from_bundle(load_bundle(bundle) if isinstance(bundle, str | Path) else bundle)
-    if pipeline is None:
-        from engine.chaos.detector import train_default_pipeline
-
-        pipeline = train_default_pipeline(seed=seed)
-    return assemble(pipeline, RULES_DIR, bundle_version="chaos-default", detector_version="default")
+    if detector is None:
+        detector = default_detector()
+    return assemble(detector, RULES_DIR, bundle_version="chaos-default", detector_version="default")
 
 
 def run_experiment(
@@ -84,7 +91,7 @@ def run_experiment(
     out_dir: Path,
     *,
     bundle: Path | str | Bundle | None = None,
-    pipeline: Any = None,
+    detector: Any = None,
     speed: float | None = None,
     tracking_uri: str | None = None,
     name: str | None = None,
@@ -98,12 +105,7 @@ def run_experiment(
     else:
         path = resolve_experiment(experiment)
         exp, run_name = load_experiment(path), name or path.stem
-    if bundle is None and exp.detector is not None:
-        from engine.chaos.detector import train_default_pipeline
-
-        echo("fitting the experiment's own detector (its feature spec)")
-        pipeline = train_default_pipeline(features=exp.detector.features)
-    components = build_components(bundle, pipeline=pipeline)
+    components = build_components(bundle, detector=detector)
     started = time.perf_counter()
     record = ChaosRun(
         exp, out_dir=out_dir, components=components, name=run_name, speed=speed, echo=echo
@@ -121,7 +123,7 @@ def run_experiments(
     out_dir: Path,
     *,
     bundle: Path | str | Bundle | None = None,
-    pipeline: Any = None,
+    detector: Any = None,
     speed: float | None = None,
     tracking_uri: str | None = None,
     title: str = "selfheal chaos report",
@@ -130,11 +132,9 @@ def run_experiments(
     """Several experiments, one shared detector, one report (``report.html`` + ``summary.txt``)."""
     from engine.chaos.report import write_report
 
-    if pipeline is None and bundle is None:
-        from engine.chaos.detector import train_default_pipeline
-
-        echo("training the default chaos detector on clean synthetic history")
-        pipeline = train_default_pipeline()
+    if detector is None and bundle is None:
+        echo(f"fitting the default detector ({DEFAULT_DETECTOR.name}) on clean synthetic history")
+        detector = default_detector()
     results = []
     for ref in experiments:
         stem = Path(str(ref)).stem
@@ -144,7 +144,7 @@ def run_experiments(
                 ref,
                 out_dir / stem,
                 bundle=bundle,
-                pipeline=pipeline,
+                detector=detector,
                 speed=speed,
                 tracking_uri=tracking_uri,
                 echo=echo,
@@ -158,7 +158,7 @@ def run_game_day(
     out_dir: Path,
     *,
     bundle: Path | str | Bundle | None = None,
-    pipeline: Any = None,
+    detector: Any = None,
     speed: float | None = None,
     tracking_uri: str | None = None,
     echo: Callable[[str], None] = log.info,
@@ -168,7 +168,7 @@ def run_game_day(
         [EXPERIMENTS_DIR / n for n in GAME_DAY],
         out_dir,
         bundle=bundle,
-        pipeline=pipeline,
+        detector=detector,
         speed=speed,
         tracking_uri=tracking_uri,
         title="selfheal game day",

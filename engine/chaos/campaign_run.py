@@ -151,7 +151,7 @@ def _run_one(item: Generated, out_dir: Path) -> dict[str, Any]:
             item.experiment,
             out_dir / item.draw.name,
             bundle=_WORKER.get("bundle"),
-            pipeline=_WORKER.get("pipeline"),
+            detector=_WORKER.get("pipeline"),
             speed=_WORKER.get("speed"),
             name=item.draw.name,
             echo=log.debug,
@@ -203,7 +203,7 @@ def run_campaign(
             hint="give the campaign a new --out folder, or delete that one",
         )
     write_campaign(campaign, out_dir)
-    components = build_components(bundle, pipeline=pipeline)  # fits the default detector once
+    components = build_components(bundle, detector=pipeline)  # fits the default detector once
     if bundle is None:
         pipeline = components.pipeline
     detector = str(getattr(components.pipeline, "detector", "?"))

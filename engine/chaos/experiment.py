@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -184,26 +184,12 @@ class PlatformSpec(_Strict):
     rollout_s: Duration = 60.0
 
 
-class DetectorSpec(_Strict):
-    """The detector this experiment needs when it runs without a bundle (a feature spec to fit)."""
-
-    features: dict[str, Any]
-
-    @model_validator(mode="after")
-    def _valid_spec(self) -> DetectorSpec:
-        from engine.features import FeatureSpec
-
-        FeatureSpec.model_validate(self.features)
-        return self
-
-
 class Experiment(_Strict):
     title: str
     description: str = ""
     tags: list[str] = Field(default_factory=list)
     clock: ClockSpec = Field(default_factory=ClockSpec)
     platform: PlatformSpec = Field(default_factory=PlatformSpec)
-    detector: DetectorSpec | None = Field(None, description="without --bundle: fit this feature spec")
     steady_state_hypothesis: Hypothesis
     method: list[Step] = Field(min_length=1)
     expect: list[Expectation] = Field(default_factory=list)

@@ -175,7 +175,7 @@ def replay_bundle(
 
     loaded = load_bundle(bundle, trust=trust)
     return replay(
-        loaded.pipeline,
+        loaded.detector,
         loaded.compiled,
         db_path,
         since=since,
@@ -189,20 +189,19 @@ def replay_bundle(
 
 
 def replay(
-    pipeline: Any,
+    detector: Any,
     policies: Any,
     db_path: Path | str,
     *,
     since: datetime,
     until: datetime,
     services: list[str] | None = None,
-    label: str = "pipeline",
+    label: str = "detector",
     version: str = "replay",
     detector_version: str = "replay",
     progress: bool = False,
 ) -> ReplayResult:
-    """Replay a fitted pipeline and policies (a ``PolicySet`` or its compiled form) over history."""
-    from engine.chaos.detector import warmup_seconds
+    """Replay a fitted stream detector and policies (a ``PolicySet`` or its compiled form) over history."""
     from engine.errors import InputError
     from engine.policy.host import PolicyHost
     from engine.runtime.events import EventMaker, Observations
@@ -212,9 +211,8 @@ def replay(
 
     if until <= since:
         raise InputError(f"--until {until} is not after --since {since}", hint="give a later --until")
-    spec = pipeline.feature_spec
-    interval = float(spec.interval)
-    warm = timedelta(seconds=warmup_seconds(spec))
+    interval = detector.interval_s
+    warm = timedelta(seconds=detector.warmup_s)
     with TelemetryStore(db_path, read_only=True) as store:
         points = store.points(services=services, start=since - warm, end=until)
         incidents = store.incidents(services=services, start=since - timedelta(days=1), end=until)
@@ -225,11 +223,11 @@ def replay(
         )
     host = PolicyHost(policies, tick_seconds=interval)
     topology = host.policy_set.topology
-    scoring = ScoringStage(pipeline)
+    scoring = ScoringStage(detector)
     events = EventMaker(
-        detector=pipeline.detector,
-        threshold=pipeline.threshold_,
-        feature_names=list(pipeline.feature_names),
+        detector=detector.detector,
+        threshold=detector.threshold_,
+        feature_names=list(detector.feature_names),
         bundle_version=version,
         detector_version=detector_version,
     )

@@ -224,7 +224,6 @@ class ChaosRun:
 
     # --------------------------------------------------------------------------- setup
     def _start(self) -> tuple[RunContext, _Pump]:
-        from engine.chaos.detector import warmup_seconds
         from engine.chaos.timescale import TimeScaledPolicies
         from engine.runtime.components import RegistryActions
         from engine.runtime.config import load_settings
@@ -232,7 +231,7 @@ class ChaosRun:
 
         exp = self.exp
         start = _epoch(exp.clock.start)
-        warm = warmup_seconds(self.components.pipeline.feature_spec) + exp.clock.settle
+        warm = self.components.pipeline.warmup_s + exp.clock.settle
         clock = ScaledClock(start - warm, speed=self.speed)
         platform = SimulatedPlatform(
             clock,

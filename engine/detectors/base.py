@@ -27,9 +27,15 @@ class Detector(Protocol):
     """What the experiments, the NAB runner and the engine call on any detector.
 
     ``name`` is the registry name (``make_detector(det.name, det.get_params())`` rebuilds it).
+    ``stateful`` says whether the detector keeps state between rows: a stateless one scores each
+    row on its own (any batching, any order: one fitted model can serve many series), a stateful
+    one (a forecaster, CUSUM) advances its state as it scores consecutive rows of *one* series.
+    The stream detector's model slot, fitted once and shared by a role's series, takes stateless
+    detectors only; spec loaders refuse the others there, naming the file and field.
     """
 
     name: str
+    stateful: bool
 
     def fit(self, X: Any, feature_names: Sequence[str] | None = None) -> Detector:
         """Learn from rows of X (n_samples, n_features); returns self."""

@@ -49,7 +49,7 @@ class KMeansDistance(ParamsMixin):
     """
 
     name = "KMeansDistance"
-    sequential = False
+    stateful = False
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "n_clusters": 8,
         "standardize": "robust",

@@ -189,6 +189,7 @@ class ParamsMixin:
     """
 
     name: str
+    stateful: ClassVar[bool] = False
     DEFAULTS: ClassVar[dict[str, Any]] = {}
     CONSTRAINTS: ClassVar[Mapping[str, Sequence[Constraint]]] = {}
 

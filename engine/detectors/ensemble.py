@@ -132,12 +132,12 @@ class Ensemble(ParamsMixin):
         return f"Ensemble({names}, combine={self.combine!r})"
 
     @property
-    def sequential(self) -> bool:
+    def stateful(self) -> bool:
         """True when any member is a sequence detector (rows must then be consecutive)."""
         members = getattr(self, "members_", None)
         if members is None:
             members = [make_detector(*_member_spec(m, i)[:2]) for i, m in enumerate(self.members)]
-        return any(getattr(m, "sequential", False) for m in members)
+        return any(getattr(m, "stateful", False) for m in members)
 
     def _check_params_together(self) -> None:
         """Each member spec is well formed (the members' own parameters are checked at their fit)."""
@@ -171,7 +171,7 @@ class Ensemble(ParamsMixin):
             det = make_detector(name, params, random_state=self.random_state).fit(
                 sub, feature_names=sub_names
             )
-            raw = det.train_scores_ if getattr(det, "sequential", False) else det.score(sub)
+            raw = det.train_scores_ if getattr(det, "stateful", False) else det.score(sub)
             cal = ScoreCalibrator(method).fit(raw)
             members.append(det)
             calibrators.append(cal)

@@ -11,25 +11,32 @@ log scale (``log_likelihood``) spreads the interesting tail (0.99999 vs 0.999999
 alarm of an incident counts:
 
 * a *spatial* rule (Numenta's NAB detector): a value beyond the range seen so far by more than
-  ``spatial_tolerance`` of that range scores 1.0 at once, before any average catches up;
+  ``spatial_tolerance`` of that range scores 1.0 at once, before any average catches up, whatever
+  the model said. It watches every column it is given (the stream detector passes the columns its
+  spec names) and its range may start from the range seen in training;
 * *suppression*: after an alarm-level score, further alarm-level scores within ``suppress_rows``
   rows are capped (one incident, one alarm). Numenta's filter does this for one row.
 
 Everything here is online (one ``update`` per row, O(1) memory per series apart from the bounded
-history) so the NAB runner and the engine compute the same numbers.
+history) so the NAB runner and the engine compute the same numbers. The whole state of a series is
+a small value (``state()``/``restore()``: plain numbers and lists) so the engine can snapshot it.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine.errors import DetectorParamError
 
 __all__ = ["AnomalyLikelihood", "PostprocessParams", "ScorePostprocessor", "log_likelihood"]
+
+_NO_PARAMS = (math.nan, math.nan)
 
 _LOG_1E_MINUS_10 = math.log(1.0 - 0.9999999999)
 
@@ -124,12 +131,41 @@ class AnomalyLikelihood:
         self._since_estimate += 1
         return 1.0 - tail
 
+    def state(self) -> dict[str, Any]:
+        """Everything ``update`` reads and writes, as plain numbers and lists."""
+        return {
+            "recent": list(self._recent),
+            "averages": list(self._averages),
+            "seen": self._seen,
+            "skip_before": self._skip_before,
+            "since_estimate": self._since_estimate,
+            "params": list(self._params if self._params is not None else _NO_PARAMS),
+            "prev_red": self._prev_red,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a ``state()`` value (same parameters)."""
+        self._recent = deque(state["recent"], maxlen=self.average)
+        self._averages = deque(state["averages"], maxlen=self.history)
+        self._seen = int(state["seen"])
+        self._skip_before = int(state["skip_before"])
+        self._since_estimate = int(state["since_estimate"])
+        mean, std = state["params"]
+        self._params = None if math.isnan(mean) else (float(mean), float(std))
+        self._prev_red = bool(state["prev_red"])
+
 
 @dataclass(frozen=True)
 class PostprocessParams:
-    """Parameters of ``ScorePostprocessor`` (see the module docstring)."""
+    """Parameters of ``ScorePostprocessor`` (see the module docstring).
+
+    ``likelihood`` off passes the [0, 1] score through (a calibrated detector fitted offline is
+    already on one scale); ``spatial_tolerance`` None turns the spatial rule off and
+    ``suppress_rows`` 0 turns suppression off.
+    """
 
     squash: str = "clip"  # raw -> [0, 1]: "clip" (already a [0, 1] score) or "ratio" (r / (1 + r))
+    likelihood: bool = True
     average: int = 20
     history: int = 8640
     reestimate: int = 100
@@ -140,9 +176,20 @@ class PostprocessParams:
 
 
 class ScorePostprocessor:
-    """Raw detector score (and the row's value) in, final anomaly score in [0, 1] out, one row at a time."""
+    """A [0, 1] score (and the row's watched values) in, final anomaly score in [0, 1] out, per row.
 
-    def __init__(self, params: PostprocessParams | None = None) -> None:
+    ``low``/``high`` start the spatial rule's range (e.g. the range of the training rows); without
+    them it starts empty and the rule arms once two distinct values were seen.
+    """
+
+    def __init__(
+        self,
+        params: PostprocessParams | None = None,
+        *,
+        low: Sequence[float] | None = None,
+        high: Sequence[float] | None = None,
+        columns: int = 1,
+    ) -> None:
         self.params = params or PostprocessParams()
         if self.params.squash not in ("clip", "ratio"):
             raise DetectorParamError(
@@ -150,36 +197,70 @@ class ScorePostprocessor:
                 hint="use 'clip' for [0, 1] raw scores, 'ratio' otherwise",
             )
         p = self.params
-        self.likelihood = AnomalyLikelihood(p.average, p.history, p.reestimate)
-        self._min = math.inf
-        self._max = -math.inf
+        self.likelihood = AnomalyLikelihood(p.average, p.history, p.reestimate) if p.likelihood else None
+        self._min = list(low) if low is not None else [math.inf] * columns
+        self._max = list(high) if high is not None else [-math.inf] * columns
         self._row = 0
         self._last_alarm: int | None = None
 
-    def _spatial(self, value: float) -> bool:
+    def squash(self, raw: float) -> float:
+        """A raw detector score on [0, 1] (for detectors that are not calibrated)."""
+        if self.params.squash == "clip":
+            return min(max(raw, 0.0), 1.0)
+        r = max(raw, 0.0)
+        return r / (1.0 + r)
+
+    def _spatial(self, values: Sequence[float]) -> bool:
         tol = self.params.spatial_tolerance
         hit = False
-        if tol is not None and self._max > self._min:
-            margin = (self._max - self._min) * tol
-            hit = value > self._max + margin or value < self._min - margin
-        self._min = min(self._min, value)
-        self._max = max(self._max, value)
+        lo, hi = self._min, self._max
+        for j, value in enumerate(values):
+            low, high = lo[j], hi[j]
+            if tol is not None and high > low:
+                margin = (high - low) * tol
+                if value > high + margin or value < low - margin:
+                    hit = True
+            if value < low:
+                lo[j] = value
+            if value > high:
+                hi[j] = value
         return hit
 
-    def update(self, raw: float, value: float, *, warmup: bool = False) -> float:
-        """One row: returns 0.0 during warm-up (the likelihood is still learning), else the score."""
+    def update(self, score: float, values: Sequence[float], *, warmup: bool = False) -> float:
+        """One row: ``score`` in [0, 1] and the watched values; 0.0 during warm-up, else the score."""
         p = self.params
-        r = min(max(raw, 0.0), 1.0) if p.squash == "clip" else max(raw, 0.0) / (1.0 + max(raw, 0.0))
-        lik = self.likelihood.update(r, learning=warmup)
-        spatial = self._spatial(value)
+        if self.likelihood is not None:
+            score = log_likelihood(self.likelihood.update(score, learning=warmup))
+        spatial = self._spatial(values)
         row = self._row
         self._row += 1
         if warmup:
             return 0.0
-        score = 1.0 if spatial else log_likelihood(lik)
-        if score >= p.suppress_level:
+        if spatial:
+            score = 1.0
+        if p.suppress_rows and score >= p.suppress_level:
             if self._last_alarm is not None and row - self._last_alarm <= p.suppress_rows:
                 score = min(score, p.suppress_cap)
             else:
                 self._last_alarm = row
         return score
+
+    def state(self) -> dict[str, Any]:
+        """Everything ``update`` reads and writes, as plain numbers and lists."""
+        return {
+            "likelihood": self.likelihood.state() if self.likelihood is not None else None,
+            "min": list(self._min),
+            "max": list(self._max),
+            "row": self._row,
+            "last_alarm": -1 if self._last_alarm is None else self._last_alarm,
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a ``state()`` value (same parameters)."""
+        if self.likelihood is not None:
+            self.likelihood.restore(state["likelihood"])
+        self._min = [float(x) for x in state["min"]]
+        self._max = [float(x) for x in state["max"]]
+        self._row = int(state["row"])
+        last = int(state["last_alarm"])
+        self._last_alarm = None if last < 0 else last

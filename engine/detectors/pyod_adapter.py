@@ -25,7 +25,7 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -218,6 +218,8 @@ class PyODDetector:
     default. Learned state: ``estimator_`` (the fitted PyOD object), ``n_features_in_``,
     ``feature_names_in_`` and ``train_scores_`` (PyOD's scores of the training rows).
     """
+
+    stateful: ClassVar[bool] = False  # each row is scored on its own
 
     def __init__(self, name: str, **params: Any) -> None:
         self.name = name

@@ -21,10 +21,11 @@ cleaning carries its forecast into the next season (on normal data nothing is cl
 buffer is the raw last season), and the CUSUM sums of ``engine.detectors.drift`` carry over until
 they return to zero, which forgets everything before.
 
-Not for the generic ``ScoringPipeline``/experiment sweep as it stands: those stack the rows of all
-services into one matrix and score the training rows again after fit. Drive sequence detectors per
-service on contiguous rows (``engine.evaluation.families`` does), and calibrate on ``train_scores_``
-(the one-step-ahead scores of the fit pass, for the rows after ``n_warmup_``).
+They are ``stateful``: not for the stream detector's shared model slot (an experiment's sweep),
+which fits one model per role on the rows of all its services and scores any batch of rows. Drive
+sequence detectors per service on contiguous rows (``engine.evaluation.families`` does, and a
+stream detector that refits per series does), and calibrate on ``train_scores_`` (the one-step-ahead
+scores of the fit pass, for the rows after ``n_warmup_``).
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class SequenceDetector(ParamsMixin):
     """
 
     name: ClassVar[str] = "SequenceDetector"
-    sequential: ClassVar[bool] = True
+    stateful: ClassVar[bool] = True
     """Rows must be consecutive buckets of one entity; ``score`` advances the state."""
 
     def __init__(self, **params: Any) -> None:

@@ -304,7 +304,7 @@ def _fit_and_score(
             return None
         X_train, X_test, names = X_train[:, cols], X_test[:, cols], [names[i] for i in cols]
     det = make_detector(family.detector, family.params, random_state=random_state)
-    if getattr(det, "sequential", False):
+    if getattr(det, "stateful", False):
         det.fit(X_train, feature_names=names)
         train = np.asarray(det.train_scores_, dtype=np.float64)  # type: ignore[attr-defined]
     else:

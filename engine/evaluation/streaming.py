@@ -1,20 +1,18 @@
-"""Streaming replay: run a detector configuration over NAB-layout series exactly as the engine would.
+"""``selfheal nab run``: NAB files replayed through the engine's own detector, one point at a time.
 
-The engine's online scoring path for one series is ``StreamScorer``: points arrive one at a time;
-the first ``warmup_points`` are only buffered (they decide the resample interval and whether the
-series is seasonal), then features come from ``engine.features.OnlineFeatures``, raw scores from a
-registered ``Detector`` that is refitted every ``refit.every`` rows on the last ``refit.window``
-*past* rows, and the final [0, 1] score from ``engine.detectors.likelihood.ScorePostprocessor``.
-Nothing ever sees a point later than the row it scores.
+Each file is a stream of one series scored by ``engine.detectors.stream.StreamDetector``, the class
+the engine runs: points arrive one at a time; the first ``probation`` points are only buffered
+(they decide the resample interval and whether the series is seasonal), then features come from
+``engine.features.OnlineFeatures``, raw scores from a registered ``Detector`` refitted every
+``refit.every`` rows on the last ``refit.window`` *past* rows, and the final [0, 1] score from the
+detector's post-processing (likelihood, spatial rule, suppression). Nothing ever sees a point later
+than the row it scores.
 
-``run_series``/``run_corpus`` replay NAB files through ``StreamScorer.push_many``, which processes
-the rows of many points at once (one ``fit`` per refit, one ``score`` call per refit segment).
-That micro-batching does not change a single number: the test suite checks it against one
-``push`` per point.
-
-A detector configuration (``DetectorSpec``) is a YAML or JSON file; ``--detector`` takes a path or
-the name of a file in ``experiments/nab/``; ``DEFAULT_SPEC`` is the best configuration we measured
-(``experiments/nab/default.yaml`` is the same document).
+A NAB detector configuration (``DetectorSpec``) is a YAML or JSON file in NAB terms (features of
+the series' value, the detector, refit and post-processing); ``stream_config`` turns it into the
+stream detector's ``StreamConfig`` (one adaptive group for every series). ``--detector`` takes a
+path or the name of a file in ``experiments/nab/``; ``DEFAULT_SPEC`` is the best configuration we
+measured (``experiments/nab/default.yaml`` is the same document).
 """
 
 from __future__ import annotations
@@ -29,12 +27,22 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.errors import ConfigError, SpecError
+from engine.detectors.stream import Scored, StreamDetector, adaptive_spec
+from engine.detectors.stream_config import (
+    AdaptiveFeatures,
+    GroupConfig,
+    ModelConfig,
+    PostprocessConfig,
+    RefitConfig,
+    StreamConfig,
+    ThresholdConfig,
+)
+from engine.errors import ConfigError, Problem, SpecError
 from engine.evaluation.nab import NabCorpus, NabReport, NabSeries, score_results, write_results
 from engine.shipped import shipped
 from engine.specs import expect_mapping, load_yaml, problems_from
@@ -43,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 SPEC_DIR = shipped("experiments") / "nab"
 NAB_EXPERIMENT = "nab"
+METRIC = "value"
+GROUP = "series"
+NAB_THRESHOLD = 0.5
+"""The detector's own alarm line for NAB series (``nab run`` scores with NAB's optimised threshold)."""
 
 # --------------------------------------------------------------------------------- the spec
 
@@ -51,64 +63,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SeasonalSpec(_Strict):
-    """Add ``diff(lag = period)`` when the warm-up shows the series repeats with that period.
-
-    The column is kept when var(x_t - x_{t-lag}) < ``gate`` * var(x) over the warm-up rows, i.e. the
-    previous period explains most of the variance; otherwise it would only add noise.
-    """
-
-    period: float = Field(default=86400.0, gt=0, description="seconds (accepts 1d, 12h, ...)")
-    gate: float = Field(default=0.3, gt=0)
-
-    @field_validator("period", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> float:
-        from engine.features import parse_duration
-
-        return parse_duration(value)
-
-
-class FeaturesSpec(_Strict):
-    """Transforms of the series' value, in engine.features syntax (windows and lags in buckets)."""
-
-    transforms: list[Any] = Field(default_factory=lambda: ["raw"], min_length=1)
-    seasonal: SeasonalSpec | None = SeasonalSpec()
-
-
 class DetectorPart(_Strict):
     name: str = "NabZScore"
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class RefitSpec(_Strict):
-    """Refit the detector every ``every`` rows on the last ``window`` rows before the row scored."""
+class NabPostprocess(PostprocessConfig):
+    """The stream detector's post-processing with Numenta-style defaults: the likelihood on, the
+    spatial rule on the raw value at 5% of the range, one alarm per 50 rows."""
 
-    every: int = Field(default=1, ge=1)
-    window: int = Field(default=1000, ge=2)
-    min_rows: int = Field(default=20, ge=2, description="rows needed before the first fit (score 0 before)")
-
-
-class PostprocessSpec(_Strict):
-    squash: Literal["clip", "ratio"] = "clip"
-    average: int = Field(default=20, ge=1)
-    history: int = Field(default=8640, ge=2)
-    reestimate: int = Field(default=100, ge=1)
+    likelihood: bool = True
     spatial_tolerance: float | None = Field(default=0.05, ge=0)
+    spatial_columns: list[str] | None = Field(default_factory=lambda: [f"{METRIC}__raw"])
     suppress_rows: int = Field(default=50, ge=0)
-    suppress_level: float = Field(default=0.5, ge=0, le=1)
-    suppress_cap: float = Field(default=0.3, ge=0, le=1)
 
 
 class DetectorSpec(_Strict):
-    """A whole detector configuration for streaming evaluation (and for the engine)."""
+    """A whole detector configuration for NAB series (and for the engine: ``stream_config``)."""
 
     name: str = Field(default="selfheal", pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$")
     description: str = ""
-    features: FeaturesSpec = FeaturesSpec()
+    features: AdaptiveFeatures = AdaptiveFeatures()
     detector: DetectorPart = DetectorPart()
-    refit: RefitSpec = RefitSpec()
-    postprocess: PostprocessSpec = PostprocessSpec()
+    refit: RefitConfig = RefitConfig()
+    postprocess: NabPostprocess = NabPostprocess()
 
     def flat_params(self) -> dict[str, str]:
         """``section.key -> value`` strings for MLflow params."""
@@ -134,6 +112,23 @@ DEFAULT_SPEC = DetectorSpec(
 """The best configuration we measured on the NAB development subset (see the README)."""
 
 
+def stream_config(spec: DetectorSpec) -> StreamConfig:
+    """The stream detector a NAB spec describes: one adaptive group, a model refitted per series."""
+    return StreamConfig(
+        name=spec.name,
+        groups=[GroupConfig(name=GROUP, services=["*"], features=spec.features)],
+        model=ModelConfig.model_validate({"class": spec.detector.name, "params": spec.detector.params}),
+        refit=spec.refit,
+        postprocess=spec.postprocess,
+        threshold=ThresholdConfig(kind="fixed", value=NAB_THRESHOLD),
+    )
+
+
+def nab_detector(spec: DetectorSpec) -> StreamDetector:
+    """The stream detector of ``spec`` (nothing to fit: each series refits its own model)."""
+    return StreamDetector(stream_config(spec))
+
+
 def parse_detector_spec(data: Any, *, source: str = "<detector spec>") -> DetectorSpec:
     """Validate a spec document; every problem is reported with its path."""
     if not isinstance(data, dict):
@@ -143,7 +138,20 @@ def parse_detector_spec(data: Any, *, source: str = "<detector spec>") -> Detect
     except ValidationError as exc:
         problems = problems_from(exc, file=source, model=DetectorSpec)
         raise SpecError(problems, hint=f"fix {source}; see experiments/nab/default.yaml") from exc
-    _feature_spec(spec, interval=1.0, lag=None, source=source)  # transforms are valid feature transforms
+    # transforms are valid feature transforms, and the spatial rule watches a column they compute
+    names = adaptive_spec(spec.features, interval=1.0, lag=None, source=source).feature_names
+    post = spec.postprocess
+    if post.spatial_tolerance is not None and not nab_detector(spec).spatial_columns(names):
+        raise SpecError(
+            [
+                Problem(
+                    source,
+                    "postprocess.spatial_columns",
+                    f"{post.spatial_columns} match no feature of {names}",
+                    "add `raw` to features.transforms or set postprocess.spatial_tolerance: null",
+                )
+            ]
+        )
     from engine.detectors import make_detector
 
     make_detector(spec.detector.name, spec.detector.params)  # unknown names fail now, not mid-run
@@ -171,228 +179,6 @@ def load_detector_spec(ref: str | os.PathLike[str] | None) -> DetectorSpec:
 
 # --------------------------------------------------------------------------------- one series
 
-METRIC = "value"
-
-
-@dataclass(frozen=True)
-class SeriesPlan:
-    """What the warm-up decided for one series."""
-
-    interval: float  # bucket width, seconds: the median step of the warm-up timestamps
-    lag: int | None  # seasonal diff lag in buckets, None when not seasonal (or not enough warm-up)
-
-
-def _feature_spec(
-    spec: DetectorSpec, *, interval: float, lag: int | None, source: str = "<detector spec>"
-) -> Any:
-    from engine.features import FeatureSpec
-
-    transforms = list(spec.features.transforms)
-    if lag is not None:
-        transforms.append({"kind": "diff", "lag": lag, "name": "seasonal_diff"})
-    return FeatureSpec.parse(
-        {"interval": interval, "metrics": {METRIC: {"transforms": transforms}}},
-        source=source,
-        prefix="features",
-    )
-
-
-def plan_series(spec: DetectorSpec, ts: np.ndarray, values: np.ndarray) -> SeriesPlan:
-    """Decide interval and seasonality from warm-up points only (epoch seconds, values)."""
-    steps = np.diff(ts)
-    steps = steps[steps > 0]
-    interval = float(max(1, round(float(np.median(steps))))) if len(steps) else 1.0
-    seasonal = spec.features.seasonal
-    if seasonal is None:
-        return SeriesPlan(interval, None)
-    lag = round(seasonal.period / interval)
-    buckets = np.floor(ts / interval)
-    # enough warm-up to compare a period with the previous one (plus a little)
-    if lag < 1 or len(np.unique(buckets)) < lag + 10:
-        return SeriesPlan(interval, None)
-    # the gate on bucket values: var(x_t - x_{t-lag}) < gate * var(x)
-    _, first = np.unique(buckets, return_index=True)
-    x = values[first]
-    diff = x[lag:] - x[:-lag]
-    var_x = float(np.var(x))
-    keep = var_x > 0 and float(np.var(diff)) < seasonal.gate * var_x
-    return SeriesPlan(interval, lag if keep else None)
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One scored feature row: bucket start (epoch s), bucket index, score in [0, 1]."""
-
-    ts: float
-    bucket: int
-    score: float
-
-
-class StreamScorer:
-    """The online scoring path of one series: ``push(ts, value)`` -> scores of rows that closed.
-
-    ``warmup_points`` points are buffered before anything is decided (NAB: the probationary
-    period); their rows get score 0. Memory is bounded: the feature histories, the last
-    ``refit.window`` feature rows, and the likelihood's history.
-    """
-
-    def __init__(self, spec: DetectorSpec, warmup_points: int, *, service: str = "series") -> None:
-        from engine.detectors.likelihood import PostprocessParams, ScorePostprocessor
-
-        self.spec = spec
-        self.warmup_points = max(int(warmup_points), 2)
-        self.service = service
-        self.plan: SeriesPlan | None = None
-        self._buffer_ts: list[float] = []
-        self._buffer_values: list[float] = []
-        self._online: Any = None
-        self._rows_seen = 0
-        self._fitted_at: int | None = None
-        self._detector: Any = None
-        self._value_col = 0
-        self._last_warmup_bucket = 0  # rows of buckets up to this one hold warm-up points: score 0
-        self._names: list[str] = []
-        self._history: np.ndarray | None = None
-        self._n_hist = 0
-        self._post = ScorePostprocessor(PostprocessParams(**spec.postprocess.model_dump()))
-
-    # -- public ------------------------------------------------------------------------------
-
-    def push(self, ts: float, value: float) -> list[Scored]:
-        """One point (epoch seconds, value): scores of the rows it closed, oldest first."""
-        if self.plan is None:
-            self._buffer_ts.append(float(ts))
-            self._buffer_values.append(float(value))
-            if len(self._buffer_ts) < self.warmup_points:
-                return []
-            return self._start()
-        return self._process(self._online.push(float(ts), self.service, METRIC, float(value)))
-
-    def push_many(
-        self, ts: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray
-    ) -> list[Scored]:
-        """Many points in time order; exactly what the same ``push`` calls would return."""
-        ts = np.asarray(ts, dtype=np.float64)
-        values = np.asarray(values, dtype=np.float64)
-        out: list[Scored] = []
-        start = 0
-        if self.plan is None:
-            need = self.warmup_points - len(self._buffer_ts)
-            head = min(need, len(ts))
-            self._buffer_ts.extend(ts[:head].tolist())
-            self._buffer_values.extend(values[:head].tolist())
-            start = head
-            if len(self._buffer_ts) < self.warmup_points:
-                return out
-            out.extend(self._start())
-        if start < len(ts):
-            rows = self._online.push_many(
-                ts[start:].tolist(),
-                [self.service] * (len(ts) - start),
-                [METRIC] * (len(ts) - start),
-                values[start:].tolist(),
-            )
-            out.extend(self._process(rows))
-        return out
-
-    def flush(self) -> list[Scored]:
-        """End of stream: close the open bucket (and finish a warm-up that never completed)."""
-        out: list[Scored] = []
-        if self.plan is None:
-            if not self._buffer_ts:
-                return out
-            out.extend(self._start())
-        out.extend(self._process(self._online.flush()))
-        return out
-
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self._names)
-
-    # -- internals ---------------------------------------------------------------------------
-
-    def _start(self) -> list[Scored]:
-        from engine.features import OnlineFeatures
-
-        ts = np.asarray(self._buffer_ts)
-        values = np.asarray(self._buffer_values)
-        self.plan = plan_series(self.spec, ts, values)
-        self._last_warmup_bucket = int(ts[-1] // self.plan.interval)
-        fspec = _feature_spec(self.spec, interval=self.plan.interval, lag=self.plan.lag)
-        self._online = OnlineFeatures(fspec)
-        self._names = names = fspec.feature_names
-        raw_name = f"{METRIC}__raw"
-        if self.spec.postprocess.spatial_tolerance is not None and raw_name not in names:
-            raise ConfigError(
-                "postprocess.spatial_tolerance needs the raw value among features.transforms",
-                hint="add `raw` to features.transforms or set spatial_tolerance: null",
-            )
-        self._value_col = names.index(raw_name) if raw_name in names else 0
-        self._history = np.empty((2 * self.spec.refit.window, len(names)), dtype=np.float64)
-        rows = self._online.push_many(
-            ts.tolist(), [self.service] * len(ts), [METRIC] * len(ts), values.tolist()
-        )
-        self._buffer_ts, self._buffer_values = [], []
-        logger.debug("%s: plan %s, features %s", self.service, self.plan, names)
-        return self._process(rows)
-
-    def _append_history(self, block: np.ndarray) -> None:
-        """Keep the last ``refit.window`` rows in a buffer of twice that size (one copy per window rows)."""
-        hist = self._history
-        assert hist is not None
-        window = self.spec.refit.window
-        for start in range(0, len(block), window):
-            part = block[start : start + window]
-            if self._n_hist + len(part) > len(hist):
-                hist[:window] = hist[self._n_hist - window : self._n_hist]
-                self._n_hist = window
-            hist[self._n_hist : self._n_hist + len(part)] = part
-            self._n_hist += len(part)
-
-    def _fit(self) -> None:
-        from engine.detectors import make_detector
-
-        assert self._history is not None
-        X = self._history[max(0, self._n_hist - self.spec.refit.window) : self._n_hist]
-        if self._detector is None:
-            self._detector = make_detector(self.spec.detector.name, self.spec.detector.params)
-        self._detector.fit(X, feature_names=self._names)
-        self._fitted_at = self._rows_seen
-
-    def _process(self, rows: list[Any]) -> list[Scored]:
-        if not rows:
-            return []
-        X = np.array([r.values for r in rows], dtype=np.float64)
-        raw = np.zeros(len(rows))
-        refit = self.spec.refit
-        i = 0
-        while i < len(rows):
-            # rows before a detector exists score 0 until min_rows past rows are available
-            if self._fitted_at is None and self._rows_seen < refit.min_rows:
-                take = min(len(rows) - i, refit.min_rows - self._rows_seen)
-                self._append_history(X[i : i + take])
-                self._rows_seen += take
-                i += take
-                continue
-            if self._fitted_at is None or self._rows_seen - self._fitted_at >= refit.every:
-                self._fit()
-            assert self._fitted_at is not None
-            take = min(len(rows) - i, refit.every - (self._rows_seen - self._fitted_at))
-            raw[i : i + take] = self._detector.score(X[i : i + take], feature_names=self._names)
-            self._append_history(X[i : i + take])
-            self._rows_seen += take
-            i += take
-        interval = self.plan.interval if self.plan else 1.0
-        post = self._post.update
-        col = self._value_col
-        last_warm = self._last_warmup_bucket
-        out = []
-        for k, r in enumerate(rows):
-            bucket = round(r.ts / interval)
-            score = post(float(raw[k]), float(X[k, col]), warmup=bucket <= last_warm)
-            out.append(Scored(r.ts, bucket, score))
-        return out
-
 
 def epoch_seconds(stamps: np.ndarray) -> np.ndarray:
     """datetime64 (naive UTC) -> float epoch seconds, the engine's per-point time type."""
@@ -401,22 +187,30 @@ def epoch_seconds(stamps: np.ndarray) -> np.ndarray:
 
 def scores_per_row(series_ts: np.ndarray, scored: Sequence[Scored], interval: float) -> np.ndarray:
     """Map bucket scores back to data rows (a row takes its bucket's score; 0 where none)."""
-    by_bucket = {s.bucket: s.score for s in scored}
+    by_bucket = {round(s.ts / interval): s.score for s in scored}
     buckets = np.floor(series_ts / interval).astype(np.int64)
     return np.fromiter((by_bucket.get(int(b), 0.0) for b in buckets), dtype=np.float64, count=len(buckets))
 
 
-def run_series(spec: DetectorSpec, series: NabSeries, *, chunk: int | None = None) -> np.ndarray:
-    """Replay one NAB file through ``StreamScorer``; one score in [0, 1] per data row."""
+def run_series(
+    spec: DetectorSpec | StreamDetector, series: NabSeries, *, chunk: int | None = None
+) -> np.ndarray:
+    """Replay one NAB file through the stream detector; one score in [0, 1] per data row."""
+    det = spec if isinstance(spec, StreamDetector) else nab_detector(spec)
     ts = epoch_seconds(series.timestamps)
-    scorer = StreamScorer(spec, warmup_points=series.probation, service=series.key)
+    key = series.key
+    states = {key: det.new_state(key, warmup_points=series.probation)}
     scored: list[Scored] = []
     step = chunk or len(ts) or 1
     for start in range(0, len(ts), step):
-        scored.extend(scorer.push_many(ts[start : start + step], series.values[start : start + step]))
-    scored.extend(scorer.flush())
-    assert scorer.plan is not None
-    return np.clip(scores_per_row(ts, scored, scorer.plan.interval), 0.0, 1.0)
+        part_ts = ts[start : start + step].tolist()
+        part_values = series.values[start : start + step].tolist()
+        points = zip(part_ts, [key] * len(part_ts), [METRIC] * len(part_ts), part_values, strict=True)
+        scored.extend(det.score(points, states))
+    scored.extend(det.flush(states))
+    plan = states[key].plan
+    assert plan is not None
+    return np.clip(scores_per_row(ts, scored, plan[0]), 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------- a corpus

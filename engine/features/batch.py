@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 
 from engine.errors import InputError
-from engine.features.definitions import batch_kernel, sorted_segment_sums
+from engine.features.definitions import VALUE_LIMIT, batch_kernel, sorted_segment_sums
 from engine.features.spec import FeatureSpec
 
 logger = logging.getLogger(__name__)
@@ -147,7 +147,8 @@ def _aggregate(
     ends = starts + counts - 1
     seg_met = met[starts]
     seg_value = np.empty(len(starts))
-    sums = sorted_segment_sums(value, starts, counts) if {"mean", "sum"} & set(kinds) else None
+    with np.errstate(over="ignore"):  # a sum of huge finite points may overflow: clamped below
+        sums = sorted_segment_sums(value, starts, counts) if {"mean", "sum"} & set(kinds) else None
     for i, kind in enumerate(kinds):
         sel = seg_met == i
         if kind == "mean":
@@ -160,6 +161,7 @@ def _aggregate(
             seg_value[sel] = value[ends[sel]]
         else:  # count
             seg_value[sel] = counts[sel].astype(np.float64)
+    np.clip(seg_value, -VALUE_LIMIT, VALUE_LIMIT, out=seg_value)  # as online's clamp (definitions)
     return svc[starts], seg_met, bucket[starts], seg_value
 
 

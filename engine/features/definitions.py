@@ -23,7 +23,11 @@ just to 1e-9. z-score scale: s counts as 0 when s <= 1e-10 * |m| (a constant win
 is off by rounding), then ``max(s, min_std)``; a zero scale gives z = 0.
 
 Per-bucket aggregation (mean/sum) sums the bucket's values in ascending order, so the result does
-not depend on the order points arrived in.
+not depend on the order points arrived in. The aggregated value is then clamped to
+[-VALUE_LIMIT, VALUE_LIMIT]: a finite but absurd point (``1e308``) would otherwise overflow a window
+sum or a squared deviation to inf, and the row would be lost; clamped, every transform stays finite
+(the squares of 1e100 are 1e200) and the value is still far outside anything a metric reports, so
+the detector's spatial rule puts it at the top.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import numpy as np
 from engine.features.spec import Diff, Mean, Quantile, Ratio, Raw, Std, TransformBase, ZScore
 
 REL_SCALE_TOL = 1e-10
+VALUE_LIMIT = 1e100
+"""Aggregated bucket values are clamped to +-VALUE_LIMIT (see the module docstring)."""
 
 OnlineKernel = Callable[[list[float], list[list[float]]], float]
 
@@ -57,6 +63,15 @@ else:  # pragma: no cover - depends on the interpreter
 
 
 # ---------------------------------------------------------------------------------- aggregation
+
+
+def clamp(x: float) -> float:
+    """``x`` limited to [-VALUE_LIMIT, VALUE_LIMIT] (inf from an overflowing sum included)."""
+    if x > VALUE_LIMIT:
+        return VALUE_LIMIT
+    if x < -VALUE_LIMIT:
+        return -VALUE_LIMIT
+    return x
 
 
 def aggregate_online(kind: str, cell: list) -> float:

@@ -23,13 +23,13 @@ window, and the open buckets (at most ``lateness / interval + 2``). Not thread-s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.features.definitions import OnlineKernel, aggregate_online, online_kernel, slide_sorted
+from engine.features.definitions import OnlineKernel, aggregate_online, clamp, online_kernel, slide_sorted
 from engine.features.spec import FeatureSpec, Quantile
 
 logger = logging.getLogger(__name__)
@@ -172,6 +172,52 @@ class OnlineFeatures:
         for service in services:
             self._series.pop(service, None)
 
+    def export_series(self, service: str) -> dict[str, Any] | None:
+        """One service's state as plain lists and numbers (for snapshots), or None if never seen.
+
+        ``import_series`` of this value into an ``OnlineFeatures`` of the same spec continues
+        exactly where this one is: the rows it emits afterwards are identical.
+        """
+        st = self._series.get(service)
+        if st is None:
+            return None
+        return {
+            "open": [
+                [
+                    b,
+                    [
+                        None if c is None else [list(p) if isinstance(p, tuple) else p for p in c]
+                        for c in cells
+                    ],
+                ]
+                for b, cells in sorted(st.open.items())
+            ],
+            "closed_through": st.closed_through,
+            "max_ts": st.max_ts,
+            "history": [list(h) for h in st.history],
+            "history_buckets": [list(h) for h in st.history_buckets],
+            "sorted_windows": [[list(w) for w in ws] for ws in st.sorted_windows],
+        }
+
+    def import_series(self, service: str, state: Mapping[str, Any]) -> None:
+        """Replace ``service``'s state with one from ``export_series`` (same spec)."""
+        st = _ServiceState(self._plans)
+        if len(state["history"]) != len(self._plans):
+            n = len(state["history"])
+            raise ValueError(f"feature state of {service!r} has {n} metrics, the spec {len(self._plans)}")
+        st.open = {
+            int(b): [
+                None if c is None else [tuple(p) if isinstance(p, list) else p for p in c] for c in cells
+            ]
+            for b, cells in state["open"]
+        }
+        st.closed_through = int(state["closed_through"])
+        st.max_ts = float(state["max_ts"])
+        st.history = [list(h) for h in state["history"]]
+        st.history_buckets = [[int(b) for b in h] for h in state["history_buckets"]]
+        st.sorted_windows = [[list(w) for w in ws] for ws in state["sorted_windows"]]
+        self._series[service] = st
+
     def stats(self) -> dict[str, int]:
         """Counters and memory in use: for metrics endpoints and for the bounded-memory test."""
         history = [len(h) for st in self._series.values() for h in st.history]
@@ -215,7 +261,7 @@ class OnlineFeatures:
             if cell is None:
                 complete = False
                 continue
-            x = (
+            x = clamp(
                 cell[0]
                 if plan.single_is_value and len(cell) == 1
                 else aggregate_online(plan.aggregation, cell)

@@ -1,7 +1,7 @@
 """What the engine runs: the detector, the policies, the actuators and the topology.
 
 Why an in-process object and a loader registry: the engine must not care whether its parts come from
-a hashed bundle directory, a test that fitted a pipeline a second ago, or a chaos experiment. A
+a hashed bundle directory, a test that fitted a detector a second ago, or a chaos experiment. A
 loader turns a reference (``selfheal run REF`` or ``components:`` in the config) into an
 ``EngineComponents``; the bundle package registers its loader exactly like a third party would::
 
@@ -12,7 +12,7 @@ Built in: ``path/to/file.py:function`` or ``package.module:function`` naming a f
 ``function(settings) -> EngineComponents`` (tests and experiments use it). ``assemble`` builds
 components from a fitted detector, a policy folder and a targets file.
 
-The three seams are protocols owned by the stages that call them (``RowScorer`` by scoring,
+The three seams are protocols owned by the stages that call them (``StreamScorer`` by scoring,
 ``PolicyEngine`` by the policy stage, ``ActionRunner`` by the executor), so the engine's own logic
 depends on nothing else in the project.
 """
@@ -32,7 +32,7 @@ from engine.errors import ConfigError
 from engine.records import ActionCall
 from engine.runtime.executor import ActionRunner
 from engine.runtime.policies import PolicyEngine
-from engine.runtime.scoring import RowScorer
+from engine.runtime.scoring import StreamScorer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ServiceInfo:
 class EngineComponents:
     """Everything ``Engine`` needs besides its settings."""
 
-    pipeline: RowScorer
+    pipeline: StreamScorer
     policies: PolicyEngine
     actions: ActionRunner
     topology: dict[str, ServiceInfo] = field(default_factory=dict)
@@ -103,7 +103,7 @@ class RegistryActions:
 
 
 def assemble(
-    pipeline: RowScorer,
+    pipeline: StreamScorer,
     rules: Path | str,
     *,
     targets: Path | str | Any | None = None,
@@ -118,7 +118,7 @@ def assemble(
     from engine.policy.loader import load_policies
 
     policy_set = load_policies(rules, topology=topology)
-    host = PolicyHost(policy_set, tick_seconds=float(pipeline.feature_spec.interval))
+    host = PolicyHost(policy_set, tick_seconds=pipeline.interval_s)
     if isinstance(targets, str | Path):
         targets = load_targets(targets)
     elif targets is None:

@@ -1,28 +1,35 @@
 """The scoring stage: a tick's points in, feature rows and their scores out, one micro-batch.
 
-One stage for every place that scores: the engine (in its own process or in each scoring worker,
-``engine.runtime.shards``) and shadow replay (``engine.chaos.replay``), so the three cannot drift.
+One stage for every place that scores a live stream: the engine (in its own process or in each
+scoring worker, ``engine.runtime.shards``) and shadow replay (``engine.chaos.replay``), so the
+three cannot drift.
 
-The detector seam is ``RowScorer`` and ``ScoringStage.score`` is the one call to it: whatever
-detector a bundle ships (today ``engine.detectors.pipeline.ScoringPipeline``) is called there and
-nowhere else. Points become feature rows through the stage's online features (``push``).
+The detector seam is ``StreamScorer`` (``engine.detectors.stream.StreamDetector``): ``feed`` turns
+points into closed feature rows, ``score_rows`` scores a micro-batch of them with the stateful
+post-processing. The detector is fixed; everything it remembers per series lives in the stage's
+``states`` (``SeriesState``: explicit and serialisable with ``StreamDetector.state_to_bytes``).
 
-Hostile input costs only itself: a row the detector cannot score (a feature that overflowed to
-infinity, a value the model refuses) is refused alone, with its reason, and the rest of the tick is
-scored. Rows with non-finite features never reach the detector; if it still refuses a batch, the
-batch is split in halves until the rows it refuses are found (a handful of extra calls, only when
-something is wrong).
+Rows leave the stage in the detector's union layout (``feature_names``: each row's role features in
+their columns, NaN elsewhere), so events name contributing metrics alike for every service.
+
+Hostile input costs only itself: a row whose features are not finite (a value that overflowed a
+z-score) is refused alone at ``push`` with the features at fault, and a row the model cannot score
+is refused alone by the detector (neither changes its series' state); the rest of the tick is
+scored. Refused rows go to the dead letter with their reason.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from engine.features import FeatureRow
 
 log = logging.getLogger(__name__)
 
@@ -32,26 +39,24 @@ Batch = tuple[
 
 
 @runtime_checkable
-class RowScorer(Protocol):
-    """The detector as the scoring stage calls it: feature rows in, calibrated scores out.
+class StreamScorer(Protocol):
+    """The detector as the scoring stage calls it (``engine.detectors.stream.StreamDetector``).
 
-    ``feature_spec`` says which features to build from points; ``threshold_`` separates anomalous
-    scores (strictly above) from normal ones; ``detector`` names it in events and the journal.
+    ``threshold_`` separates anomalous scores (strictly above) from normal ones; ``detector`` names
+    it in events and the journal; ``feature_names`` is the union layout of every role's features.
     """
 
     detector: str
-    feature_spec: Any
     threshold_: float
 
     @property
     def feature_names(self) -> list[str]: ...
-    def score_rows(self, rows: Sequence[Any]) -> np.ndarray: ...
-
-
-@runtime_checkable
-class OnlineFeaturesLike(Protocol):
-    def push(self, ts: float, service: str, metric: str, value: float) -> list[Any]: ...
-    def forget(self, services: Iterable[str]) -> None: ...
+    @property
+    def interval_s(self) -> float: ...
+    def role_features(self, role: str) -> tuple[str, ...]: ...
+    def feed(self, points: Iterable[Any], states: MutableMapping[str, Any]) -> list[tuple[Any, Any]]: ...
+    def close(self, states: MutableMapping[str, Any]) -> list[tuple[Any, Any]]: ...
+    def score_rows(self, closed: list[tuple[Any, Any]]) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -81,19 +86,28 @@ class Scored:
 
 
 class ScoringStage:
-    """Online features and the detector; ``step`` scores one tick. One owner (not thread-safe)."""
+    """The detector and its per-series states; ``step`` scores one tick. One owner (not thread-safe)."""
 
-    def __init__(self, scorer: RowScorer, features: OnlineFeaturesLike | None = None) -> None:
-        if features is None:
-            from engine.features import OnlineFeatures
+    def __init__(self, detector: StreamScorer, states: MutableMapping[str, Any] | None = None) -> None:
+        self.detector = detector
+        self.states: MutableMapping[str, Any] = states if states is not None else {}
+        self._index = {name: j for j, name in enumerate(detector.feature_names)}
+        self._columns: dict[str, list[int]] = {}  # role -> its columns in the union layout
+        self._closed: dict[int, tuple[Any, Any]] = {}  # id(union row) -> (state, row) pushed, not scored
+        self._refused: list[Refused] = []
 
-            features = OnlineFeatures(scorer.feature_spec)
-        self.scorer = scorer
-        self.features = features
+    def push(self, ts: float, service: str, metric: str, value: float) -> list[FeatureRow]:
+        """Feed one point; the rows of the buckets it closed, in the union layout (not scored yet)."""
+        closed = self.detector.feed(((ts, service, metric, value),), self.states)
+        return self._accept(closed) if closed else []
+
+    def flush(self) -> list[FeatureRow]:
+        """Close every open bucket now (end of a replayed stream)."""
+        return self._accept(self.detector.close(self.states))
 
     def step(self, batches: Sequence[Batch]) -> Scored:
         """Push a tick's points in order, then score every feature row they closed as one batch."""
-        push = self.features.push
+        push = self.push
         rows: list[Any] = []
         arrivals: list[float] = []
         latest: dict[tuple[str, str], float] = {}
@@ -106,57 +120,68 @@ class ScoringStage:
                 if closed:
                     rows.extend(closed)
                     arrivals.extend([arrival] * len(closed))
-        out = Scored(points=n, latest=latest)
-        if rows:
-            started = time.perf_counter()
-            out.rows, out.scores, out.arrivals, out.refused = self.score(rows, arrivals)
-            out.seconds = time.perf_counter() - started
-        return out
+        return self.score(rows, arrivals, points=n, latest=latest)
 
     def forget(self, services: Iterable[str]) -> None:
-        """Drop the feature state of idle services (the engine's eviction, ``engine.runtime.intake``)."""
-        self.features.forget(services)
+        """Drop the detector state of idle services (the engine's eviction, ``engine.runtime.intake``);
+        a service that comes back starts afresh, with its warm-up."""
+        for service in services:
+            self.states.pop(service, None)
 
     def score(
-        self, rows: list[Any], arrivals: list[float]
-    ) -> tuple[list[Any], np.ndarray, list[float], list[Refused]]:
-        """Score ``rows``; those that cannot be scored are refused alone (module docstring)."""
-        X = np.asarray([r.values for r in rows], dtype=np.float64)
-        finite = np.isfinite(X).all(axis=1)
-        refused: list[Refused] = []
-        if not finite.all():
-            names = self.scorer.feature_names
-            for i in np.flatnonzero(~finite):
-                bad = [names[j] for j in np.flatnonzero(~np.isfinite(X[i]))]
-                refused.append(_refused(rows[i], f"non-finite feature value(s): {', '.join(bad)}"))
-            keep = np.flatnonzero(finite).tolist()
-            rows = [rows[i] for i in keep]
-            arrivals = [arrivals[i] for i in keep]
+        self,
+        rows: list[Any],
+        arrivals: list[float],
+        *,
+        points: int = 0,
+        latest: dict[tuple[str, str], float] | None = None,
+    ) -> Scored:
+        """Score rows ``push``/``flush`` returned, in push order, as one micro-batch."""
+        out = Scored(points=points, latest=latest or {}, refused=self._refused)
+        self._refused = []
         if not rows:
-            return [], np.empty(0), [], refused
-        ok = [True] * len(rows)
-        parts = self._try(rows, 0, ok, refused)
-        if all(ok):
-            return rows, parts[0], arrivals, refused
-        kept = [i for i, good in enumerate(ok) if good]
-        scores = np.concatenate(parts) if parts else np.empty(0)
-        return [rows[i] for i in kept], scores, [arrivals[i] for i in kept], refused
+            return out
+        started = time.perf_counter()
+        closed = [self._closed.pop(id(row)) for row in rows]
+        scored = self.detector.score_rows(closed)
+        out.seconds = time.perf_counter() - started
+        if all(s is not None for s in scored):
+            out.rows, out.scores, out.arrivals = rows, np.array([s.score for s in scored]), arrivals
+            return out
+        keep = [i for i, s in enumerate(scored) if s is not None]
+        for i, s in enumerate(scored):
+            if s is None:
+                row = closed[i][1]
+                out.refused.append(_refused(row, "the detector could not score the row"))
+                log.warning("%s at %s: the detector could not score the row", row.service, row.ts)
+        out.rows = [rows[i] for i in keep]
+        out.scores = np.array([scored[i].score for i in keep], dtype=np.float64)
+        out.arrivals = [arrivals[i] for i in keep]
+        return out
 
-    def _try(self, rows: list[Any], offset: int, ok: list[bool], refused: list[Refused]) -> list[np.ndarray]:
-        """Scores of ``rows`` (``rows[k]`` is row ``offset + k`` of the tick) in order, as parts;
-        when the detector refuses them, the halves are tried until the rows at fault are found."""
-        try:
-            return [np.asarray(self.scorer.score_rows(rows), dtype=np.float64)]
-        except Exception as exc:
-            if len(rows) == 1:
-                ok[offset] = False
-                refused.append(_refused(rows[0], f"the detector refused the row: {exc}"))
-                log.warning("%s at %s: the detector refused the row: %s", rows[0].service, rows[0].ts, exc)
-                return []
-        half = len(rows) // 2
-        return self._try(rows[:half], offset, ok, refused) + self._try(
-            rows[half:], offset + half, ok, refused
-        )
+    def _accept(self, closed: list[tuple[Any, Any]]) -> list[FeatureRow]:
+        out = []
+        width = len(self._index)
+        for state, row in closed:
+            values = row.values
+            if not all(math.isfinite(v) for v in values):
+                state.refused += 1
+                names = self.detector.role_features(state.role)
+                bad = [n for n, v in zip(names, values, strict=False) if not math.isfinite(v)]
+                self._refused.append(_refused(row, f"non-finite feature value(s): {', '.join(bad)}"))
+                continue
+            columns = self._columns.get(state.role)
+            if columns is None:
+                names = self.detector.role_features(state.role)
+                columns = self._columns[state.role] = [self._index.get(n, -1) for n in names]
+            union = [math.nan] * width
+            for j, v in zip(columns, values, strict=False):
+                if j >= 0:
+                    union[j] = v
+            row_out = FeatureRow(row.ts, row.service, tuple(union), row.window_start, row.window_end)
+            self._closed[id(row_out)] = (state, row)
+            out.append(row_out)
+        return out
 
 
 def _refused(row: Any, reason: str) -> Refused:

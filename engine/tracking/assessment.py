@@ -1,4 +1,4 @@
-"""Judging a fitted ScoringPipeline on held-out feature rows against incident windows.
+"""Judging a fitted stream detector on held-out feature rows against incident windows.
 
 Two levels. ``service``: each service's alarms are matched to that service's incident windows and
 the counts are summed over services (micro average), so an alarm on the wrong service is a false
@@ -6,8 +6,10 @@ alarm. ``platform``: one alarm series (any service alarming) against all windows
 meant to say "something is wrong" rather than where.
 
 Metrics: event precision/recall/F1, mean detection delay and false alarms per day (from
-``engine.evaluation.events``), the NAB score of the pipeline's own operating threshold (from
-``engine.evaluation.nab``), and point-level average precision of the calibrated scores.
+``engine.evaluation.events``), the NAB score of the detector's own operating threshold (from
+``engine.evaluation.nab``), and point-level average precision of the final scores. The test rows
+are scored as the stream would score them (``StreamDetector.score_features``: every series from a
+fresh state, in time order), so the figures are those of the artifact the engine runs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from engine.detectors.pipeline import ScoringPipeline
+from engine.detectors.stream import StreamDetector
 from engine.errors import EvaluationError
 from engine.tracking.spec import SplitSpec
 
@@ -30,34 +32,43 @@ logger = logging.getLogger(__name__)
 Window = tuple[np.datetime64, np.datetime64]
 
 
-def split_by_time(frame: pl.DataFrame, split: SplitSpec) -> tuple[pl.DataFrame, pl.DataFrame, datetime]:
-    """Train on rows before the split time, test on rows at or after it (no look-ahead)."""
-    if not len(frame):
+Frames = dict[str, pl.DataFrame]
+"""Feature rows per role (``StreamDetector.batch_features``)."""
+
+
+def split_by_time(frames: Frames, split: SplitSpec) -> tuple[Frames, Frames, datetime]:
+    """Train on rows before the split time, test on rows at or after it (no look-ahead); one cut for
+    every role, from the time range of all of them."""
+    stamps = [f["ts"] for f in frames.values() if len(f)]
+    if not stamps:
         raise EvaluationError("no feature rows to split", hint="check the data range and the feature spec")
     if split.test_start is not None:
         cut = split.test_start
     else:
-        lo, hi = frame["ts"].min(), frame["ts"].max()
+        lo = min(ts.min() for ts in stamps)  # type: ignore[type-var]
+        hi = max(ts.max() for ts in stamps)  # type: ignore[type-var]
         cut = lo + (hi - lo) * float(split.train_fraction or 0.5)  # type: ignore[operator]
-    train = frame.filter(pl.col("ts") < cut)
-    test = frame.filter(pl.col("ts") >= cut)
-    if not len(train) or not len(test):
+    train = {role: f.filter(pl.col("ts") < cut) for role, f in frames.items()}
+    test = {role: f.filter(pl.col("ts") >= cut) for role, f in frames.items()}
+    n_train, n_test = sum(map(len, train.values())), sum(map(len, test.values()))
+    if not n_train or not n_test:
         raise EvaluationError(
-            f"the split at {cut} leaves {len(train)} training and {len(test)} test rows",
+            f"the split at {cut} leaves {n_train} training and {n_test} test rows",
             hint="move evaluation.split (train_fraction or test_start) inside the data range",
         )
     return train, test, cut  # type: ignore[return-value]
 
 
-def drop_incident_rows(frame: pl.DataFrame, incidents: pl.DataFrame) -> pl.DataFrame:
-    """Training rows outside every incident window of their service (train on normal behaviour)."""
+def drop_incident_rows(frame: pl.DataFrame, incidents: pl.DataFrame, margin_s: float = 0.0) -> pl.DataFrame:
+    """Training rows outside every incident window of their service, widened by ``margin_s`` on
+    both sides (train on normal behaviour; cascades and recoveries around an incident are not)."""
     keep = np.ones(len(frame), dtype=bool)
     ts = frame["ts"].to_numpy()
     services = frame["service"].to_numpy()
+    margin = np.timedelta64(round(margin_s * 1e6), "us")
     for service, start, end in incidents.select("service", "start", "end").iter_rows():
-        keep &= ~(
-            (services == service) & (ts >= np.datetime64(start, "us")) & (ts <= np.datetime64(end, "us"))
-        )
+        lo, hi = np.datetime64(start, "us") - margin, np.datetime64(end, "us") + margin
+        keep &= ~((services == service) & (ts >= lo) & (ts <= hi))
     return frame.filter(pl.Series(keep))
 
 
@@ -105,18 +116,17 @@ class Assessment:
 
 
 def assess(
-    pipeline: ScoringPipeline,
-    test: pl.DataFrame,
+    detector: StreamDetector,
+    test: Frames,
     incidents: pl.DataFrame,
     *,
     level: str = "service",
     nab_profile: str = "standard",
 ) -> Assessment:
-    """Score ``test`` with ``pipeline`` and compute every metric against ``incidents``."""
-    test = test.sort("service", "ts")
-    scores = pipeline.score_frame(test)
-    alarms = pipeline.alarms(scores)
-    frame = test.select("ts", "service").with_columns(pl.Series("score", scores), pl.Series("alarm", alarms))
+    """Score the ``test`` rows with ``detector`` and compute every metric against ``incidents``."""
+    scored = detector.score_features(test)
+    frame = scored.select("ts", "service", "score", pl.col("anomalous").alias("alarm")).sort("service", "ts")
+    threshold = detector.threshold_
     by_service = windows_by_service(incidents)
     series: list[SeriesScores] = []
     if level == "platform":
@@ -143,11 +153,11 @@ def assess(
                 )
             )
     metrics, per_series = _event_metrics(series)
-    metrics["nab_score"] = _nab_score(series, pipeline.threshold_, nab_profile)
+    metrics["nab_score"] = _nab_score(series, threshold, nab_profile)
     metrics["average_precision"] = _average_precision(series)
-    metrics["threshold"] = pipeline.threshold_
-    metrics["n_test_rows"] = float(len(test))
-    return Assessment(metrics=metrics, series=series, threshold=pipeline.threshold_, per_series=per_series)
+    metrics["threshold"] = threshold
+    metrics["n_test_rows"] = float(len(frame))
+    return Assessment(metrics=metrics, series=series, threshold=threshold, per_series=per_series)
 
 
 def _event_metrics(series: list[SeriesScores]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
@@ -185,7 +195,7 @@ def _event_metrics(series: list[SeriesScores]) -> tuple[dict[str, float], dict[s
 
 
 def _nab_score(series: list[SeriesScores], threshold: float, profile_name: str) -> float:
-    """NAB normalised score at the pipeline's threshold, each series treated as one NAB file."""
+    """NAB normalised score at the detector's threshold, each series treated as one NAB file."""
     from engine.evaluation.nab import PROFILES, NabCorpus, NabSeries, score_results
 
     profile = PROFILES.get(profile_name)

@@ -55,13 +55,15 @@ def load_dataset(data: DataSpec, store_path: str | Path, *, metrics: list[str] |
     """
     from engine.telemetry.store import TelemetryStore
 
+    wanted_metrics = data.metrics or metrics
+    if data.synth is not None:
+        return _synthetic(data, wanted_metrics)
     path = Path(store_path)
     if not path.is_file():
         raise InputError(
             f"telemetry store {path} does not exist",
             hint=f"create data first: {_synth(path)}, or ingest your files into that home",
         )
-    wanted_metrics = data.metrics or metrics
     with TelemetryStore(path, read_only=True) as store:
         if data.query:
             points = store.query(data.query)
@@ -99,6 +101,27 @@ def load_dataset(data: DataSpec, store_path: str | Path, *, metrics: list[str] |
         incidents = pl.DataFrame(
             schema={"service": pl.Utf8, "kind": pl.Utf8, "start": pl.Datetime("us"), "end": pl.Datetime("us")}
         )
+    return _dataset(points, incidents)
+
+
+def _synthetic(data: DataSpec, metrics: list[str] | None) -> Dataset:
+    """The spec's ``synth`` source: the synthetic platform generated in memory (no store)."""
+    from engine.telemetry.synth import generate, load_config
+
+    src = data.synth
+    assert src is not None
+    gen = generate(load_config(), days=src.days, seed=src.seed, start=src.start)
+    points = gen.points.select(POINT_COLUMNS)
+    incidents = gen.incidents
+    if data.services:
+        points = points.filter(pl.col("service").is_in(data.services))
+        incidents = incidents.filter(pl.col("service").is_in(data.services))
+    if metrics:
+        points = points.filter(pl.col("metric").is_in(metrics))
+    return _dataset(points, incidents)
+
+
+def _dataset(points: pl.DataFrame, incidents: pl.DataFrame) -> Dataset:
     incidents = incidents.select("service", "kind", "start", "end").sort("service", "start")
     points = points.sort("service", "metric", "ts")
     fp = fingerprint(points, incidents)

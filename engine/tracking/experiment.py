@@ -1,10 +1,12 @@
 """Running an experiment spec: a detector sweep fitted in parallel and tracked in MLflow.
 
 Shape of a sweep: the parent process reads the data once (short read-only store connection),
-computes the batch features once, and splits them by time. Worker processes (one per core) fit and
-judge one configuration each and hand back the fitted pipeline, metrics and plots; they never touch
-MLflow. The parent logs each result as it arrives, so tracking (a single SQLite writer, or an HTTP
-server) overlaps with fitting and is never written by two processes at once.
+computes the batch features once (per role: the metric groups a service is scored on), and splits
+them by time. Worker processes (one per core) fit and judge one configuration each (a
+``StreamDetector``: the artifact the engine runs) and hand back the fitted detector, metrics and
+plots; they never touch MLflow. The parent logs each result as it arrives, so tracking (a single
+SQLite writer, or an HTTP server) overlaps with fitting and is never written by two processes at
+once.
 
 MLflow layout: one parent run per sweep (spec file, data fingerprint, summary table, best child),
 one nested child run per configuration (params, metrics, plots, the pyfunc model).
@@ -29,11 +31,11 @@ from typing import Any
 
 import polars as pl
 
-from engine.detectors.pipeline import ScoringPipeline
+from engine.detectors.stream import StreamDetector
 from engine.errors import TrackingError
 from engine.home import Home
 from engine.tracking import registry
-from engine.tracking.assessment import assess, drop_incident_rows, split_by_time
+from engine.tracking.assessment import Frames, assess, drop_incident_rows, split_by_time
 from engine.tracking.data import Dataset, load_dataset
 from engine.tracking.spec import DetectorConfig, LoadedSpec, load_spec
 
@@ -64,8 +66,8 @@ class Prepared:
 
     spec: LoadedSpec
     dataset: Dataset
-    train: pl.DataFrame
-    test: pl.DataFrame
+    train: Frames
+    test: Frames
     test_start: Any
 
     def slim(self) -> Prepared:
@@ -86,7 +88,7 @@ class Prepared:
 class ConfigResult:
     config: DetectorConfig
     metrics: dict[str, float] = field(default_factory=dict)
-    pipeline: ScoringPipeline | None = None
+    detector: StreamDetector | None = None
     plots: list[Path] = field(default_factory=list)
     per_series: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
@@ -148,28 +150,42 @@ def metric_cells(metrics: dict[str, float]) -> str:
 
 
 def prepare(loaded: LoadedSpec, store_path: str | Path) -> Prepared:
-    """Load the data, compute batch features once, split by time."""
-    from engine.features import batch_features
-
+    """Load the data, compute the batch features of every service's role once, split them by time."""
     spec = loaded.spec
-    inputs = _feature_inputs(loaded.feature_spec)
-    dataset = load_dataset(spec.data, store_path, metrics=inputs)
-    frame = batch_features(dataset.points, loaded.feature_spec)
-    if not len(frame):
+    shape = StreamDetector(loaded.stream_config(spec.configs()[0]))  # features depend on groups only
+    dataset = load_dataset(spec.data, store_path, metrics=sorted(shape.metric_names))
+    frames = shape.batch_features(dataset.points)
+    if not any(len(f) for f in frames.values()):
         raise TrackingError(
             f"{loaded.path}: the feature spec produced no complete rows from {len(dataset.points)} points",
             hint="check that every service in data.services emits every metric the features use",
         )
-    train, test, cut = split_by_time(frame, spec.evaluation.split)
+    train, test, cut = split_by_time(frames, spec.evaluation.split)
     if spec.evaluation.exclude_incidents_from_training and len(dataset.incidents):
-        train = drop_incident_rows(train, dataset.incidents)
-    logger.info("features: %d train rows, %d test rows (test from %s)", len(train), len(test), cut)
+        margin = spec.evaluation.incident_margin
+        train = {role: drop_incident_rows(f, dataset.incidents, margin) for role, f in train.items()}
+    logger.info(
+        "features: %d train rows, %d test rows (test from %s)",
+        sum(map(len, train.values())),
+        sum(map(len, test.values())),
+        cut,
+    )
     return Prepared(spec=loaded, dataset=dataset, train=train, test=test, test_start=cut)
 
 
-def _feature_inputs(feature_spec: Any) -> list[str]:
-    """The metrics the feature spec reads (lets the store filter early)."""
-    return sorted(feature_spec.metric_names)
+def fit_config(config: DetectorConfig, prepared: Prepared) -> StreamDetector:
+    """One configuration of the sweep fitted on the training rows: the artifact MLflow stores."""
+    return StreamDetector(prepared.spec.stream_config(config)).fit(prepared.train)
+
+
+def fit_spec(
+    spec: str | Path | LoadedSpec, *, store_path: str | Path | None = None, config: int = 0
+) -> StreamDetector:
+    """One configuration of a spec fitted on its training rows, without MLflow: what a chaos run
+    without a bundle scores with (a spec whose data is ``synth`` needs no store)."""
+    loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
+    prepared = prepare(loaded, store_path if store_path is not None else Path("telemetry.duckdb"))
+    return fit_config(loaded.spec.configs()[config], prepared)
 
 
 def evaluate_config(config: DetectorConfig, prepared: Prepared, plot_dir: Path | None = None) -> ConfigResult:
@@ -177,19 +193,11 @@ def evaluate_config(config: DetectorConfig, prepared: Prepared, plot_dir: Path |
     spec = prepared.spec.spec
     result = ConfigResult(config=config)
     try:
-        pipeline = ScoringPipeline(
-            prepared.spec.feature_spec,
-            config.detector,
-            config.params,
-            calibration=spec.calibration.method,
-            threshold=spec.threshold.model_dump(),
-            random_state=spec.seed,
-        )
         t0 = time.perf_counter()
-        pipeline.fit(prepared.train)
+        detector = fit_config(config, prepared)
         t1 = time.perf_counter()
         assessment = assess(
-            pipeline,
+            detector,
             prepared.test,
             prepared.test_incidents,
             level=spec.evaluation.level,
@@ -198,11 +206,11 @@ def evaluate_config(config: DetectorConfig, prepared: Prepared, plot_dir: Path |
         t2 = time.perf_counter()
         result.metrics = {**assessment.metrics, "fit_seconds": t1 - t0, "score_seconds": t2 - t1}
         result.per_series = assessment.per_series
-        result.pipeline = pipeline
+        result.detector = detector
         if plot_dir is not None:
             from engine.tracking.plots import save_figures
 
-            result.plots = save_figures(assessment.series, pipeline.threshold_, plot_dir, title=config.label)
+            result.plots = save_figures(assessment.series, detector.threshold_, plot_dir, title=config.label)
     except Exception as exc:  # one bad configuration must not sink the sweep
         logger.warning("configuration %s failed: %s", config.label, exc)
         logger.debug("%s", traceback.format_exc())
@@ -366,8 +374,8 @@ def _log_parent_inputs(
         "start": str(ds.start),
         "end": str(ds.end),
         "services": ds.services,
-        "train_rows": len(prepared.train),
-        "test_rows": len(prepared.test),
+        "train_rows": sum(map(len, prepared.train.values())),
+        "test_rows": sum(map(len, prepared.test.values())),
         "test_start": str(prepared.test_start),
         "data": s.data.model_dump(mode="json"),
     }
@@ -378,7 +386,7 @@ def _log_parent_inputs(
 def _log_child(result: ConfigResult, loaded: LoadedSpec, prepared: Prepared, experiment_id: str) -> None:
     import mlflow
 
-    from engine.tracking.model import log_pipeline
+    from engine.tracking.model import log_detector
 
     c = result.config
     run = mlflow.start_run(experiment_id=experiment_id, run_name=c.label[:240], nested=True)
@@ -392,6 +400,8 @@ def _log_child(result: ConfigResult, loaded: LoadedSpec, prepared: Prepared, exp
         params.update({f"param.{k}": _short(v) for k, v in c.params.items()})
         params["threshold_policy"] = json.dumps(loaded.spec.threshold.model_dump())
         params["calibration"] = str(loaded.spec.calibration.method)
+        params["postprocess"] = json.dumps(loaded.spec.postprocess.model_dump(mode="json"))[:6000]
+        params["groups"] = ",".join(["default"] + [g.name for g in loaded.spec.groups])
         mlflow.log_params(params)
         if not result.ok:
             mlflow.set_tag("selfheal.error", (result.error or "")[:4900])
@@ -400,9 +410,9 @@ def _log_child(result: ConfigResult, loaded: LoadedSpec, prepared: Prepared, exp
         for path in result.plots:
             mlflow.log_artifact(str(path), artifact_path="plots")
         mlflow.log_dict(result.per_series, "metrics_per_series.json")
-        assert result.pipeline is not None
-        model_uri = log_pipeline(
-            result.pipeline,
+        assert result.detector is not None
+        model_uri = log_detector(
+            result.detector,
             extra_metadata={"data_fingerprint": prepared.dataset.fingerprint, "spec": loaded.spec.name},
         )
         mlflow.set_tag(registry.TAG_MODEL_URI, model_uri)

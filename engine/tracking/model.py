@@ -1,14 +1,17 @@
-"""The fitted ScoringPipeline as an MLflow pyfunc model that returns calibrated scores.
+"""The fitted stream detector as an MLflow pyfunc model that scores telemetry.
 
 Why a custom pyfunc: the sklearn flavor's default serializer (skops) refuses PyOD classes, and its
 pyfunc ``predict`` returns labels, while the engine needs scores it can threshold and debounce
 itself. Requirements are given explicitly: MLflow's inference imports the model in a subprocess and
 costs ~2 s per model, which dominates a sweep.
 
-Layout inside the logged model: ``artifacts/pipeline/`` holds ``pipeline.pkl`` (the object) and
-``pipeline.json`` (detector, params, threshold, feature spec), plus ``feature_spec.yaml``. Loading
-the pickle needs the ``engine`` package (selfheal) importable; its version is recorded in the model
-metadata. Bundles copy ``artifacts/pipeline`` and load it with ``ScoringPipeline.load`` without MLflow.
+Layout inside the logged model: ``artifacts/detector/`` is the detector artifact
+(``engine.detectors.artifact``: ``detector.json`` and a skops file per metric group's model; nothing in it
+runs code at load). Loading it needs the ``engine`` package (selfheal) importable; its version is
+recorded in the model metadata. Bundles copy ``artifacts/detector`` and load it without MLflow.
+
+``predict`` takes long-format telemetry (``ts, service, metric, value``) and returns the scored
+rows (``ts, service, role, score, anomalous``): history scored as the stream would score it.
 """
 
 from __future__ import annotations
@@ -26,18 +29,17 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
-import numpy as np
-import yaml
 
 from engine import __version__
-from engine.detectors.pipeline import ScoringPipeline
+from engine.detectors.artifact import load_detector_dir, save_detector_dir
+from engine.detectors.stream import StreamDetector
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME_IN_RUN = "model"
-PIPELINE_ARTIFACT = "pipeline"
+DETECTOR_ARTIFACT = "detector"
 
-#: Distributions the pickled pipeline needs at load time, pinned to what fitted it.
+#: Distributions the detector needs at load time, pinned to what fitted it.
 _REQUIRED = (
     "mlflow",
     "numpy",
@@ -48,7 +50,8 @@ _REQUIRED = (
     "scikit-learn",
     "scipy",
     "pydantic",
-    "cloudpickle",
+    "skops",
+    "msgpack",
 )
 
 
@@ -67,54 +70,63 @@ def pip_requirements() -> list[str]:
 # wrapper resets warning filters, so a filter cannot silence it); see predict below for why.
 with contextlib.redirect_stderr(io.StringIO()):
 
-    class PipelineModel(mlflow.pyfunc.PythonModel):
-        """pyfunc face of a ScoringPipeline: ``predict(frame)`` -> calibrated scores in [0, 1].
-
-        The input is a DataFrame with the pipeline's feature columns (extra columns such as ``ts`` or
-        ``service`` are ignored) or a matrix in feature order.
-        """
+    class DetectorModel(mlflow.pyfunc.PythonModel):
+        """pyfunc face of a StreamDetector: ``predict(points)`` -> scored rows (final scores in [0, 1])."""
 
         def load_context(self, context: Any) -> None:
-            self.pipeline = ScoringPipeline.load(context.artifacts[PIPELINE_ARTIFACT])
+            self.detector = load_detector_dir(context.artifacts[DETECTOR_ARTIFACT])
 
         # No type hints on purpose: MLflow 3 derives a signature from predict's hints and warns when they
         # are not list[...]; the explicit signature given at logging time is the contract.
         def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-            names = self.pipeline.feature_names
-            if hasattr(model_input, "columns"):
-                X = np.asarray(model_input[names], dtype=np.float64)
-            else:
-                X = np.asarray(model_input, dtype=np.float64)
-            return self.pipeline.score_matrix(X)
+            import polars as pl
+
+            points = pl.from_pandas(model_input) if not isinstance(model_input, pl.DataFrame) else model_input
+            scored = self.detector.score_history(points.select("ts", "service", "metric", "value"))
+            return scored.select("ts", "service", "role", "score", "anomalous").to_pandas()
 
 
-def log_pipeline(pipeline: ScoringPipeline, *, extra_metadata: dict[str, Any] | None = None) -> str:
-    """Log ``pipeline`` as a pyfunc model in the active run; return the model URI."""
+def log_detector(detector: StreamDetector, *, extra_metadata: dict[str, Any] | None = None) -> str:
+    """Log ``detector`` as a pyfunc model in the active run; return the model URI."""
     from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema, TensorSpec
+    from mlflow.types.schema import ColSpec, Schema
 
     signature = ModelSignature(
-        inputs=Schema([ColSpec("double", name) for name in pipeline.feature_names]),
-        outputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]),
+        inputs=Schema(
+            [
+                ColSpec("datetime", "ts"),
+                ColSpec("string", "service"),
+                ColSpec("string", "metric"),
+                ColSpec("double", "value"),
+            ]
+        ),
+        outputs=Schema(
+            [
+                ColSpec("datetime", "ts"),
+                ColSpec("string", "service"),
+                ColSpec("string", "role"),
+                ColSpec("double", "score"),
+                ColSpec("boolean", "anomalous"),
+            ]
+        ),
     )
+    described = detector.describe()
     with tempfile.TemporaryDirectory(prefix="selfheal-model-") as tmp:
-        folder = pipeline.save(Path(tmp) / PIPELINE_ARTIFACT)
-        (folder / "feature_spec.yaml").write_text(
-            yaml.safe_dump(pipeline.feature_spec.model_dump(mode="json"), sort_keys=False)
-        )
+        folder = save_detector_dir(detector, Path(tmp) / DETECTOR_ARTIFACT)
         with _quiet_logging():
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME_IN_RUN,
                 python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-                artifacts={PIPELINE_ARTIFACT: str(folder)},
+                artifacts={DETECTOR_ARTIFACT: str(folder)},
                 pip_requirements=pip_requirements(),
                 signature=signature,
                 metadata={
                     "selfheal_version": __version__,
-                    "output": "calibrated anomaly scores in [0, 1], higher = more anomalous",
-                    "threshold": pipeline.threshold_,
-                    "detector": pipeline.detector,
-                    "feature_names": pipeline.feature_names,
+                    "output": "scored feature rows: final anomaly scores in [0, 1], higher = more anomalous",
+                    "threshold": detector.threshold_,
+                    "detector": detector.detector,
+                    "groups": described["groups"],
+                    "feature_names": detector.feature_names,
                     **(extra_metadata or {}),
                 },
             )
@@ -139,17 +151,17 @@ def _quiet_logging() -> Iterator[None]:
             os.environ[key] = before
 
 
-def pipeline_dir(local_model_dir: str | Path) -> Path:
-    """The pipeline folder inside a downloaded pyfunc model."""
-    return Path(local_model_dir) / "artifacts" / PIPELINE_ARTIFACT
+def detector_dir(local_model_dir: str | Path) -> Path:
+    """The detector artifact folder inside a downloaded pyfunc model."""
+    return Path(local_model_dir) / "artifacts" / DETECTOR_ARTIFACT
 
 
-def load_pipeline(
+def load_logged_detector(
     model_uri: str, *, tracking_uri: str | None = None, dst: str | Path | None = None
-) -> ScoringPipeline:
+) -> StreamDetector:
     """Download a logged model (``runs:/``, ``models:/NAME/3``, ``models:/NAME@champion``) and load
-    the ScoringPipeline inside it, without going through pyfunc."""
+    the StreamDetector inside it, without going through pyfunc."""
     from engine.tracking.registry import download_model
 
     local = download_model(model_uri, tracking_uri=tracking_uri, dst=dst)
-    return ScoringPipeline.load(pipeline_dir(local))
+    return load_detector_dir(detector_dir(local))

@@ -6,6 +6,6 @@ and lets MLflow load it by importing ``engine`` rather than unpickling a class d
 
 from mlflow.models import set_model
 
-from engine.tracking.model import PipelineModel
+from engine.tracking.model import DetectorModel
 
-set_model(PipelineModel())
+set_model(DetectorModel())

@@ -17,7 +17,7 @@ from typing import Any
 
 import polars as pl
 
-from engine.detectors.pipeline import ScoringPipeline
+from engine.detectors.stream import StreamDetector
 from engine.errors import EvaluationError, InputError
 from engine.hints import selfheal_command
 from engine.home import Home
@@ -85,7 +85,7 @@ class TuneResult:
     run_id: str
     parent_run_id: str
     metrics: dict[str, float]
-    pipeline: ScoringPipeline
+    detector: StreamDetector
     assessment: Assessment
 
 
@@ -118,10 +118,10 @@ def tune_detector(
     h = _home(home)
     sweep = run_experiment(loaded, home=h, tracking_uri=tracking_uri, workers=1, progress=False)
     best = sweep.best
-    assert best is not None and best.pipeline is not None and best.run_id is not None
+    assert best is not None and best.detector is not None and best.run_id is not None
     prepared = prepare(loaded, h.telemetry_db)
-    assessment = assess(best.pipeline, prepared.test, prepared.test_incidents)
-    return TuneResult(best.run_id, sweep.parent_run_id, best.metrics, best.pipeline, assessment)
+    assessment = assess(best.detector, prepared.test, prepared.test_incidents)
+    return TuneResult(best.run_id, sweep.parent_run_id, best.metrics, best.detector, assessment)
 
 
 def _iso(value: str | datetime | None) -> str | None:
@@ -164,30 +164,30 @@ def evaluate_champion(
 
     import mlflow
 
-    from engine.features import batch_features
-    from engine.tracking.model import load_pipeline
+    from engine.tracking.model import load_logged_detector
 
     h = _home(home)
     uri = registry.resolve_tracking_uri(h, tracking_uri)
     model_uri = f"models:/{model_name}@{alias}"
     version = registry.resolve_version(model_uri, tracking_uri=uri)
     with tempfile.TemporaryDirectory(prefix="selfheal-champion-") as tmp:
-        pipeline = load_pipeline(f"models:/{model_name}/{version.version}", tracking_uri=uri, dst=tmp)
-    spec = pipeline.feature_spec
-    warmup = timedelta(seconds=_warmup_seconds(spec))
+        detector = load_logged_detector(f"models:/{model_name}/{version.version}", tracking_uri=uri, dst=tmp)
+    warmup = timedelta(seconds=detector.warmup_s)
     latest = _latest_ts(h)
     window_end = latest + timedelta(microseconds=1)
     window_start = window_end - timedelta(days=window_days)
-    data = DataSpec(start=window_start - warmup, end=window_end, metrics=spec.metric_names)
+    data = DataSpec(start=window_start - warmup, end=window_end, metrics=detector.metric_names)
     ds = load_dataset(data, h.telemetry_db)
-    frame = batch_features(ds.points, spec).filter(pl.col("ts") >= window_start)
-    if not len(frame):
+    frames = {
+        role: f.filter(pl.col("ts") >= window_start) for role, f in detector.batch_features(ds.points).items()
+    }
+    if not any(len(f) for f in frames.values()):
         raise InputError(
             f"no complete feature rows in the last {window_days} days",
             hint="ingest recent telemetry or widen window_days",
         )
     incidents = ds.incidents.filter(pl.col("end") >= window_start)
-    assessment = assess(pipeline, frame, incidents, level=level)
+    assessment = assess(detector, frames, incidents, level=level)
     metrics = {k: v for k, v in assessment.metrics.items() if isinstance(v, float) and math.isfinite(v)}
     registry.use_tracking(uri)
     if mlflow_run_id:
@@ -220,11 +220,6 @@ def evaluate_champion(
         assessment=assessment,
         mlflow_run_id=active,
     )
-
-
-def _warmup_seconds(spec: Any) -> float:
-    spans = [m.span for m in spec.metrics.values()] or [1]
-    return (max(spans) + 2) * spec.interval + getattr(spec, "lateness", 0.0)
 
 
 def _latest_ts(home: Home) -> datetime:

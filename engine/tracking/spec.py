@@ -6,6 +6,14 @@ inside it and a hint, because a sweep that dies on its seventh configuration was
 
 Detector grids separate ``params`` (fixed values, passed as they are, lists included) from ``grid``
 (lists of values to sweep); the configurations are the cartesian product of each grid.
+
+Each configuration is one stream detector (``engine.detectors.stream``): ``features`` is the
+feature spec of the metrics every service emits (the default metric group), ``groups`` adds
+metric groups for the services that emit more (vector-db's retrieval quality): a service is scored
+on every group its globs match, each group by its own model; ``postprocess`` is the stateful steps
+after the model and ``threshold`` the alarm line on the final scores. The model slot takes
+stateless detectors only (it is fitted once and shared by every service of a group); a detector
+that keeps state between rows is refused at load, naming the field.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.detectors.spec_problems import detector_param_problems
-from engine.errors import Problem, SpecError
+from engine.detectors.stream_config import PostprocessConfig
+from engine.errors import DetectorError, Problem, SpecError
 from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+class SynthSource(_Strict):
+    """Telemetry of the synthetic platform (``selfheal synth``), generated in memory: the data of
+    the platform model the chaos runs simulate, reproducible from its seed."""
+
+    days: float = Field(default=2.0, gt=0, le=60)
+    seed: int = 0
+    start: datetime = datetime(2025, 12, 1)
+
+
 class DataSpec(_Strict):
     """Which telemetry: an SQL query over the store, or a time range with services and metrics."""
 
@@ -59,9 +77,19 @@ class DataSpec(_Strict):
     last_days: float | None = Field(default=None, gt=0, description="the most recent N days in the store")
     services: list[str] | None = None
     metrics: list[str] | None = None
+    synth: SynthSource | None = Field(
+        default=None, description="generate the data with the synthetic platform instead of reading the store"
+    )
 
     @model_validator(mode="after")
     def _one_way_to_say_when(self) -> DataSpec:
+        if self.synth is not None and (
+            self.query is not None
+            or self.start is not None
+            or self.end is not None
+            or self.last_days is not None
+        ):
+            raise ValueError("synth generates its own time range: drop query, start, end and last_days")
         if self.last_days is not None and (self.start is not None or self.end is not None):
             raise ValueError("give either last_days or start/end, not both")
         if self.start is not None and self.end is not None and self.start >= self.end:
@@ -131,6 +159,18 @@ class EvaluationSpec(_Strict):
     level: Literal["service", "platform"] = "service"
     nab_profile: str = "standard"
     exclude_incidents_from_training: bool = True
+    incident_margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="also drop training rows this close to an incident (cascades, recovery)",
+    )
+
+    @field_validator("incident_margin", mode="before")
+    @classmethod
+    def _margin(cls, value: Any) -> float:
+        from engine.features import parse_duration
+
+        return parse_duration(value)
 
     @field_validator("metric")
     @classmethod
@@ -147,14 +187,24 @@ class TrackingSpec(_Strict):
     model_name: str | None = Field(default=None, description="registered model name promotion uses")
 
 
+class GroupSpec(_Strict):
+    """A metric group: services (names or globs) that emit these metrics, also scored on them."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    services: list[str] = Field(min_length=1)
+    features: dict[str, Any]
+
+
 class ExperimentSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     features: dict[str, Any]
+    groups: list[GroupSpec] = Field(default_factory=list)
     detectors: list[DetectorGrid] = Field(min_length=1)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     threshold: ThresholdSpec = Field(default_factory=ThresholdSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -192,6 +242,10 @@ class DetectorConfig:
         return f"{self.detector}({inner})"
 
 
+DEFAULT_GROUP = "default"
+"""The metric group of every service (its features are the spec's ``features``)."""
+
+
 @dataclass(frozen=True)
 class LoadedSpec:
     """A validated spec with where it came from and a hash of its bytes (logged with every run)."""
@@ -199,11 +253,32 @@ class LoadedSpec:
     spec: ExperimentSpec
     path: Path
     text: str
-    feature_spec: Any  # engine.features.FeatureSpec
+    feature_spec: Any  # engine.features.FeatureSpec of the default group
+    group_specs: tuple[Any, ...] = ()  # engine.features.FeatureSpec of each entry of `groups`
 
     @property
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
+
+    def stream_config(self, config: DetectorConfig) -> Any:
+        """The stream detector (``engine.detectors.stream_config.StreamConfig``) of one configuration."""
+        from engine.detectors.stream_config import GroupConfig, ModelConfig, StreamConfig, ThresholdConfig
+
+        s = self.spec
+        groups = [GroupConfig(name=DEFAULT_GROUP, services=["*"], features=self.feature_spec)]
+        groups += [
+            GroupConfig(name=g.name, services=g.services, features=fs)
+            for g, fs in zip(s.groups, self.group_specs, strict=True)
+        ]
+        return StreamConfig(
+            name=s.name,
+            groups=groups,
+            model=ModelConfig.model_validate({"class": config.detector, "params": config.params}),
+            calibration=s.calibration.method or "ecdf",
+            postprocess=s.postprocess,
+            threshold=ThresholdConfig.model_validate(s.threshold.model_dump()),
+            seed=s.seed,
+        )
 
     @property
     def evaluation_key(self) -> str:
@@ -214,10 +289,18 @@ class LoadedSpec:
         """
         s = self.spec
         payload = {
-            "data": s.data.model_dump(mode="json"),
+            # fields added later stay out of the key at their default, so older runs stay comparable
+            "data": s.data.model_dump(mode="json", exclude=set() if s.data.synth else {"synth"}),
             "features": self.feature_spec.model_dump(mode="json"),
-            "evaluation": s.evaluation.model_dump(mode="json"),
+            "evaluation": s.evaluation.model_dump(
+                mode="json", exclude=set() if s.evaluation.incident_margin else {"incident_margin"}
+            ),
         }
+        if self.group_specs:  # which services get which features decides the rows judged
+            payload["groups"] = [
+                {"name": g.name, "services": g.services, "features": fs.model_dump(mode="json")}
+                for g, fs in zip(s.groups, self.group_specs, strict=True)
+            ]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -256,8 +339,15 @@ def validate_spec(
     if isinstance(raw.get("features"), dict):
         feature_spec, feature_problems = _validate_features(raw["features"], file)
         problems.extend(feature_problems)
+    group_specs: list[Any] = []
+    for i, group in enumerate(raw.get("groups") or []):
+        if isinstance(group, dict) and isinstance(group.get("features"), dict):
+            group_spec, group_problems = _validate_features(group["features"], file, f"groups[{i}].features")
+            problems.extend(group_problems)
+            group_specs.append(group_spec)
     problems.extend(_check_detectors(raw.get("detectors"), file))
     problems.extend(_check_detector_params(raw.get("detectors"), file))
+    problems.extend(_check_stateless(raw.get("detectors"), file))
     # counted, not enumerated: a 1 kB grid of 6 keys x 30 values is 729 million configurations
     n_configs = sum(math.prod(len(v) for v in grid.grid.values()) for grid in spec.detectors) if spec else 0
     if n_configs > MAX_CONFIGS:
@@ -269,25 +359,80 @@ def validate_spec(
                 "narrow the grid values or split the sweep into several specs",
             )
         )
+    loaded = None
+    if not problems:
+        assert spec is not None and feature_spec is not None
+        loaded = LoadedSpec(
+            spec=spec,
+            path=path or Path(file),
+            text=text if text is not None else yaml.safe_dump(raw, sort_keys=False),
+            feature_spec=feature_spec,
+            group_specs=tuple(group_specs),
+        )
+        problems.extend(_check_stream(loaded, file))
     if problems:
         raise SpecError(problems, hint=f"fix {file} and run again")
-    assert spec is not None and feature_spec is not None
-    return LoadedSpec(
-        spec=spec,
-        path=path or Path(file),
-        text=text if text is not None else yaml.safe_dump(raw, sort_keys=False),
-        feature_spec=feature_spec,
-    )
+    assert loaded is not None
+    return loaded
 
 
-def _validate_features(raw: dict[str, Any], file: str) -> tuple[Any, list[Problem]]:
-    """The embedded feature spec is validated by its owner, with paths under ``features``."""
+def _validate_features(raw: dict[str, Any], file: str, prefix: str = "features") -> tuple[Any, list[Problem]]:
+    """An embedded feature spec is validated by its owner, with paths under ``prefix``."""
     from engine.features import FeatureSpec
 
     try:
-        return FeatureSpec.parse(raw, source=file, prefix="features"), []
+        return FeatureSpec.parse(raw, source=file, prefix=prefix), []
     except SpecError as exc:
         return None, list(exc.problems)
+
+
+def _check_stream(loaded: LoadedSpec, file: str) -> list[Problem]:
+    """The parts must make one stream detector (e.g. every group on the same interval)."""
+    configs = loaded.spec.configs()
+    if not configs:
+        return []
+    try:
+        loaded.stream_config(configs[0])
+    except ValidationError as exc:
+        return [
+            Problem(
+                file,
+                "groups",
+                str(err["msg"]).removeprefix("Value error, "),
+                "fix the groups' features",
+            )
+            for err in exc.errors(include_url=False)
+        ]
+    return []
+
+
+def _check_stateless(raw: Any, file: str) -> list[Problem]:
+    """The model slot is fitted once and shared by every service of a role: stateless detectors only."""
+    if not isinstance(raw, list):
+        return []
+    from engine.detectors import make_detector
+
+    problems: list[Problem] = []
+    for i, item in enumerate(raw):
+        name = item.get("class") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name:
+            continue
+        try:
+            stateful = getattr(make_detector(name, {}), "stateful", False)
+        except DetectorError:
+            continue  # unknown classes are reported by _check_detectors
+        if stateful:
+            problems.append(
+                Problem(
+                    file,
+                    f"detectors[{i}].class",
+                    f"{name} keeps state between rows (stateful); an experiment's model is fitted once and "
+                    "shared by every service of a group, so it must be stateless",
+                    "pick a stateless detector (IForest, HBOS, PCA, KNN, ...); per-series state belongs in "
+                    "`postprocess` (likelihood, spatial rule, suppression)",
+                )
+            )
+    return problems
 
 
 def _check_detectors(raw: Any, file: str) -> list[Problem]:

@@ -28,11 +28,11 @@ SEED = 4242  # no test draws this campaign
 def _candidates(uri: str, k: int) -> list[str]:
     import mlflow
 
-    from engine.chaos.detector import train_default_pipeline
+    from engine.chaos.api import default_detector
     from engine.tracking import registry
-    from engine.tracking.model import log_pipeline
+    from engine.tracking.model import log_detector
 
-    pipeline = train_default_pipeline()
+    pipeline = default_detector()
     mlflow.set_experiment("bench-assess")
     runs = []
     for i in range(k):
@@ -41,7 +41,7 @@ def _candidates(uri: str, k: int) -> list[str]:
             mlflow.set_tags(
                 {
                     registry.TAG_KIND: "config",
-                    registry.TAG_MODEL_URI: log_pipeline(pipeline),
+                    registry.TAG_MODEL_URI: log_detector(pipeline),
                     registry.TAG_METRIC: "f1",
                 }
             )

@@ -24,8 +24,7 @@ from typing import Any
 
 from harness import Row
 
-from engine.chaos.api import EXPERIMENTS_DIR, run_experiment
-from engine.chaos.detector import train_default_pipeline, warmup_seconds
+from engine.chaos.api import EXPERIMENTS_DIR, default_detector, run_experiment
 from engine.chaos.experiment import load_experiment
 
 CAMPAIGN_SEED = 9173  # the README's baseline campaign: no test uses this seed
@@ -34,26 +33,21 @@ APPROVAL_S = {"bad_deploy": 120.0}  # the experiment approves two minutes after 
 
 
 def _pipelines() -> dict[str, Any]:
-    default = train_default_pipeline()
-    out = {}
-    for kind in KINDS:
-        exp = load_experiment(EXPERIMENTS_DIR / f"{kind}.yaml")
-        out[kind] = train_default_pipeline(features=exp.detector.features) if exp.detector else default
-    return out
+    default = default_detector()  # one detector for every kind
+    return dict.fromkeys(KINDS, default)
 
 
 def _offline_ttd(kind: str, pipeline: Any) -> tuple[float | None, float]:
     """(first anomalous row after injection - injection, physical recovery after the action)."""
     import polars as pl
 
-    from engine.features import batch_features
     from engine.simulation.clock import ManualClock
     from engine.simulation.live import SimulatedPlatform
 
     exp = load_experiment(EXPERIMENTS_DIR / f"{kind}.yaml")
     (fault,) = exp.faults
     start = exp.clock.start.replace(tzinfo=UTC).timestamp()  # naive UTC, the project's convention
-    warm = warmup_seconds(pipeline.feature_spec)
+    warm = pipeline.warmup_s
     clock = ManualClock(start - warm)
     platform = SimulatedPlatform(
         clock, seed=exp.platform.seed + 1000, index_rebuild_s=exp.platform.index_rebuild_s
@@ -73,9 +67,9 @@ def _offline_ttd(kind: str, pipeline: Any) -> tuple[float | None, float]:
             "value": [p[3] for p in points],
         }
     ).with_columns(pl.col("ts").cast(pl.Datetime("us")))
-    feats = batch_features(frame, pipeline.feature_spec).filter(pl.col("service") == fault.service)
-    scores = pipeline.score_frame(feats)
-    ts = feats["ts"].dt.epoch("us").to_numpy() / 1e6 + float(pipeline.feature_spec.interval)  # bucket end
+    scored = pipeline.score_history(frame).filter(pl.col("service") == fault.service)
+    scores = scored["score"].to_numpy()
+    ts = scored["ts"].dt.epoch("us").to_numpy() / 1e6 + pipeline.interval_s  # bucket end
     hits = [t for t, s in zip(ts, scores, strict=True) if t > start and s > pipeline.threshold_]
     physics = {
         "memory_leak": exp.platform.restart_s,
@@ -99,7 +93,7 @@ def bench_detect_and_recover(repeats: int) -> list[Row]:
                 result = run_experiment(
                     EXPERIMENTS_DIR / f"{kind}.yaml",
                     Path(tmp) / kind,
-                    pipeline=pipelines[kind],
+                    detector=pipelines[kind],
                     name=f"{kind}-{i}",
                 )
             (fault,) = result.faults

@@ -82,7 +82,8 @@ def _values(rng: np.random.Generator, anomalous: bool) -> list[float]:
 
 
 def _pipeline() -> Any:
-    from engine.detectors.pipeline import ScoringPipeline
+    """The detector of whichever build is on the path: the stream detector (stateful
+    post-processing, per-series states), or a baseline build's stateless ``ScoringPipeline``."""
     from engine.features import OnlineFeatures
 
     spec = _spec()
@@ -95,7 +96,21 @@ def _pipeline() -> Any:
             for m, v in zip(METRICS, _values(rng, False), strict=True):
                 rows += online.push(T0 - 10**7 + k * STEP_S, s, m, v)
     X = np.array([r.values for r in rows])
-    return ScoringPipeline(spec, "IForest", {"n_estimators": 150, "contamination": 0.01}).fit(X), X
+    try:
+        from engine.detectors.stream_config import StreamConfig
+        from engine.testing.detectors import fit_on_rows
+    except ImportError:  # a build before the stream detector
+        from engine.detectors.pipeline import ScoringPipeline  # type: ignore[import-not-found]
+
+        return ScoringPipeline(spec, "IForest", {"n_estimators": 150, "contamination": 0.01}).fit(X), X
+    config = StreamConfig.model_validate(
+        {
+            "groups": [{"name": "default", "features": spec}],
+            "model": {"class": "IForest", "params": {"n_estimators": 150, "contamination": 0.01}},
+            "calibration": "ecdf",
+        }
+    )
+    return fit_on_rows(config, X), X
 
 
 def _rules(folder: Path, admin_url: str) -> Path:
@@ -231,7 +246,12 @@ class _Admin:
 
 def _pyod_rate(pipeline: Any, X: np.ndarray, repeats: int) -> list[float]:
     """PyOD decision_function alone on feature rows, in the engine's micro-batch size, as points/s."""
-    score = pipeline.detector_.estimator_.decision_function  # the PyOD model inside the adapter
+    if hasattr(pipeline, "fitted_groups"):  # the stream detector: its one group's model
+        (group,) = pipeline.fitted_groups
+        model = pipeline._groups[group].model
+    else:  # a baseline build's ScoringPipeline
+        model = pipeline.detector_
+    score = model.estimator_.decision_function  # the PyOD model inside the adapter
     rows = np.tile(X, (max(1, 5000 // len(X)) + 1, 1))[:5000]
     batch = 200
     out = []

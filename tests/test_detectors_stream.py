@@ -1,0 +1,251 @@
+"""The stream detector: one artifact with explicit per-series state, held to the stream conformance
+suite, online == batch as a property, metric groups, hostile values and refused rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.detectors.stream import StreamDetector
+from engine.detectors.stream_config import StreamConfig
+from engine.errors import DetectorError
+from engine.testing.detectors import (
+    STREAM_CHECKS,
+    STREAM_START,
+    check_stream,
+    check_stream_far_value_scores_top,
+    stream_config,
+    stream_factory,
+    stream_points,
+)
+
+MODELS = [
+    ("IForest", {"n_estimators": 25}),
+    ("HBOS", {}),
+    ("PCA", {}),
+    ("KNN", {}),
+    ("LOF", {}),
+    ("KMeansDistance", {"n_clusters": 4}),
+    ("NabZScore", {}),
+]
+
+
+def _nab_factory() -> tuple[StreamDetector, pl.DataFrame]:
+    """The NAB configuration (adaptive features, a model refitted per series), short warm-up."""
+    from engine.evaluation.streaming import DEFAULT_SPEC, nab_detector
+
+    spec = DEFAULT_SPEC.model_copy(
+        update={"features": DEFAULT_SPEC.features.model_copy(update={"warmup_points": 150})}
+    )
+    points = stream_points(180, seed=4).filter(pl.col("metric") == "latency_ms")
+    return nab_detector(spec), points.with_columns(pl.lit("value").alias("metric"))
+
+
+def _cusum_per_series() -> tuple[StreamDetector, pl.DataFrame]:
+    """A stateful detector is fine where each series gets its own model (refit)."""
+    config = StreamConfig.model_validate(
+        {
+            "groups": [
+                {
+                    "name": "g",
+                    "features": {"interval": "1m", "metrics": {"latency_ms": {"transforms": ["raw"]}}},
+                }
+            ],
+            "model": {"class": "CUSUM", "params": {"reference": 30}},
+            "refit": {"every": 25, "window": 60, "min_rows": 50},
+            "threshold": {"kind": "fixed", "value": 0.9},
+            "postprocess": {"squash": "ratio"},
+        }
+    )
+    return StreamDetector(config), stream_points(240, seed=5)
+
+
+_nab_factory.__name__ = "stream_nab_default"
+_cusum_per_series.__name__ = "stream_cusum_per_series"
+FACTORIES = [stream_factory(m, p) for m, p in MODELS] + [_nab_factory, _cusum_per_series]
+
+
+@pytest.mark.parametrize(
+    ("factory", "check"),
+    [pytest.param(f, c, id=f"{f.__name__}:{c.__name__}") for f in FACTORIES for c in STREAM_CHECKS],
+)
+def test_stream_conformance(factory: Any, check: Any) -> None:
+    check(factory)
+
+
+def test_check_stream_names_the_failing_check() -> None:
+    """A detector without the spatial rule is not held to "far values score at the top" silently."""
+    blind = stream_factory("HBOS", postprocess={"spatial_tolerance": None})
+    with pytest.raises(AssertionError, match="check_stream_far_value_scores_top: a value of 1e308 scored"):
+        check_stream(blind, [check_stream_far_value_scores_top])
+
+
+# ------------------------------------------------------------------------------ online == batch
+
+
+@pytest.fixture(scope="module")
+def stateful_post() -> StreamDetector:
+    """Every post-processing step on (likelihood, spatial rule, suppression): all of its state counts."""
+    post = {
+        "likelihood": True,
+        "average": 3,
+        "history": 40,
+        "reestimate": 7,
+        "spatial_tolerance": 0.2,
+        "suppress_rows": 4,
+    }
+    return StreamDetector(stream_config("NabZScore", postprocess=post)).fit(stream_points(240, seed=1))
+
+
+def _random_stream(draw: Any) -> list[tuple[float, str, str, float]]:
+    """Interleaved series with gaps, repeated timestamps, missing metrics and huge values, each
+    series in time order (as the engine sees a live feed)."""
+    services = draw(
+        st.lists(st.sampled_from(["svc-a", "svc-b", "retrieval-1"]), min_size=1, max_size=3, unique=True)
+    )
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    n = draw(st.integers(20, 90))
+    out = []
+    for service in services:
+        t = 1_700_000_040.0 + float(rng.integers(0, 120))
+        metrics = ["latency_ms", "memory"] + (["precision"] if service.startswith("retrieval") else [])
+        for _ in range(n):
+            t += float(rng.choice([0.0, 20.0, 20.0, 20.0, 60.0, 600.0]))
+            for metric in metrics:
+                if rng.random() < 0.05:
+                    continue  # a missing point: its bucket is incomplete
+                value = {"latency_ms": 100.0, "memory": 0.5, "precision": 0.9}[metric] * (
+                    1 + rng.normal(0, 0.05)
+                )
+                if rng.random() < 0.01:
+                    value = float(rng.choice([1e308, -1e308, 1e12]))
+                out.append((t, service, metric, float(value)))
+    order = np.argsort([p[0] for p in out], kind="stable")
+    return [out[i] for i in order]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_online_equals_batch_with_post_processing_state(stateful_post: StreamDetector, data: Any) -> None:
+    """Any chunking of a live stream, with a snapshot/restore of every state somewhere in it, scores
+    exactly (bit for bit) what the batch execution scores on the same points."""
+    det = stateful_post
+    points = _random_stream(data.draw)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(points)), max_size=4)))
+    restore_at = data.draw(st.sampled_from([None, *cuts])) if cuts else None
+    states: dict[str, Any] = {}
+    online = []
+    start = 0
+    for cut in [*cuts, len(points)]:
+        online += det.score(points[start:cut], states)
+        if cut == restore_at:
+            states = {s: det.state_from_bytes(det.state_to_bytes(v)) for s, v in states.items()}
+        start = cut
+    online += det.flush(states)
+    frame = pl.DataFrame(
+        points, schema=["ts", "service", "metric", "value"], orient="row", schema_overrides={"ts": pl.Float64}
+    )
+    frame = frame.with_columns(pl.from_epoch((pl.col("ts") * 1e6).round().cast(pl.Int64), time_unit="us"))
+    batch = det.score_history(frame)
+    got = sorted((s.service, round(s.ts * 1e6), s.score) for s in online)
+    want = sorted(zip(batch["service"], batch["ts"].dt.epoch("us"), batch["score"], strict=True))
+    assert got == want
+
+
+# ------------------------------------------------------------------------------ groups
+
+
+def test_each_service_is_scored_on_the_groups_it_emits() -> None:
+    det, points = stream_factory("HBOS")()
+    assert det.role_for("svc-a") == "default" and det.role_for("retrieval-1") == "default+retrieval"
+    scored = det.score_history(points)
+    roles = dict(zip(scored["service"], scored["role"], strict=False))
+    assert roles == {"svc-a": "default", "svc-b": "default", "retrieval-1": "default+retrieval"}
+    assert det.role_features("default+retrieval") == (
+        *det.group_features("default"),
+        *det.group_features("retrieval"),
+    )
+    # a retrieval service's row is null in no column it has; others have no retrieval columns
+    assert (
+        scored.filter(pl.col("service") == "svc-a")["precision__raw"].null_count()
+        == scored.filter(pl.col("service") == "svc-a").height
+    )
+
+
+def test_a_role_of_two_groups_is_calibrated_on_its_own_rows() -> None:
+    """The largest of two calibrated group scores is above 0.5 on three healthy rows in four; the
+    role's own calibration makes a score mean the same for every role (policies verify a remedy
+    with "score below 0.5"), and the artifact keeps it."""
+    from engine.detectors.artifact import from_files, to_files
+
+    det, _ = stream_factory("PCA")()
+    train = det.score_history(stream_points(360, seed=1))
+    above = {
+        role: float((train.filter(pl.col("role") == role)["score"] > 0.5).mean())
+        for role in ("default", "default+retrieval")
+    }
+    assert 0.4 < above["default"] < 0.6 and 0.4 < above["default+retrieval"] < 0.6, above
+    assert set(det.role_calibrations()) == {"default+retrieval"}
+    again = from_files(to_files(det))
+    held_out = stream_points(180, seed=2, start=STREAM_START + 6 * 3600)
+    assert again.score_history(held_out).equals(det.score_history(held_out))
+
+
+def test_a_precision_drop_is_caught_by_the_retrieval_group_only_where_it_exists() -> None:
+    det, points = stream_factory("PCA")()
+    late = pl.col("ts") > points["ts"].max() - pl.duration(minutes=40)
+    stale = points.with_columns(
+        pl.when(late & (pl.col("metric") == "precision"))
+        .then(pl.col("value") - 0.2)
+        .otherwise(pl.col("value"))
+    )
+    scored = det.score_history(stale).filter(pl.col("ts") > points["ts"].max() - pl.duration(minutes=30))
+    assert scored.filter(pl.col("service") == "retrieval-1")["anomalous"].all()
+    assert scored.filter(pl.col("service") != "retrieval-1")["anomalous"].mean() < 0.1
+
+
+def test_services_no_group_matches_are_ignored_and_config_errors_are_clear() -> None:
+    config = stream_config("HBOS")
+    only_retrieval = config.model_copy(update={"groups": config.groups[1:]})
+    det = StreamDetector(only_retrieval)
+    assert det.role_for("svc-a") is None and det.new_state("svc-a").role is None
+    bad = [
+        ({"groups": [config.groups[0].model_dump(), config.groups[0].model_dump()]}, "names must be unique"),
+        (
+            {
+                "groups": [
+                    config.groups[0].model_dump(),
+                    {**config.groups[1].model_dump(), "features": config.groups[0].features},
+                ]
+            },
+            "metric 'memory' is in groups",
+        ),
+        ({"refit": {"every": 1}}, "takes one group"),
+        ({"refit": {"every": 1}, "groups": config.groups[:1]}, "with `refit` use postprocess.squash"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ValueError, match=message):
+            StreamConfig.model_validate({**config.model_dump(by_alias=True), **change})
+
+
+def test_a_stateful_model_is_refused_where_it_would_be_shared() -> None:
+    det = StreamDetector(stream_config("SeasonalResidual", {"season": 10}))
+    with pytest.raises(DetectorError, match="keeps state between rows"):
+        det.fit(stream_points(240))
+
+
+def test_states_are_refused_across_detectors_and_when_corrupt() -> None:
+    det, points = stream_factory("HBOS")()
+    states: dict[str, Any] = {}
+    det.score(list(points.with_columns(pl.col("ts").dt.epoch("us") / 1e6).iter_rows())[:500], states)
+    blob = det.state_to_bytes(states["svc-a"])
+    with pytest.raises(DetectorError, match="cannot be read"):
+        det.state_from_bytes(blob[: len(blob) // 2])
+    other = StreamDetector(stream_config("HBOS", groups=[stream_config("HBOS").groups[1]]))
+    with pytest.raises(DetectorError, match="belongs to role 'default'"):
+        other.state_from_bytes(blob)
