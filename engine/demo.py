@@ -6,11 +6,9 @@ bundle the champion with the policies in rules/ (built, signed with the home's o
 -> game day: the simulated platform and the engine, faults injected, healed or not -> an HTML
 report and a short summary with where everything is and how to open it.
 
-The game day runs the chaos suite's default detector (PCA on z-scores of the metrics every service
-emits), not the demo's champion: the demo sweep is tuned for labeled-incident F1 on history, and a
-champion chosen that way is not guaranteed to separate fault kinds well enough for the policies.
-Running the game day on the promoted bundle is one flag away (``selfheal chaos run game_day
---bundle DIR``); the summary prints that command.
+The game day runs the bundle the demo just promoted and built: what the research loop chose is
+what heals the platform (``selfheal chaos run game_day --bundle DIR`` does the same; the summary
+prints that command).
 
 Idempotent by construction: the synthetic data is generated from a fixed seed and start time and
 the store does not duplicate rows it already has, so a second run sees the same data fingerprint;
@@ -217,11 +215,13 @@ def run_demo(
     summary.seconds["bundle"] = time.perf_counter() - t
 
     if game_day:
+        from engine.bundle import load_bundle
         from engine.chaos.api import run_game_day
 
         t = time.perf_counter()
-        echo(f"[7/{steps}] game day: simulated platform + engine, faults injected (simulated clock)")
-        chaos = run_game_day(home.new_run("chaos", "game-day"), tracking_uri=uri, echo=echo)
+        echo(f"[7/{steps}] game day: the bundle on the simulated platform, faults injected (simulated clock)")
+        loaded = load_bundle(built.path, digest=built.digest, trust=Trust.for_home(home))
+        chaos = run_game_day(home.new_run("chaos", "game-day"), bundle=loaded, tracking_uri=uri, echo=echo)
         summary.game_day_html = chaos.html
         summary.game_day_text = chaos.text()
         summary.game_day_passed = chaos.passed
