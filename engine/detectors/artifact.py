@@ -29,6 +29,7 @@ __all__ = [
     "DETECTOR_JSON",
     "FORMAT",
     "FORMAT_VERSION",
+    "detector_json",
     "from_files",
     "load_detector_dir",
     "save_detector_dir",
@@ -43,8 +44,20 @@ MODELS_DIR = "models"
 
 def to_files(det: StreamDetector) -> dict[str, bytes]:
     """Relative path -> bytes of every file of the artifact."""
+    files = {path: detector_to_bytes(det._groups[name].model) for name, path in _model_paths(det).items()}
+    files[DETECTOR_JSON] = detector_json(det)
+    return files
+
+
+def _model_paths(det: StreamDetector) -> dict[str, str]:
+    return {name: f"{MODELS_DIR}/{name}.skops" for name, g in det._groups.items() if g.model is not None}
+
+
+def detector_json(det: StreamDetector) -> bytes:
+    """The artifact's ``detector.json``: everything but the models' bytes (what a snapshot of
+    per-series states is valid for, ``engine.runtime.states``)."""
     det._check_fitted()
-    files: dict[str, bytes] = {}
+    paths = _model_paths(det)
     groups: dict[str, Any] = {}
     for name, group in det._groups.items():
         entry: dict[str, Any] = {
@@ -52,12 +65,8 @@ def to_files(det: StreamDetector) -> dict[str, bytes]:
             "low": group.low,
             "high": group.high,
             "n_train": group.n_train,
-            "model": None,
+            "model": paths.get(name),
         }
-        if group.model is not None:
-            path = f"{MODELS_DIR}/{name}.skops"
-            files[path] = detector_to_bytes(group.model)
-            entry["model"] = path
         groups[name] = entry
     doc = {
         "format": FORMAT,
@@ -70,8 +79,7 @@ def to_files(det: StreamDetector) -> dict[str, bytes]:
         "describe": det.describe(),
     }
     # key order is meaning here: a feature spec's metrics order is the column order of its rows
-    files[DETECTOR_JSON] = (json.dumps(doc, indent=2) + "\n").encode()
-    return files
+    return (json.dumps(doc, indent=2) + "\n").encode()
 
 
 def from_files(files: Mapping[str, bytes], *, source: str = "<detector>") -> StreamDetector:

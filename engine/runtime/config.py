@@ -119,6 +119,15 @@ class EngineSettings(_Strict):
         description="a telemetry body not received within this is refused (408), its connection closed",
     )
     tick_s: float = Field(0.05, gt=0, description="scoring tick: longest a point waits to be scored")
+    state_snapshot_s: float | None = Field(
+        None,
+        ge=0,
+        description="the detector's per-series states are written beside the journal this often, and read "
+        "back at start (0: after every tick; null: never, a restart re-warms every series). workers: 0 only",
+    )
+    scores_file: Path | None = Field(
+        None, description="every scored row appended here, NDJSON (ts, service, score)"
+    )
     workers: int = Field(
         0,
         ge=0,
@@ -188,6 +197,10 @@ class EngineSettings(_Strict):
 
     def dead_letter_path(self, home_journals: Path) -> Path:
         return self.dead_letter or self.journal_path(home_journals).with_name("dead-letter.ndjson")
+
+    def states_path(self, journal: Path) -> Path:
+        """The detector's per-series states (``engine.runtime.states``), beside the journal."""
+        return journal.with_name(f"{journal.stem}.states.sqlite")
 
 
 def load_settings(

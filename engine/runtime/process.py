@@ -31,9 +31,10 @@ from engine.runtime.journal import Journal
 from engine.runtime.metrics import EngineMetrics, EngineState
 from engine.runtime.notify import Notifier
 from engine.runtime.policies import ask
-from engine.runtime.scoring import Scored, ScoringStage
+from engine.runtime.scoring import Scored, ScoreLog, ScoringStage
 from engine.runtime.shards import ShardPool
 from engine.runtime.sources import IngestQueue, PromMapping, scrape_loop, tail_ndjson
+from engine.runtime.states import state_store
 from engine.runtime.writer import Writer, spawn
 from engine.telemetry.points import Point, Points, Rejection
 
@@ -60,7 +61,9 @@ class Engine:
         self.journal = Journal(journal_path)
         self.queue = IngestQueue(settings.queue_max_points)
         self.observations = Observations()
-        self.scoring = ScoringStage(scorer)
+        store = state_store(settings, journal_path, scorer)
+        self.scoring = ScoringStage(scorer, store=store, snapshot_s=settings.state_snapshot_s or 0)
+        self.score_log = ScoreLog(settings.scores_file) if settings.scores_file else None
         self.events = EventMaker(
             detector=scorer.detector,
             threshold=scorer.threshold_,
@@ -154,6 +157,9 @@ class Engine:
             thread.join(timeout=10)
         if self.shards is not None:
             self.shards.close()  # its reader threads hand their last results over first
+        self.scoring.close()  # after the scoring thread: the last snapshot of the states
+        if self.score_log is not None:
+            self.score_log.close()
         stopped = self.writer.stop(timeout)
         self.notifier.stop(min(timeout, 10.0))  # after the writer: its last commit may notify
         if stopped:
@@ -234,6 +240,8 @@ class Engine:
     def _scored(self, scored: Scored) -> None:
         """One scored tick (in-process or from a worker): events, the policies, then the writer."""
         with self._events_lock:
+            if self.score_log is not None:  # first: points_scored says these rows are on file
+                self.score_log.write(scored)
             self.points_scored += scored.points
             self.observations.saw(scored, time.time())
             if scored.refused:

@@ -16,20 +16,30 @@ Hostile input costs only itself: a row whose features are not finite (a value th
 z-score) is refused alone at ``push`` with the features at fault, and a row the model cannot score
 is refused alone by the detector (neither changes its series' state); the rest of the tick is
 scored. Refused rows go to the dead letter with their reason.
+
+Given a ``StateStore`` (``engine.runtime.states``) the stage starts from the states it holds and
+writes the states its ticks changed every ``snapshot_s`` seconds (0: after every tick, before the
+tick's scores leave the stage) and at ``close``: a restarted engine scores on as if it had never
+stopped. ``ScoreLog`` appends every scored row to a file (the engine's ``scores_file``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from engine.features import FeatureRow
+
+if TYPE_CHECKING:
+    from engine.runtime.states import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +98,22 @@ class Scored:
 class ScoringStage:
     """The detector and its per-series states; ``step`` scores one tick. One owner (not thread-safe)."""
 
-    def __init__(self, detector: StreamScorer, states: MutableMapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        detector: StreamScorer,
+        states: MutableMapping[str, Any] | None = None,
+        *,
+        store: StateStore | None = None,
+        snapshot_s: float = 60.0,
+    ) -> None:
         self.detector = detector
         self.states: MutableMapping[str, Any] = states if states is not None else {}
+        self.store = store
+        self._snapshot_s = snapshot_s
+        self._dirty: set[str] = set()  # services whose state changed since the last snapshot
+        self._saved_at = time.monotonic()
+        if store is not None:
+            self.states.update(store.load())
         self._index = {name: j for j, name in enumerate(detector.feature_names)}
         self._columns: dict[str, list[int]] = {}  # role -> its columns in the union layout
         self._closed: dict[int, tuple[Any, Any]] = {}  # id(union row) -> (state, row) pushed, not scored
@@ -120,13 +143,33 @@ class ScoringStage:
                 if closed:
                     rows.extend(closed)
                     arrivals.extend([arrival] * len(closed))
-        return self.score(rows, arrivals, points=n, latest=latest)
+        out = self.score(rows, arrivals, points=n, latest=latest)
+        if self.store is not None:
+            self._dirty.update(service for service, _ in latest)
+            if time.monotonic() - self._saved_at >= self._snapshot_s:
+                self.save()
+        return out
+
+    def save(self) -> None:
+        """Write the states changed since the last snapshot to the store (if any)."""
+        if self.store is not None and self._dirty:
+            self.store.save(self.states, self._dirty)
+            self._dirty.clear()
+        self._saved_at = time.monotonic()
+
+    def close(self) -> None:
+        """A last snapshot, then the store is closed (the engine's clean stop)."""
+        if self.store is not None:
+            self.save()
+            self.store.close()
 
     def forget(self, services: Iterable[str]) -> None:
         """Drop the detector state of idle services (the engine's eviction, ``engine.runtime.intake``);
         a service that comes back starts afresh, with its warm-up."""
         for service in services:
             self.states.pop(service, None)
+            if self.store is not None:
+                self._dirty.add(service)  # the next snapshot deletes it
 
     def score(
         self,
@@ -182,6 +225,29 @@ class ScoringStage:
             self._closed[id(row_out)] = (state, row)
             out.append(row_out)
         return out
+
+
+class ScoreLog:
+    """Every scored row appended to a file as a JSON line (``ts``, ``service``, ``score``): what the
+    detector said, row by row, to audit it or to compare two runs (flushed every tick)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = path.open("a", encoding="utf-8")
+
+    def write(self, scored: Scored) -> None:
+        dumps = json.dumps
+        self._file.write(
+            "".join(
+                dumps({"ts": row.ts, "service": row.service, "score": score}) + "\n"
+                for row, score in zip(scored.rows, scored.scores.tolist(), strict=True)
+            )
+        )
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _refused(row: Any, reason: str) -> Refused:

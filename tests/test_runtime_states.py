@@ -1,0 +1,73 @@
+"""The scoring stage's state store: a stage restarted on its snapshot scores on as if it had never
+stopped; a snapshot of another detector is never read into this one; a bad state costs only its
+series. (The kill -9 version, a real ``selfheal run`` process: ``test_engine_stream.py``.)"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.runtime.scoring import ScoringStage
+from engine.runtime.states import StateStore
+from engine.testing.detectors import _epoch_points, stream_factory
+
+
+def _ticks(points: list[Any], size: int = 97) -> list[list[tuple[float, list[Any]]]]:
+    return [[(0.0, points[i : i + size])] for i in range(0, len(points), size)]
+
+
+def _scores(stage: ScoringStage, ticks: list[Any]) -> list[tuple[str, float, float]]:
+    out = []
+    for tick in ticks:
+        scored = stage.step(tick)
+        out += [(r.service, r.ts, s) for r, s in zip(scored.rows, scored.scores.tolist(), strict=True)]
+    return out
+
+
+def test_a_stage_restarted_on_its_snapshot_scores_as_one_that_never_stopped(tmp_path: Path) -> None:
+    det, points = stream_factory("PCA")()
+    ticks = _ticks(_epoch_points(points))
+    half = len(ticks) // 2
+    want = _scores(ScoringStage(det), ticks)
+
+    first = ScoringStage(det, store=StateStore(tmp_path / "s.sqlite", det), snapshot_s=3600)
+    got = _scores(first, ticks[:half])
+    first.close()  # a clean stop writes what the interval had not
+    again = ScoringStage(det, store=StateStore(tmp_path / "s.sqlite", det), snapshot_s=0)
+    assert set(again.states) == {"svc-a", "svc-b", "retrieval-1"}
+    got += _scores(again, ticks[half:])
+    assert got == want
+    cold = _scores(ScoringStage(det), ticks[half:])  # without the states: it re-warms
+    assert cold != want[len(want) - len(cold) :]
+
+
+def test_forgotten_series_leave_the_snapshot(tmp_path: Path) -> None:
+    det, points = stream_factory("HBOS")()
+    stage = ScoringStage(det, store=StateStore(tmp_path / "s.sqlite", det), snapshot_s=0)
+    _scores(stage, _ticks(_epoch_points(points))[:5])
+    stage.forget(["svc-a"])
+    stage.close()
+    assert set(StateStore(tmp_path / "s.sqlite", det).load()) == {"svc-b", "retrieval-1"}
+
+
+def test_another_detectors_snapshot_is_discarded_and_a_bad_state_dropped_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    det, points = stream_factory("HBOS")()
+    other, _ = stream_factory("PCA")()
+    path = tmp_path / "s.sqlite"
+    stage = ScoringStage(det, store=StateStore(path, det), snapshot_s=0)
+    _scores(stage, _ticks(_epoch_points(points))[:5])
+    stage.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE states SET state = x'00ff' WHERE series = 'svc-a'")
+    with caplog.at_level(logging.WARNING, logger="engine.runtime.states"):
+        assert set(StateStore(path, det).load()) == {"svc-b", "retrieval-1"}
+        assert "'svc-a' cannot be restored" in caplog.text
+        assert StateStore(path, other).load() == {}
+        assert "states of another detector discarded" in caplog.text
+    assert StateStore(path, det).load() == {}  # gone for good: the other detector's file now
