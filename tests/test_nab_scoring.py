@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -314,3 +315,24 @@ def test_a_row_that_goes_back_in_time_is_kept_and_placed_in_windows_by_its_time(
     assert (series.backwards, series.repeated) == (1, 1)
     assert len(series.values) == 40 and series.values[25] == 7.0  # kept, in file order
     assert series.windows == ((10, 20),)  # the window still closes at its end time's first row
+
+
+def test_the_corpus_is_read_by_the_ingest_reader_and_a_bad_row_is_named(tmp_path: Path) -> None:
+    """One NAB reader: scoring reads the rows `selfheal ingest` reads; a row it refuses is named."""
+    from engine.telemetry.readers import read_nab
+
+    root = make_corpus(tmp_path, {"cat/a.csv": (20, [(10, 13)]), "cat/b.csv": (20, [])})
+    corpus = load_corpus(root)
+    ingested = read_nab(root).points.filter(pl.col("service") == "cat/a").sort("line")
+    np.testing.assert_array_equal(corpus.series["cat/a.csv"].values, ingested["value"].to_numpy())
+    path = root / "data" / "cat" / "b.csv"
+    lines = path.read_text().splitlines()
+    lines[5] = lines[5].split(",")[0] + ",inf"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"b\.csv: line 6: non_finite_value"):
+        load_corpus(root)
+    labels = root / "labels" / "combined_windows.json"
+    labels.write_text(json.dumps({"cat/a.csv": []}))
+    path.write_text("\n".join(lines[:5]) + "\n")
+    with pytest.raises(EvaluationError, match=r"no entry for cat/b\.csv"):
+        load_corpus(root)

@@ -25,7 +25,6 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -181,38 +180,11 @@ def load_profiles(path: Path | None) -> dict[str, Profile]:
         ) from exc
 
 
-def _parse_ts(text: str, where: str) -> np.datetime64:
-    try:
-        return np.datetime64(datetime.fromisoformat(text.strip()), "us")
-    except ValueError as exc:
-        raise EvaluationError(
-            f"{where}: unparsable timestamp {text!r}", hint="use 'YYYY-MM-DD HH:MM:SS[.ffffff]'"
-        ) from exc
-
-
-def _read_series_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A data file's timestamps and values in file order. A timestamp that goes back or repeats
-    is kept where it is (a real stream has such rows and NAB scores rows as they are); the
-    caller counts them."""
-    try:
-        frame = pl.read_csv(path, columns=["timestamp", "value"], schema_overrides={"timestamp": pl.Utf8})
-        ts = frame["timestamp"].str.to_datetime(time_unit="us", strict=True)
-        values = frame["value"].cast(pl.Float64, strict=True).to_numpy()
-    except (pl.exceptions.PolarsError, OSError) as exc:
-        raise InputError(
-            f"{path}: not a NAB data file ({exc.__class__.__name__}: {str(exc).splitlines()[0]})",
-            hint="a NAB data file has the header 'timestamp,value' and one numeric row per time",
-        ) from exc
-    stamps = ts.to_numpy().astype("datetime64[us]")
-    if not np.all(np.isfinite(values)):
-        raise InputError(f"{path}: non-finite values", hint="NAB files hold finite numbers only")
-    return stamps, values
-
-
 def _window_rows(
-    stamps: np.ndarray, raw_windows: Sequence[Sequence[str]], where: str
+    stamps: np.ndarray, spans: Sequence[tuple[np.datetime64, np.datetime64]], where: str
 ) -> tuple[tuple[int, int], ...]:
-    """Window timestamps to inclusive row ranges (exact for NAB, whose ends are data timestamps).
+    """Window (start, end) times to inclusive row ranges (exact for NAB, whose ends are data
+    timestamps).
 
     A window runs from its first row inside ``[start, end]`` to the first row at ``end`` (a
     repeated end timestamp closes the window at its first occurrence, as in NAB), else to its last
@@ -220,11 +192,7 @@ def _window_rows(
     NAB places it; a row of another time caught between those two rows counts as inside.
     """
     rows: list[tuple[int, int]] = []
-    for pos, pair in enumerate(raw_windows):
-        if len(pair) != 2:
-            raise EvaluationError(f"{where}[{pos}]: a window is [start, end]", hint="fix the labels file")
-        start = _parse_ts(str(pair[0]), f"{where}[{pos}][0]")
-        end = _parse_ts(str(pair[1]), f"{where}[{pos}][1]")
+    for pos, (start, end) in enumerate(spans):
         inside = np.flatnonzero((stamps >= start) & (stamps <= end))
         at_end = np.flatnonzero(stamps == end)
         if not len(inside):
@@ -243,9 +211,15 @@ def _window_rows(
 def load_corpus(root: Path | str, *, categories: Iterable[str] | None = None) -> NabCorpus:
     """Read a NAB-layout corpus: ``data/<category>/<file>.csv`` plus ``labels/combined_windows.json``.
 
-    Every data file must have an entry in the windows file (an empty list for no anomaly); window
-    entries without a data file are ignored, so a label file of the full corpus serves a subset.
+    The files are parsed by ``engine.telemetry.readers.read_nab``, the reader ``selfheal ingest``
+    uses, so a corpus scores exactly the rows it ingests. NAB scores every row of a file, so a row
+    that reader refuses (an unparsable time, a missing or non-finite value) refuses the corpus,
+    named by file and line. Every data file must have an entry in the windows file (an empty list
+    for no anomaly); window entries without a data file are ignored, so a label file of the full
+    corpus serves a subset.
     """
+    from engine.telemetry.readers import read_nab
+
     root = Path(root)
     windows_path = root / WINDOWS_FILE
     if not windows_path.is_file():
@@ -253,30 +227,42 @@ def load_corpus(root: Path | str, *, categories: Iterable[str] | None = None) ->
             f"{root}: no {WINDOWS_FILE} here; not a NAB corpus folder",
             hint="point --corpus at the folder holding data/ and labels/combined_windows.json",
         )
-    try:
-        all_windows = json.loads(windows_path.read_text())
-    except ValueError as exc:
-        raise EvaluationError(f"{windows_path}: invalid JSON ({exc})", hint="fix the labels file") from exc
+    read = read_nab(root)
+    if read.rejects.height:
+        bad = read.rejects.row(0, named=True)
+        raise InputError(
+            f"{bad['file']}: line {bad['line']}: {bad['reason']} ({read.rejects.height} such row(s) in "
+            "the corpus); NAB scores every row of a file",
+            hint="fix or remove that row: a NAB data file has 'timestamp,value' and one number per row",
+        )
+    points = read.points.with_columns(key=pl.col("service") + ".csv").sort("key", "line")
+    present = points["key"].unique().to_list()
+    listed = json.loads(windows_path.read_text())  # read_nab checked its shape
+    unlisted = sorted(set(present) - set(listed))
+    if unlisted:
+        raise EvaluationError(
+            f"{windows_path}: no entry for {unlisted[0]} ({len(unlisted)} file(s) unlisted)",
+            hint=f'add "{unlisted[0]}": [] when the file has no anomaly',
+        )
     wanted = set(categories) if categories is not None else None
-    files = sorted((root / "data").glob("*/*.csv"))
     if wanted is not None:
-        present = {path.parent.name for path in files}
-        if wanted - present:
+        cats = {key.split("/", 1)[0] for key in present}
+        if wanted - cats:
             raise InputError(
-                f"{root / 'data'}: no category {sorted(wanted - present)}",
-                hint=f"categories here: {sorted(present)}",
+                f"{root / 'data'}: no category {sorted(wanted - cats)}",
+                hint=f"categories here: {sorted(cats)}",
             )
+    spans: dict[str, list[tuple[np.datetime64, np.datetime64]]] = {}
+    assert read.incidents is not None
+    for service, start, end in read.incidents.select("service", "start", "end").iter_rows():
+        spans.setdefault(f"{service}.csv", []).append((np.datetime64(start, "us"), np.datetime64(end, "us")))
     series: dict[str, NabSeries] = {}
-    for path in files:
-        key = f"{path.parent.name}/{path.name}"
-        if wanted is not None and path.parent.name not in wanted:
+    for (key,), frame in points.group_by("key", maintain_order=True):
+        key = str(key)
+        if wanted is not None and key.split("/", 1)[0] not in wanted:
             continue
-        if key not in all_windows:
-            raise EvaluationError(
-                f"{windows_path}: no entry for {key}",
-                hint=f'add "{key}": [] when the file has no anomaly',
-            )
-        stamps, values = _read_series_csv(path)
+        stamps = frame["ts"].to_numpy().astype("datetime64[us]")
+        values = frame["value"].to_numpy().astype(np.float64)
         steps = np.diff(stamps)
         backwards = int(np.count_nonzero(steps < np.timedelta64(0, "us")))
         repeated = int(np.count_nonzero(steps == np.timedelta64(0, "us")))
@@ -285,17 +271,15 @@ def load_corpus(root: Path | str, *, categories: Iterable[str] | None = None) ->
             logger.warning(
                 "%s: %d row(s) whose timestamp goes backwards (first at data row %d: %s after %s); "
                 "kept in file order",
-                path,
+                frame["file"][0],
                 backwards,
                 first + 1,
                 stamps[first],
                 stamps[first - 1],
             )
-        windows = _window_rows(stamps, all_windows[key], f"{windows_path}: {key}")
+        windows = _window_rows(stamps, spans.get(key, []), f"{windows_path}: {key}")
         series[key] = NabSeries(key, stamps, values, windows, backwards, repeated)
-    if not series:
-        raise InputError(f"{root / 'data'}: no <category>/<file>.csv data files", hint="check --corpus")
-    return NabCorpus(root, series, load_profiles(root / PROFILES_FILE))
+    return NabCorpus(root, dict(sorted(series.items())), load_profiles(root / PROFILES_FILE))
 
 
 # --- results files -------------------------------------------------------------------------------
