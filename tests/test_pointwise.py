@@ -1,0 +1,106 @@
+"""Point detectors: each sees its kind of anomaly, keeps explicit state, and joins an ensemble."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.detectors.point_ensemble import (
+    LikelihoodEnsemble,
+    available_point_detectors,
+    make_point_detector,
+    point_detector_from_bytes,
+)
+from engine.errors import DetectorError, DetectorParamError
+
+STEP = 300.0
+
+
+def _noise(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(10.0, 1.0, n)
+
+
+@pytest.mark.parametrize("name", available_point_detectors())
+def test_state_round_trip_continues_exactly(name: str) -> None:
+    x = _noise(900)
+    x[600:] += 4
+    det = make_point_detector(name)
+    for i, v in enumerate(x[:500]):
+        det.update(i * STEP, float(v))
+    restored = point_detector_from_bytes(det.to_bytes())
+    assert restored.params == det.params
+    rest = list(enumerate(x[500:], start=500))
+    a = [det.update(i * STEP, float(v)) for i, v in rest]
+    b = [restored.update(i * STEP, float(v)) for i, v in rest]
+    assert a == b
+    assert all(0.0 <= s <= 1.0 for s in a)
+
+
+@pytest.mark.parametrize("name", available_point_detectors())
+def test_bad_parameters_and_states_are_refused_with_hints(name: str) -> None:
+    with pytest.raises(DetectorParamError, match="unknown parameter"):
+        make_point_detector(name, {"nope": 1})
+    with pytest.raises(DetectorParamError):
+        make_point_detector(name, {next(iter(make_point_detector(name).params)): -1})
+    with pytest.raises(DetectorError, match="cannot be read"):
+        point_detector_from_bytes(b'{"format": 1, "name": "' + name.encode() + b'"}')
+    with pytest.raises(DetectorParamError, match="choose among"):
+        make_point_detector("Nope")
+
+
+def test_context_novelty_is_quiet_on_a_repeated_pattern_and_loud_on_a_new_one() -> None:
+    det = make_point_detector("ContextNovelty", {"bins": 4, "depth": 3})
+    pattern = [0.0, 1.0, 2.0, 3.0, 2.0, 1.0]
+    scores = [det.update(i * STEP, pattern[i % 6]) for i in range(600)]
+    assert max(scores[100:]) == 0.0  # every context repeats
+    new = [det.update((600 + i) * STEP, v) for i, v in enumerate([2.0, 3.0, 0.0])]
+    assert new[2] == 2 / 3  # 3 -> 0 never happened: two of its three contexts are new
+
+
+def test_seasonal_profile_knows_the_hour_of_day() -> None:
+    hours = np.arange(24 * 12 * 14) * STEP  # two weeks of 5-minute points
+    daily = 10 + 5 * np.sin(2 * np.pi * hours / 86_400) + np.random.default_rng(1).normal(0, 0.2, len(hours))
+    det = make_point_detector("SeasonalProfile")
+    scores = [det.update(float(t), float(v)) for t, v in zip(hours, daily, strict=True)]
+    assert np.quantile(scores[-288:], 0.99) < 0.5
+    t = hours[-1] + 6 * 3600  # 6 h later, where the daily high sits; send the daily low instead
+    low = 10 + 5 * np.sin(2 * np.pi * (t + 12 * 3600) / 86_400)
+    assert det.update(float(t), float(low)) == 1.0  # within the range, wrong for the hour
+
+
+def test_level_shift_fires_at_the_shift_then_settles() -> None:
+    x = _noise(1000)
+    x[700:] += 3
+    det = make_point_detector("LevelShift")
+    scores = np.array([det.update(i * STEP, float(v)) for i, v in enumerate(x)])
+    assert scores[100:700].max() < 1.0
+    first = int(np.argmax(scores >= 1.0))
+    assert 700 <= first <= 710
+    assert np.mean(scores[800:]) < 0.3
+
+
+def test_spectral_residual_ranks_a_spike_above_the_noise() -> None:
+    x = _noise(1200)
+    x[1000] += 10
+    det = make_point_detector("SpectralResidual", {"scale": 1000.0})
+    scores = np.array([det.update(i * STEP, float(v)) for i, v in enumerate(x)])
+    assert (scores[:63] == 0).all()  # the window fills first
+    assert scores[1000] > np.quantile(scores[64:1000], 0.999)
+
+
+def test_ensemble_is_the_largest_member_likelihood_and_learns_silently() -> None:
+    x = _noise(800)
+    x[700:] += 4
+    members = [make_point_detector("LevelShift"), make_point_detector("ContextNovelty")]
+    ens = LikelihoodEnsemble(members, extra=1)
+    solo = [
+        LikelihoodEnsemble([make_point_detector("LevelShift")]),
+        LikelihoodEnsemble([make_point_detector("ContextNovelty")]),
+    ]
+    extra_only = LikelihoodEnsemble([], extra=1)
+    for i, v in enumerate(x):
+        learning = i < 300
+        got = ens.update(i * STEP, float(v), (0.1,), learning=learning)
+        parts = [s.update(i * STEP, float(v), learning=learning) for s in solo]
+        parts.append(extra_only.update(i * STEP, float(v), (0.1,), learning=learning))
+        assert got == (0.0 if learning else max(parts))
