@@ -91,12 +91,22 @@ def run_cmd(
         Path, typer.Option("--out", help="Folder for NAB-layout results <category>/<name>_<file>.csv.")
     ],
     detector: Annotated[
-        str | None,
+        Optional[list[str]],  # noqa: UP045 - typer 0.29 cannot parse "list[str] | None"
         typer.Option(
             "--detector",
-            help="Detector spec: a YAML/JSON file or a spec name in experiments/nab/ (default: the best).",
+            help="Detector spec: a YAML/JSON file or a spec name in experiments/nab/ (default: "
+            "default.yaml). With --cv, repeat it to name the candidates (default: the grid "
+            "experiments/nab/cv/grid.yaml).",
         ),
     ] = None,
+    cv: Annotated[
+        bool,
+        typer.Option(
+            "--cv",
+            help="Leave-one-category-out cross-validation: each category scored by a candidate and "
+            "threshold chosen on the other categories; prints it beside the in-sample scores.",
+        ),
+    ] = False,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -118,12 +128,20 @@ def run_cmd(
     scores and a per-category table, logs the run to MLflow (experiment "nab").
 
     Example: selfheal nab run --corpus ../shared/data/nab --out /tmp/nab-results
+    Example: selfheal nab run --corpus ../shared/data/nab --out /tmp/nab-cv --cv --workers 2
     """
     from engine.cliutil import home_of
     from engine.evaluation.nab import format_report, load_corpus
     from engine.evaluation.streaming import load_detector_spec, log_run, run_corpus
 
-    spec = load_detector_spec(detector)
+    if cv:
+        _cross_validate(ctx, corpus, out, detector, category, workers, tracking_uri, no_mlflow)
+        return
+    if detector and len(detector) > 1:
+        raise ConfigError(
+            "several --detector without --cv", hint="give one spec, or add --cv to compare them"
+        )
+    spec = load_detector_spec(detector[0] if detector else None)
     nab = load_corpus(corpus, categories=category)
     if note := nab.disorder():
         typer.echo(note, err=True)
@@ -136,6 +154,45 @@ def run_cmd(
     if not no_mlflow:
         uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or home_of(ctx).ensure().tracking_uri
         run_id = log_run(result, spec, tracking_uri=uri, corpus=nab.root, out=out)
+        typer.echo(f"MLflow run {run_id} (experiment 'nab') at {uri}")
+
+
+def _cross_validate(
+    ctx: typer.Context,
+    corpus: Path,
+    out: Path,
+    detectors: list[str] | None,
+    categories: list[str] | None,
+    workers: int,
+    tracking_uri: str | None,
+    no_mlflow: bool,
+) -> None:
+    """``nab run --cv``: replay every candidate once, then leave one category out at a time."""
+    from engine.cliutil import home_of
+    from engine.evaluation.cv import candidate_specs, cross_validate, format_cv, log_cv
+    from engine.evaluation.nab import load_corpus
+    from engine.evaluation.streaming import run_corpus
+
+    specs = candidate_specs(detectors)
+    nab = load_corpus(corpus, categories=categories)
+    if note := nab.disorder():
+        typer.echo(note, err=True)
+    scores = {}
+    for i, spec in enumerate(specs, start=1):
+        result = run_corpus(nab, spec, out, workers=workers, progress=True)
+        scores[spec.name] = result.scores
+        typer.echo(
+            f"[{i}/{len(specs)}] {spec.name}: {result.n_points} points in {result.seconds:.1f} s "
+            f"({result.points_per_second:,.0f} points/s), in-sample standard "
+            f"{result.report.profiles['standard'].score:.2f}",
+            err=True,
+        )
+    report = cross_validate(nab, scores, on_fold=lambda cat: typer.echo(f"fold {cat} done", err=True))
+    typer.echo(f"{len(specs)} candidates on {nab.root}; results in {out}")
+    typer.echo(format_cv(report))
+    if not no_mlflow:
+        uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or home_of(ctx).ensure().tracking_uri
+        run_id = log_cv(report, specs, tracking_uri=uri, corpus=nab.root, out=out)
         typer.echo(f"MLflow run {run_id} (experiment 'nab') at {uri}")
 
 
