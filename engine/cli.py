@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.bundle.commands",  # bundle build/verify/inspect
     "engine.runtime.commands",  # run, pause, resume, approvals, journal
     "engine.chaos.commands",  # chaos run/validate/list/platform, replay
+    "engine.diagnosis.commands",  # diagnosis train/show
 )
 
 #: Long-running servers: their normal events are logged at INFO by default.

@@ -1,5 +1,8 @@
 """The engine's vocabulary: what passes from scoring to policies to the journal, in one shape each.
 
+- ``Diagnosis``: what is wrong and where, attached to an anomaly event by the diagnosis stage
+  (``engine.diagnosis``): the fault kind with its probability, the root service, the victims,
+  this event's service's role, and the evidence (the root's metrics furthest from normal).
 - ``AnomalyEvent``: a scored row worth telling the policies about (an anomaly, or a service's
   health changing back). The engine makes them, the policies match on them, shadow replay makes
   them the same way, the journal keeps them, and ``selfheal rules test`` reads them from JSON files.
@@ -17,7 +20,7 @@ converts another's, and no layer has to import another to know what a decision i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -45,13 +48,44 @@ def severity_for(score: float) -> Severity:
     return "low"
 
 
+DiagnosisKind = Literal[
+    "latency_creep", "memory_leak", "stale_index", "bad_deploy", "dependency_outage", "unknown"
+]
+DIAGNOSIS_KINDS: tuple[str, ...] = get_args(DiagnosisKind)
+"""The diagnosis' vocabulary: the platform's five fault kinds and 'unknown'."""
+Role = Literal["root", "victim"]
+
+
+class Diagnosis(BaseModel):
+    """What is wrong and where, as of one event, held over ``window_start``..``window_end``.
+
+    ``kind`` is the fault kind of ``root`` (the most upstream anomalous service whose signature
+    explains its callers' symptoms) with its ``probability``; ``role`` is the event's service's
+    part in it. ``evidence`` lists the root's metrics furthest from their normal, as signed
+    distances (z, in the root's own recent spread): what the kind was read from.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: DiagnosisKind
+    probability: float = Field(ge=0.0, le=1.0)
+    root: str
+    role: Role = "root"
+    victims: tuple[str, ...] = ()
+    evidence: tuple[tuple[str, float], ...] = ()
+    window_start: float | None = None
+    window_end: float | None = None
+    model_version: str = ""
+
+
 class AnomalyEvent(BaseModel):
     """One scored row of one service worth telling the policies about (score calibrated to [0, 1]).
 
     ``anomalous`` is False only for a health change back to normal. ``contributing`` names the
     metrics behind the strongest features (what policies match on); ``features`` keeps those
     features with their distance from the service's recent normal (|z|), as evidence.
-    ``moment`` is the time policies reason about (the end of the scored window).
+    ``moment`` is the time policies reason about (the end of the scored window). ``diagnosis`` is
+    set by the diagnosis stage (None where none runs).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -73,6 +107,7 @@ class AnomalyEvent(BaseModel):
     window_end: float | None = None
     bundle_version: str = ""
     detector_version: str = ""
+    diagnosis: Diagnosis | None = None
     id: str = Field(default_factory=lambda: new_id("evt"), description="unique; durable-rules dedups")
     arrival: float = Field(0.0, description="perf_counter when the points behind it arrived (latency)")
 
@@ -139,7 +174,8 @@ class Decision:
     """A policy decided to act: what, on which target, under which limits, and why.
 
     ``evidence`` lists the earlier anomaly events a persistence rule joined; ``replicas`` is how
-    many of the target's replicas the action touches at once (for the blast radius).
+    many of the target's replicas the action touches at once (for the blast radius); ``diagnosis``
+    is the triggering event's (what the approver and the journal are shown).
     """
 
     id: str
@@ -163,6 +199,7 @@ class Decision:
     detector_version: str = ""
     window_start: float | None = None
     window_end: float | None = None
+    diagnosis: Diagnosis | None = None
 
     def fields(self) -> dict[str, str]:
         """Who and what, for a log line's ``extra`` (JSON logs carry them as fields) and for the
@@ -194,6 +231,7 @@ class Decision:
                 "approval": asdict(self.approval),
                 "inverse": None if self.inverse is None else asdict(self.inverse),
                 "evidence": list(self.evidence),
+                "diagnosis": None if self.diagnosis is None else self.diagnosis.model_dump(mode="json"),
             },
         }
 
@@ -224,6 +262,7 @@ class Decision:
             detector_version=row.get("detector_version") or "",
             window_start=row.get("window_start"),
             window_end=row.get("window_end"),
+            diagnosis=None if spec.get("diagnosis") is None else Diagnosis.model_validate(spec["diagnosis"]),
         )
 
 

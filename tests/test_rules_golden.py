@@ -86,7 +86,14 @@ def test_rules_test_exit_codes_and_output(tmp_path: Path) -> None:
     code, out, _ = run(
         "rules", "test", str(RULES), "--event", str(match), "--facts", str(tmp_path / "facts.json")
     )
-    assert code == 1 and "dependency gating: upstream vector-db anomalous" in out
+    assert code == 0  # an anomalous upstream no longer gates: the diagnosis' role does, over a window
+
+    victim = RULES / "golden" / "bad_deploy" / "victim_of_feature_store_outage.json"
+    code, out, _ = run("rules", "test", str(RULES), "--event", str(victim))
+    assert code == 1 and "role victim is not root (root cause: feature-store)" in out
+    unsure = RULES / "golden" / "bad_deploy" / "unsure_diagnosis_waits.json"
+    code, out, _ = run("rules", "test", str(RULES), "--event", str(unsure))
+    assert code == 1 and "diagnosis bad_deploy (0.45) is not bad_deploy with probability >= 0.6" in out
 
     (tmp_path / "bad_event.json").write_text(json.dumps({"service": "x", "score": "high"}))
     code, _, err = run("rules", "test", str(RULES), "--event", str(tmp_path / "bad_event.json"))
@@ -94,10 +101,10 @@ def test_rules_test_exit_codes_and_output(tmp_path: Path) -> None:
 
 
 def test_rules_test_json(tmp_path: Path) -> None:
-    match = RULES / "golden" / "memory_leak" / "restart_after_3_of_5.json"
+    match = RULES / "golden" / "memory_leak" / "restart_when_persistent.json"
     code, out, _ = run("rules", "test", str(RULES), "--event", str(match), "--json")
     doc = json.loads(out)
-    assert code == 0 and doc["decision"]["action"] == "restart" and len(doc["decision"]["evidence"]) == 2
+    assert code == 0 and doc["decision"]["action"] == "restart" and len(doc["decision"]["evidence"]) == 1
 
 
 def test_validate_checks_target_services(tmp_path: Path) -> None:

@@ -202,6 +202,7 @@ def replay(
     progress: bool = False,
 ) -> ReplayResult:
     """Replay a fitted stream detector and policies (a ``PolicySet`` or its compiled form) over history."""
+    from engine.diagnosis import DiagnosisStage, shipped_model
     from engine.errors import InputError
     from engine.policy.host import PolicyHost
     from engine.runtime.events import EventMaker, Observations
@@ -232,6 +233,9 @@ def replay(
         detector_version=detector_version,
     )
     observations = Observations()
+    diagnosis = DiagnosisStage(
+        shipped_model(), {name: tuple(spec.depends_on) for name, spec in topology.services.items()}
+    )
     ledger = _Ledger()
     windows = _windows(incidents)
     start_s = (since - datetime(1970, 1, 1)).total_seconds()
@@ -242,7 +246,7 @@ def replay(
     for tick in _ticks(points, interval, progress=progress):
         scored = scoring.step([(0.0, tick)])
         observations.saw(scored, tick[-1][0])
-        made = events.step(scored, observations)
+        made = diagnosis.step(scored, events.step(scored, observations), observations)
         for row, score in zip(scored.rows, scored.scores.tolist(), strict=True):
             if row.ts >= start_s:
                 scored_ts.append(row.ts)

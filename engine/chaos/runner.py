@@ -38,6 +38,7 @@ import httpx
 import numpy as np
 
 from engine.chaos.experiment import ApprovalAnswer, Experiment, FaultStep, PauseStep, Probe
+from engine.diagnosis.signature import WARMUP_S as DIAGNOSIS_WARMUP_S
 from engine.errors import InputError, RuntimeEngineError
 from engine.simulation.clock import ScaledClock
 from engine.simulation.live import Point, SimulatedPlatform
@@ -231,7 +232,9 @@ class ChaosRun:
 
         exp = self.exp
         start = _epoch(exp.clock.start)
-        warm = self.components.pipeline.warmup_s + exp.clock.settle
+        # the detector's first rows, then the diagnosis' baselines learning from them, then the settle
+        fine = DIAGNOSIS_WARMUP_S + exp.clock.settle + 300.0
+        warm = self.components.pipeline.warmup_s + fine
         clock = ScaledClock(start - warm, speed=self.speed)
         platform = SimulatedPlatform(
             clock,
@@ -285,8 +288,14 @@ class ChaosRun:
         try:
             t = start - warm
             while t < start - 1e-6:
-                t = min(start, t + 3600.0)
+                # hours at a time, then the last ``fine`` seconds a minute at a time: a tick of an hour's
+                # points leaves one latest value per series, and the diagnosis' baselines learn a
+                # service's normal from those latest values, row by row
+                coarse = t < start - fine - 1e-6
+                t = min(start - fine, t + 3600.0) if coarse else min(start, t + 60.0)
                 pump.push(platform.advance_to(t))
+                if not coarse:
+                    _wait(lambda: engine.queue.depth == 0, 120.0, "the engine to score the warm-up")
             _wait(lambda: engine.queue.depth == 0, 120.0, "the engine to score the warm-up")
         except BaseException:
             pump.close()

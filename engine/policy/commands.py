@@ -86,7 +86,7 @@ def test(
             json.dumps(
                 {
                     "matched": result.matched,
-                    "decision": dataclasses.asdict(result.decision) if result.decision else None,
+                    "decision": _decision_json(result.decision),
                     "reasons": result.reasons,
                     "mismatches": result.mismatches,
                 },
@@ -99,6 +99,16 @@ def test(
     for line in result.mismatches:
         typer.echo(f"golden expectation differs: {line}", err=True)
     raise typer.Exit(0 if result.matched else 1)
+
+
+def _decision_json(decision: object) -> dict | None:
+    """The decision as JSON-ready data (its diagnosis, a pydantic model, as a plain mapping)."""
+    if decision is None:
+        return None
+    out = dataclasses.asdict(decision)  # type: ignore[call-overload]
+    diagnosis = getattr(decision, "diagnosis", None)
+    out["diagnosis"] = None if diagnosis is None else diagnosis.model_dump(mode="json")
+    return out
 
 
 def bounds_text(name: str, low: float | None, high: float | None) -> str:
@@ -118,6 +128,16 @@ def _print(result: object) -> None:
     typer.echo(
         f"event: {e.service} detector={e.detector} score={e.score:.3f} severity={e.severity} id={e.id}"
     )
+    if e.diagnosis is not None:
+        g = e.diagnosis
+        victims = f"; victims: {', '.join(g.victims)}" if g.victims else ""
+        evidence = ", ".join(f"{m} z {z:+g}" for m, z in g.evidence)
+        typer.echo(
+            f"diagnosis: {g.kind} ({g.probability:.2f}) rooted at {g.root} "
+            f"({e.service} is the {g.role}){victims}"
+        )
+        if evidence:
+            typer.echo(f"  evidence: {evidence}")
     if result.earlier_decisions:
         typer.echo(f"note: {len(result.earlier_decisions)} decision(s) fired on the history events")
     d = result.decision

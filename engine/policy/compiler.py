@@ -112,7 +112,17 @@ def event_filters(when: When) -> list[dict[str, Any]]:
             tests.append({"$lte": {"sev": SEVERITY_LEVEL[when.severity.max]}})
     for metric, bounds in sorted(when.metrics.items()):
         tests += _bounds(f"metrics.{metric}", bounds)
-    tests += _any_of([{"$iany": {"contributing": {"$i": m}}} for m in when.contributing])
+    c = when.contributing
+    if c is not None and c.min_strength > 0:
+        tests += _any_of([{"$gte": {f"strength.{m}": c.min_strength}} for m in c.any])
+    elif c is not None:
+        tests += _any_of([{"$iany": {"contributing": {"$i": m}}} for m in c.any])
+    if when.diagnosis is not None:
+        tests += _any_of([{"diagnosis_kind": k} for k in when.diagnosis.kind])
+        if when.diagnosis.min_probability > 0:
+            tests.append({"$gte": {"diagnosis_probability": when.diagnosis.min_probability}})
+    if when.role != "any":
+        tests.append({"role": when.role})
     return tests
 
 

@@ -104,13 +104,16 @@ def _message(event: AnomalyEvent, *, tick_seconds: float) -> dict[str, Any]:
     """The durable-rules message: the event plus the derived fields rules test.
 
     ``dow`` (0 = Monday) and ``tod`` (minute of the UTC day) let maintenance windows compile to
-    plain comparisons; ``sev`` is the severity as a number for range tests; ``tick`` numbers the
-    service's scoring ticks ("3 of the last 5"), derived from the event's moment when it has none.
-    The message ``id`` is fresh on every call, so re-posting the same event (a retry, a replay) is
-    processed again.
+    plain comparisons; ``strength`` maps each contributing metric to its |z|; the diagnosis is
+    flattened (``diagnosis_kind``, ``diagnosis_probability``, ``role``; 'unknown' without one);
+    ``sev`` is the severity as a number for range tests; ``tick`` numbers the service's scoring
+    ticks ("3 of the last 5"), derived from the event's moment when it has none. The message
+    ``id`` is fresh on every call, so re-posting the same event (a retry, a replay) is processed
+    again.
     """
     at = event.moment
     when = datetime.fromtimestamp(at, tz=UTC)
+    diagnosis = event.diagnosis
     return {
         "t": EVENT_TYPE,
         "id": hex_id(),  # durable-rules drops a message it has seen: never reuse one
@@ -126,7 +129,20 @@ def _message(event: AnomalyEvent, *, tick_seconds: float) -> dict[str, Any]:
         "tod": when.hour * 60 + when.minute,
         "metrics": {k: float(v) for k, v in event.metrics.items()},
         "contributing": list(event.contributing),
+        "strength": strengths(event),
+        "diagnosis_kind": diagnosis.kind if diagnosis else "unknown",
+        "diagnosis_probability": float(diagnosis.probability) if diagnosis else 0.0,
+        "role": diagnosis.role if diagnosis else "unknown",
     }
+
+
+def strengths(event: AnomalyEvent) -> dict[str, float]:
+    """Each contributing metric's strength: the largest |z| among its features in the event."""
+    out: dict[str, float] = {}
+    for feature, z in event.features:
+        metric = feature.split("__", 1)[0]
+        out[metric] = max(out.get(metric, 0.0), abs(float(z)))
+    return out
 
 
 class _Host(Host):
@@ -229,6 +245,7 @@ class PolicyHost:
             detector_version=event.detector_version,
             window_start=event.window_start,
             window_end=event.window_end,
+            diagnosis=event.diagnosis,
         )
 
     # ----------------------------------------------------------------------------- public API

@@ -422,8 +422,8 @@ def _semantic(sections: dict[str, Any], file: str, where: str, topo: Topology) -
         for metric, bounds in when.metrics.items():
             problems += _metric(metric, file, f"{p}.metrics.{metric}", topo)
             problems += _bounds(bounds, file, f"{p}.metrics.{metric}")
-        for j, metric in enumerate(when.contributing):
-            problems += _metric(metric, file, f"{p}.contributing[{j}]", topo)
+        for j, metric in enumerate(when.contributing.any if when.contributing else ()):
+            problems += _metric(metric, file, f"{p}.contributing.any[{j}]", topo)
         per = when.persistence
         if per is not None and per.count is not None and per.of is not None and per.count > per.of:
             problems.append(

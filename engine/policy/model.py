@@ -3,7 +3,9 @@
 A policy file is read by someone paged at 3 a.m., so every section answers one question:
 
 - ``when``: which anomaly events (detector, services by name or glob, score and severity bounds,
-  persistence as N of the last M scoring ticks or for a duration, bounds on other metrics);
+  persistence as N of the last M scoring ticks or for a duration, bounds on other metrics, the
+  contributing metrics and their strength, the diagnosis' fault kind and probability, and the
+  service's role in its incident: root cause or victim);
 - ``unless``: which service-health facts veto it (an anomalous upstream dependency, a maintenance
   flag or window);
 - ``then``: the action, its typed parameters (``${service}``-style templates filled from the event),
@@ -33,7 +35,7 @@ from pydantic import (
 )
 
 from engine.policy._util import parse_duration
-from engine.records import Severity
+from engine.records import DiagnosisKind, Severity
 
 Risk = Literal["low", "medium", "high"]
 Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
@@ -135,6 +137,34 @@ class Persistence(_Model):
 _DETECTOR = re.compile(r"^[A-Za-z0-9_.*?-]+$")
 
 
+def _contributing_form(value: Any) -> Any:
+    """The short form ``contributing: [a, b]`` (or one name) means ``{any: [a, b]}``."""
+    if isinstance(value, str):
+        return {"any": [value]}
+    if isinstance(value, list):
+        return {"any": value} if value else None
+    return value
+
+
+class Contributing(_Model):
+    """At least one of ``any`` is among the event's contributing metrics, with a strength (its
+    distance from the service's recent normal, |z|) of at least ``min_strength``.
+
+    Why a minimum: which metrics top the list changes with a fault's strength, and a weak third
+    place is noise; ``min_strength: 3`` asks for a metric that really moved.
+    """
+
+    any: Annotated[list[str], BeforeValidator(_as_list)] = Field(min_length=1)
+    min_strength: float = Field(default=0.0, ge=0.0, le=1e6)
+
+
+class DiagnosisMatch(_Model):
+    """The event's diagnosis names one of ``kind`` with at least ``min_probability``."""
+
+    kind: Annotated[list[DiagnosisKind], BeforeValidator(_as_list)] = Field(min_length=1)
+    min_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
 class When(_Model):
     """Which anomaly events this rule is about."""
 
@@ -144,8 +174,14 @@ class When(_Model):
     severity: SeverityBounds | None = None
     persistence: Persistence | None = None
     metrics: dict[str, Bounds] = Field(default_factory=dict)
-    contributing: Annotated[list[str], BeforeValidator(_as_list)] = Field(
-        default_factory=list, description="at least one of these metrics is among the event's contributors"
+    contributing: Annotated[Contributing | None, BeforeValidator(_contributing_form)] = Field(
+        default=None, description="at least one of these metrics is among the event's contributors"
+    )
+    diagnosis: DiagnosisMatch | None = Field(
+        default=None, description="the fault kind the diagnosis gives the event, and how sure it must be"
+    )
+    role: Literal["root", "victim", "any"] = Field(
+        default="any", description="the service's part in its incident, per the diagnosis"
     )
 
     @field_validator("detector")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import Problem, SpecError
-from engine.policy.host import HealthFact, PolicyHost
+from engine.policy.host import HealthFact, PolicyHost, strengths
 from engine.policy.loader import PolicySet, load_policies
 from engine.records import SEVERITY_LEVEL, AnomalyEvent, Decision
 
@@ -115,8 +115,27 @@ def explain(policy_set: PolicySet, event: AnomalyEvent, health: dict[str, Health
                 why.append(f"metric {metric} missing from the event")
             elif not bounds.contains(value):
                 why.append(f"metric {metric}={value} outside [{bounds.min}, {bounds.max}]")
-        if when.contributing and not set(when.contributing) & set(event.contributing):
-            why.append(f"none of {when.contributing} among contributing metrics")
+        c = when.contributing
+        if c is not None and c.min_strength > 0:
+            strength = strengths(event)
+            if not any(strength.get(m, 0.0) >= c.min_strength for m in c.any):
+                why.append(f"none of {c.any} contributing with strength >= {c.min_strength:g}")
+        elif c is not None and not set(c.any) & set(event.contributing):
+            why.append(f"none of {c.any} among contributing metrics")
+        d = event.diagnosis
+        if when.diagnosis is not None:
+            if d is None:
+                why.append("the event has no diagnosis")
+            elif d.kind not in when.diagnosis.kind or d.probability < when.diagnosis.min_probability:
+                why.append(
+                    f"diagnosis {d.kind} ({d.probability:.2f}) is not {'/'.join(when.diagnosis.kind)}"
+                    f" with probability >= {when.diagnosis.min_probability:g}"
+                )
+        if when.role != "any" and (d.role if d else "unknown") != when.role:
+            why.append(
+                f"role {d.role if d else 'unknown'} is not {when.role}"
+                + (f" (root cause: {d.root})" if d and d.role == "victim" else "")
+            )
         ups = [
             u
             for u in policy_set.topology.upstreams(event.service)

@@ -54,10 +54,27 @@ class EngineComponents:
     topology: dict[str, ServiceInfo] = field(default_factory=dict)
     bundle_version: str = "dev"
     detector_version: str = "dev"
+    diagnosis: Any = field(default_factory=lambda: _shipped_diagnosis())
+    """The fault-kind model (``engine.diagnosis.KindModel``); None runs no diagnosis stage."""
+
+    def diagnosis_stage(self) -> Any:
+        """A fresh diagnosis stage over this topology, or None without a model."""
+        if self.diagnosis is None:
+            return None
+        from engine.diagnosis import DiagnosisStage
+
+        deps = {name: info.dependencies for name, info in self.topology.items()}
+        return DiagnosisStage(self.diagnosis, deps, version=self.diagnosis.version)
 
     def replicas(self, service: str) -> int:
         info = self.topology.get(service)
         return info.replicas if info else 1
+
+
+def _shipped_diagnosis() -> Any:
+    from engine.diagnosis import shipped_model
+
+    return shipped_model()
 
 
 class RegistryActions:

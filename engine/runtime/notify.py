@@ -103,7 +103,8 @@ class Message:
 
 def evidence(journal: Journal, decision: dict[str, Any]) -> dict[str, Any]:
     """Why the policy decided: the triggering event's score against its threshold, its strongest
-    features (|z| from the service's recent normal) and its input window."""
+    features (|z| from the service's recent normal), its input window and its diagnosis (fault
+    kind, probability, root, victims and the root's evidence)."""
     event = journal.event(decision.get("event_id") or "") or {}
     payload = event.get("payload") or {}
     return {
@@ -113,6 +114,7 @@ def evidence(journal: Journal, decision: dict[str, Any]) -> dict[str, Any]:
         "features": [list(f) for f in payload.get("features") or ()],
         "window_start": event.get("window_start", decision.get("window_start")),
         "window_end": event.get("window_end", decision.get("window_end")),
+        "diagnosis": (decision.get("spec") or {}).get("diagnosis"),
     }
 
 

@@ -10,8 +10,8 @@ One event's failure costs only that event: a rule action that raises keeps the d
 made before it (``PolicyRunError.decisions``), and any other error is noted and the next event is
 posted.
 
-The seam for a diagnosis stage is ``TickEvents`` in, ``Tick`` out: a stage that attaches fault
-kinds and root causes to a tick's events runs between event making and this one.
+The diagnosis stage (``engine.diagnosis.DiagnosisStage``) runs between event making and this one:
+``TickEvents`` in, the same with a ``Diagnosis`` on each anomaly event out.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The engine's process: threads, queues and lifecycle around the stages.
 
 The stages, each a module whose core is tested without threads: scoring (``scoring``), event
-making (``events``), the policies (``policies``), deciding (``decider``), executing (``executor``)
-and supervising (``supervisor``); ``recovery`` runs once at start. The seam between them is the
-tick. Here:
+making (``events``), diagnosis (``engine.diagnosis``), the policies (``policies``), deciding
+(``decider``), executing (``executor``) and supervising (``supervisor``); ``recovery`` runs once
+at start. The seam between them is the tick. Here:
 - sources (HTTP handlers, file tails, scrapers) only parse and ``offer`` to the bounded queue;
 - one scoring thread takes a tick's batches and scores them (or hands them to scoring worker
   processes, ``workers: N``, whose results come back on one reader thread per worker); events and
@@ -71,6 +71,7 @@ class Engine:
             bundle_version=components.bundle_version,
             detector_version=components.detector_version,
         )
+        self.diagnosis = components.diagnosis_stage()
         self.metrics = EngineMetrics(self._state)
         self.writer = Writer(
             self.journal,
@@ -211,6 +212,8 @@ class Engine:
         with self._events_lock:
             self.observations.forget(services)
             self.events.forget(services)
+            if self.diagnosis is not None:
+                self.diagnosis.forget(services)
             for service in services:
                 with contextlib.suppress(KeyError):  # a service with no anomaly has no label
                     self.metrics.anomalies.remove(service)
@@ -254,6 +257,8 @@ class Engine:
             self.metrics.feature_rows.inc(len(scored.rows))
             self.rows_scored += len(scored.rows)
             made = self.events.step(scored, self.observations)
+            if self.diagnosis is not None:
+                made = self.diagnosis.step(scored, made, self.observations)
             if not (made.events or made.changes):
                 return
             for event in made.events:

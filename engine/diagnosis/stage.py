@@ -1,0 +1,132 @@
+"""The diagnosis stage: between event making and the policies, it says what is wrong and where.
+
+``step(scored, tick)`` reads every scored row's service's latest values (the engine's
+``Observations``), updates that service's signature (``Baselines``) and its kind probabilities
+(``KindModel``), holds both over ``WINDOW_S``, and returns the tick with a ``Diagnosis`` on each
+anomaly event: the kind of the event's root cause, the root (``localise.root_of``), this service's
+role, the root's victims and its evidence. Health changes pass unchanged. Like every stage it is a
+plain object driven one tick at a time by one owner; the engine and shadow replay both run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import numpy as np
+
+from engine.diagnosis.localise import WINDOW_S, is_fault, own_symptoms, root_of, upstream_closure
+from engine.diagnosis.model import KindModel
+from engine.diagnosis.signature import METRICS, QUIET_Z, Baselines, strength, top_metrics
+from engine.records import Diagnosis
+
+
+class LatestValues(Protocol):
+    """What the stage reads of the engine's observations (``engine.runtime.events.Observations``)."""
+
+    def values_of(self, service: str, names: list[str]) -> dict[str, float]: ...
+
+
+class _Held:
+    """One service's anomalous rows of the last window: (ts, signature)."""
+
+    def __init__(self) -> None:
+        self.rows: deque[tuple[float, np.ndarray]] = deque()
+
+    def add(self, ts: float, z: np.ndarray) -> None:
+        self.rows.append((ts, z))
+
+    def trim(self, now: float) -> None:
+        while self.rows and self.rows[0][0] < now - WINDOW_S:
+            self.rows.popleft()
+
+
+class DiagnosisStage:
+    """Signatures, kinds and roots for a stream of scored ticks (module docstring)."""
+
+    def __init__(self, model: KindModel, topology: Mapping[str, Iterable[str]], *, version: str = "") -> None:
+        self.model = model
+        self.version = version
+        self.upstreams = upstream_closure({s: tuple(d) for s, d in topology.items()})
+        self.baselines = Baselines()
+        self.held: dict[str, _Held] = {}
+        self._unknown = model.classes.index("unknown") if "unknown" in model.classes else None
+
+    def forget(self, services: Iterable[str]) -> None:
+        gone = list(services)
+        self.baselines.forget(gone)
+        for service in gone:
+            self.held.pop(service, None)
+
+    def observe(self, service: str, ts: float, values: Mapping[str, float]) -> None:
+        """One row of one service: its signature, held for the window if it stands out."""
+        z = self.baselines.signature(service, ts, values)
+        held = self.held.setdefault(service, _Held())
+        if strength(z) >= QUIET_Z:
+            held.add(ts, z)
+        held.trim(ts)
+
+    def step(self, scored: Any, tick: Any, observations: LatestValues) -> Any:
+        """The tick (``TickEvents``) with a diagnosis on each anomaly event."""
+        names = list(METRICS)
+        for row in scored.rows:
+            self.observe(row.service, float(row.ts), observations.values_of(row.service, names))
+        if not tick.events:
+            return tick
+        events = [e.model_copy(update={"diagnosis": self.diagnose(e.service, e.moment)}) for e in tick.events]
+        return dataclasses.replace(tick, events=events)
+
+    def diagnose(self, service: str, now: float) -> Diagnosis:
+        """The diagnosis of ``service``'s anomaly as of ``now`` (its root's kind, its role)."""
+        anomalous = self._anomalous(now)
+        seen = {s: (kind, z) for s, (kind, _, z, _) in anomalous.items()}
+        roots = {s: root_of(s, seen, self.upstreams) for s in {*anomalous, service}}
+        root = roots[service]
+        victims = tuple(sorted(s for s, r in roots.items() if r == root and s != root))
+        if root in anomalous:
+            kind, probability, z, since = anomalous[root]
+            evidence = top_metrics(z)
+        else:  # the detector saw it, the signature did not (yet): nothing to read a kind from
+            kind, probability, evidence, since = "unknown", 1.0, (), now
+        return Diagnosis(
+            kind=kind,  # type: ignore[arg-type]
+            probability=round(probability, 4),
+            root=root,
+            role="root" if root == service else "victim",
+            victims=victims,
+            evidence=evidence,
+            window_start=since,
+            window_end=now,
+            model_version=self.version,
+        )
+
+    def _anomalous(self, now: float) -> dict[str, tuple[str, float, np.ndarray, float]]:
+        """Services with a row standing out in the window: (kind, probability, latest signature, since).
+
+        A service that is a root of its own while a faulty upstream spreads to it is read on its own
+        symptoms (``own_symptoms``): the rest is its upstream's doing."""
+        out: dict[str, tuple[str, float, np.ndarray, float]] = {}
+        for service, held in self.held.items():
+            held.trim(now)
+            if held.rows:
+                out[service] = self._kind(held, lambda z: z)
+        first = {s: (kind, z) for s, (kind, _, z, _) in out.items()}
+        for service in out:
+            if root_of(service, first, self.upstreams) != service:
+                continue
+            ups = self.upstreams.get(service, {})
+            if any(u in first and is_fault(first[u][0], first[u][1]) for u in ups):
+                held = self.held[service]
+                out[service] = self._kind(
+                    held, lambda z, s=service: own_symptoms(s, z, first, self.upstreams)
+                )
+        return out
+
+    def _kind(
+        self, held: _Held, view: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[str, float, np.ndarray, float]:
+        p = self.model.proba(np.array([view(z) for _, z in held.rows])).mean(axis=0)
+        best = int(np.argmax(p))
+        return self.model.classes[best], float(p[best]), held.rows[-1][1], held.rows[0][0]

@@ -1,0 +1,336 @@
+"""Diagnosis: signatures, the fault-kind model, localisation over the topology, the stage, the
+policy matchers on it, and the commands. The stage runs on the platform model's own telemetry
+(the simulation the chaos runs use) with the shipped model: what it says is what the engine says.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+from typer.testing import CliRunner
+
+from engine.cli import app
+from engine.diagnosis import DiagnosisStage, KindModel, shipped_model
+from engine.diagnosis.localise import explains, root_of, upstream_closure
+from engine.diagnosis.signature import METRICS, QUIET_Z, WARMUP_S, Baselines
+from engine.errors import ConfigError, InputError
+from engine.policy import PolicyHost, load_policies
+from engine.records import AnomalyEvent, Decision, Diagnosis
+from engine.simulation.config import load_config
+from engine.simulation.faults import Fault
+from engine.simulation.model import PlatformModel
+
+T0 = 1_768_300_000.0
+TOPOLOGY = {
+    "gateway": ("inference-a", "inference-b"),
+    "inference-a": ("vector-db", "feature-store"),
+    "inference-b": ("vector-db", "feature-store"),
+    "vector-db": (),
+    "feature-store": (),
+    "ingestion": ("feature-store",),
+}
+
+
+def z_of(**metrics: float) -> np.ndarray:
+    z = np.zeros(len(METRICS))
+    for name, value in metrics.items():
+        z[METRICS.index(name)] = value
+    return z
+
+
+# ------------------------------------------------------------------------------- signature
+def test_signature_is_signed_distance_from_a_learned_normal_and_a_fault_is_not_learned() -> None:
+    rng = np.random.default_rng(0)
+    b = Baselines()
+    ts = T0
+    for _ in range(int(WARMUP_S / 60) + 60):
+        ts += 60
+        z = b.signature("svc", ts, {"latency_p99_ms": 100 + rng.normal(0, 2), "memory_util": 0.5})
+    assert np.abs(z).max() < QUIET_Z
+    level = b.series[("svc", "latency_p99_ms")].level
+    for _ in range(30):  # a fault: latency far up, memory unchanged
+        ts += 60
+        z = b.signature("svc", ts, {"latency_p99_ms": 150.0, "memory_util": 0.5})
+    assert z[METRICS.index("latency_p99_ms")] > 10 and z[METRICS.index("memory_util")] == 0
+    assert b.series[("svc", "latency_p99_ms")].level == level  # not absorbed while it lasts
+    z = b.signature("svc", ts + 60, {"latency_p99_ms": 60.0})
+    assert z[METRICS.index("latency_p99_ms")] < -10  # down is negative; a missing metric reads 0
+    assert z[METRICS.index("memory_util")] == 0
+
+
+def test_a_young_series_gives_no_signature() -> None:
+    b = Baselines()
+    assert not b.signature("svc", T0, {"error_rate": 0.01}).any()
+    assert not b.signature("svc", T0 + WARMUP_S / 2, {"error_rate": 0.9}).any()
+
+
+# ------------------------------------------------------------------------------- model
+def _toy_model() -> KindModel:
+    rng = np.random.default_rng(1)
+    leak = np.array([z_of(memory_util=rng.uniform(4, 20)) for _ in range(40)])
+    stale = np.array([z_of(retrieval_precision=-rng.uniform(4, 20)) for _ in range(40)])
+    noise = np.array([z_of(request_rate=rng.normal(0, 4)) for _ in range(40)])
+    labels = ["memory_leak"] * 40 + ["stale_index"] * 40 + ["unknown"] * 40
+    return KindModel.fit(np.vstack([leak, stale, noise]), np.array(labels))
+
+
+def test_model_learns_kinds_and_survives_its_json(tmp_path: Path) -> None:
+    model = _toy_model()
+    rows = np.array([z_of(memory_util=9), z_of(retrieval_precision=-9), z_of(request_rate=1)])
+    assert model.predict(rows).tolist() == ["memory_leak", "stale_index", "unknown"]
+    p = model.proba(rows)
+    assert np.allclose(p.sum(axis=1), 1) and (p.max(axis=1) < 1).all()  # leaves are smoothed
+    again = KindModel.load(model.save(tmp_path / "m.json"))
+    assert np.allclose(again.proba(rows), p, atol=1e-5) and again.version == model.version
+    assert "memory_util z" in model.rules()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format": "other/1"}, "format"),
+        ({"metrics": ["cpu_util"]}, "trained on metrics"),
+        ({"left": [5, -1, -1]}, "do not fit"),
+        ({"classes": ["memory_leak", "stale_index", "kraken"]}, "do not fit"),
+        ({"threshold": "x"}, "unreadable"),
+    ],
+)
+def test_a_bad_model_file_is_refused_with_a_hint(tmp_path: Path, change: dict, message: str) -> None:
+    raw = _toy_model().to_dict()
+    if "left" in change:  # a tree of three nodes whose root points past its end
+        raw.update(feature=[0, -2, -2], threshold=[0.0, -2.0, -2.0], right=[2, -1, -1])
+        raw["value"] = [[1 / 3] * 3] * 3
+    raw.update(change)
+    (tmp_path / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match=message) as err:
+        KindModel.load(tmp_path / "m.json")
+    assert "selfheal diagnosis train" in (err.value.hint or "")
+
+
+def test_shipped_model_was_evaluated_on_seeds_it_was_not_fitted_on() -> None:
+    model = shipped_model()
+    info = model.info
+    assert set(model.classes) == {
+        "latency_creep",
+        "memory_leak",
+        "stale_index",
+        "bad_deploy",
+        "dependency_outage",
+        "unknown",
+    }
+    assert info["train_seeds"] and info["eval_seeds"]
+    assert not set(info["train_seeds"]) & set(info["eval_seeds"])
+    assert 0.5 < info["held_out_accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------------------------- localisation
+def test_upstream_closure_is_transitive_with_distances() -> None:
+    ups = upstream_closure(TOPOLOGY)
+    assert ups["gateway"] == {"inference-a": 1, "inference-b": 1, "vector-db": 2, "feature-store": 2}
+    assert ups["vector-db"] == {}
+
+
+def test_root_is_the_furthest_upstream_whose_kind_explains_the_symptoms() -> None:
+    ups = upstream_closure(TOPOLOGY)
+    outage = {
+        "feature-store": ("dependency_outage", z_of(error_rate=400, latency_p99_ms=60)),
+        "inference-a": ("bad_deploy", z_of(error_rate=30, response_variability=8)),  # reads like one
+        "gateway": ("unknown", z_of(error_rate=25)),
+    }
+    assert root_of("inference-a", outage, ups) == "feature-store"
+    assert root_of("gateway", outage, ups) == "feature-store"
+    assert root_of("feature-store", outage, ups) == "feature-store"
+    two = {
+        "vector-db": ("stale_index", z_of(retrieval_precision=-14)),
+        "inference-b": ("memory_leak", z_of(memory_util=12, response_variability=6)),
+    }
+    assert root_of("inference-b", two, ups) == "inference-b"  # a stale index does not make memory climb
+    retries = {
+        "vector-db": ("unknown", z_of(request_rate=6)),  # more calls: its caller retries
+        "inference-a": ("bad_deploy", z_of(error_rate=50, response_variability=9)),
+    }
+    assert root_of("inference-a", retries, ups) == "inference-a"
+    assert not explains("unknown", None) and explains("dependency_outage", None)
+
+
+# ------------------------------------------------------------------------------- the stage
+def _run_stage(faults: list[Fault], until: float, seed: int = 3) -> DiagnosisStage:
+    """Two healthy hours, then ``faults``, a row a minute per service, as the engine would."""
+    model = PlatformModel(load_config(), seed=seed)
+    t = np.arange(T0, until, 60.0)
+    values = model.values(t, faults, np.random.default_rng(seed))
+    stage = DiagnosisStage(shipped_model(), TOPOLOGY)
+    for i, ts in enumerate(t.tolist()):
+        for service in model.services:
+            stage.observe(service, ts, {m: float(v[i]) for m, v in values[service].items()})
+    return stage
+
+
+def test_stage_names_the_root_and_its_victims_of_a_feature_store_outage() -> None:
+    start = T0 + 2 * 3600
+    stage = _run_stage([Fault("dependency_outage", "feature-store", start, magnitude=0.8)], start + 300)
+    victim = stage.diagnose("inference-a", start + 240)
+    assert (victim.kind, victim.root, victim.role) == ("dependency_outage", "feature-store", "victim")
+    root = stage.diagnose("feature-store", start + 240)
+    assert root.role == "root" and {"inference-a", "inference-b", "gateway"} <= set(root.victims)
+    assert (
+        root.probability >= 0.6
+        and root.evidence
+        and root.evidence[0][0] in {"error_rate", "latency_p50_ms", "latency_p99_ms"}
+    )
+    assert root.window_start is not None and root.window_start <= start + 240 == root.window_end
+
+
+def test_stage_says_bad_deploy_on_the_root_even_when_the_deploy_is_strong() -> None:
+    start = T0 + 2 * 3600
+    stage = _run_stage([Fault("bad_deploy", "inference-b", start, magnitude=0.6)], start + 360)
+    d = stage.diagnose("inference-b", start + 300)
+    assert (d.kind, d.role) == ("bad_deploy", "root") and d.probability >= 0.6
+    assert stage.diagnose("gateway", start + 300).role == "victim"
+
+
+def test_stage_keeps_two_concurrent_roots_apart() -> None:
+    start = T0 + 2 * 3600
+    faults = [
+        Fault("stale_index", "vector-db", start, magnitude=0.6, ramp_s=900),
+        Fault("memory_leak", "inference-b", start, magnitude=1.0, ramp_s=1200, recovery_s=120),
+    ]
+    stage = _run_stage(faults, start + 1000)
+    leak, stale = stage.diagnose("inference-b", start + 960), stage.diagnose("vector-db", start + 960)
+    assert (leak.kind, leak.root) == ("memory_leak", "inference-b")
+    assert (stale.kind, stale.root) == ("stale_index", "vector-db")
+
+
+def test_quiet_platform_gives_no_root_a_kind() -> None:
+    stage = _run_stage([], T0 + 3 * 3600)
+    d = stage.diagnose("inference-a", T0 + 3 * 3600 - 60)
+    assert d.role == "root" and (d.kind == "unknown" or d.probability < 0.6)
+
+
+# ------------------------------------------------------------------------------- policies
+POLICY = """
+policy: diag
+rules:
+  - name: rollback
+    priority: 5
+    when:
+      services: [inference-*]
+      diagnosis: {kind: bad_deploy, min_probability: 0.8}
+      role: root
+    unless: {upstream_anomalous: false}
+    then: {action: rollback_model}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+  - name: restart-on-strong-errors
+    when:
+      services: [vector-db]
+      contributing: {any: [error_rate], min_strength: 3}
+    then: {action: restart}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+  - name: short-form-still-valid
+    when:
+      services: [feature-store]
+      contributing: [memory_util]
+    then: {action: restart}
+    verify: {steady_state: {score_below: 0.5}, deadline: 10m}
+"""
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> PolicyHost:
+    shutil.copy(REPO / "rules" / "topology.yaml", tmp_path / "topology.yaml")
+    (tmp_path / "p.yaml").write_text(POLICY)
+    return PolicyHost(load_policies(tmp_path))
+
+
+def event(service: str, **kw: object) -> AnomalyEvent:
+    return AnomalyEvent.model_validate({"service": service, "detector": "d", "score": 0.95, "ts": T0, **kw})
+
+
+def diagnosis(
+    kind: str = "bad_deploy", p: float = 0.9, role: str = "root", root: str = "inference-a"
+) -> Diagnosis:
+    return Diagnosis(kind=kind, probability=p, root=root, role=role)  # type: ignore[arg-type]
+
+
+def test_policies_match_on_the_diagnosis_kind_probability_and_role(host: PolicyHost) -> None:
+    decision = host.post(event("inference-a", diagnosis=diagnosis()))
+    assert decision is not None and decision.action == "rollback_model"
+    assert decision.diagnosis is not None and decision.diagnosis.kind == "bad_deploy"
+    assert host.post(event("inference-a", diagnosis=diagnosis(p=0.7))) is None
+    assert host.post(event("inference-a", diagnosis=diagnosis(kind="dependency_outage"))) is None
+    victim = diagnosis(kind="bad_deploy", role="victim", root="inference-b")
+    assert host.post(event("inference-a", diagnosis=victim)) is None
+    assert host.post(event("inference-b")) is None  # no diagnosis: no kind, no role
+
+
+def test_contributing_min_strength(host: PolicyHost) -> None:
+    weak = event("vector-db", contributing=["error_rate"], features=[["error_rate__z30", 2.0]])
+    assert host.post(weak) is None  # among the contributors, but barely moved
+    strong = event("vector-db", contributing=["error_rate"], features=[["error_rate__z30", -4.5]])
+    decision = host.post(strong)
+    assert decision is not None and decision.rule == "diag/restart-on-strong-errors"
+    short = event("feature-store", contributing=["memory_util"], features=[["memory_util__raw", 0.1]])
+    assert host.post(short) is not None
+
+
+def test_decision_journal_row_keeps_the_diagnosis() -> None:
+    d = Decision(
+        id="dec-1",
+        event_id="evt-1",
+        service="inference-a",
+        target="inference-a",
+        action="rollback_model",
+        params={},
+        diagnosis=Diagnosis(
+            kind="bad_deploy",
+            probability=0.91,
+            root="inference-a",
+            victims=("gateway",),
+            evidence=(("error_rate", 41.0),),
+            window_start=T0,
+            window_end=T0 + 300,
+        ),
+    )
+    row = json.loads(json.dumps(d.to_record()))
+    assert row["spec"]["diagnosis"]["victims"] == ["gateway"]
+    assert Decision.from_record(row).diagnosis == d.diagnosis
+
+
+# ------------------------------------------------------------------------------- commands
+def test_diagnosis_show_prints_the_tree_and_train_refuses_overlapping_seeds(tmp_path: Path) -> None:
+    runner = CliRunner()
+    shown = runner.invoke(app, ["diagnosis", "show"])
+    assert shown.exit_code == 0 and shipped_model().version in shown.stdout and " z <= " in shown.stdout
+    bad = runner.invoke(
+        app, ["--home", str(tmp_path), "diagnosis", "train", "--train-seeds", "1,2", "--eval-seeds", "2,3"]
+    )
+    assert isinstance(bad.exception, InputError) and "both fitted on and held out" in str(bad.exception)
+
+
+@pytest.mark.slow
+def test_diagnosis_train_writes_a_model_and_logs_the_held_out_confusion_matrix(tmp_path: Path) -> None:
+    import mlflow
+
+    out = tmp_path / "m.json"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = CliRunner().invoke(
+        app,
+        [
+            "--home", str(tmp_path), "diagnosis", "train", "--train-seeds", "1", "--eval-seeds", "2",
+            "--days", "2", "-o", str(out), "--tracking-uri", uri,
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    model = KindModel.load(out)
+    assert model.info["train_seeds"] == [1] and model.info["eval_seeds"] == [2]
+    assert "held out: seeds [2]" in result.stdout
+    mlflow.set_tracking_uri(uri)
+    (run,) = mlflow.search_runs(experiment_names=["diagnosis"], output_format="list")
+    assert "held_out_accuracy" in run.data.metrics
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "diagnosis")}
+    assert {"diagnosis/confusion_held_out.png", "diagnosis/m.json", "diagnosis/report.json"} <= files
