@@ -30,13 +30,13 @@ class LatestValues(Protocol):
 
 
 class _Held:
-    """One service's anomalous rows of the last window: (ts, signature)."""
+    """One service's anomalous rows of the last window: (ts, signature, kind probabilities)."""
 
     def __init__(self) -> None:
-        self.rows: deque[tuple[float, np.ndarray]] = deque()
+        self.rows: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
 
-    def add(self, ts: float, z: np.ndarray) -> None:
-        self.rows.append((ts, z))
+    def add(self, ts: float, z: np.ndarray, p: np.ndarray) -> None:
+        self.rows.append((ts, z, p))
 
     def trim(self, now: float) -> None:
         while self.rows and self.rows[0][0] < now - WINDOW_S:
@@ -52,7 +52,8 @@ class DiagnosisStage:
         self.upstreams = upstream_closure({s: tuple(d) for s, d in topology.items()})
         self.baselines = Baselines()
         self.held: dict[str, _Held] = {}
-        self._unknown = model.classes.index("unknown") if "unknown" in model.classes else None
+        self._memo: tuple[float, dict[str, Any], dict[str, Any], dict[str, str]] | None = None
+        """(now, anomalous services, their (kind, signature), roots): one picture per tick's moment."""
 
     def forget(self, services: Iterable[str]) -> None:
         gone = list(services)
@@ -65,12 +66,13 @@ class DiagnosisStage:
         z = self.baselines.signature(service, ts, values)
         held = self.held.setdefault(service, _Held())
         if strength(z) >= QUIET_Z:
-            held.add(ts, z)
+            held.add(ts, z, self.model.proba(z)[0])
         held.trim(ts)
 
     def step(self, scored: Any, tick: Any, observations: LatestValues) -> Any:
         """The tick (``TickEvents``) with a diagnosis on each anomaly event."""
         names = list(METRICS)
+        self._memo = None  # new rows: the window's picture changes
         for row in scored.rows:
             self.observe(row.service, float(row.ts), observations.values_of(row.service, names))
         if not tick.events:
@@ -80,10 +82,13 @@ class DiagnosisStage:
 
     def diagnose(self, service: str, now: float) -> Diagnosis:
         """The diagnosis of ``service``'s anomaly as of ``now`` (its root's kind, its role)."""
-        anomalous = self._anomalous(now)
-        seen = {s: (kind, z) for s, (kind, _, z, _) in anomalous.items()}
-        roots = {s: root_of(s, seen, self.upstreams) for s in {*anomalous, service}}
-        root = roots[service]
+        if self._memo is None or self._memo[0] != now:
+            anomalous = self._anomalous(now)
+            self._memo = (now, anomalous, {s: (kind, z) for s, (kind, _, z, _) in anomalous.items()}, {})
+        _, anomalous, seen, roots = self._memo
+        if not roots:
+            roots.update({s: root_of(s, seen, self.upstreams) for s in anomalous})
+        root = roots[service] if service in roots else root_of(service, seen, self.upstreams)
         victims = tuple(sorted(s for s, r in roots.items() if r == root and s != root))
         if root in anomalous:
             kind, probability, z, since = anomalous[root]
@@ -111,7 +116,9 @@ class DiagnosisStage:
         for service, held in self.held.items():
             held.trim(now)
             if held.rows:
-                out[service] = self._kind(held, lambda z: z)
+                p = np.mean([r[2] for r in held.rows], axis=0)
+                best = int(np.argmax(p))
+                out[service] = (self.model.classes[best], float(p[best]), held.rows[-1][1], held.rows[0][0])
         first = {s: (kind, z) for s, (kind, _, z, _) in out.items()}
         for service in out:
             if root_of(service, first, self.upstreams) != service:
@@ -127,6 +134,6 @@ class DiagnosisStage:
     def _kind(
         self, held: _Held, view: Callable[[np.ndarray], np.ndarray]
     ) -> tuple[str, float, np.ndarray, float]:
-        p = self.model.proba(np.array([view(z) for _, z in held.rows])).mean(axis=0)
+        p = self.model.proba(np.array([view(z) for _, z, _ in held.rows])).mean(axis=0)
         best = int(np.argmax(p))
         return self.model.classes[best], float(p[best]), held.rows[-1][1], held.rows[0][0]
