@@ -26,14 +26,8 @@ from engine.simulation.faults import Fault
 from engine.simulation.model import PlatformModel
 
 T0 = 1_768_300_000.0
-TOPOLOGY = {
-    "gateway": ("inference-a", "inference-b"),
-    "inference-a": ("vector-db", "feature-store"),
-    "inference-b": ("vector-db", "feature-store"),
-    "vector-db": (),
-    "feature-store": (),
-    "ingestion": ("feature-store",),
-}
+TOPOLOGY = {k: tuple(v) for k, v in PlatformModel(load_config()).topology.items()}
+"""The simulated platform's call graph (the one rules/topology.yaml declares)."""
 
 
 def z_of(**metrics: float) -> np.ndarray:

@@ -26,14 +26,6 @@ from engine.simulation.model import PlatformModel
 T0 = 1_768_300_000.0
 HEALTHY_MIN = 120
 FAULT_MIN = 60
-TOPOLOGY = {
-    "gateway": ("inference-a", "inference-b"),
-    "inference-a": ("vector-db", "feature-store"),
-    "inference-b": ("vector-db", "feature-store"),
-    "vector-db": (),
-    "feature-store": (),
-    "ingestion": ("feature-store",),
-}
 VICTIMS = ("feature-store", "inference-a", "inference-b", "gateway")
 
 
@@ -42,7 +34,7 @@ class _Row(NamedTuple):
     ts: float
 
 
-def _ticks() -> list[tuple[Scored, TickEvents, Observations]]:
+def _ticks() -> tuple[PlatformModel, list[tuple[Scored, TickEvents, Observations]]]:
     model = PlatformModel(load_config(), seed=5)
     start = T0 + HEALTHY_MIN * 60
     t = np.arange(T0, start + FAULT_MIN * 60, 60.0)
@@ -62,15 +54,15 @@ def _ticks() -> list[tuple[Scored, TickEvents, Observations]]:
             else []
         )
         out.append((Scored(rows=rows), TickEvents([], events, 0.0), obs))
-    return out
+    return model, out
 
 
 def bench_diagnosis_tick(repeats: int) -> list[Row]:
-    ticks = _ticks()
+    model, ticks = _ticks()
     fault_ticks = FAULT_MIN
     figure, baseline = [], []
     for _ in range(repeats):
-        stage = DiagnosisStage(shipped_model(), TOPOLOGY)
+        stage = DiagnosisStage(shipped_model(), model.topology)
         for scored, tick, obs in ticks[:-fault_ticks]:
             stage.step(scored, tick, obs)
         begin = time.perf_counter()
