@@ -64,12 +64,7 @@ def outcome(draw: Draw, result: RunResult, wall_s: float) -> dict[str, Any]:
             }
         )
     return {
-        "index": draw.index,
-        "name": draw.name,
-        "label": draw.label,
-        "when": draw.when,
-        "control": draw.control,
-        "pair": len(draw.faults) == 2,
+        **_head(draw),
         "verdict": result.verdict,
         "reasons": result.reasons,
         "faults": faults,
@@ -90,6 +85,18 @@ def outcome(draw: Draw, result: RunResult, wall_s: float) -> dict[str, Any]:
     }
 
 
+def _head(draw: Draw) -> dict[str, Any]:
+    """What every outcome, run or crashed, says of its draw."""
+    return {
+        "index": draw.index,
+        "name": draw.name,
+        "label": draw.label,
+        "when": draw.when,
+        "control": draw.control,
+        "pair": len(draw.faults) == 2,
+    }
+
+
 def _act(a: dict[str, Any], approved: set[str]) -> dict[str, Any]:
     return {
         "action": a["action"],
@@ -104,12 +111,7 @@ def _act(a: dict[str, Any], approved: set[str]) -> dict[str, Any]:
 def _failed(draw: Draw, error: BaseException, wall_s: float) -> dict[str, Any]:
     """A run that crashed is a finding too: recorded, and the campaign goes on."""
     return {
-        "index": draw.index,
-        "name": draw.name,
-        "label": draw.label,
-        "when": draw.when,
-        "control": draw.control,
-        "pair": len(draw.faults) == 2,
+        **_head(draw),
         "verdict": "error",
         "reasons": [f"{type(error).__name__}: {error}"],
         "faults": [

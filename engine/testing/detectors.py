@@ -208,15 +208,20 @@ CHECKS: list[Callable[[DetectorFactory], None]] = [
 """Every check a registered detector must pass."""
 
 
-def check_detector(
-    factory: DetectorFactory, checks: Sequence[Callable[[DetectorFactory], None]] = CHECKS
-) -> None:
+def _run_checks(factory: Any, checks: Sequence[Callable[[Any], None]]) -> None:
     """Run every check; the first failure raises AssertionError prefixed with the check's name."""
     for check in checks:
         try:
             check(factory)
         except AssertionError as exc:
             raise AssertionError(f"{check.__name__}: {exc}") from exc
+
+
+def check_detector(
+    factory: DetectorFactory, checks: Sequence[Callable[[DetectorFactory], None]] = CHECKS
+) -> None:
+    """Run every check; the first failure raises AssertionError prefixed with the check's name."""
+    _run_checks(factory, checks)
 
 
 # ---------------------------------------------------------------------------------- stream detectors
@@ -432,8 +437,4 @@ def check_stream(
     factory: StreamFactory, checks: Sequence[Callable[[StreamFactory], None]] = STREAM_CHECKS
 ) -> None:
     """Run every stream check; the first failure raises AssertionError prefixed with the check's name."""
-    for check in checks:
-        try:
-            check(factory)
-        except AssertionError as exc:
-            raise AssertionError(f"{check.__name__}: {exc}") from exc
+    _run_checks(factory, checks)
