@@ -135,6 +135,110 @@ def test_an_incident_reads_in_order_from_anomaly_to_rollback(engine: tuple[Any, 
     assert httpx.get(f"{running.url}/incidents/dec-none").status_code == 404
 
 
+def _diagnosis_shown(html: str) -> tuple[str, str, list[str]]:
+    """The kind, role and evidence metrics of the first diagnosis in ``html``."""
+    found = re.search(r'class="diagnosis" data-kind="(\w+)" data-role="(\w+)">(.*?)</div>', html, re.S)
+    assert found, html[:2000]
+    return found.group(1), found.group(2), re.findall(r'data-metric="([^"]+)"', found.group(3))
+
+
+def test_the_services_view_and_the_approval_show_the_diagnosis(engine: tuple[Any, AdminServer]) -> None:
+    running, _ = engine
+    push_anomaly(running.url, vector_db=True)
+    (pending,) = wait_for(lambda: running.engine.journal.pending_approvals())
+    diagnosis = running.engine.diagnoses["vector-db"]
+    row = httpx.get(f"{running.url}/").text.split('data-service="vector-db"')[1].split("</tr>")[0]
+    kind, role, metrics = _diagnosis_shown(row)
+    assert (kind, role) == (diagnosis.kind, diagnosis.role)
+    assert f"p {diagnosis.probability:.2f}" in row
+    if diagnosis.role == "root":
+        assert metrics == [name for name, _ in diagnosis.evidence]
+    else:
+        assert f'victim of <a href="/services/{diagnosis.root}">' in row
+    healthy = httpx.get(f"{running.url}/").text.split('data-service="gateway"')[1].split("</tr>")[0]
+    assert 'class="diagnosis"' not in healthy  # a healthy service has nothing to diagnose
+
+    decided = running.engine.journal.decision(pending["decision_id"])["spec"]["diagnosis"]
+    card = httpx.get(f"{running.url}/approvals/list").text
+    kind, role, metrics = _diagnosis_shown(card.split(f'id="{pending["id"]}"')[1])
+    assert (kind, role) == (decided["kind"], decided["role"]) and f"p {decided['probability']:.2f}" in card
+    assert metrics == [name for name, _ in decided["evidence"]]
+    for name, z in decided["evidence"]:
+        assert f"{name} <meter" in card and f"z {z:+.1f}" in card
+
+
+def test_a_diagnosis_reads_the_same_from_the_engine_and_from_the_journal() -> None:
+    """The services view shows the engine's Diagnosis, the approval and incident its journaled JSON."""
+    from jinja2 import Environment, FileSystemLoader
+
+    from engine.records import Diagnosis
+    from engine.runtime.console.pages import HERE
+
+    macro = (
+        Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+        .get_template("macros.html")
+        .module.diagnosis
+    )  # type: ignore[attr-defined]
+    root = Diagnosis(
+        kind="bad_deploy",
+        probability=0.8734,
+        root="vector-db",
+        victims=("gateway", "rag-api"),
+        evidence=(("error_rate", 7.25), ("precision_at_k", -4.5), ("latency_p99_ms", 14.0)),
+    )
+    html = str(macro(root))
+    assert html == str(macro(root.model_dump(mode="json")))
+    assert _diagnosis_shown(html) == (
+        "bad_deploy",
+        "root",
+        ["error_rate", "precision_at_k", "latency_p99_ms"],
+    )
+    assert "bad deploy" in html and "p 0.87" in html and "victims: gateway, rag-api" in html
+    assert "z +7.2" in html and "z -4.5" in html and 'value="4.5"' in html and 'value="10"' in html
+    victim = str(macro(root.model_copy(update={"role": "victim"})))
+    assert 'victim of <a href="/services/vector-db">vector-db</a>' in victim
+    assert str(macro(None)).strip() == "-"
+
+
+def test_an_operator_marks_an_anomaly_a_false_alarm_from_its_incident(
+    engine: tuple[Any, AdminServer],
+) -> None:
+    running, _ = engine
+    journal = running.engine.journal
+    push_anomaly(running.url, vector_db=True)
+    (pending,) = wait_for(lambda: journal.pending_approvals())
+    decision = journal.decision(pending["decision_id"])
+    event_id, where = decision["event_id"], f"/incidents/{decision['id']}"
+    read_only = httpx.get(f"{running.url}{where}").text
+    assert f'action="/events/{event_id}/label"' not in read_only and 'data-kind="' in read_only
+
+    alice = _signed_in(running.url, ALICE)
+    page = alice.get(where).text
+    assert f'action="/events/{event_id}/label"' in page
+    form = {"label": "false_alarm", "reason": "load test", "next": where}
+    assert alice.post(f"/events/{event_id}/label", data=form).status_code == 403  # no CSRF token
+    anonymous = httpx.post(f"{running.url}/events/{event_id}/label", data={**form, "csrf": _csrf(page)})
+    assert anonymous.status_code == 403 and journal.control(f"label:{event_id}") is None
+
+    r = alice.post(f"/events/{event_id}/label", data={**form, "csrf": _csrf(page)})
+    assert r.status_code == 303 and r.headers["location"] == where
+    row = journal.control(f"label:{event_id}")
+    assert (row["value"], row["actor"], row["reason"]) == ("false_alarm", "alice", "load test")
+    after = alice.get(where).text
+    assert "marked false alarm by alice: load test" in after and f"{event_id} marked false alarm" in after
+    timeline = alice.get("/services/vector-db").text
+    assert "marked false alarm by alice" in timeline
+
+    csrf = _csrf(after)
+    away = alice.post(
+        f"/events/{event_id}/label", data={"label": "true_alarm", "next": "//x.example", "csrf": csrf}
+    )
+    assert away.headers["location"] == "/" and journal.control(f"label:{event_id}")["value"] == "true_alarm"
+    assert alice.post("/events/evt-none/label", data={"label": "true_alarm", "csrf": csrf}).status_code == 404
+    bad = alice.post(f"/events/{event_id}/label", data={"label": "maybe", "csrf": csrf})
+    assert bad.status_code == 422 and "false_alarm" in bad.text
+
+
 # ------------------------------------------------------------------ headless Chromium
 
 

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_runtime_support import TOKEN, AdminServer, push_anomaly, serving, wait_for, write_rules
 
 from engine.cli import configure_logging
+from engine.records import DIAGNOSIS_KINDS, Diagnosis
 from engine.runtime.metrics import EngineMetrics, EngineState
 
 DASHBOARD = REPO / "dashboards" / "selfheal.json"
@@ -81,6 +82,13 @@ def test_metrics_chart_services_approvals_actions_and_the_kill_switch(
     assert value(text, "selfheal_service_anomalous", service="feature-store") == 0
     assert value(text, "selfheal_service_score", service="feature-store") < vector
     assert 0 <= value(text, "selfheal_service_score_age_seconds", service="gateway") < 30
+    diagnosed = {
+        labels["service"]: (labels, p) for labels, p in samples(text)["selfheal_diagnosis_probability"]
+    }
+    anomalous = {got["service"] for got, v in samples(text)["selfheal_service_anomalous"] if v == 1}
+    assert set(diagnosed) == anomalous and "vector-db" in anomalous  # healthy services have none
+    labels, p = diagnosed["vector-db"]
+    assert labels["kind"] in DIAGNOSIS_KINDS and labels["role"] in ("root", "victim") and 0 < p <= 1
     info = samples(text)["selfheal_bundle_info"][0][0]
     assert info["bundle_version"] == "dev" and info["detector"] == "IForest" and info["policy_version"]
     restarted = dict(policy="platform", action="restart", kind="action", outcome="succeeded")
@@ -123,9 +131,46 @@ def _exported(metrics: EngineMetrics) -> tuple[set[str], set[str]]:
     return names, labels
 
 
+DEPLOY = Diagnosis(
+    kind="bad_deploy", probability=0.9, root="svc", victims=("gw",), evidence=(("error_rate", 6.5),)
+)
+
+
+def test_the_diagnosis_gauges_name_kind_role_and_root_while_a_service_is_anomalous() -> None:
+    now = time.time()
+    victim = DEPLOY.model_copy(update={"role": "victim"})
+    old = DEPLOY.model_copy(update={"kind": "memory_leak", "root": "db"})
+    state = EngineState(
+        0,
+        False,
+        0,
+        None,
+        0.7,
+        {s: (0.9, now) for s in ("svc", "gw", "db")},
+        {"svc": True, "gw": True, "db": False},  # db recovered: its diagnosis is history
+        {},
+        {"svc": DEPLOY, "gw": victim, "db": old},
+    )
+    got = samples(EngineMetrics(lambda: state).render().decode())
+    assert sorted((labels["service"], labels["role"], labels["root"], labels["kind"], v)
+                  for labels, v in got["selfheal_diagnosis_probability"]) == [
+        ("gw", "victim", "svc", "bad_deploy", 0.9),
+        ("svc", "root", "svc", "bad_deploy", 0.9),
+    ]  # fmt: skip
+    assert got["selfheal_diagnosis_evidence"] == [({"service": "svc", "metric": "error_rate"}, 6.5)]
+
+
 def test_the_dashboard_charts_only_metrics_the_engine_exports() -> None:
     state = EngineState(
-        3, False, 1, time.time() - 5, 0.7, {"svc": (0.9, time.time())}, {"svc": True}, {"a": "b"}
+        3,
+        False,
+        1,
+        time.time() - 5,
+        0.7,
+        {"svc": (0.9, time.time())},
+        {"svc": True},
+        {"a": "b"},
+        {"svc": DEPLOY},
     )
     metrics = EngineMetrics(lambda: state)
     data: dict[str, Any] = {"policy": "p", "action": "a", "kind": "action", "decision_id": "d"}
@@ -159,6 +204,8 @@ def test_the_dashboard_charts_only_metrics_the_engine_exports() -> None:
         "selfheal_approval_oldest_age_seconds",
         "selfheal_actions_total",
         "selfheal_verifications_total",
+        "selfheal_diagnosis_probability",
+        "selfheal_diagnosis_evidence",
     ):
         assert wanted in used, f"the dashboard does not chart {wanted}"
     ids = [p["id"] for p in dashboard["panels"]]

@@ -4,21 +4,24 @@ One registry per ``Engine`` (not the process-global default) so that tests and a
 several engines in one interpreter without metric-name collisions.
 
 Counters are counted from the notes the stages report (``count``). The gauges that describe the
-engine's state (each service's score against its threshold, the kill switch, the bundle, pending
-approvals) are read when Prometheus scrapes (``EngineState``), so the hot path pays nothing for
-them. ``dashboards/selfheal.json`` charts these names; a test keeps it to names that exist here.
+engine's state (each service's score against its threshold and its diagnosis, the kill switch,
+the bundle, pending approvals) are read when Prometheus scrapes (``EngineState``), so the hot path
+pays nothing for them. ``dashboards/selfheal.json`` charts these names; a test keeps it to names
+that exist here.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from engine.records import Diagnosis
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -35,6 +38,7 @@ class EngineState:
     scores: Mapping[str, tuple[float, float]]  # service -> (latest score, wall time seen)
     anomalous: Mapping[str, bool]  # service -> its last row was above the threshold
     bundle: Mapping[str, str]  # bundle_version, detector, detector_version, policy_version
+    diagnoses: Mapping[str, Diagnosis] = field(default_factory=dict)  # service -> its latest event's
 
 
 class _StateCollector(Collector):
@@ -71,6 +75,31 @@ class _StateCollector(Collector):
             age.add_metric([service], max(0.0, now - seen))
             anomalous.add_metric([service], int(health.get(service, False)))
         yield from (score, threshold, age, anomalous)
+        yield from _diagnosis_gauges(s.diagnoses, health)
+
+
+def _diagnosis_gauges(diagnoses: Mapping[str, Diagnosis], health: Mapping[str, bool]) -> Iterator[Metric]:
+    """The diagnosis of each service while it is anomalous (a recovered service's last diagnosis
+    is history, not state: its series ends with the anomaly), and the root's evidence."""
+    probability = GaugeMetricFamily(
+        "selfheal_diagnosis_probability",
+        "The anomalous service's diagnosis: its incident's fault kind, with the model's probability; "
+        "role is root or victim, root names the service at fault",
+        labels=["service", "kind", "role", "root"],
+    )
+    evidence = GaugeMetricFamily(
+        "selfheal_diagnosis_evidence",
+        "A root's metrics furthest from their normal: signed distance in its own recent spread (z)",
+        labels=["service", "metric"],
+    )
+    for service, d in sorted(diagnoses.items()):
+        if not health.get(service, False):
+            continue
+        probability.add_metric([service, d.kind, d.role, d.root], d.probability)
+        if d.role == "root":
+            for metric, z in d.evidence:
+                evidence.add_metric([service, metric], z)
+    yield from (probability, evidence)
 
 
 class EngineMetrics:

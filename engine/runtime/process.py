@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from engine.records import Diagnosis
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
@@ -72,6 +73,7 @@ class Engine:
             detector_version=components.detector_version,
         )
         self.diagnosis = components.diagnosis_stage()
+        self.diagnoses: dict[str, Diagnosis] = {}  # service -> its latest event's (console, gauges)
         self.metrics = EngineMetrics(self._state)
         self.writer = Writer(
             self.journal,
@@ -215,6 +217,7 @@ class Engine:
             if self.diagnosis is not None:
                 self.diagnosis.forget(services)
             for service in services:
+                self.diagnoses.pop(service, None)
                 with contextlib.suppress(KeyError):  # a service with no anomaly has no label
                     self.metrics.anomalies.remove(service)
 
@@ -263,6 +266,8 @@ class Engine:
                 return
             for event in made.events:
                 self.metrics.anomalies.labels(event.service).inc()
+                if event.diagnosis is not None:
+                    self.diagnoses[event.service] = event.diagnosis
                 self._latency("arrival_to_event", made.emitted - event.arrival)
                 if self.listeners:
                     self._notify("anomaly", event.model_dump())
@@ -280,6 +285,7 @@ class Engine:
             threshold=self.events.threshold,
             scores=self.observations.scores.copy(),
             anomalous=self.events.health.copy(),
+            diagnoses=self.diagnoses.copy(),
             bundle={
                 "bundle_version": components.bundle_version,
                 "detector": components.pipeline.detector,

@@ -4,10 +4,10 @@ Auth: an operator enters a token once (``/login``); the session cookie (signed, 
 SameSite=Strict, Secure when ``public_url`` is https) keeps the token's *name*, never the token.
 Without a session the console is read-only (on loopback; beyond it, every page needs one, as the
 API's reads do). Every state-changing form carries the session's CSRF token and is refused (403)
-without it. Approving, rejecting, the kill switch and modes go through the same functions as the
-API (``engine.runtime.api.settle`` and ``change_mode``), so the rules are the same: the shared
-token cannot settle a request restricted to named approvers, and an approver sees buttons only for
-requests they may settle.
+without it. Approving, rejecting, the kill switch, modes and alarm labels go through the same
+functions as the API (``engine.runtime.api.settle``, ``change_mode``, ``outcomes.label_event``),
+so the rules are the same: the shared token cannot settle a request restricted to named approvers,
+and an approver sees buttons only for requests they may settle.
 
 Every page is sent with a Content-Security-Policy that allows no inline script or style: the one
 script (``static/console.js``) subscribes to ``/live`` (server-sent events) and reloads the part
@@ -38,6 +38,7 @@ from engine.runtime.console.live import History, Hub
 from engine.runtime.journal import KINDS
 from engine.runtime.ladder import MODES, policy_names, would_be
 from engine.runtime.notify import evidence
+from engine.runtime.outcomes import LABEL_PREFIX, label_event
 from engine.runtime.process import Engine
 
 HERE = Path(__file__).resolve().parent
@@ -147,7 +148,15 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
     def timeline(request: Request, service: str, since: str | None = None) -> Response:
         start = _since(since)
         items = timeline_items(engine, service, since=start)
-        return page(request, "timeline.html", service=service, items=items, history=history.of(service))
+        return page(
+            request,
+            "timeline.html",
+            service=service,
+            items=items,
+            history=history.of(service),
+            labels=labels(),
+            flash=_flash(request),
+        )
 
     @app.get("/incidents/{decision_id}", response_class=HTMLResponse, include_in_schema=False)
     def incident(request: Request, decision_id: str) -> Response:
@@ -155,7 +164,13 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         if not items:
             raise HTTPException(404, f"no decision {decision_id}")
         decision = next(row for _, kind, row in items if kind == "decision")
-        return page(request, "incident.html", decision=decision, items=items)
+        return page(
+            request, "incident.html", decision=decision, items=items, labels=labels(), flash=_flash(request)
+        )
+
+    def labels() -> dict[str, dict[str, Any]]:
+        """Every event's current label (false or true alarm) with who and why, in one read."""
+        return {row["key"][len(LABEL_PREFIX) :]: row for row in journal.controls(LABEL_PREFIX)}
 
     @app.get("/journal", response_class=HTMLResponse, include_in_schema=False)
     def search(
@@ -274,6 +289,26 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
             return _refused(exc)
         return back("/control", f"{policy}{'/' + service if service else ''} is now {mode}", request)
 
+    @app.post("/events/{event_id}/label", include_in_schema=False)
+    def label(
+        request: Request,
+        event_id: str,
+        label: Annotated[str, Form()],
+        csrf: Annotated[str, Form()] = "",
+        reason: Reason = None,
+        next: Annotated[str, Form()] = "/",
+    ) -> Response:
+        """Mark an anomaly a false (or true) alarm, as ``POST /v1/events/{id}/label`` does."""
+        who = acting(request, csrf)
+        try:
+            label_event(journal, event_id, label, actor=who, reason=reason or None)
+        except LookupError as exc:
+            return _refused(HTTPException(404, str(exc)))
+        except ValueError as exc:
+            return _refused(HTTPException(422, str(exc)))
+        local = next.startswith("/") and not next.startswith("//")  # never a redirect off the console
+        return back(next if local else "/", f"{event_id} marked {label.replace('_', ' ')} by {who}", request)
+
     app.state.console_hub = hub
     return hub
 
@@ -296,6 +331,7 @@ def service_rows(engine: Engine, history: History) -> list[dict[str, Any]]:
     latest = engine.journal.latest_decisions()
     threshold, now = engine.events.threshold, time.time()
     ladder = engine.writer.decider.modes
+    diagnoses = engine.diagnoses.copy()
     rows = []
     for service in sorted(set(scores) | set(health)):
         score, seen = scores.get(service, (None, None))
@@ -308,6 +344,7 @@ def service_rows(engine: Engine, history: History) -> list[dict[str, Any]]:
                 "anomalous": health.get(service, False),
                 "age_s": None if seen is None else now - seen,
                 "decision": decision,
+                "diagnosis": diagnoses.get(service),
                 "mode": ladder.of(decision["policy"], service) if decision else None,
                 "history": history.of(service),
             }
