@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,4 +75,28 @@ def nab_corpus() -> Path:
     path = nab_dir()
     if path is None:
         pytest.skip("NAB subset not found; set SELFHEAL_NAB_DIR")
+    return path
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Debian's) through Playwright, for tests of the engine's web pages."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium: make browser (apt-get install -y chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+def screenshot(page: Any, tmp_path: Path, name: str) -> Path:
+    """A full-page screenshot in ``tmp_path`` (and in SELFHEAL_TEST_ARTEFACTS when set)."""
+    path = tmp_path / f"console-{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 5_000
+    artefacts = os.environ.get("SELFHEAL_TEST_ARTEFACTS")
+    if artefacts:
+        Path(artefacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(artefacts) / path.name)
     return path

@@ -5,9 +5,7 @@ SELFHEAL_TEST_ARTEFACTS when set)."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CHROMIUM
+from conftest import screenshot
 from test_runtime_support import TOKEN, AdminServer, push_anomaly, serving, wait_for, write_rules
 
 ALICE = "alice-token-5678"
@@ -242,28 +240,6 @@ def test_an_operator_marks_an_anomaly_a_false_alarm_from_its_incident(
 # ------------------------------------------------------------------ headless Chromium
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("needs Debian's chromium: make browser (apt-get install -y chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-def _shot(page: Any, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / f"console-{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 5_000
-    artefacts = os.environ.get("SELFHEAL_TEST_ARTEFACTS")
-    if artefacts:
-        Path(artefacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(artefacts) / path.name)
-    return path
-
-
 def test_an_approval_appears_live_and_is_approved_once_through_the_form(
     engine: tuple[Any, AdminServer], browser: Any, tmp_path: Path
 ) -> None:
@@ -294,8 +270,8 @@ def test_an_approval_appears_live_and_is_approved_once_through_the_form(
     assert left and 0 < int(left.group(1)) <= 30, card  # the policy's TTL: 30 s
     viewer.wait_for_selector(f"article[data-approval={pending['id']}]", timeout=5_000)
     assert viewer.locator("button.approve").count() == 0 and viewer.locator("#read-only").count() == 1
-    _shot(page, tmp_path, "approval")
-    _shot(viewer, tmp_path, "read-only")
+    screenshot(page, tmp_path, "approval")
+    screenshot(viewer, tmp_path, "read-only")
 
     csrf = page.get_attribute(f"#{pending['id']} input[name=csrf]", "value")
     forged = alice.request.post(f"/approvals/{pending['id']}/approve", form={"reason": "forged"})
@@ -315,7 +291,7 @@ def test_an_approval_appears_live_and_is_approved_once_through_the_form(
     assert row["approver"] == "alice" and row["reason"] == "canary is bad"
     page.goto("/")
     page.wait_for_selector("tr[data-service=vector-db]")
-    _shot(page, tmp_path, "services")
+    screenshot(page, tmp_path, "services")
 
 
 def test_the_sparkline_draws_the_sampled_hour_against_the_threshold() -> None:
