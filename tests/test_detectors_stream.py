@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.detectors.point_ensemble import available_point_detectors
 from engine.detectors.stream import StreamDetector
-from engine.detectors.stream_config import StreamConfig
+from engine.detectors.stream_config import PointsConfig, StreamConfig
 from engine.errors import DetectorError
 from engine.testing.detectors import (
     STREAM_CHECKS,
@@ -37,11 +38,9 @@ MODELS = [
 
 def _nab_factory() -> tuple[StreamDetector, pl.DataFrame]:
     """The NAB configuration (adaptive features, a model refitted per series), short warm-up."""
-    from engine.evaluation.streaming import DEFAULT_SPEC, nab_detector
+    from engine.evaluation.streaming import nab_detector
 
-    spec = DEFAULT_SPEC.model_copy(
-        update={"features": DEFAULT_SPEC.features.model_copy(update={"warmup_points": 150})}
-    )
+    spec = _nab_spec()
     points = stream_points(180, seed=4).filter(pl.col("metric") == "latency_ms")
     return nab_detector(spec), points.with_columns(pl.lit("value").alias("metric"))
 
@@ -65,9 +64,39 @@ def _cusum_per_series() -> tuple[StreamDetector, pl.DataFrame]:
     return StreamDetector(config), stream_points(240, seed=5)
 
 
+ALL_POINTS = {"members": [{"name": n} for n in available_point_detectors()]}
+
+
+def _nab_with_points() -> tuple[StreamDetector, pl.DataFrame]:
+    """The NAB configuration with every point detector beside the model."""
+    from engine.evaluation.streaming import nab_detector
+
+    _, points = _nab_factory()
+    spec = _nab_spec().model_copy(update={"points": PointsConfig.model_validate(ALL_POINTS)})
+    return nab_detector(spec), points
+
+
+def _nab_spec() -> Any:
+    from engine.evaluation.streaming import DEFAULT_SPEC
+
+    return DEFAULT_SPEC.model_copy(
+        update={"features": DEFAULT_SPEC.features.model_copy(update={"warmup_points": 150})}
+    )
+
+
+_hbos_with_points = stream_factory(
+    "HBOS", points={**ALL_POINTS, "columns": ["latency_ms__raw", "precision__raw"]}
+)
+_hbos_with_points.__name__ = "stream_HBOS_with_points"
 _nab_factory.__name__ = "stream_nab_default"
+_nab_with_points.__name__ = "stream_nab_with_points"
 _cusum_per_series.__name__ = "stream_cusum_per_series"
-FACTORIES = [stream_factory(m, p) for m, p in MODELS] + [_nab_factory, _cusum_per_series]
+FACTORIES = [stream_factory(m, p) for m, p in MODELS] + [
+    _hbos_with_points,
+    _nab_factory,
+    _nab_with_points,
+    _cusum_per_series,
+]
 
 
 @pytest.mark.parametrize(
@@ -90,7 +119,8 @@ def test_check_stream_names_the_failing_check() -> None:
 
 @pytest.fixture(scope="module")
 def stateful_post() -> StreamDetector:
-    """Every post-processing step on (likelihood, spatial rule, suppression): all of its state counts."""
+    """Every post-processing step on (likelihood, spatial rule, suppression, point detectors on
+    every raw column): all of its state counts."""
     post = {
         "likelihood": True,
         "average": 3,
@@ -99,7 +129,10 @@ def stateful_post() -> StreamDetector:
         "spatial_tolerance": 0.2,
         "suppress_rows": 4,
     }
-    return StreamDetector(stream_config("NabZScore", postprocess=post)).fit(stream_points(240, seed=1))
+    members = [{"name": n} for n in available_point_detectors() if n != "SpectralResidual"]
+    members.append({"name": "SpectralResidual", "params": {"window": 16, "z": 5}})  # scores in 90 rows
+    config = stream_config("NabZScore", postprocess=post, points={"members": members})
+    return StreamDetector(config).fit(stream_points(240, seed=1))
 
 
 def _random_stream(draw: Any) -> list[tuple[float, str, str, float]]:

@@ -92,15 +92,34 @@ def test_ensemble_is_the_largest_member_likelihood_and_learns_silently() -> None
     x = _noise(800)
     x[700:] += 4
     members = [make_point_detector("LevelShift"), make_point_detector("ContextNovelty")]
-    ens = LikelihoodEnsemble(members, extra=1)
+    ens = LikelihoodEnsemble(members, columns=[0, 1])
     solo = [
         LikelihoodEnsemble([make_point_detector("LevelShift")]),
         LikelihoodEnsemble([make_point_detector("ContextNovelty")]),
     ]
-    extra_only = LikelihoodEnsemble([], extra=1)
     for i, v in enumerate(x):
         learning = i < 300
-        got = ens.update(i * STEP, float(v), (0.1,), learning=learning)
-        parts = [s.update(i * STEP, float(v), learning=learning) for s in solo]
-        parts.append(extra_only.update(i * STEP, float(v), (0.1,), learning=learning))
+        got = ens.update(i * STEP, (float(v), float(-v)), learning=learning)
+        parts = [solo[0].update(i * STEP, (float(v),), learning=learning)]
+        parts.append(solo[1].update(i * STEP, (float(-v),), learning=learning))
         assert got == (0.0 if learning else max(parts))
+
+
+def test_ensemble_state_round_trip_continues_exactly() -> None:
+    x = _noise(900)
+    x[600:] += 4
+
+    def fresh() -> LikelihoodEnsemble:
+        return LikelihoodEnsemble([make_point_detector(n) for n in available_point_detectors()])
+
+    ens = fresh()
+    for i, v in enumerate(x[:500]):
+        ens.update(i * STEP, (float(v),), learning=i < 200)
+    restored = fresh()
+    restored.restore(ens.state())
+    rest = list(enumerate(x[500:], start=500))
+    assert [ens.update(i * STEP, (float(v),)) for i, v in rest] == [
+        restored.update(i * STEP, (float(v),)) for i, v in rest
+    ]
+    with pytest.raises(DetectorError, match="holds 4 point detector"):
+        LikelihoodEnsemble([make_point_detector("LevelShift")]).restore(ens.state())

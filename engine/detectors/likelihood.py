@@ -28,11 +28,11 @@ import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from engine.errors import DetectorParamError
+from engine.errors import DetectorError, DetectorParamError
 
 __all__ = ["AnomalyLikelihood", "PostprocessParams", "ScorePostprocessor", "log_likelihood"]
 
@@ -155,6 +155,17 @@ class AnomalyLikelihood:
         self._prev_red = bool(state["prev_red"])
 
 
+class PointEnsemble(Protocol):
+    """What the post-processing needs of point detectors on a series
+    (``engine.detectors.point_ensemble.LikelihoodEnsemble``; not imported here, it imports this)."""
+
+    def update(self, ts: float, values: Sequence[float], *, learning: bool = False) -> float: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def restore(self, state: Mapping[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class PostprocessParams:
     """Parameters of ``ScorePostprocessor`` (see the module docstring).
@@ -189,8 +200,12 @@ class ScorePostprocessor:
         low: Sequence[float] | None = None,
         high: Sequence[float] | None = None,
         columns: int = 1,
+        points: PointEnsemble | None = None,
+        with_model: bool = True,
     ) -> None:
         self.params = params or PostprocessParams()
+        self.points = points
+        self.with_model = with_model
         if self.params.squash not in ("clip", "ratio"):
             raise DetectorParamError(
                 f"unknown squash {self.params.squash!r}",
@@ -226,11 +241,26 @@ class ScorePostprocessor:
                 hi[j] = value
         return hit
 
-    def update(self, score: float, values: Sequence[float], *, warmup: bool = False) -> float:
-        """One row: ``score`` in [0, 1] and the watched values; 0.0 during warm-up, else the score."""
+    def update(
+        self,
+        score: float,
+        values: Sequence[float],
+        *,
+        warmup: bool = False,
+        ts: float = 0.0,
+        row: Sequence[float] = (),
+    ) -> float:
+        """One row: ``score`` in [0, 1] and the watched values; 0.0 during warm-up, else the score.
+
+        With point detectors (``points``), the row's time and whole feature row feed them, and the
+        score is the largest of the model's (unless ``with_model`` is false) and theirs.
+        """
         p = self.params
         if self.likelihood is not None:
             score = log_likelihood(self.likelihood.update(score, learning=warmup))
+        if self.points is not None:
+            members = self.points.update(ts, row, learning=warmup)
+            score = max(score, members) if self.with_model else members
         spatial = self._spatial(values)
         row = self._row
         self._row += 1
@@ -253,6 +283,7 @@ class ScorePostprocessor:
             "max": list(self._max),
             "row": self._row,
             "last_alarm": -1 if self._last_alarm is None else self._last_alarm,
+            "points": self.points.state() if self.points is not None else None,
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -264,3 +295,10 @@ class ScorePostprocessor:
         self._row = int(state["row"])
         last = int(state["last_alarm"])
         self._last_alarm = None if last < 0 else last
+        if self.points is not None:
+            if state.get("points") is None:
+                raise DetectorError(
+                    "the state has no point detectors' state, this detector has point detectors",
+                    hint="snapshots are only valid for the detector that wrote them",
+                )
+            self.points.restore(state["points"])

@@ -58,39 +58,62 @@ def point_detector_from_bytes(blob: bytes) -> PointDetector:
 
 
 class LikelihoodEnsemble:
-    """Several point detectors on one series, each raw score through its own anomaly likelihood;
-    the combined score is the largest log-likelihood (the most surprised member decides).
+    """Point detectors on one series, each raw score through its own anomaly likelihood; the
+    combined score is the largest log-likelihood (the most surprised member decides).
 
     Why likelihoods and not raw scores: members' raw scores live on different scales and differ
     from series to series; a likelihood asks how unusual the recent scores are for this member on
-    this series, so one threshold serves them all. ``extra`` raw scores (e.g. the main detector's)
-    join the same way, each with a likelihood of its own.
+    this series, so one threshold serves them all. Member ``i`` reads column ``columns[i]`` of the
+    values it is given (default: every member reads column 0). The stream detector keeps one in
+    each series' post-processing state (``ScorePostprocessor``), where the model's own score joins
+    the maximum.
     """
 
     def __init__(
         self,
         members: Sequence[PointDetector],
         *,
-        extra: int = 0,
+        columns: Sequence[int] | None = None,
         average: int = 20,
         history: int = 8640,
         reestimate: int = 100,
     ) -> None:
         self.members = list(members)
-        self._likelihoods = [
-            AnomalyLikelihood(average, history, reestimate) for _ in range(len(self.members) + extra)
-        ]
-        self.extra = extra
+        self.columns = list(columns) if columns is not None else [0] * len(self.members)
+        if len(self.columns) != len(self.members):
+            raise DetectorParamError(
+                f"{len(self.members)} member(s) but {len(self.columns)} column(s)",
+                hint="give one column per member",
+            )
+        self._likelihoods = [AnomalyLikelihood(average, history, reestimate) for _ in self.members]
 
-    def update(
-        self, ts: float, value: float, extra: Sequence[float] = (), *, learning: bool = False
-    ) -> float:
-        """One point: the combined score in [0, 1] (0.0 while learning; members learn throughout)."""
-        raws = [m.update(ts, value) for m in self.members]
-        raws.extend(extra)
+    def update(self, ts: float, values: Sequence[float], *, learning: bool = False) -> float:
+        """One row (time, values): the combined score in [0, 1] (0.0 while learning; members learn
+        throughout)."""
         best = 0.0
-        for lik, raw in zip(self._likelihoods, raws, strict=True):
+        for member, column, lik in zip(self.members, self.columns, self._likelihoods, strict=True):
+            raw = member.update(ts, values[column])
             p = lik.update(min(max(raw, 0.0), 1.0), learning=learning)
             if not learning:
                 best = max(best, log_likelihood(p))
         return best
+
+    def state(self) -> dict[str, Any]:
+        """Every member's and every likelihood's state (plain numbers and lists)."""
+        return {
+            "members": [m.state() for m in self.members],
+            "likelihoods": [lik.state() for lik in self._likelihoods],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Continue from a ``state()`` value (same members, parameters and columns)."""
+        members, likelihoods = state["members"], state["likelihoods"]
+        if len(members) != len(self.members) or len(likelihoods) != len(self._likelihoods):
+            raise DetectorError(
+                f"the state holds {len(members)} point detector(s), this ensemble has {len(self.members)}",
+                hint="snapshots are only valid for the detector that wrote them",
+            )
+        for member, value in zip(self.members, members, strict=True):
+            member.restore(value)
+        for lik, value in zip(self._likelihoods, likelihoods, strict=True):
+            lik.restore(value)

@@ -44,6 +44,7 @@ import numpy as np
 import polars as pl
 
 from engine.detectors.likelihood import PostprocessParams, ScorePostprocessor
+from engine.detectors.point_ensemble import LikelihoodEnsemble, make_point_detector
 from engine.detectors.stream_config import AdaptiveFeatures, GroupConfig, StreamConfig
 from engine.errors import DetectorError, NotFittedError
 from engine.features import FeatureSpec, MetricSpec, OnlineFeatures, batch_features
@@ -382,6 +383,36 @@ class StreamDetector:
             return tuple(range(len(names)))
         return tuple(j for j, n in enumerate(names) if any(fnmatchcase(n, p) for p in patterns))
 
+    def point_columns(self, names: Sequence[str]) -> tuple[int, ...]:
+        """Indices of the columns the point detectors read among ``names`` (``points.columns``)."""
+        if self.config.points is None:
+            return ()
+        patterns = self.config.points.columns
+        return tuple(j for j, n in enumerate(names) if any(fnmatchcase(n, p) for p in patterns))
+
+    def _point_ensemble(self, names: Sequence[str], *, adaptive: bool) -> LikelihoodEnsemble | None:
+        """A series' point detectors: every member on every column ``points.columns`` matches, each
+        with its own likelihood (None without ``points``, or when no column of a role matches)."""
+        points = self.config.points
+        if points is None:
+            return None
+        columns = self.point_columns(names)
+        if not columns:
+            if adaptive:  # the detector's only role: a typo, not a role without such columns
+                raise DetectorError(
+                    f"points.columns {points.columns} match no feature of {list(names)}",
+                    hint="name a feature the spec computes (e.g. value__raw)",
+                )
+            return None
+        p = self._post_params
+        return LikelihoodEnsemble(
+            [make_point_detector(m.name, m.params) for _ in columns for m in points.members],
+            columns=[j for j in columns for _ in points.members],
+            average=p.average,
+            history=p.history,
+            reestimate=p.reestimate,
+        )
+
     # ------------------------------------------------------------------------------ states
 
     def new_state(self, series: str, *, warmup_points: int | None = None) -> SeriesState:
@@ -416,7 +447,14 @@ class StreamDetector:
             full_low = [x for g in role.groups for x in g.low]  # type: ignore[union-attr]
             full_high = [x for g in role.groups for x in g.high]  # type: ignore[union-attr]
             low, high = [full_low[j] for j in state.spatial], [full_high[j] for j in state.spatial]
-        state.post = ScorePostprocessor(self._post_params, low=low, high=high, columns=len(state.spatial))
+        state.post = ScorePostprocessor(
+            self._post_params,
+            low=low,
+            high=high,
+            columns=len(state.spatial),
+            points=self._point_ensemble(names, adaptive=role.adaptive),
+            with_model=self.config.points is None or self.config.points.with_model,
+        )
         if self.config.refit is not None:
             width = 2 * (self.config.refit.window + self.config.refit.every)
             state.history = np.empty((width, len(names)), dtype=np.float64)
@@ -613,7 +651,9 @@ class StreamDetector:
                 out.append(None)
                 continue
             x = row.values
-            score = state.post.update(float(combined[i]), [x[j] for j in state.spatial])  # type: ignore[union-attr]
+            score = state.post.update(  # type: ignore[union-attr]
+                float(combined[i]), [x[j] for j in state.spatial], ts=row.ts, row=x
+            )
             out.append(
                 Scored(
                     row.ts, row.service, name, score, score > threshold, x, row.window_start, row.window_end
@@ -705,7 +745,7 @@ class StreamDetector:
         for k, r in enumerate(rows):
             warm = last_warm is not None and round(r.ts / interval) <= last_warm
             x = r.values
-            score = post(squash(float(raw[k])), [x[j] for j in spatial], warmup=warm)
+            score = post(squash(float(raw[k])), [x[j] for j in spatial], warmup=warm, ts=r.ts, row=x)
             scored.append(
                 Scored(r.ts, r.service, role, score, score > threshold, x, r.window_start, r.window_end)
             )
@@ -754,6 +794,10 @@ class StreamDetector:
             services = frame["service"].to_list()
             scores = np.zeros(len(frame))
             states: dict[str, SeriesState] = {}
+            # the point detectors read the row as the stream gives it: bucket start, Python floats
+            interval = float(role.spec.interval)  # type: ignore[union-attr]
+            buckets = (frame["ts"].dt.epoch("us").to_numpy() / (interval * 1e6)).round().astype(np.int64)
+            rows = X.tolist() if self.config.points is not None else None
             for i, service in enumerate(services):
                 if not ok[i]:
                     continue
@@ -761,7 +805,12 @@ class StreamDetector:
                 if state is None:
                     state = states[service] = self.new_state(service)
                 x = X[i]
-                scores[i] = state.post.update(float(calibrated[i]), [float(x[j]) for j in state.spatial])  # type: ignore[union-attr]
+                scores[i] = state.post.update(  # type: ignore[union-attr]
+                    float(calibrated[i]),
+                    [float(x[j]) for j in state.spatial],
+                    ts=int(buckets[i]) * interval,
+                    row=rows[i] if rows is not None else (),
+                )
             part = frame.with_columns(
                 pl.lit(role_name).alias("role"),
                 pl.Series("score", scores),

@@ -20,6 +20,12 @@ metrics, transforms) or an *adaptive* one (``AdaptiveFeatures``): one metric who
 interval and seasonal lag are chosen per series from its first ``warmup_points`` points, which is
 how NAB files of unknown sampling are scored (an adaptive group is the detector's only group).
 
+``points`` adds point detectors beside the model (``engine.detectors.pointwise``: context novelty,
+seasonal profile, level shift, spectral residual): each learns one column of a series' rows as
+they close, row by row, and its raw score goes through an anomaly likelihood of its own; the row's
+score is the largest of the model's score and those likelihoods (``LikelihoodEnsemble``) before
+the spatial rule and suppression. Their state is part of each series' state.
+
 The model slot takes *stateless* detectors when the model is fitted once on history and shared by
 every series of a group (a detector that keeps state between rows, like the forecasters, would
 mix the series); with ``refit`` each series gets its own model and any detector goes.
@@ -38,6 +44,8 @@ __all__ = [
     "AdaptiveFeatures",
     "GroupConfig",
     "ModelConfig",
+    "PointMember",
+    "PointsConfig",
     "PostprocessConfig",
     "RefitConfig",
     "SeasonalConfig",
@@ -142,6 +150,34 @@ class PostprocessConfig(_Strict):
     suppress_cap: float = Field(default=0.3, ge=0, le=1)
 
 
+class PointMember(_Strict):
+    """A point detector by registered name (``engine.detectors.point_ensemble``) and its parameters."""
+
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> PointMember:
+        from engine.detectors.point_ensemble import make_point_detector
+        from engine.errors import DetectorParamError
+
+        try:
+            make_point_detector(self.name, self.params)
+        except DetectorParamError as exc:  # pydantic reports ValueError with the field's path
+            raise ValueError(f"{exc} ({exc.hint})") from exc
+        return self
+
+
+class PointsConfig(_Strict):
+    """Point detectors beside the model, each on every feature column ``columns`` (names or globs)
+    matches, in an ensemble of their likelihoods; ``with_model`` false leaves the model's score out
+    of the ensemble (the members alone decide: how a member is evaluated on its own)."""
+
+    members: list[PointMember] = Field(min_length=1)
+    columns: list[str] = Field(default_factory=lambda: ["*__raw"], min_length=1)
+    with_model: bool = True
+
+
 class ThresholdConfig(_Strict):
     """Final scores above the threshold are anomalies: a quantile of the training rows' final
     scores, or a fixed value."""
@@ -166,6 +202,7 @@ class StreamConfig(_Strict):
     refit: RefitConfig | None = None
     calibration: Literal["ecdf", "gaussian", "minmax"] | None = None
     postprocess: PostprocessConfig = PostprocessConfig()
+    points: PointsConfig | None = None
     threshold: ThresholdConfig = ThresholdConfig()
     seed: int = 0
 

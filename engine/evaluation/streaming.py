@@ -37,6 +37,7 @@ from engine.detectors.stream_config import (
     AdaptiveFeatures,
     GroupConfig,
     ModelConfig,
+    PointsConfig,
     PostprocessConfig,
     RefitConfig,
     StreamConfig,
@@ -87,6 +88,7 @@ class DetectorSpec(_Strict):
     detector: DetectorPart = DetectorPart()
     refit: RefitConfig = RefitConfig()
     postprocess: NabPostprocess = NabPostprocess()
+    points: PointsConfig | None = None  # point detectors beside the model (on value__raw by default)
 
     def flat_params(self) -> dict[str, str]:
         """``section.key -> value`` strings for MLflow params."""
@@ -120,6 +122,7 @@ def stream_config(spec: DetectorSpec) -> StreamConfig:
         model=ModelConfig.model_validate({"class": spec.detector.name, "params": spec.detector.params}),
         refit=spec.refit,
         postprocess=spec.postprocess,
+        points=spec.points,
         threshold=ThresholdConfig(kind="fixed", value=NAB_THRESHOLD),
     )
 

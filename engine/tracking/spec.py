@@ -11,7 +11,8 @@ Each configuration is one stream detector (``engine.detectors.stream``): ``featu
 feature spec of the metrics every service emits (the default metric group), ``groups`` adds
 metric groups for the services that emit more (vector-db's retrieval quality): a service is scored
 on every group its globs match, each group by its own model; ``postprocess`` is the stateful steps
-after the model and ``threshold`` the alarm line on the final scores. The model slot takes
+after the model, ``points`` the point detectors beside it (``engine.detectors.pointwise``) and
+``threshold`` the alarm line on the final scores. The model slot takes
 stateless detectors only (it is fitted once and shared by every service of a group); a detector
 that keeps state between rows is refused at load, naming the field.
 """
@@ -33,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.detectors.spec_problems import detector_param_problems
-from engine.detectors.stream_config import PostprocessConfig
+from engine.detectors.stream_config import PointsConfig, PostprocessConfig
 from engine.errors import DetectorError, Problem, SpecError
 from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
 
@@ -205,6 +206,7 @@ class ExperimentSpec(_Strict):
     detectors: list[DetectorGrid] = Field(min_length=1)
     calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    points: PointsConfig | None = None
     threshold: ThresholdSpec = Field(default_factory=ThresholdSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
@@ -276,6 +278,7 @@ class LoadedSpec:
             model=ModelConfig.model_validate({"class": config.detector, "params": config.params}),
             calibration=s.calibration.method or "ecdf",
             postprocess=s.postprocess,
+            points=s.points,
             threshold=ThresholdConfig.model_validate(s.threshold.model_dump()),
             seed=s.seed,
         )
