@@ -193,6 +193,37 @@ def test_online_equals_batch_with_post_processing_state(stateful_post: StreamDet
 # ------------------------------------------------------------------------------ groups
 
 
+def test_an_adaptive_detectors_events_carry_their_features_and_values() -> None:
+    """In the engine's stages, a NAB-style (adaptive) series' anomaly events name the features
+    that moved and carry the series' latest value, as a fixed group's events do."""
+    from engine.runtime.events import EventMaker, Observations
+    from engine.runtime.scoring import ScoringStage
+
+    det, _ = _nab_factory()
+    rng = np.random.default_rng(7)
+    values = 10 + rng.uniform(-1, 1, 400)
+    values[300] = 60.0  # beyond everything seen: the spatial rule scores it 1.0
+    scoring = ScoringStage(det)
+    events = EventMaker(
+        detector=det.detector,
+        threshold=det.threshold_,
+        feature_names=det.feature_names,
+        bundle_version="b",
+        detector_version="d",
+    )
+    observations = Observations()
+    anomalies = []
+    for i, v in enumerate(values):
+        scored = scoring.step([(0.0, [(1_699_999_800.0 + 300 * i, "nab-file", "value", float(v))])])
+        observations.saw(scored, float(i))
+        anomalies += events.step(scored, observations).events
+    [spike] = anomalies
+    assert spike.ts == 1_699_999_800.0 + 300 * 300 and spike.score == 1.0
+    assert spike.features[0][0] == "value__raw" and spike.features[0][1] > 10
+    assert spike.contributing == ("value",)
+    assert spike.metrics == {"value": values[301]}  # the latest value when the row closed
+
+
 def test_each_service_is_scored_on_the_groups_it_emits() -> None:
     det, points = stream_factory("HBOS")()
     assert det.role_for("svc-a") == "default" and det.role_for("retrieval-1") == "default+retrieval"

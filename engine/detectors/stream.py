@@ -114,7 +114,17 @@ class _Group:
         self.name = config.name
         self.adaptive = isinstance(config.features, AdaptiveFeatures)
         self.spec: FeatureSpec | None = None if self.adaptive else config.features  # type: ignore[assignment]
-        self.feature_names: tuple[str, ...] = tuple(self.spec.feature_names) if self.spec else ()
+        # an adaptive group's columns: every one a series may get (the seasonal one where its
+        # warm-up keeps it; each series' own are in ``SeriesState.names``)
+        self.feature_names: tuple[str, ...] = (
+            tuple(self.spec.feature_names)
+            if self.spec
+            else tuple(
+                adaptive_spec(
+                    config.features, interval=1.0, lag=1 if config.features.seasonal else None
+                ).feature_names
+            )  # type: ignore[arg-type, union-attr]
+        )
         self.model: Any = None
         self.calibrator: Any = None
         self.low: list[float] | None = None  # training range of each feature (spatial rule)

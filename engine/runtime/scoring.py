@@ -7,7 +7,8 @@ three cannot drift.
 The detector seam is ``StreamScorer`` (``engine.detectors.stream.StreamDetector``): ``feed`` turns
 points into closed feature rows, ``score_rows`` scores a micro-batch of them with the stateful
 post-processing. The detector is fixed; everything it remembers per series lives in the stage's
-``states`` (``SeriesState``: explicit and serialisable with ``StreamDetector.state_to_bytes``).
+``states`` (``SeriesState``: explicit and serialisable with ``StreamDetector.state_to_bytes``; its
+``names`` are the series' features, which place its rows in the union layout).
 
 Rows leave the stage in the detector's union layout (``feature_names``: each row's role features in
 their columns, NaN elsewhere), so events name contributing metrics alike for every service.
@@ -63,7 +64,6 @@ class StreamScorer(Protocol):
     def feature_names(self) -> list[str]: ...
     @property
     def interval_s(self) -> float: ...
-    def role_features(self, role: str) -> tuple[str, ...]: ...
     def feed(self, points: Iterable[Any], states: MutableMapping[str, Any]) -> list[tuple[Any, Any]]: ...
     def close(self, states: MutableMapping[str, Any]) -> list[tuple[Any, Any]]: ...
     def score_rows(self, closed: list[tuple[Any, Any]]) -> list[Any]: ...
@@ -115,7 +115,7 @@ class ScoringStage:
         if store is not None:
             self.states.update(store.load())
         self._index = {name: j for j, name in enumerate(detector.feature_names)}
-        self._columns: dict[str, list[int]] = {}  # role -> its columns in the union layout
+        self._columns: dict[tuple[str, ...], list[int]] = {}  # a series' features -> union columns
         self._closed: dict[int, tuple[Any, Any]] = {}  # id(union row) -> (state, row) pushed, not scored
         self._refused: list[Refused] = []
 
@@ -207,16 +207,15 @@ class ScoringStage:
         width = len(self._index)
         for state, row in closed:
             values = row.values
+            names = state.names  # the series' own features (an adaptive role's differ by series)
             if not all(math.isfinite(v) for v in values):
                 state.refused += 1
-                names = self.detector.role_features(state.role)
                 bad = [n for n, v in zip(names, values, strict=False) if not math.isfinite(v)]
                 self._refused.append(_refused(row, f"non-finite feature value(s): {', '.join(bad)}"))
                 continue
-            columns = self._columns.get(state.role)
+            columns = self._columns.get(names)
             if columns is None:
-                names = self.detector.role_features(state.role)
-                columns = self._columns[state.role] = [self._index.get(n, -1) for n in names]
+                columns = self._columns[names] = [self._index.get(n, -1) for n in names]
             union = [math.nan] * width
             for j, v in zip(columns, values, strict=False):
                 if j >= 0:
