@@ -254,6 +254,19 @@ def test_nab_folder_loads_series_and_windows(tmp_path: Path, home: Path) -> None
     assert (again.inserted, again.incidents_inserted) == (0, 0)
 
 
+def test_a_nab_data_file_without_a_labels_entry_refuses_the_corpus_as_scoring_does(tmp_path: Path) -> None:
+    """One behaviour for ingest and `nab run`/`nab score`: a series without its windows would read
+    as "no anomaly" everywhere, so the corpus is refused, naming the file and the fix."""
+    from engine.evaluation.nab import load_corpus
+
+    corpus = _tiny_nab(tmp_path / "nab")
+    (corpus / "data" / "catB" / "three.csv").write_text("timestamp,value\n2014-01-01 00:00:00,5\n")
+    for read in (lambda: read_path(corpus, "nab"), lambda: load_corpus(corpus)):
+        with pytest.raises(InputError, match=r"no entry for catB/three\.csv") as caught:
+            read()
+        assert caught.value.hint is not None and '"catB/three.csv": []' in caught.value.hint
+
+
 @pytest.mark.nab
 def test_real_nab_subset_has_38_series_and_69_windows(nab_corpus: Path, tmp_path: Path) -> None:
     result = read_path(nab_corpus, "nab")

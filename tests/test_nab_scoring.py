@@ -334,5 +334,5 @@ def test_the_corpus_is_read_by_the_ingest_reader_and_a_bad_row_is_named(tmp_path
     labels = root / "labels" / "combined_windows.json"
     labels.write_text(json.dumps({"cat/a.csv": []}))
     path.write_text("\n".join(lines[:5]) + "\n")
-    with pytest.raises(EvaluationError, match=r"no entry for cat/b\.csv"):
+    with pytest.raises(InputError, match=r"no entry for cat/b\.csv"):
         load_corpus(root)

@@ -557,8 +557,9 @@ _NAB_LABELS_HINT = (
 
 def _nab_windows(labels: Path, keys: list[str]) -> pl.DataFrame:
     """The labelled windows of the series present, as incidents. The whole file is checked first
-    (shape, timestamps, end >= start) so that a broken file refuses the corpus with the key at
-    fault instead of crashing half way or loading the series without their ground truth."""
+    (shape, every data file listed, timestamps, end >= start) so that a broken file refuses the
+    corpus with the key at fault instead of crashing half way or loading the series without their
+    ground truth. Entries without a data file are ignored (the full corpus' labels serve a subset)."""
     try:
         windows = json.loads(labels.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -583,6 +584,12 @@ def _nab_windows(labels: Path, keys: list[str]) -> pl.DataFrame:
                     hint=_NAB_LABELS_HINT,
                 )
             spans.append((key, i, span[0], span[1]))
+    unlisted = sorted(set(keys) - set(windows))
+    if unlisted:  # a series without its ground truth would read as "no anomaly" everywhere
+        raise InputError(
+            f"{labels}: no entry for {unlisted[0]} ({len(unlisted)} data file(s) without one)",
+            hint=f'add "{unlisted[0]}": [] when the file has no anomaly, or move the file out of data/',
+        )
     frame = pl.DataFrame(
         spans, schema={"key": pl.String, "i": pl.Int64, "start": pl.String, "end": pl.String}, orient="row"
     )
