@@ -97,7 +97,9 @@ def test_replay_decides_what_an_engine_fed_the_same_points_decides(
 ) -> None:
     """engine == replay: the same points, one feature interval per tick, through a running engine
     (kill switch on, so every decision is journaled as blocked and none is dropped as a duplicate)
-    and through shadow replay give the same anomalies and the same decisions."""
+    and through shadow replay give the same anomaly events (every field but ids, arrival times and
+    versions: scores, features, latest values, diagnosis) and the same decisions."""
+    import json
     import time
 
     from engine.policy.loader import load_policies
@@ -148,9 +150,19 @@ def test_replay_decides_what_an_engine_fed_the_same_points_decides(
         ]
         decisions = journal.recent("decisions", limit=10**6)
     assert len(anomalies) == result.anomalies > 0
+    ignored = {"id", "arrival", "bundle_version", "detector_version"}
+
+    def same(event: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in event.items() if k not in ignored}
+
+    engine_events = sorted((same(e["payload"]) for e in anomalies), key=lambda e: (e["ts"], e["service"]))
+    replay_events = [same(json.loads(json.dumps(e.model_dump(), default=str))) for e in result.events]
+    assert engine_events == sorted(replay_events, key=lambda e: (e["ts"], e["service"]))
     engine_decided = sorted(
-        (d["window_end"], d["target"], d["action"], d["rule"]) for d in decisions if d["window_end"] >= start
+        (d["window_end"], d["service"], d["target"], d["action"], d["rule"], d["risk"])
+        for d in decisions
+        if d["window_end"] >= start
     )
-    replay_decided = sorted((d.ts, d.target, d.action, d.rule) for d in result.decisions)
+    replay_decided = sorted((d.ts, d.service, d.target, d.action, d.rule, d.risk) for d in result.decisions)
     assert engine_decided == replay_decided and len(replay_decided) >= 1
     assert {d["status"] for d in decisions} == {"blocked"}

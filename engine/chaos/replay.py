@@ -60,6 +60,7 @@ class ReplayResult:
     anomalies: int
     per_service: dict[str, dict[str, Any]]
     decisions: list[ReplayDecision] = field(default_factory=list)
+    events: list[Any] = field(default_factory=list)  # the anomaly events (AnomalyEvent) from since on
 
     @property
     def approvals(self) -> list[ReplayDecision]:
@@ -233,13 +234,17 @@ def replay(
         detector_version=detector_version,
     )
     observations = Observations()
+    kinds = shipped_model()  # what the engine runs (``engine.runtime.components``), version and all
     diagnosis = DiagnosisStage(
-        shipped_model(), {name: tuple(spec.depends_on) for name, spec in topology.services.items()}
+        kinds,
+        {name: tuple(spec.depends_on) for name, spec in topology.services.items()},
+        version=kinds.version,
     )
     ledger = _Ledger()
     windows = _windows(incidents)
     start_s = (since - datetime(1970, 1, 1)).total_seconds()
     decisions: list[ReplayDecision] = []
+    anomalies: list[Any] = []
     scored_ts: list[float] = []
     scored_service: list[str] = []
     scored_alarm: list[bool] = []
@@ -254,6 +259,7 @@ def replay(
                 scored_alarm.append(score > events.threshold)
         if not (made.events or made.changes):
             continue
+        anomalies += [e for e in made.events if e.ts >= start_s]
         for decision in ask(host, made).decided:  # before ``since``: warm-up only
             at = decision.window_end if decision.window_end is not None else start_s
             if at >= start_s:
@@ -272,6 +278,7 @@ def replay(
         anomalies=int(alarms.sum()),
         per_service=_per_service(np.array(scored_ts), np.array(scored_service), alarms, windows),
         decisions=decisions,
+        events=anomalies,
     )
 
 
