@@ -17,8 +17,9 @@ with baselines measured in the same run:
   the full run uses 600).
 
 Every figure is measured for two builds in the same run, each engine in a process of its own:
-the build before the runtime was cut into stages (commit ``BASELINE_COMMIT``, checked out into a
-temporary ``git worktree`` and imported through ``PYTHONPATH``) and this one, in ``--repeats``
+the build before the runtime was cut into stages (commit ``BASELINE_COMMIT``, or
+``SELFHEAL_BENCH_BASELINE``; checked out into a temporary ``git worktree`` and imported through
+``PYTHONPATH``) and this one, in ``--repeats``
 rounds that alternate which build goes first; the table shows the median over rounds of this build
 against that baseline. ``SELFHEAL_BENCH_BUILDS=this`` measures this build alone.
 
@@ -56,7 +57,9 @@ TARGET_RATE = 50_000.0  # points/s offered during the soak (or 80% of saturation
 LOAD_FRACTION = float(os.environ.get("SELFHEAL_BENCH_LOAD", "0.6"))  # soak rate / saturation rate
 BURST_EVERY = 40  # feature buckets between anomaly bursts (one service, 3 buckets)
 T0 = 1_700_000_000.0  # in the past: the engine refuses points more than 10 minutes ahead
-BASELINE_COMMIT = "a7da661"  # the last build before the runtime's stage split
+BASELINE_COMMIT = os.environ.get("SELFHEAL_BENCH_BASELINE", "a7da661")
+"""The build compared against: by default the last one before the runtime's stage split;
+``SELFHEAL_BENCH_BASELINE=851d23d`` is the last one before the stream detector (stateless scoring)."""
 REPO = HERE.parents[1]
 
 
