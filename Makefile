@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: venv browser demo test test-fast bench lint clean
+.PHONY: venv browser services demo test test-fast bench lint clean
 
 venv: $(STAMP)
 
@@ -31,10 +31,22 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "note: chromium not installed; the browser tests (report, console) will skip"; fi; }
 
+# Debian's redis-server and PostgreSQL for the tests of the parts that run across machines (the
+# shared journal, the telemetry bus): the tests start their own throw-away servers on free ports
+# of 127.0.0.1 (engine/testing/services.py), never the machine's services. Installed when running
+# as root with apt-get; where that fails or cannot run, those tests skip and say why.
+services:
+	@command -v redis-server >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	        redis-server postgresql >/dev/null; } \
+	      || echo "note: apt-get could not install redis-server/postgresql; their tests will skip"; \
+	  else echo "note: redis-server/postgresql not installed; the journal/bus tests on them will skip"; fi; }
+
 # Tests marked `alone` drive the engine against a simulated clock running 720x the wall clock: a
 # busy neighbour test makes the engine lag that clock by more than a verification deadline's slack
 # (CI once saw the demo's game day "not verified"), so they run afterwards, one at a time.
-test: $(STAMP) browser
+test: $(STAMP) browser services
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not alone"
 	$(BIN)/python -m pytest -m alone
 

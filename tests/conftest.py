@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from engine.testing.services import PostgresServer, RedisServer
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; `make test` installs it
 needs_chromium = pytest.mark.skipif(
@@ -100,3 +102,39 @@ def screenshot(page: Any, tmp_path: Path, name: str) -> Path:
         Path(artefacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(artefacts) / path.name)
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One throw-away redis-server per test process (skips, saying why, where none can run)."""
+    server = RedisServer()
+    if server.missing():
+        pytest.skip(server.missing())
+    with server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, emptied for this test."""
+    import redis
+
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL cluster per test process (skips, saying why, where none can run)."""
+    server = PostgresServer()
+    if server.missing():
+        pytest.skip(server.missing())
+    with server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh database of the session's PostgreSQL for this test."""
+    return postgres_server.database()
