@@ -1,9 +1,11 @@
 """The engine runs the one stream detector, state and all, in a real ``selfheal run`` process:
 
 - its per-series state survives a kill -9: an engine SIGKILLed mid-stream and started again
-  scores the rest of the stream exactly as an engine that never stopped. The detector here has
-  state worth keeping (z-scores over 30 buckets, the anomaly likelihood), so an engine restarted
-  without its states (the control, ``state_snapshot_s: null``) re-warms and scores differently;
+  scores the rest of the stream exactly as an engine that never stopped, whether it scores
+  in-process or in scoring workers (each keeps its own services' states, and a restart with
+  another number of workers finds them). The detector here has state worth keeping (z-scores over
+  30 buckets, the anomaly likelihood), so an engine restarted without its states (the control,
+  ``state_snapshot_s: null``) re-warms and scores differently;
 - fed a NAB file over HTTP, it emits the scores ``selfheal nab run`` gives that file
   (``engine.evaluation.streaming.run_series``, the function ``nab run`` replays each file with).
 """
@@ -109,12 +111,13 @@ class Run:
         self.url = f"http://127.0.0.1:{self.port}"
         self.scores = tmp / "scores.ndjson"
         self.config = tmp / "engine.yaml"
-        self.config.write_text(
+        self.settings = (
             f"components: {Path(__file__).resolve()}:build_components\n"
             f"port: {self.port}\ntoken: {TOKEN}\ntick_s: 0.02\n"
             f"journal: {tmp / 'journal.sqlite'}\nscores_file: {self.scores}\n"
             f"state_snapshot_s: {snapshot}\n"
         )
+        self.workers = 0
         self.env = {
             **os.environ,
             "SELFHEAL_TEST_RULES": str(write_rules(tmp / "rules", admin_url)),
@@ -125,6 +128,7 @@ class Run:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.config.write_text(f"{self.settings}workers: {self.workers}\n")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "engine.cli", "run", str(self.config)],
@@ -168,11 +172,20 @@ class Run:
         return [(r["ts"], r["service"], r["score"]) for r in map(json.loads, lines)]
 
 
-def _killed_midway(tmp: Path, admin_url: str, first: list[Any], rest: list[Any], snapshot: str) -> Run:
+def _killed_midway(
+    tmp: Path,
+    admin_url: str,
+    first: list[Any],
+    rest: list[Any],
+    snapshot: str,
+    workers: tuple[int, int] = (0, 0),
+) -> Run:
     run = Run(tmp, admin_url, snapshot=snapshot)
+    run.workers = workers[0]
     run.start()
     run.push(first)
     run.end(signal.SIGKILL)
+    run.workers = workers[1]
     run.start()
     run.push(rest)
     run.end(signal.SIGTERM)
@@ -195,6 +208,24 @@ def test_scores_after_a_kill_9_equal_those_of_an_engine_that_never_stopped(tmp_p
     # Without its states the restarted engine re-warms: the rows after the kill differ.
     after = [r for r in cold.rows() if r[0] >= T0 + 140]
     assert after != [r for r in want if r[0] >= T0 + 140]
+
+
+def test_scoring_workers_restore_their_states_after_a_kill_9(tmp_path: Path) -> None:
+    """Two scoring workers, SIGKILLed with their engine mid-stream; restarted with three (the
+    services change workers): the scores are those of an engine that never stopped. Workers score
+    in parallel, so rows are compared as sets of (ts, service, score), not in file order."""
+    first, rest = _points(0, 140), _points(140, 60)
+    with AdminServer() as admin:
+        never = Run(tmp_path / "never", admin.url, snapshot="0")
+        never.start()
+        never.push(first + rest)
+        never.end(signal.SIGTERM)
+        killed = _killed_midway(tmp_path / "killed", admin.url, first, rest, "0", workers=(2, 3))
+    want = sorted(never.rows())
+    assert len(want) > 150 * len(SERVICES)
+    got = killed.rows()
+    assert len(got) == len(want)
+    assert sorted(got) == want
 
 
 def test_the_engine_fed_a_nab_file_over_http_scores_it_as_nab_run(nab_corpus: Path, tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from engine.runtime.scoring import ScoringStage
-from engine.runtime.states import StateStore
+from engine.runtime.shards import _Owns
+from engine.runtime.states import SqliteStates
+from engine.telemetry.columns import partition
 from engine.testing.detectors import _epoch_points, stream_factory
 
 
@@ -34,10 +36,10 @@ def test_a_stage_restarted_on_its_snapshot_scores_as_one_that_never_stopped(tmp_
     half = len(ticks) // 2
     want = _scores(ScoringStage(det), ticks)
 
-    first = ScoringStage(det, store=StateStore(tmp_path / "s.sqlite", det), snapshot_s=3600)
+    first = ScoringStage(det, store=SqliteStates(tmp_path / "s.sqlite", det), snapshot_s=3600)
     got = _scores(first, ticks[:half])
     first.close()  # a clean stop writes what the interval had not
-    again = ScoringStage(det, store=StateStore(tmp_path / "s.sqlite", det), snapshot_s=0)
+    again = ScoringStage(det, store=SqliteStates(tmp_path / "s.sqlite", det), snapshot_s=0)
     assert set(again.states) == {"svc-a", "svc-b", "retrieval-1"}
     got += _scores(again, ticks[half:])
     assert got == want
@@ -47,11 +49,11 @@ def test_a_stage_restarted_on_its_snapshot_scores_as_one_that_never_stopped(tmp_
 
 def test_forgotten_series_leave_the_snapshot(tmp_path: Path) -> None:
     det, points = stream_factory("HBOS")()
-    stage = ScoringStage(det, store=StateStore(tmp_path / "s.sqlite", det), snapshot_s=0)
+    stage = ScoringStage(det, store=SqliteStates(tmp_path / "s.sqlite", det), snapshot_s=0)
     _scores(stage, _ticks(_epoch_points(points))[:5])
     stage.forget(["svc-a"])
     stage.close()
-    assert set(StateStore(tmp_path / "s.sqlite", det).load()) == {"svc-b", "retrieval-1"}
+    assert set(SqliteStates(tmp_path / "s.sqlite", det).load()) == {"svc-b", "retrieval-1"}
 
 
 def test_another_detectors_snapshot_is_discarded_and_a_bad_state_dropped_alone(
@@ -60,14 +62,37 @@ def test_another_detectors_snapshot_is_discarded_and_a_bad_state_dropped_alone(
     det, points = stream_factory("HBOS")()
     other, _ = stream_factory("PCA")()
     path = tmp_path / "s.sqlite"
-    stage = ScoringStage(det, store=StateStore(path, det), snapshot_s=0)
+    stage = ScoringStage(det, store=SqliteStates(path, det), snapshot_s=0)
     _scores(stage, _ticks(_epoch_points(points))[:5])
     stage.close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE states SET state = x'00ff' WHERE series = 'svc-a'")
     with caplog.at_level(logging.WARNING, logger="engine.runtime.states"):
-        assert set(StateStore(path, det).load()) == {"svc-b", "retrieval-1"}
+        assert set(SqliteStates(path, det).load()) == {"svc-b", "retrieval-1"}
         assert "'svc-a' cannot be restored" in caplog.text
-        assert StateStore(path, other).load() == {}
+        assert SqliteStates(path, other).load() == {}
         assert "states of another detector discarded" in caplog.text
-    assert StateStore(path, det).load() == {}  # gone for good: the other detector's file now
+    assert SqliteStates(path, det).load() == {}  # gone for good: the other detector's file now
+
+
+def test_workers_sharing_a_file_each_restore_their_own_series_whatever_their_number(tmp_path: Path) -> None:
+    """Each scoring worker loads the series it now owns, so a restart with another number of
+    workers finds every series' state (``engine.runtime.shards``: a service's worker is
+    ``partition(service, workers)``)."""
+    det, points = stream_factory("HBOS")()
+    path = tmp_path / "s.sqlite"
+    mine = {s for s in ("svc-a", "svc-b", "retrieval-1") if partition(s, 2) == 0}
+    assert 0 < len(mine) < 3
+    stage = ScoringStage(det, store=SqliteStates(path, det, owns=_Owns(0, 2)), snapshot_s=0)
+    _scores(stage, _ticks([p for p in _epoch_points(points) if p[1] in mine])[:5])  # worker 0's points
+    stage.close()
+    assert set(SqliteStates(path, det).load()) == mine
+    stage = ScoringStage(det, store=SqliteStates(path, det), snapshot_s=0)
+    _scores(stage, _ticks(_epoch_points(points))[:5])
+    stage.close()
+    for n in (2, 3):
+        shares = [set(SqliteStates(path, det, owns=_Owns(i, n)).load()) for i in range(n)]
+        assert set().union(*shares) == {"svc-a", "svc-b", "retrieval-1"}
+        assert sum(map(len, shares)) == 3
+        for i, share in enumerate(shares):
+            assert all(partition(s, n) == i for s in share)

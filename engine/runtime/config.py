@@ -120,10 +120,11 @@ class EngineSettings(_Strict):
     )
     tick_s: float = Field(0.05, gt=0, description="scoring tick: longest a point waits to be scored")
     state_snapshot_s: float | None = Field(
-        None,
+        60.0,
         ge=0,
-        description="the detector's per-series states are written beside the journal this often, and read "
-        "back at start (0: after every tick; null: never, a restart re-warms every series). workers: 0 only",
+        description="the detector's per-series states are written beside the journal this often (by the "
+        "engine or each scoring worker), and read back at start (0: after every tick; null: never, a "
+        "restart re-warms every series)",
     )
     scores_file: Path | None = Field(
         None, description="every scored row appended here, NDJSON (ts, service, score)"

@@ -33,7 +33,7 @@ from engine.runtime.metrics import EngineMetrics, EngineState
 from engine.runtime.notify import Notifier
 from engine.runtime.policies import ask
 from engine.runtime.scoring import Scored, ScoreLog, ScoringStage
-from engine.runtime.shards import ShardPool
+from engine.runtime.shards import ShardPool, StatesAt
 from engine.runtime.sources import IngestQueue, PromMapping, scrape_loop, tail_ndjson
 from engine.runtime.states import state_store
 from engine.runtime.writer import Writer, spawn
@@ -62,7 +62,7 @@ class Engine:
         self.journal = Journal(journal_path)
         self.queue = IngestQueue(settings.queue_max_points)
         self.observations = Observations()
-        store = state_store(settings, journal_path, scorer)
+        store = None if settings.workers else state_store(settings, journal_path, scorer)  # else theirs
         self.scoring = ScoringStage(scorer, store=store, snapshot_s=settings.state_snapshot_s or 0)
         self.score_log = ScoreLog(settings.scores_file) if settings.scores_file else None
         self.events = EventMaker(
@@ -117,7 +117,8 @@ class Engine:
         self.notifier.start()
         self.events.health.update(self.writer.start())  # recovery first, then its threads
         if s.workers:
-            self.shards = ShardPool(self.components.pipeline, s.workers, self._scored)
+            states = StatesAt(s, self.journal.path)
+            self.shards = ShardPool(self.components.pipeline, s.workers, self._scored, states=states)
         self._spawn("score", self._score_loop)
         for path in s.sources.files:
             sink = self._blocking_sink(f"file:{path}")

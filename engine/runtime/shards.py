@@ -7,8 +7,13 @@ picks the worker, so a service's points stay in order) with its own copy of the 
 returns what the stage returns. Everything that must be serial (events, health facts, policies,
 safeguards, journal, actions) stays in the engine process.
 
+Each worker keeps the detector states of its services (``engine.runtime.states``): it restores
+them at start from the engine's state store, snapshots them every ``state_snapshot_s`` and at a
+clean stop, exactly as the in-process stage does.
+
 Workers are started with ``spawn`` (no fork of a threaded process). A worker that dies takes its
-services' open buckets with it; the engine logs it, counts it, and reports not ready.
+services' open buckets since the last snapshot with it; the engine logs it, counts it, and
+reports not ready.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import multiprocessing as mp
 import pickle
 import threading
 import time
-import zlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from engine.errors import RuntimeEngineError
 from engine.runtime.scoring import Scored, ScoringStage
-from engine.telemetry.columns import PointColumns
+from engine.runtime.states import state_store
+from engine.telemetry.columns import PointColumns, partition
 from engine.telemetry.points import Point, Points
 
 log = logging.getLogger(__name__)
@@ -35,15 +42,33 @@ Batch = tuple[float, Points]
 OnScored = Callable[[Scored], None]
 
 
-def _worker(conn: Any, pipeline_bytes: bytes) -> None:
+@dataclass(frozen=True)
+class _Owns:
+    """A worker's share of the services (picklable, unlike a closure)."""
+
+    shard: int
+    shards: int
+
+    def __call__(self, service: str) -> bool:
+        return partition(service, self.shards) == self.shard
+
+
+def _worker(conn: Any, pipeline_bytes: bytes, states: StatesAt | None, owns: _Owns) -> None:
     """Worker process: the scoring stage on the points of its services, tick by tick."""
-    stage = ScoringStage(pickle.loads(pipeline_bytes))  # the engine pickled its own (verified) pipeline
+    detector = pickle.loads(pipeline_bytes)  # the engine pickled its own (verified) pipeline
+    store = state_store(states.settings, states.journal, detector, owns) if states else None
+    snapshot_s = states.settings.state_snapshot_s if states else None
+    stage = ScoringStage(detector, store=store, snapshot_s=snapshot_s or 0)
     gc.collect()
     gc.freeze()  # a dedicated process: keep full collections off the loaded pipeline (see server.py)
     conn.send("ready")
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except EOFError:  # the engine died: keep the states of the last snapshot, not a later one
+            return
         if message is None:
+            stage.close()  # a clean stop: the last snapshot
             return
         if type(message) is tuple:  # ("forget", services): idle services' state goes (no reply)
             stage.forget(message[1])
@@ -51,11 +76,24 @@ def _worker(conn: Any, pipeline_bytes: bytes) -> None:
         conn.send(stage.step(message))
 
 
+class StatesAt(NamedTuple):
+    """Where the workers keep their detector states: the engine's settings and journal."""
+
+    settings: Any
+    journal: Path
+
+
 class ShardPool:
     """N scoring processes; ``submit`` partitions a tick's batches, ``on_scored`` gets the results."""
 
     def __init__(
-        self, pipeline: Any, workers: int, on_scored: OnScored, *, start_timeout_s: float = 120.0
+        self,
+        pipeline: Any,
+        workers: int,
+        on_scored: OnScored,
+        *,
+        states: StatesAt | None = None,
+        start_timeout_s: float = 120.0,
     ) -> None:
         ctx = mp.get_context("spawn")
         blob = pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL)
@@ -69,7 +107,12 @@ class ShardPool:
         self.failed = False
         for i in range(workers):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, blob), name=f"selfheal-shard-{i}", daemon=True)
+            proc = ctx.Process(
+                target=_worker,
+                args=(child, blob, states, _Owns(i, workers)),
+                name=f"selfheal-shard-{i}",
+                daemon=True,
+            )
             proc.start()
             child.close()
             self._conns.append(parent)
@@ -111,7 +154,7 @@ class ShardPool:
             for point in points:
                 shard = shard_of.get(point[1])
                 if shard is None:
-                    shard = shard_of[point[1]] = zlib.crc32(point[1].encode()) % n
+                    shard = shard_of[point[1]] = partition(point[1], n)
                 split[shard].append(point)
             for i, pts in enumerate(split):
                 if pts:
@@ -168,7 +211,7 @@ class ShardPool:
             with contextlib.suppress(OSError, ValueError):
                 conn.send(None)
         for proc in self._procs:
-            proc.join(timeout=5)
+            proc.join(timeout=30)  # its last snapshot first
             if proc.is_alive():
                 proc.kill()
         for thread in getattr(self, "_readers", []):

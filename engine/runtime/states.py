@@ -1,17 +1,26 @@
-"""Per-series detector states on disk: a restarted engine resumes where it stopped.
+"""Per-series detector states kept by a store: a restarted engine resumes where it stopped.
 
 Why: the stream detector's per-series state (open buckets, transform windows, the likelihood's
 averages, the spatial range, a per-series model's rows) takes hours of telemetry to build; an
 engine restarted without it re-warms for that long, blind to slow faults. The scoring stage
-(``engine.runtime.scoring``) writes the states of the series its ticks touched to one SQLite file
-(WAL, ``synchronous=FULL``, like the journal) every ``state_snapshot_s`` seconds and at a clean
-stop, and reads them back at start. With ``state_snapshot_s: 0`` a tick's states are committed
-before its scores leave the stage, so a crash (kill -9) loses no state of anything scored; a
-longer interval costs less and loses at most that interval's changes.
+(``engine.runtime.scoring``) writes the states of the series its ticks touched to a store every
+``state_snapshot_s`` seconds (60 by default) and at a clean stop, and reads them back at start.
+With ``state_snapshot_s: 0`` a tick's states are committed before its scores leave the stage, so a
+crash (kill -9) loses no state of anything scored; a longer interval costs less and loses at most
+that interval's changes.
 
-A snapshot belongs to one detector: the file keeps the detector's fingerprint (the digest of its
-artifact's ``detector.json``: config, calibrations, threshold). A file written by another
-detector is discarded with a warning, never read into a detector it was not written for; a
+Whoever scores a series keeps its state: the engine's own scoring stage, or each scoring worker
+(``engine.runtime.shards``) for the services it owns. A store is opened with ``owns`` (the
+worker's share of the services) and loads only those; since every worker reads the same store, a
+restart with another number of workers finds each series' state wherever it now goes.
+
+``StateStore`` is the seam (load, save, close); ``SqliteStates`` is the one kept today, one file
+beside the journal (WAL, ``synchronous=FULL``, like the journal; the workers' processes share it).
+A store shared by replicas (PostgreSQL, beside the journal) implements the same three calls.
+
+A snapshot belongs to one detector: the store keeps the detector's fingerprint (the digest of its
+artifact's ``detector.json``: config, calibrations, threshold). States written by another
+detector are discarded with a warning, never read into a detector they were not written for; a
 series whose state cannot be read is dropped alone (logged) and starts afresh.
 """
 
@@ -20,25 +29,42 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from engine.errors import DetectorError, RuntimeEngineError
 
-__all__ = ["StateStore", "detector_fingerprint", "state_store"]
+__all__ = ["SqliteStates", "StateStore", "detector_fingerprint", "state_store"]
 
 log = logging.getLogger(__name__)
 
 
-def state_store(settings: Any, journal_path: Path, detector: Any) -> StateStore | None:
-    """The engine's store (``state_snapshot_s``, beside the journal), or None when states are not kept."""
+Owns = Callable[[str], bool]  # a store's share of the series (by service): a worker's services
+
+
+class StateStore(Protocol):
+    """Where a scoring stage keeps its series' states (``StreamDetector.state_to_bytes``)."""
+
+    def load(self) -> dict[str, Any]:
+        """The stored states of the series this store owns; one that cannot be read is dropped alone."""
+        ...
+
+    def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
+        """Write the states of ``series`` (those no longer in ``states`` are deleted), atomically."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def state_store(
+    settings: Any, journal_path: Path, detector: Any, owns: Owns | None = None
+) -> StateStore | None:
+    """The engine's store (``state_snapshot_s``, beside the journal) for the series ``owns`` picks
+    (all by default), or None when states are not kept."""
     if settings.state_snapshot_s is None or not hasattr(detector, "state_to_bytes"):
         return None
-    if settings.workers:
-        log.warning("state_snapshot_s applies to in-process scoring (workers: 0); a restart re-warms")
-        return None
-    return StateStore(settings.states_path(journal_path), detector)
+    return SqliteStates(settings.states_path(journal_path), detector, owns)
 
 
 def detector_fingerprint(detector: Any) -> str:
@@ -48,40 +74,45 @@ def detector_fingerprint(detector: Any) -> str:
     return hashlib.sha256(detector_json(detector)).hexdigest()
 
 
-class StateStore:
-    """One SQLite file of per-series states (``StreamDetector.state_to_bytes``) for one detector."""
+class SqliteStates:
+    """One SQLite file of per-series states for one detector, shared by the processes that score
+    (each saves and loads the series it ``owns``)."""
 
-    def __init__(self, path: Path, detector: Any) -> None:
+    def __init__(self, path: Path, detector: Any, owns: Owns | None = None) -> None:
         self.path = path
         self.detector = detector
+        self.owns = owns
         fingerprint = detector_fingerprint(detector)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS states (series TEXT PRIMARY KEY, state BLOB NOT NULL)"
             )
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'detector'").fetchone()
+            with self._db:  # the workers open the file at once: one checks the detector at a time
+                self._db.execute("BEGIN IMMEDIATE")
+                row = self._db.execute("SELECT value FROM meta WHERE key = 'detector'").fetchone()
+                if row is None or row[0] != fingerprint:
+                    if row is not None:
+                        log.warning("%s: states of another detector discarded; every series re-warms", path)
+                    self._db.execute("DELETE FROM states")
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('detector', ?)", (fingerprint,))
         except sqlite3.Error as exc:
             raise RuntimeEngineError(
                 f"{path}: the detector state file cannot be opened: {exc}",
                 hint="delete it (the engine then re-warms every series) or set state_snapshot_s: null",
             ) from exc
-        if row is None or row[0] != fingerprint:
-            if row is not None:
-                log.warning("%s: states of another detector discarded; every series re-warms", path)
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.execute("DELETE FROM states")
-                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('detector', ?)", (fingerprint,))
 
     def load(self) -> dict[str, Any]:
-        """Every stored series' state; one that cannot be read is dropped alone (logged)."""
+        """The stored states of the series this store owns; one that cannot be read is dropped alone."""
         out: dict[str, Any] = {}
+        owns = self.owns
         for series, blob in self._db.execute("SELECT series, state FROM states"):
+            if owns is not None and not owns(series):
+                continue
             try:
                 out[series] = self.detector.state_from_bytes(blob)
             except DetectorError as exc:
@@ -93,7 +124,6 @@ class StateStore:
         return out
 
     def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
-        """Write the states of ``series`` (those no longer in ``states`` are deleted), atomically."""
         to_bytes = self.detector.state_to_bytes
         keep, gone = [], []
         for name in series:
@@ -103,7 +133,7 @@ class StateStore:
             else:
                 keep.append((name, to_bytes(state)))
         with self._db:
-            self._db.execute("BEGIN")
+            self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?)", keep)
             self._db.executemany("DELETE FROM states WHERE series = ?", gone)
 

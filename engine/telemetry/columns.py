@@ -42,6 +42,12 @@ _PARSE = pj.ParseOptions(explicit_schema=_SCHEMA, unexpected_field_behavior="ign
 _BLANK_LINE = re.compile(rb"\n[ \r]*\n")
 
 
+def partition(service: str, parts: int) -> int:
+    """The part of ``parts`` a service's points go to: stable across processes and restarts (crc32,
+    not ``hash``), so one worker (or replica) sees all of a service's points, in order."""
+    return zlib.crc32(service.encode()) % parts
+
+
 class PointColumns:
     """Points as four columns; iterates as ``(ts, service, metric, value)`` tuples like a list."""
 
@@ -98,13 +104,13 @@ class PointColumns:
         return PointColumns(self.table.filter(pa.array(~dropped))), counts
 
     def split(self, shard_of: dict[str, int], shards: int) -> list[PointColumns | None]:
-        """Partition by service as ``crc32(service) % shards`` (the list path's rule), order kept;
+        """Partition by service (``partition``, the list path's rule), order kept;
         ``shard_of`` caches the rule per service name and is updated here."""
         services = self._service_codes()
         names = services.dictionary.to_pylist()
         for name in names:
             if name not in shard_of:
-                shard_of[name] = zlib.crc32(name.encode()) % shards
+                shard_of[name] = partition(name, shards)
         per_row = np.array([shard_of[name] for name in names], dtype=np.int64)[services.indices.to_numpy()]
         out: list[PointColumns | None] = []
         for i in range(shards):
