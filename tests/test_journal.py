@@ -168,7 +168,7 @@ def test_batches_beyond_sqlites_parameter_limit_are_written_whole(tmp_path: Path
     """2,000 decisions x 20 columns is 40,000 bound parameters, over SQLite's default 32,766 per
     statement (some builds allow more: the test lowers this connection's limit to the default)."""
     with Journal(tmp_path / "j.sqlite") as journal:
-        journal._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
+        journal._db.connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 32_766)
         records = [_decision(i, rule=f"r{i}").to_record() for i in range(2000)]
         with journal.transaction():
             ids = journal.record_decisions([(r, DecisionStatus.EXECUTING, None) for r in records])

@@ -48,7 +48,9 @@ def run(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Engine config (YAML).")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8787).")] = None,
-    journal_path: Annotated[Path | None, typer.Option("--journal", help="Journal file (SQLite).")] = None,
+    journal_path: Annotated[
+        str | None, typer.Option("--journal", help="Journal: a SQLite file or a postgresql:// URL.")
+    ] = None,
     trusted_key: Annotated[
         list[Path] | None,
         typer.Option(
@@ -226,7 +228,8 @@ def journal(
     ] = None,
     limit: Annotated[int, typer.Option(help="At most this many rows, newest first.")] = 50,
     journal_path: Annotated[
-        Path | None, typer.Option("--journal", help="Journal file (default in the home).")
+        str | None,
+        typer.Option("--journal", help="Journal: SQLite file or postgresql:// URL (default in the home)."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
@@ -281,7 +284,8 @@ def journal_export(
         bool, typer.Option("--to-store", help="Write the tables into the home's DuckDB store.")
     ] = False,
     journal_path: Annotated[
-        Path | None, typer.Option("--journal", help="Journal file (default in the home).")
+        str | None,
+        typer.Option("--journal", help="Journal: SQLite file or postgresql:// URL (default in the home)."),
     ] = None,
 ) -> None:
     """The journal as evidence: one outcome per decision (healed, not_healed, rejected, expired...,

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from engine.errors import ConfigError, SpecError
 from engine.runtime.client import URL_ENV
+from engine.runtime.journal_db import is_url
 from engine.runtime.ladder import Mode
 from engine.runtime.notify import Channel
 from engine.runtime.safeguards import GlobalLimits, MaintenanceWindow
@@ -87,7 +88,11 @@ class EngineSettings(_Strict):
     approver_tokens: dict[str, str] = Field(
         default_factory=dict, description="named tokens: the approver recorded is the token's name"
     )
-    journal: Path | None = Field(None, description="SQLite journal (default HOME/journals/engine.sqlite)")
+    journal: str | None = Field(
+        None,
+        description="SQLite journal file (default HOME/journals/engine.sqlite), or a PostgreSQL URL "
+        "(postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE) for a journal on a server",
+    )
     dead_letter: Path | None = Field(None, description="rejected points, NDJSON (default beside the journal)")
     dead_letter_max_bytes: int = Field(
         64 * 2**20, ge=4096, description="the dead-letter file is rotated (to .1, .2, ...) past this size"
@@ -193,14 +198,22 @@ class EngineSettings(_Strict):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def journal_path(self, home_journals: Path) -> Path:
-        return self.journal or home_journals / "engine.sqlite"
+    def journal_path(self, home_journals: Path) -> Path | str:
+        """The journal's file, or its PostgreSQL URL (``engine.runtime.journal_db``)."""
+        if self.journal is None:
+            return home_journals / "engine.sqlite"
+        return self.journal if is_url(self.journal) else Path(self.journal)
 
     def dead_letter_path(self, home_journals: Path) -> Path:
-        return self.dead_letter or self.journal_path(home_journals).with_name("dead-letter.ndjson")
+        journal = self.journal_path(home_journals)
+        local = home_journals / "engine.sqlite" if isinstance(journal, str) else journal
+        return self.dead_letter or local.with_name("dead-letter.ndjson")
 
-    def states_path(self, journal: Path) -> Path:
-        """The detector's per-series states (``engine.runtime.states``), beside the journal."""
+    def states_path(self, journal: Path | str, dead_letter: Path) -> Path:
+        """The detector's per-series states (``engine.runtime.states``): beside the journal, or
+        beside the dead-letter file (the engine's own folder) when the journal is on a server."""
+        if isinstance(journal, str):
+            return dead_letter.with_name("engine.states.sqlite")
         return journal.with_name(f"{journal.stem}.states.sqlite")
 
 

@@ -9,16 +9,14 @@ Rows carry the versions that caused them (bundle, detector, policy) and the inpu
 seconds, UTC) so that any action can be traced back to the telemetry behind it.
 
 One ``Journal`` object is shared by the engine's threads; a lock serialises its one connection
-(SQLite allows one writer anyway). Timestamps are float epoch seconds (UTC).
+(SQLite allows one writer anyway). Timestamps are float epoch seconds (UTC). Replicas share a
+PostgreSQL journal instead (``journal: postgresql://...``; ``engine.runtime.journal_db``).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,18 +27,16 @@ from typing import Any
 
 from engine.errors import RuntimeEngineError
 from engine.records import new_id
+from engine.runtime.journal_db import is_url, open_database
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-MIN_SQLITE = (3, 38, 0)  # UPDATE ... FROM (multi-row updates), JSON functions built in
 _ACTIVE_KEYS = (  # a subquery: one JSON array of [target, rule, action]
     "SELECT json_group_array(json_array(target, rule, action)) FROM decisions INDEXED BY decisions_active"
     " WHERE status IN ('awaiting_approval', 'ready', 'executing', 'verifying')"
 )
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id TEXT PRIMARY KEY, ts REAL NOT NULL, kind TEXT NOT NULL, service TEXT NOT NULL,
     detector TEXT, detector_version TEXT, bundle_version TEXT,
@@ -96,6 +92,7 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 CREATE INDEX IF NOT EXISTS notifications_ts ON notifications (ts);
 """
+MIGRATIONS = [(1, _SCHEMA)]  # (version, DDL), applied in order; append, never edit a released one
 
 KINDS = ("events", "decisions", "approvals", "executions", "verifications", "control", "notifications")
 _TS_COLUMN = {
@@ -195,76 +192,25 @@ class SafeguardCounts:
         self.global_in_flight += 1
 
 
-def _exclusive_lock(lock_path: Path) -> int:
-    """One writer per journal: a second engine would recover (and so rewrite) the live one's
-    in-flight executions and approvals. The kernel frees the lock when its holder dies (kill -9
-    included), so a stale lock file never blocks a restart."""
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise RuntimeEngineError(
-            f"{lock_path.with_suffix('')}: the journal is in use by another engine (it holds {lock_path})",
-            hint="stop the running `selfheal run` first (or give this one another journal_path); "
-            "the lock is released when that process exits",
-        ) from None
-    return fd
-
-
 class Journal:
-    """The engine's durable record. Thread-safe; open one per process and ``close()`` it."""
+    """The engine's durable record. Thread-safe; open one per process and ``close()`` it.
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
-        if sqlite3.sqlite_version_info < MIN_SQLITE:
-            raise RuntimeEngineError(
-                f"SQLite {sqlite3.sqlite_version} is too old for the journal (needs UPDATE ... FROM, JSON)",
-                hint=f"use a Python linked against SQLite >= {'.'.join(map(str, MIN_SQLITE))}",
-            )
-        self.path = Path(path)
+    ``location`` is a SQLite file or a PostgreSQL URL (``engine.runtime.journal_db``: the
+    statements here are SQLite's, translated there). ``exclusive`` (writers only) takes the
+    one-writer lock: a second engine would recover (and so rewrite) the live one's in-flight
+    executions and approvals.
+    """
+
+    def __init__(self, path: Path | str, *, read_only: bool = False, exclusive: bool = True) -> None:
+        self.path: Path | str = path if is_url(path) else Path(path)
         self.read_only = read_only
         self._lock = threading.RLock()
-        self._lock_fd: int | None = None
-        try:
-            if read_only:
-                if not self.path.is_file():
-                    raise RuntimeEngineError(
-                        f"{self.path}: no journal here",
-                        hint="pass the journal the engine writes (see `journal_path` in its config) "
-                        "or start the engine once",
-                    )
-                uri = f"file:{self.path}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=10)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock_fd = _exclusive_lock(self.path.with_name(self.path.name + ".lock"))
-                self._db = sqlite3.connect(
-                    self.path, check_same_thread=False, timeout=30, isolation_level=None
-                )
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
-        except sqlite3.DatabaseError as exc:
-            self._unlock()
-            raise RuntimeEngineError(
-                f"{self.path}: cannot open the journal ({exc})",
-                hint="check the path is a selfheal journal and the folder is writable",
-            ) from exc
-        self._db.row_factory = sqlite3.Row
+        self._db = open_database(path, MIGRATIONS, read_only=read_only, exclusive=exclusive)
         self._in_tx = False
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            self._unlock()
-
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing the descriptor releases the flock
-            self._lock_fd = None
 
     def __enter__(self) -> Journal:
         return self

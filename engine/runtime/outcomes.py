@@ -30,6 +30,7 @@ import polars as pl
 from engine.errors import InputError
 from engine.home import Home
 from engine.runtime.journal import ApprovalStatus, DecisionStatus, Journal
+from engine.runtime.journal_db import is_url
 
 LABEL_PREFIX = "label:"
 LABELS = ("false_alarm", "true_alarm")
@@ -192,7 +193,7 @@ LABELS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def export_to_store(journal_path: Path, store_path: Path) -> tuple[int, int]:
+def export_to_store(journal_path: Path | str, store_path: Path) -> tuple[int, int]:
     """Write the journal's outcomes and labels into the DuckDB store; return (outcomes, labels).
 
     The journal is opened read-only (the engine may be running); the store is written in one
@@ -200,7 +201,7 @@ def export_to_store(journal_path: Path, store_path: Path) -> tuple[int, int]:
     """
     from engine.telemetry.store import TelemetryStore
 
-    if not journal_path.is_file():
+    if not is_url(journal_path) and not Path(journal_path).is_file():
         raise InputError(
             f"{journal_path}: no journal here",
             hint="pass --journal (the engine's journal_path) or run the engine once",

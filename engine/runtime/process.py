@@ -53,7 +53,7 @@ class Engine:
         components: EngineComponents,
         settings: EngineSettings,
         *,
-        journal_path: Path,
+        journal_path: Path | str,
         dead_letter_path: Path,
         record_latencies: bool = False,
     ) -> None:
@@ -62,7 +62,8 @@ class Engine:
         self.journal = Journal(journal_path)
         self.queue = IngestQueue(settings.queue_max_points)
         self.observations = Observations()
-        store = None if settings.workers else state_store(settings, journal_path, scorer)  # else theirs
+        self.states_path = settings.states_path(journal_path, dead_letter_path)
+        store = None if settings.workers else state_store(settings, self.states_path, scorer)  # else theirs
         self.scoring = ScoringStage(scorer, store=store, snapshot_s=settings.state_snapshot_s or 0)
         self.score_log = ScoreLog(settings.scores_file) if settings.scores_file else None
         self.events = EventMaker(
@@ -117,7 +118,7 @@ class Engine:
         self.notifier.start()
         self.events.health.update(self.writer.start())  # recovery first, then its threads
         if s.workers:
-            states = StatesAt(s, self.journal.path)
+            states = StatesAt(s, self.states_path)
             self.shards = ShardPool(self.components.pipeline, s.workers, self._scored, states=states)
         self._spawn("score", self._score_loop)
         for path in s.sources.files:

@@ -56,7 +56,7 @@ class _Owns:
 def _worker(conn: Any, pipeline_bytes: bytes, states: StatesAt | None, owns: _Owns) -> None:
     """Worker process: the scoring stage on the points of its services, tick by tick."""
     detector = pickle.loads(pipeline_bytes)  # the engine pickled its own (verified) pipeline
-    store = state_store(states.settings, states.journal, detector, owns) if states else None
+    store = state_store(states.settings, states.path, detector, owns) if states else None
     snapshot_s = states.settings.state_snapshot_s if states else None
     stage = ScoringStage(detector, store=store, snapshot_s=snapshot_s or 0)
     gc.collect()
@@ -77,10 +77,10 @@ def _worker(conn: Any, pipeline_bytes: bytes, states: StatesAt | None, owns: _Ow
 
 
 class StatesAt(NamedTuple):
-    """Where the workers keep their detector states: the engine's settings and journal."""
+    """Where the workers keep their detector states: the engine's settings and state file."""
 
     settings: Any
-    journal: Path
+    path: Path
 
 
 class ShardPool:

@@ -57,14 +57,12 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-def state_store(
-    settings: Any, journal_path: Path, detector: Any, owns: Owns | None = None
-) -> StateStore | None:
-    """The engine's store (``state_snapshot_s``, beside the journal) for the series ``owns`` picks
-    (all by default), or None when states are not kept."""
+def state_store(settings: Any, path: Path, detector: Any, owns: Owns | None = None) -> StateStore | None:
+    """The engine's store (``state_snapshot_s``; ``path``: ``EngineSettings.states_path``) for the
+    series ``owns`` picks (all by default), or None when states are not kept."""
     if settings.state_snapshot_s is None or not hasattr(detector, "state_to_bytes"):
         return None
-    return SqliteStates(settings.states_path(journal_path), detector, owns)
+    return SqliteStates(path, detector, owns)
 
 
 def detector_fingerprint(detector: Any) -> str:
