@@ -10,11 +10,8 @@ from typing import Any
 
 import pytest
 import test_runtime
-from test_runtime_support import TOKEN, AdminServer, fit_pipeline, write_rules
+from test_runtime_support import fit_pipeline
 
-from engine.runtime.components import assemble
-from engine.runtime.config import load_settings
-from engine.runtime.server import build_engine, serve_in_thread
 from engine.testing.services import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -35,29 +32,9 @@ def pipeline() -> Any:
 @pytest.fixture
 def harness(tmp_path: Path, pipeline: Any, postgres_server: PostgresServer) -> Iterator[test_runtime.Harness]:
     url = postgres_server.database()
-    with AdminServer() as admin:
-        rules = write_rules(tmp_path / "rules", admin.url)
-        components = assemble(pipeline, rules, bundle_version="b-test", detector_version="1")
-        settings = load_settings(
-            overrides={
-                "port": 0,
-                "token": TOKEN,
-                "approver_tokens": {"alice": test_runtime.ALICE},
-                "tick_s": 0.01,
-                "verify_interval_s": 0.05,
-                "journal": url,
-            },
-            environ={},
-        )
-        engine = build_engine(components, settings, tmp_path / "journals")
-        assert engine.journal.path == url
-        running = serve_in_thread(engine)
-        try:
-            harness = test_runtime.Harness(running, admin, tmp_path / "journals")
-            harness.journal_path = url  # type: ignore[assignment]  # the readers open the server's
-            yield harness
-        finally:
-            running.stop()
+    with test_runtime.running_harness(tmp_path, pipeline, journal=url) as harness:
+        assert harness.journal_path == url  # the readers open the server's journal too
+        yield harness
     assert not (tmp_path / "journals" / "engine.sqlite").exists()  # nothing went to a local file
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ class Harness:
         self.engine = running.engine
         self.admin = admin
         self.url = running.url
-        self.journal_path = journals / "engine.sqlite"
+        self.journal_path: Path | str = running.engine.journal.path
         self.t = T0
 
     def push(self, seconds: int, **anomalous: bool) -> httpx.Response:
@@ -69,6 +70,13 @@ class Harness:
 
 @pytest.fixture
 def harness(tmp_path: Path, pipeline: Any) -> Iterator[Harness]:
+    with running_harness(tmp_path, pipeline) as running:
+        yield running
+
+
+@contextmanager
+def running_harness(tmp_path: Path, pipeline: Any, **overrides: Any) -> Iterator[Harness]:
+    """The engine in a thread on a local admin server; ``overrides`` replace the test's settings."""
     with AdminServer() as admin:
         rules = write_rules(tmp_path / "rules", admin.url)
         components = assemble(pipeline, rules, bundle_version="b-test", detector_version="1")
@@ -79,6 +87,7 @@ def harness(tmp_path: Path, pipeline: Any) -> Iterator[Harness]:
                 "approver_tokens": {"alice": ALICE},
                 "tick_s": 0.01,
                 "verify_interval_s": 0.05,
+                **overrides,
             },
             environ={},
         )
