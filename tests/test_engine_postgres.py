@@ -1,6 +1,6 @@
 """The engine end to end on a PostgreSQL journal (``journal: postgresql://...``): the in-process
 engine tests of ``test_runtime`` (push, detect, decide, approve, act, verify, roll back) run again
-with the journal on a real server instead of a SQLite file."""
+with the journal (and the detector states) on a real server instead of SQLite files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import test_runtime
 from test_runtime_support import fit_pipeline
 
+from engine.runtime.states import PostgresStates
 from engine.testing.services import PostgresServer
 
 pytestmark = pytest.mark.slow
@@ -35,7 +36,8 @@ def harness(tmp_path: Path, pipeline: Any, postgres_server: PostgresServer) -> I
     with test_runtime.running_harness(tmp_path, pipeline, journal=url) as harness:
         assert harness.journal_path == url  # the readers open the server's journal too
         yield harness
-    assert not (tmp_path / "journals" / "engine.sqlite").exists()  # nothing went to a local file
+    assert not list((tmp_path / "journals").glob("*.sqlite"))  # nothing went to a local file
+    assert PostgresStates(url, pipeline).load()  # the detector states went to the server at the stop
 
 
 @pytest.mark.parametrize("name", FLOWS)

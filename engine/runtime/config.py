@@ -206,14 +206,15 @@ class EngineSettings(_Strict):
 
     def dead_letter_path(self, home_journals: Path) -> Path:
         journal = self.journal_path(home_journals)
-        local = home_journals / "engine.sqlite" if isinstance(journal, str) else journal
+        local = home_journals / "engine.sqlite" if is_url(journal) else Path(journal)
         return self.dead_letter or local.with_name("dead-letter.ndjson")
 
-    def states_path(self, journal: Path | str, dead_letter: Path) -> Path:
-        """The detector's per-series states (``engine.runtime.states``): beside the journal, or
-        beside the dead-letter file (the engine's own folder) when the journal is on a server."""
-        if isinstance(journal, str):
-            return dead_letter.with_name("engine.states.sqlite")
+    def states_path(self, journal: Path | str) -> Path | str:
+        """The detector's per-series states (``engine.runtime.states``): beside the journal's
+        file, or in the journal's PostgreSQL database (where replicas share them)."""
+        if is_url(journal):
+            return journal
+        journal = Path(journal)
         return journal.with_name(f"{journal.stem}.states.sqlite")
 
 

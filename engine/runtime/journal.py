@@ -92,7 +92,9 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 CREATE INDEX IF NOT EXISTS notifications_ts ON notifications (ts);
 """
-MIGRATIONS = [(1, _SCHEMA)]  # (version, DDL), applied in order; append, never edit a released one
+# (version, DDL) applied in order, once (engine.runtime.journal_db). A table, column or index the
+# journal needs is a new migration appended here: a journal at version 1 never runs version 1 again.
+MIGRATIONS = [(1, _SCHEMA)]
 
 KINDS = ("events", "decisions", "approvals", "executions", "verifications", "control", "notifications")
 _TS_COLUMN = {
@@ -195,7 +197,7 @@ class SafeguardCounts:
 class Journal:
     """The engine's durable record. Thread-safe; open one per process and ``close()`` it.
 
-    ``location`` is a SQLite file or a PostgreSQL URL (``engine.runtime.journal_db``: the
+    ``path`` is a SQLite file or a PostgreSQL URL (``engine.runtime.journal_db``: the
     statements here are SQLite's, translated there). ``exclusive`` (writers only) takes the
     one-writer lock: a second engine would recover (and so rewrite) the live one's in-flight
     executions and approvals.

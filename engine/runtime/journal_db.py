@@ -215,7 +215,7 @@ class PostgresDatabase:
     ) -> None:
         import psycopg
 
-        self.location = _redacted(url)
+        self.location = redacted(url)
         try:
             self._db = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=10)
         except psycopg.Error as exc:
@@ -267,7 +267,7 @@ class PostgresDatabase:
         self._db.close()  # the advisory lock goes with the session
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password (it appears in errors and logs)."""
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 

@@ -62,7 +62,7 @@ class Engine:
         self.journal = Journal(journal_path)
         self.queue = IngestQueue(settings.queue_max_points)
         self.observations = Observations()
-        self.states_path = settings.states_path(journal_path, dead_letter_path)
+        self.states_path = settings.states_path(journal_path)
         store = None if settings.workers else state_store(settings, self.states_path, scorer)  # else theirs
         self.scoring = ScoringStage(scorer, store=store, snapshot_s=settings.state_snapshot_s or 0)
         self.score_log = ScoreLog(settings.scores_file) if settings.scores_file else None

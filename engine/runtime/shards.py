@@ -80,7 +80,7 @@ class StatesAt(NamedTuple):
     """Where the workers keep their detector states: the engine's settings and state file."""
 
     settings: Any
-    path: Path
+    path: Path | str
 
 
 class ShardPool:

@@ -14,9 +14,9 @@ Whoever scores a series keeps its state: the engine's own scoring stage, or each
 worker's share of the services) and loads only those; since every worker reads the same store, a
 restart with another number of workers finds each series' state wherever it now goes.
 
-``StateStore`` is the seam (load, save, close); ``SqliteStates`` is the one kept today, one file
-beside the journal (WAL, ``synchronous=FULL``, like the journal; the workers' processes share it).
-A store shared by replicas (PostgreSQL, beside the journal) implements the same three calls.
+``StateStore`` is the seam (load, save, close). ``SqliteStates``: one file beside the journal
+(WAL, ``synchronous=FULL``, like the journal; the workers' processes share it). With a journal on
+PostgreSQL, ``PostgresStates`` keeps them in the same database, where replicas share them.
 
 A snapshot belongs to one detector: the store keeps the detector's fingerprint (the digest of its
 artifact's ``detector.json``: config, calibrations, threshold). States written by another
@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.errors import DetectorError, RuntimeEngineError
+from engine.runtime.journal_db import is_url, redacted
 
-__all__ = ["SqliteStates", "StateStore", "detector_fingerprint", "state_store"]
+__all__ = ["PostgresStates", "SqliteStates", "StateStore", "detector_fingerprint", "state_store"]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,48 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-def state_store(settings: Any, path: Path, detector: Any, owns: Owns | None = None) -> StateStore | None:
-    """The engine's store (``state_snapshot_s``; ``path``: ``EngineSettings.states_path``) for the
-    series ``owns`` picks (all by default), or None when states are not kept."""
+def state_store(
+    settings: Any, path: Path | str, detector: Any, owns: Owns | None = None
+) -> StateStore | None:
+    """The engine's store (``state_snapshot_s``; ``path``: ``EngineSettings.states_path``, a file
+    or the PostgreSQL journal's URL) for the series ``owns`` picks (all by default), or None when
+    states are not kept."""
     if settings.state_snapshot_s is None or not hasattr(detector, "state_to_bytes"):
         return None
-    return SqliteStates(path, detector, owns)
+    if is_url(path):
+        return PostgresStates(str(path), detector, owns)
+    return SqliteStates(Path(path), detector, owns)
+
+
+def _restore(
+    rows: Iterable[tuple[str, bytes]], detector: Any, owns: Owns | None, where: str
+) -> dict[str, Any]:
+    """The states of ``rows`` (series, blob) the store owns; one that cannot be read is dropped alone."""
+    out: dict[str, Any] = {}
+    for series, blob in rows:
+        if owns is not None and not owns(series):
+            continue
+        try:
+            out[series] = detector.state_from_bytes(bytes(blob))
+        except DetectorError as exc:
+            log.warning("%s: the state of %r cannot be restored (%s); it re-warms", where, series, exc)
+    if out:
+        log.info("restored the detector state of %d series from %s", len(out), where)
+    return out
+
+
+def _changes(
+    states: Mapping[str, Any], series: Iterable[str], detector: Any
+) -> tuple[list[tuple[str, bytes]], list[tuple[str]]]:
+    """(series, blob) to write and (series,) to delete: those no longer in ``states``."""
+    keep, gone = [], []
+    for name in series:
+        state = states.get(name)
+        if state is None:
+            gone.append((name,))
+        else:
+            keep.append((name, detector.state_to_bytes(state)))
+    return keep, gone
 
 
 def detector_fingerprint(detector: Any) -> str:
@@ -105,35 +142,68 @@ class SqliteStates:
             ) from exc
 
     def load(self) -> dict[str, Any]:
-        """The stored states of the series this store owns; one that cannot be read is dropped alone."""
-        out: dict[str, Any] = {}
-        owns = self.owns
-        for series, blob in self._db.execute("SELECT series, state FROM states"):
-            if owns is not None and not owns(series):
-                continue
-            try:
-                out[series] = self.detector.state_from_bytes(blob)
-            except DetectorError as exc:
-                log.warning(
-                    "%s: the state of %r cannot be restored (%s); it re-warms", self.path, series, exc
-                )
-        if out:
-            log.info("restored the detector state of %d series from %s", len(out), self.path)
-        return out
+        rows = self._db.execute("SELECT series, state FROM states")
+        return _restore(rows, self.detector, self.owns, str(self.path))
 
     def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
-        to_bytes = self.detector.state_to_bytes
-        keep, gone = [], []
-        for name in series:
-            state = states.get(name)
-            if state is None:
-                gone.append((name,))
-            else:
-                keep.append((name, to_bytes(state)))
+        keep, gone = _changes(states, series, self.detector)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?)", keep)
             self._db.executemany("DELETE FROM states WHERE series = ?", gone)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class PostgresStates:
+    """Per-series states in the PostgreSQL database of the journal, shared by replicas: the
+    replica (or worker) that owns a series now finds the state its last owner saved.
+
+    Rows are keyed by the detector's fingerprint too, so replicas running two detectors (a rolling
+    upgrade) never read, or discard, each other's states.
+    """
+
+    def __init__(self, url: str, detector: Any, owns: Owns | None = None) -> None:
+        import psycopg
+
+        self.location = redacted(url)
+        self.detector = detector
+        self.owns = owns
+        self._fingerprint = detector_fingerprint(detector)
+        try:
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            with self._db.transaction():  # workers and replicas start together: one creates the table
+                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('selfheal-detector-states'))")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS detector_states (detector TEXT NOT NULL, "
+                    "series TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (detector, series))"
+                )
+        except psycopg.Error as exc:
+            raise RuntimeEngineError(
+                f"{self.location}: the detector states cannot be opened: {' '.join(str(exc).split())}",
+                hint="check the journal's PostgreSQL is reachable, or set state_snapshot_s: null",
+            ) from exc
+
+    def load(self) -> dict[str, Any]:
+        rows = self._db.execute(
+            "SELECT series, state FROM detector_states WHERE detector = %s", (self._fingerprint,)
+        ).fetchall()
+        return _restore(rows, self.detector, self.owns, self.location)
+
+    def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
+        keep, gone = _changes(states, series, self.detector)
+        detector = self._fingerprint
+        with self._db.transaction(), self._db.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO detector_states VALUES (%s, %s, %s) "
+                "ON CONFLICT (detector, series) DO UPDATE SET state = excluded.state",
+                [(detector, name, blob) for name, blob in keep],
+            )
+            cur.executemany(
+                "DELETE FROM detector_states WHERE detector = %s AND series = %s",
+                [(detector, name) for (name,) in gone],
+            )
 
     def close(self) -> None:
         self._db.close()
