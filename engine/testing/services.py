@@ -104,6 +104,9 @@ class RedisServer:
         self.stop()
 
 
+_NOT_DURABLE = ("-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
+
+
 def _postgres_bin() -> Path | None:
     """The newest Debian PostgreSQL's binaries, else ``initdb`` on PATH."""
     found = sorted(
@@ -116,13 +119,14 @@ def _postgres_bin() -> Path | None:
 
 
 class PostgresServer:
-    """A fresh PostgreSQL cluster on a free port (trust auth on 127.0.0.1, fsync off: a test
-    server); ``url`` (database ``postgres``, user ``selfheal``) once started; ``database()`` makes
-    a fresh database for one test."""
+    """A fresh PostgreSQL cluster on a free port (trust auth on 127.0.0.1; fsync off unless
+    ``durable``: a test server, a benchmark's is durable); ``url`` (database ``postgres``, user
+    ``selfheal``) once started; ``database()`` makes a fresh database for one test."""
 
     USER = "selfheal"
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        self.durable = durable
         self.bin = _postgres_bin()
         self.proc: subprocess.Popen[bytes] | None = None
         self.dir: Path | None = None
@@ -169,8 +173,8 @@ class PostgresServer:
             self.proc = subprocess.Popen(
                 [
                     *(str(self.bin / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir)),
-                    *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"),
-                    *("-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
+                    *("-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"),
+                    *(() if self.durable else _NOT_DURABLE),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
