@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine.runtime.scoring import ScoringStage
-from engine.runtime.shards import _Owns
+from engine.runtime.shards import WorkerShare
 from engine.runtime.states import PostgresStates, SqliteStates, StateStore
 from engine.telemetry.columns import partition
 from engine.testing.detectors import _epoch_points, stream_factory
@@ -97,7 +97,7 @@ def test_workers_sharing_a_store_each_restore_their_own_series_whatever_their_nu
     det, points = stream_factory("HBOS")()
     mine = {s for s in ("svc-a", "svc-b", "retrieval-1") if partition(s, 2) == 0}
     assert 0 < len(mine) < 3
-    stage = ScoringStage(det, store=store_at(det, _Owns(0, 2)), snapshot_s=0)
+    stage = ScoringStage(det, store=store_at(det, WorkerShare(0, 2)), snapshot_s=0)
     _scores(stage, _ticks([p for p in _epoch_points(points) if p[1] in mine])[:5])  # worker 0's points
     stage.close()
     assert set(store_at(det).load()) == mine
@@ -105,7 +105,7 @@ def test_workers_sharing_a_store_each_restore_their_own_series_whatever_their_nu
     _scores(stage, _ticks(_epoch_points(points))[:5])
     stage.close()
     for n in (2, 3):
-        shares = [set(store_at(det, _Owns(i, n)).load()) for i in range(n)]
+        shares = [set(store_at(det, WorkerShare(i, n)).load()) for i in range(n)]
         assert set().union(*shares) == {"svc-a", "svc-b", "retrieval-1"}
         assert sum(map(len, shares)) == 3
         for i, share in enumerate(shares):

@@ -43,7 +43,7 @@ OnScored = Callable[[Scored], None]
 
 
 @dataclass(frozen=True)
-class _Owns:
+class WorkerShare:
     """A worker's share of the services (picklable, unlike a closure)."""
 
     shard: int
@@ -53,7 +53,7 @@ class _Owns:
         return partition(service, self.shards) == self.shard
 
 
-def _worker(conn: Any, pipeline_bytes: bytes, states: StatesAt | None, owns: _Owns) -> None:
+def _worker(conn: Any, pipeline_bytes: bytes, states: StatesAt | None, owns: WorkerShare) -> None:
     """Worker process: the scoring stage on the points of its services, tick by tick."""
     detector = pickle.loads(pipeline_bytes)  # the engine pickled its own (verified) pipeline
     store = state_store(states.settings, states.path, detector, owns) if states else None
@@ -109,7 +109,7 @@ class ShardPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker,
-                args=(child, blob, states, _Owns(i, workers)),
+                args=(child, blob, states, WorkerShare(i, workers)),
                 name=f"selfheal-shard-{i}",
                 daemon=True,
             )
