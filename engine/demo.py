@@ -1,7 +1,9 @@
 """The main job (``selfheal demo`` / ``make demo``): the whole loop end to end on synthetic data.
 
-synth -> ingest into the DuckDB store -> experiment sweep tracked in MLflow -> promote the best
-configuration (champion/challenger gate) -> the scheduled evaluation notebook through papermill ->
+synth -> ingest into the DuckDB store -> experiment sweep tracked in MLflow -> closed-loop
+assessment (each candidate bundled and run through the same small seeded chaos campaign) -> promote
+the sweep's best healer (champion/challenger gate: detection AND healing; a first champion must
+pass the floor) -> the scheduled evaluation notebook through papermill ->
 bundle the champion with the policies in rules/ (built, signed with the home's own key, verified)
 -> game day: the simulated platform and the engine, faults injected, healed or not -> an HTML
 report and a short summary with where everything is and how to open it.
@@ -12,7 +14,12 @@ prints that command).
 
 Idempotent by construction: the synthetic data is generated from a fixed seed and start time and
 the store does not duplicate rows it already has, so a second run sees the same data fingerprint;
-a new sweep is recorded, and the gate keeps the champion unless the challenger beats it.
+a new sweep is recorded and assessed in the same campaign, and the gate keeps the champion unless
+the challenger beats it.
+
+The demo's campaign is small (``CAMPAIGN_N`` experiments drawn from ``CAMPAIGN_SEED``: a quiet
+control, then a latency creep paired with a bad deploy) so that the demo stays a few minutes; a
+full assessment is ``selfheal chaos assess SWEEP --n 20 --seed S`` (README).
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ SYNTH_START = datetime(2026, 1, 5)
 EVALUATION_WINDOW_DAYS = 2.0
 QUALITY_METRIC = "f1"
 QUALITY_MINIMUM = 0.1
+#: The closed-loop campaign every candidate of the demo's sweep faces (chosen for what it draws: a
+#: quiet control, where any action is a false one, and two concurrent faults to heal).
+CAMPAIGN_SEED = 3
+CAMPAIGN_N = 2
 
 
 @dataclass
@@ -55,6 +66,7 @@ class DemoSummary:
     best_run_id: str = ""
     best_metrics: dict[str, float] = field(default_factory=dict)
     metric: str = ""
+    assessment: str = ""
     promotion: str = ""
     champion_version: str = ""
     notebook_verdict: str = ""
@@ -71,7 +83,12 @@ class DemoSummary:
 
     @property
     def ok(self) -> bool:
-        return self.notebook_ok and self.bundle_verified and self.game_day_passed is not False
+        return (
+            bool(self.champion_version)
+            and self.notebook_ok
+            and self.bundle_verified
+            and self.game_day_passed is not False
+        )
 
     def render(self) -> str:
         m = self.best_metrics
@@ -90,8 +107,9 @@ class DemoSummary:
             f"best        {self.best_label}  (run {self.best_run_id}, sweep {self.sweep_run_id})",
             f"metrics     F1 {f('f1')}  precision {f('precision')}  recall {f('recall')}  "
             f"delay {f('mean_delay_s')}s  false alarms/day {f('false_alarms_per_day')}  NAB {f('nab_score')}",
+            f"closed loop {self.assessment}",
             f"promotion   {self.promotion}",
-            f"champion    models:/{DEFAULT_MODEL}@champion = version {self.champion_version}",
+            f"champion    models:/{DEFAULT_MODEL}@champion = version {self.champion_version or 'none'}",
             f"evaluation  {self.notebook_verdict}",
             f"MLflow      {backend}  (artifacts: {self.home.mlflow_artifacts})",
             f"bundle      {self.bundle_path}  {self.bundle_version}  "
@@ -125,11 +143,14 @@ def run_demo(
     tracking_uri: str | None = None,
     workers: int | None = None,
     game_day: bool = True,
+    campaign_n: int = CAMPAIGN_N,
+    campaign_seed: int = CAMPAIGN_SEED,
     echo: Callable[[str], None] = logger.info,
 ) -> DemoSummary:
     """Run the whole loop; the returned summary says what happened at each step."""
     from engine.bundle import build_bundle, verify_bundle
     from engine.bundle.signing import Trust, local_signing_key
+    from engine.chaos.assess import assess
     from engine.telemetry.store import TelemetryStore
     from engine.telemetry.synth import generate, load_config
     from engine.tracking import registry
@@ -142,7 +163,7 @@ def run_demo(
     home.ensure()
     uri = registry.resolve_tracking_uri(home, tracking_uri)
     summary = DemoSummary(home=home, tracking_uri=uri)
-    steps = 7 if game_day else 6
+    steps = 8 if game_day else 7
 
     t = time.perf_counter()
     echo(f"[1/{steps}] synth: {days:g} days of the synthetic platform (seed {seed})")
@@ -173,15 +194,43 @@ def run_demo(
     echo(sweep.table())
 
     t = time.perf_counter()
-    echo(f"[4/{steps}] promote: run {best.run_id} as {DEFAULT_MODEL}")
-    result = registry.promote(best.run_id, DEFAULT_MODEL, tracking_uri=uri)
-    summary.promotion = result.summary()
-    champion = registry.resolve_version(f"models:/{DEFAULT_MODEL}@{registry.CHAMPION}", tracking_uri=uri)
-    summary.champion_version = str(champion.version)
-    summary.seconds["promote"] = time.perf_counter() - t
+    echo(
+        f"[4/{steps}] closed-loop assessment: each candidate bundled, {campaign_n} chaos experiment(s) "
+        f"of campaign seed {campaign_seed} against each (simulated clock)"
+    )
+    assessed = assess(
+        [sweep.parent_run_id],
+        home=home,
+        tracking_uri=uri,
+        n=campaign_n,
+        seed=campaign_seed,
+        top=len(sweep.results),
+        workers=workers,
+        echo=echo,
+    )
+    echo(assessed.table())
+    healer = assessed.best
+    summary.assessment = (
+        f"{len(assessed.candidates)} candidate(s), campaign seed {campaign_seed} n {campaign_n}: best healer "
+        f"{healer.label} ({healer.metrics.get('faults_healed', 0):.0f}/{healer.metrics.get('faults', 0):.0f} "
+        f"faults healed)"
+    )
+    summary.seconds["assess"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo(f"[5/{steps}] scheduled evaluation: {EVALUATION_NOTEBOOK.name} through papermill")
+    echo(f"[5/{steps}] promote: sweep {sweep.parent_run_id} (its best healer) as {DEFAULT_MODEL}")
+    result = registry.promote(sweep.parent_run_id, DEFAULT_MODEL, tracking_uri=uri)
+    summary.promotion = result.summary()
+    echo(result.summary())
+    echo(result.table())
+    champion = registry.champion_version(DEFAULT_MODEL, tracking_uri=uri)
+    summary.seconds["promote"] = time.perf_counter() - t
+    if champion is None:  # a first candidate below the floor: nothing to evaluate, bundle or run
+        return summary
+    summary.champion_version = champion
+
+    t = time.perf_counter()
+    echo(f"[6/{steps}] scheduled evaluation: {EVALUATION_NOTEBOOK.name} through papermill")
     run = run_notebook(
         EVALUATION_NOTEBOOK,
         {
@@ -199,7 +248,7 @@ def run_demo(
     summary.seconds["evaluation"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    echo(f"[6/{steps}] bundle: models:/{DEFAULT_MODEL}@champion with the policies in {RULES_DIR}")
+    echo(f"[7/{steps}] bundle: models:/{DEFAULT_MODEL}@champion with the policies in {RULES_DIR}")
     built = build_bundle(
         f"models:/{DEFAULT_MODEL}@{registry.CHAMPION}",
         RULES_DIR,
@@ -219,7 +268,7 @@ def run_demo(
         from engine.chaos.api import run_game_day
 
         t = time.perf_counter()
-        echo(f"[7/{steps}] game day: the bundle on the simulated platform, faults injected (simulated clock)")
+        echo(f"[8/{steps}] game day: the bundle on the simulated platform, faults injected (simulated clock)")
         loaded = load_bundle(built.path, digest=built.digest, trust=Trust.for_home(home))
         chaos = run_game_day(home.new_run("chaos", "game-day"), bundle=loaded, tracking_uri=uri, echo=echo)
         summary.game_day_html = chaos.html

@@ -137,7 +137,7 @@ mlflow_run_id = None            # filled by `selfheal evaluate`: the run the exe
         new_code_cell(
             """
 from engine.tracking.plots import scores_figure
-from engine.tracking.research import check_quality, evaluate_champion
+from engine.tracking.research import check_quality, evaluate_champion, gate_verdict
 
 ev = evaluate_champion(
     model_name, alias=alias, window_days=window_days, home=home,
@@ -148,6 +148,14 @@ print(f"{ev.model_uri} = version {ev.version}; window {ev.window_start} .. {ev.w
 """.strip()
         ),
         new_code_cell("fig = scores_figure(ev.assessment.series, ev.assessment.threshold, title=ev.model_uri)"),
+        new_markdown_cell(
+            "What this version was promoted on: the gate's verdict, champion against challenger per "
+            "criterion (detection metric, detection delay, false alarms per day, and the closed loop: "
+            "faults healed, actions on victims, false actions)."
+        ),
+        new_code_cell(
+            "print(gate_verdict(model_name, alias=alias, home=home, tracking_uri=tracking_uri))"
+        ),
         new_code_cell("check_quality(ev.metrics, metric=metric, minimum=min_quality)"),
     ]
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,7 +36,15 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
     assert "== selfheal demo: summary ==" in out
-    assert "PROMOTED: selfheal-detector version 1" in out
+    # every candidate faced the demo's campaign before the gate, which judged healing too
+    assert "[4/8] closed-loop assessment" in out and "v1 [2/2] 001-" in out and "v2 [2/2] 001-" in out
+    assert "closed loop 2 candidate(s), campaign seed 3 n 2: best healer" in out
+    first_promotion = r"promotion   PROMOTED: selfheal-detector version (\d+) .*no champion yet; heals"
+    promoted = re.search(first_promotion, out)
+    assert promoted, out[-3000:]
+    champion = promoted.group(1)
+    assert f"champion    models:/selfheal-detector@champion = version {champion}" in out
+    assert re.search(r"^faults healed +at least one +- +[12]/2 +pass$", out, re.MULTILINE), out[-3000:]
     assert f"mlflow ui --backend-store-uri sqlite:///{home.resolve()}/mlflow.db" in out
     assert "jupyter lab" in out and "03_scheduled_evaluation" in out
     assert (home / "telemetry.duckdb").is_file() and (home / "mlflow.db").is_file()
@@ -57,7 +66,9 @@ def test_demo_runs_end_to_end_twice(tmp_path: Path) -> None:
     second = _demo(home)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "(0 new)" in second.stdout  # the same data, not duplicated
-    assert "champion    models:/selfheal-detector@champion = version 1" in second.stdout
+    assert "[4/8] closed-loop assessment" in second.stdout and "v3 [2/2] 001-" in second.stdout
+    assert "promotion   NOT PROMOTED" in second.stdout  # the same F1 does not beat the champion's
+    assert f"champion    models:/selfheal-detector@champion = version {champion}" in second.stdout
     assert len(list((home / "notebooks").glob("03_scheduled_evaluation-*.ipynb"))) == 2
     assert "game day    every fault healed" in second.stdout
     reports = sorted((home / "chaos" / "game-day").glob("*/report.html"))

@@ -88,7 +88,7 @@ FAST: dict[tuple[str, ...], tuple[list[str], str]] = {
 #: simulated clock, see `make test`).
 SLOW = {("demo",), ("experiment", "run"), ("evaluate",), ("nab", "run"), ("nab", "score"), ("run",),
         ("bundle", "build"), ("chaos", "run"), ("chaos", "campaign"), ("chaos", "assess")}  # fmt: skip
-ALONE = {("chaos", "run"), ("chaos", "campaign"), ("chaos", "assess")}
+ALONE = {("chaos", "run"), ("chaos", "campaign"), ("chaos", "assess"), ("demo",)}  # demo: it assesses
 #: Long-running commands: started in the background, stopped with this signal (exit 0 expected).
 SERVERS = {("run",): signal.SIGTERM, ("chaos", "platform"): signal.SIGINT}
 #: Documented exit codes other than 0, by the README line (without its comment).

@@ -92,6 +92,11 @@ def test_scheduled_evaluation_passes_then_fails_below_the_bar(champion_home: tup
     assert run.info.status == "FINISHED" and "f1" in run.data.metrics
     assert run.data.tags["selfheal.model_name"] == "nb-model"
     assert [a.path for a in client.list_artifacts(ok.run_id, "notebook")] == [f"notebook/{ok.output.name}"]
+    # what the champion was promoted on: the gate's verdict and table, from the version's tags
+    executed = nbformat.read(ok.output, as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "models:/nb-model@champion = version 1: promoted: no champion yet; never assessed" in printed
+    assert "criterion" in printed and "false alarms/day" in printed and "detection delay (s)" in printed
 
     # Through the CLI: the quality gate fails, papermill's verdict is printed, exit code 1.
     proc = subprocess.run(

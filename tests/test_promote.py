@@ -60,6 +60,8 @@ def _run(
     false: float = 0.0,
     campaign: dict[str, str] = CAMPAIGN,
     parent: str | None = None,
+    delay: float = 600.0,
+    alarms: float = 1.0,
 ) -> str:
     """A configuration run as the sweep logs it; with ``healed``, closed-loop figures as assess logs them."""
     registry.use_tracking(uri)
@@ -67,7 +69,7 @@ def _run(
     tags = {"mlflow.parentRunId": parent} if parent else {}
     with mlflow.start_run(experiment_id=exp.experiment_id, tags=tags) as run:
         model_uri = log_detector(pipeline)
-        mlflow.log_metrics({"f1": f1, "mean_delay_s": 600.0, "false_alarms_per_day": 1.0})
+        mlflow.log_metrics({"f1": f1, "mean_delay_s": delay, "false_alarms_per_day": alarms})
         mlflow.set_tags(
             {
                 registry.TAG_KIND: "config",
@@ -100,7 +102,8 @@ def test_gate_moves_champion_only_for_a_better_comparable_challenger(
     uri: str, pipeline: StreamDetector
 ) -> None:
     first = registry.promote(_run(uri, pipeline, 0.5), NAME, tracking_uri=uri)
-    assert first.promoted and first.reason == "no champion yet" and _champion(uri) == first.version
+    assert first.promoted and first.reason.startswith("no champion yet; never assessed in a campaign")
+    assert _champion(uri) == first.version
 
     worse = registry.promote(_run(uri, pipeline, 0.4), NAME, tracking_uri=uri)
     assert not worse.promoted and "does not beat" in worse.reason
@@ -121,6 +124,26 @@ def test_gate_moves_champion_only_for_a_better_comparable_challenger(
     assert better.promoted and better.champion_value == 0.5 and _champion(uri) == better.version
     again = registry.promote(better_id, NAME, tracking_uri=uri)  # idempotent: same version, no new one
     assert again.version == better.version and again.reason == "already the champion"
+
+
+def test_detection_delay_and_false_alarms_decide_beside_the_metric(
+    uri: str, pipeline: StreamDetector
+) -> None:
+    """A better F1 bought with later alarms or more of them loses; within the tolerance it wins.
+    Champion: delay 600 s, 1 false alarm a day; limits 600 + max(25 %, 300 s) = 900 s and
+    1 + max(25 %, 1) = 2 a day."""
+    first = registry.promote(_run(uri, pipeline, 0.5), NAME, tracking_uri=uri)
+    late = registry.promote(_run(uri, pipeline, 0.9, delay=901.0), NAME, tracking_uri=uri)
+    assert not late.promoted and [c.name for c in late.criteria if c.failed] == ["detection delay (s)"]
+    assert "detection delay (s) 901.0 against the champion's 600.0" in late.reason
+    noisy = registry.promote(_run(uri, pipeline, 0.9, alarms=2.5), NAME, tracking_uri=uri)
+    assert not noisy.promoted and [c.name for c in noisy.criteria if c.failed] == ["false alarms/day"]
+    assert registry.champion_version(NAME, tracking_uri=uri) == first.version
+    fair = registry.promote(_run(uri, pipeline, 0.9, delay=899.0, alarms=2.0), NAME, tracking_uri=uri)
+    assert fair.promoted, fair.reason
+    rows = {c.name: c for c in fair.criteria}
+    assert rows["detection delay (s)"].rule == "at most champion's +25% (or +300)"
+    assert rows["false alarms/day"].verdict == "pass"
 
 
 def test_force_needs_a_reason_and_is_recorded(uri: str, pipeline: StreamDetector) -> None:
@@ -236,6 +259,32 @@ def test_a_challenger_acting_on_a_victim_or_in_a_quiet_control_is_refused_whatev
         "false actions (quiet controls)"
     ]
     assert _champion(uri) == first.version
+
+
+@pytest.mark.parametrize(
+    ("figures", "failed"),
+    [
+        ({"healed": 0.0}, ["faults healed"]),
+        ({"healed": 3.0, "victim": 1.0}, ["actions on victims"]),
+        ({"healed": 3.0, "false": 1.0}, ["false actions (quiet controls)"]),
+    ],
+)
+def test_a_first_champion_must_pass_the_floor(
+    uri: str, pipeline: StreamDetector, figures: dict[str, float], failed: list[str]
+) -> None:
+    """No champion to beat is no free pass: an assessed first candidate that heals nothing or acts
+    on a victim or in a quiet control is refused; one that heals cleanly is promoted."""
+    global NAME
+    NAME = f"{NAME[:40]}-{len(failed[0])}-{figures['healed']:.0f}"
+    refused = registry.promote(_run(uri, pipeline, 0.9, **figures), NAME, tracking_uri=uri)
+    assert not refused.promoted and refused.reason.startswith("no champion yet, and a first champion must")
+    assert [c.name for c in refused.criteria if c.failed] == failed
+    assert registry.champion_version(NAME, tracking_uri=uri) is None
+    healer = registry.promote(_run(uri, pipeline, 0.5, healed=1), NAME, tracking_uri=uri)
+    assert healer.promoted and "heals in its campaign" in healer.reason
+    assert registry.champion_version(NAME, tracking_uri=uri) == healer.version
+    rows = {c.name: c for c in healer.criteria}
+    assert rows["faults healed"].rule == "at least one" and rows["faults healed"].verdict == "pass"
 
 
 def test_without_the_champions_campaign_a_challenger_is_not_comparable(

@@ -5,12 +5,18 @@ detection AND healing, because a detector with the better F1 on history can stil
 faults once the engine acts on its events:
 
 - detection: the challenger beats the champion's selection metric on the same evaluation (the
-  same data fingerprint, evaluation key and metric);
+  same data fingerprint, evaluation key and metric), and its mean detection delay and false alarms
+  per day are no worse than the champion's beyond a stated tolerance (``DETECTION_LIMITS``);
 - closed loop (the ``closed_loop.*`` figures ``selfheal chaos assess`` logs into a candidate's
   run, ``engine.chaos.assess``): on the same campaign (seed and size) it heals at least as
   many faults as the champion, and it acts on no victim, in no quiet control (a false action) and
   runs no high-risk action without an approval. A challenger without closed-loop figures is not
   comparable with a champion that has them.
+
+With no champion yet there is nothing to beat, but a first champion is not free: when it was
+assessed it must pass the floor (at least one fault healed, no action on a victim, in a quiet
+control or high-risk without approval); when it never was, it is promoted on detection alone and
+the verdict says so (``selfheal demo`` always assesses before it promotes).
 
 The verdict is a table, champion against challenger per criterion (``PromotionResult.table``),
 printed by the CLI, tagged on the model version and logged into the challenger's run. ``force``
@@ -57,6 +63,15 @@ TAG_CL_SEED = "selfheal.closed_loop.seed"
 TAG_CL_N = "selfheal.closed_loop.n"
 #: Prefix of the closed-loop figures in a candidate's run (``engine.chaos.campaign_run.log_campaign``).
 CL = "closed_loop."
+#: Detection figures that decide beside the selection metric, (words in the verdict, relative and
+#: absolute tolerance): a challenger may be worse than the champion by at most the larger of the
+#: two (mean detection delay: 25 % or 5 min; false alarms per day: 25 % or one a day). Why a
+#: tolerance: a better F1 often costs a little delay or a few alarms, which is a fair trade; an F1
+#: bought with alarms an hour later, or twice the pages a day, is not.
+DETECTION_LIMITS = {
+    "mean_delay_s": ("detection delay (s)", 0.25, 300.0),
+    "false_alarms_per_day": ("false alarms/day", 0.25, 1.0),
+}
 #: Closed-loop counts a challenger must keep at zero, with the words the verdict uses.
 CL_MUST_BE_ZERO = {
     "victim_actions": "actions on victims",
@@ -122,6 +137,12 @@ def _champion(client: Any, name: str) -> Any | None:
         return client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None
+
+
+def champion_version(name: str, *, tracking_uri: str) -> str | None:
+    """The version ``champion`` points at, or None (no model, or no champion yet)."""
+    found = _champion(_client(tracking_uri), name)
+    return None if found is None else str(found.version)
 
 
 def _history(client: Any, name: str) -> list[str]:
@@ -256,8 +277,24 @@ def promote(
         result.reason = "already the champion"
         return result
     if champion is None:
-        result.promoted, result.reason = True, "no champion yet"
         result.criteria = _criteria(run, None, metric, higher)
+        failed = [c for c in result.criteria if c.failed]
+        if failed:
+            result.reason = "no champion yet, and a first champion must pass the floor: " + "; ".join(
+                f"{c.name} {c.challenger} (rule: {c.rule})" for c in failed
+            )
+        elif _closed_loop(run) is None:
+            result.promoted = True
+            result.reason = (
+                f"no champion yet; never assessed in a campaign, promoted on detection alone "
+                f"(selfheal chaos assess {run_id} --n N --seed S judges its healing)"
+            )
+        else:
+            result.promoted = True
+            result.reason = "no champion yet; heals in its campaign with no victim or false action"
+        if not result.promoted and force:
+            result.promoted = True
+            result.reason = f"forced over the gate ({result.reason}); reason: {reason}"
     else:
         champ_run = _get_run(client, champion.run_id)
         result.champion_value = _finite(champ_run.data.metrics.get(metric))
@@ -293,7 +330,7 @@ def promote(
         history = [*_history(client, name), ver]
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
         client.set_model_version_tag(name, ver, "selfheal.promoted_at", _now())
-        client.set_model_version_tag(name, ver, "selfheal.gate", "promoted")
+        client.set_model_version_tag(name, ver, "selfheal.gate", f"promoted: {result.reason}"[:4900])
         if force:
             client.set_model_version_tag(name, ver, "selfheal.forced", "true")
             client.set_model_version_tag(name, ver, "selfheal.force_reason", str(reason))
@@ -339,9 +376,16 @@ def _criteria(run: Any, champ_run: Any | None, metric: str, higher: bool) -> lis
             ("pass" if beats else "FAIL") if judged else "",
         )
     ]
-    for key, label in (("mean_delay_s", "detection delay (s)"), ("false_alarms_per_day", "false alarms/day")):
-        if key != metric:
-            out.append(Criterion(label, "shown", cell(theirs, key, "{:.1f}"), cell(mine, key, "{:.1f}")))
+    for key, (label, relative, absolute) in DETECTION_LIMITS.items():
+        if key == metric:
+            continue
+        ours, champ = _finite(mine.get(key)), _finite(theirs.get(key))
+        verdict = ""
+        if judged and champ is not None:  # none measured (nothing detected) is worse than any
+            limit = champ + max(relative * champ, absolute)
+            verdict = "pass" if ours is not None and ours <= limit else "FAIL"
+        rule = f"at most champion's +{relative:.0%} (or +{absolute:g})" if judged else "shown"
+        out.append(Criterion(label, rule, cell(theirs, key, "{:.1f}"), cell(mine, key, "{:.1f}"), verdict))
     cl, champ_cl = _closed_loop(run), (_closed_loop(champ_run) if champ_run is not None else None)
     if cl is None and champ_cl is None:
         return out
@@ -354,20 +398,22 @@ def _criteria(run: Any, champ_run: Any | None, metric: str, higher: bool) -> lis
             _campaign(run) if cl is not None else "-",
         )
     )
-    healed, champ_healed = mine_cl.get("faults_healed"), theirs_cl.get("faults_healed")
-    verdict = ""
-    if judged and champ_cl is not None:
-        verdict = "pass" if healed is not None and healed >= (champ_healed or 0.0) else "FAIL"
+    healed = mine_cl.get("faults_healed")
+    if champ_cl is not None:  # as many as the champion healed in the same campaign
+        rule, least = "at least the champion's", theirs_cl.get("faults_healed", 0.0)
+    else:  # the floor: a first champion (or one never assessed) is no yardstick
+        rule, least = "at least one", 1.0
+    verdict = "" if cl is None else ("pass" if healed is not None and healed >= least else "FAIL")
 
     def of(figures: dict[str, float]) -> str:
         if "faults" not in figures:
             return "-"
         return f"{figures.get('faults_healed', 0):.0f}/{figures['faults']:.0f}"
 
-    out.append(Criterion("faults healed", "at least the champion's", of(theirs_cl), of(mine_cl), verdict))
+    out.append(Criterion("faults healed", rule, of(theirs_cl), of(mine_cl), verdict))
     for key, label in CL_MUST_BE_ZERO.items():
         mine_v = mine_cl.get(key)
-        verdict = "" if not judged or cl is None else ("pass" if mine_v == 0 else "FAIL")
+        verdict = "" if cl is None else ("pass" if mine_v == 0 else "FAIL")
         out.append(
             Criterion(label, "none", cell(theirs_cl, key, "{:.0f}"), cell(mine_cl, key, "{:.0f}"), verdict)
         )

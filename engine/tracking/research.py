@@ -222,6 +222,25 @@ def evaluate_champion(
     )
 
 
+def gate_verdict(
+    model_name: str,
+    *,
+    alias: str = "champion",
+    home: str | Path | Home | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """Why the version behind ``models:/NAME@ALIAS`` holds it: the gate's verdict and its table
+    (champion against challenger per criterion) as ``promote`` recorded them on the version, so a
+    scheduled evaluation shows what the model was promoted on beside how it does now."""
+    uri = registry.resolve_tracking_uri(_home(home), tracking_uri)
+    version = registry.resolve_version(f"models:/{model_name}@{alias}", tracking_uri=uri)
+    tags = version.tags or {}
+    head = f"models:/{model_name}@{alias} = version {version.version}: "
+    head += tags.get("selfheal.gate", "no gate verdict recorded (registered outside selfheal promote)")
+    table = tags.get("selfheal.gate_table", "")
+    return f"{head}\n{table}" if table else head
+
+
 def _latest_ts(home: Home) -> datetime:
     from engine.telemetry.store import TelemetryStore
 
