@@ -76,7 +76,7 @@ def test_explore_and_tune_notebooks_execute(champion_home: tuple[Home, Path]) ->
     executed = nbformat.read(tune.output, as_version=4)
     text = json.dumps([c.get("outputs", []) for c in executed.cells])
     assert "MLflow run:" in text and "image/png" in text
-    client = registry._client(home.tracking_uri)
+    client = registry.tracking_client(home.tracking_uri)
     exp = client.get_experiment_by_name("notebook-tuning")
     assert exp is not None and client.search_runs([exp.experiment_id])
 
@@ -87,7 +87,7 @@ def test_scheduled_evaluation_passes_then_fails_below_the_bar(champion_home: tup
     nb = NOTEBOOKS / NAMES[2]
     ok = run_notebook(nb, {"model_name": "nb-model", "window_days": 1.0, "min_quality": 0.0}, home=home)
     assert ok.ok, ok.error
-    client = registry._client(home.tracking_uri)
+    client = registry.tracking_client(home.tracking_uri)
     run = client.get_run(ok.run_id)
     assert run.info.status == "FINISHED" and "f1" in run.data.metrics
     assert run.data.tags["selfheal.model_name"] == "nb-model"
@@ -235,7 +235,7 @@ def test_every_parameter_of_the_tune_notebook_takes_effect(
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     run_id = re.search(r"MLflow run: (\w+)", "".join(_text(c) for c in nb.cells if c.cell_type == "code"))
     assert run_id
-    client = registry._client(uri)
+    client = registry.tracking_client(uri)
     child = client.get_run(run_id.group(1))  # logged where tracking_uri points
     assert child.data.params["detector"] == "HBOS" and child.data.params["param.n_bins"] == "7"
     assert json.loads(child.data.params["threshold_policy"])["q"] == 0.97
@@ -259,7 +259,7 @@ def test_every_parameter_of_the_scheduled_evaluation_takes_effect(
     champion_home: tuple[Home, Path], tmp_path: Path
 ) -> None:
     home, _ = champion_home
-    client = registry._client(home.tracking_uri)
+    client = registry.tracking_client(home.tracking_uri)
     client.set_registered_model_alias("nb-model", "candidate", "1")
     preset = client.create_run(client.create_experiment("preset")).info.run_id
     proc, nb = _evaluate(

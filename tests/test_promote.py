@@ -62,6 +62,7 @@ def _run(
     parent: str | None = None,
     delay: float = 600.0,
     alarms: float = 1.0,
+    policy: str = "p1",
 ) -> str:
     """A configuration run as the sweep logs it; with ``healed``, closed-loop figures as assess logs them."""
     registry.use_tracking(uri)
@@ -81,7 +82,13 @@ def _run(
             }
         )
         if healed is not None:
-            mlflow.set_tags({registry.TAG_CL_SEED: campaign["seed"], registry.TAG_CL_N: campaign["n"]})
+            mlflow.set_tags(
+                {
+                    registry.TAG_CL_SEED: campaign["seed"],
+                    registry.TAG_CL_N: campaign["n"],
+                    registry.TAG_CL_POLICY: policy,
+                }
+            )
             figures = {
                 "faults": 4.0,
                 "faults_healed": healed,
@@ -300,6 +307,22 @@ def test_without_the_champions_campaign_a_challenger_is_not_comparable(
     )
     assert not other.promoted and "campaign seed 6, n 4 != seed 5, n 4" in other.reason
     assert _champion(uri) == first.version
+
+
+def test_figures_under_other_policies_are_not_comparable(uri: str, pipeline: StreamDetector) -> None:
+    """Healing is the detector's and the policies': after a rules/ change the champion's figures say
+    nothing about today's rules, so a challenger assessed under them is told to assess both again."""
+    first = registry.promote(_run(uri, pipeline, 0.5, healed=2, policy="old-rules"), NAME, tracking_uri=uri)
+    challenger = _run(uri, pipeline, 0.9, healed=4, policy="new-rules")
+    result = registry.promote(challenger, NAME, tracking_uri=uri)
+    assert not result.promoted and registry.champion_version(NAME, tracking_uri=uri) == first.version
+    assert "other policies (rules/ new-rules != the champion's old-rules)" in result.reason
+    assert f"selfheal chaos assess {first.run_id} {challenger} --seed 5 --n 4" in result.reason
+    rows = {c.name: c for c in result.criteria}
+    assert (rows["policies (rules/)"].champion, rows["policies (rules/)"].challenger) == (
+        "old-rules",
+        "new-rules",
+    )
 
 
 def test_promote_prints_the_verdict_table(uri: str, pipeline: StreamDetector, tmp_path: Path) -> None:

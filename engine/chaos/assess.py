@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import InputError, TrackingError
+from engine.errors import InputError
 from engine.home import Home
+from engine.tables import text_table
 from engine.tracking import registry
 
 logger = logging.getLogger(__name__)
@@ -103,33 +104,7 @@ class Assessment:
                     f"{c.wall_s:.0f} s",
                 ]
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
-
-def candidate_runs(ref: str, *, top: int, tracking_uri: str) -> tuple[list[Any], Any | None]:
-    """(the best ``top`` configuration runs of sweep ``ref`` by its metric, the sweep run); a
-    configuration run id stands for itself (sweep None)."""
-    client = registry._client(tracking_uri)
-    run = registry._get_run(client, ref)
-    if run.data.tags.get(registry.TAG_KIND) != "sweep":
-        return [registry.candidate_run(client, ref)], None
-    children = client.search_runs(
-        [run.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{ref}' and tags.`{registry.TAG_KIND}` = 'config'",
-        max_results=1000,
-    )
-    metric = run.data.tags.get(registry.TAG_METRIC, "")
-    higher = run.data.tags.get(registry.TAG_HIGHER, "true") == "true"
-    usable = [r for r in children if registry.TAG_MODEL_URI in r.data.tags]
-    if not usable:
-        raise TrackingError(f"sweep {ref} has no configuration with a model", hint="rerun the experiment")
-
-    def key(r: Any) -> float:
-        v = registry._finite(r.data.metrics.get(metric))
-        return -math.inf if v is None else (v if higher else -v)
-
-    return sorted(usable, key=key, reverse=True)[:top], run
+        return text_table(rows)
 
 
 def assess(
@@ -155,6 +130,7 @@ def assess(
     from engine.chaos.api import RULES_DIR
     from engine.chaos.campaign import generate_campaign
     from engine.chaos.campaign_run import log_campaign
+    from engine.policy.loader import load_policies
 
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}", hint="e.g. --top 2")
@@ -162,14 +138,15 @@ def assess(
     home.ensure()
     runs: list[Any] = []
     sweep = None
+    client = registry.tracking_client(tracking_uri)
     for ref in refs:
-        found, sweep_run = candidate_runs(ref, top=top, tracking_uri=tracking_uri)
+        found, sweep_run = registry.top_candidates(client, ref, top=top)
         runs.extend(r for r in found if r.info.run_id not in {x.info.run_id for x in runs})
         sweep = sweep_run if len(refs) == 1 else None
-    campaign = generate_campaign(n, seed)  # before any build: a bad --n fails fast
+    policies = load_policies(RULES_DIR)  # what every candidate's bundle ships and the campaign expects
+    campaign = generate_campaign(n, seed, policies=policies)  # before any build: a bad --n fails fast
     workers = max(1, min(len(runs), workers or os.cpu_count() or 1))
     folder = out_dir or home.new_run("chaos", f"assess-{seed}")
-    client = registry._client(tracking_uri)
     key = local_signing_key(home, echo)
     metric = runs[0].data.tags[registry.TAG_METRIC]
     candidates = []
@@ -190,7 +167,7 @@ def assess(
                 run.info.run_id,
                 label,
                 version,
-                registry._finite(run.data.metrics.get(run.data.tags[registry.TAG_METRIC])),
+                registry.selection_value(run),
                 built.path,
                 folder / f"v{version}-{run.info.run_id[:8]}",
             )
@@ -204,6 +181,7 @@ def assess(
         result = results[c.run_id]
         c.metrics, c.wall_s = result.metrics(), result.wall_s
         log_campaign(result, c.out_dir, tracking_uri, run_id=c.run_id)
+        client.set_tag(c.run_id, registry.TAG_CL_POLICY, policies.fingerprint[:16])
         client.set_model_version_tag(name, c.version, "selfheal.closed_loop", _figures(c, seed, n))
     candidates.sort(key=Candidate.rank_key, reverse=True)
     if sweep is not None:

@@ -140,7 +140,7 @@ def run_notebook(
     client = None
     run_id = None
     if log_to_mlflow and "mlflow_run_id" in declared and "mlflow_run_id" not in params:
-        client = registry._client(uri)
+        client = registry.tracking_client(uri)
         experiment_id = registry.ensure_experiment(NOTEBOOK_EXPERIMENT, tracking_uri=uri, home=home)
         run = client.create_run(
             experiment_id,

@@ -11,7 +11,8 @@ faults once the engine acts on its events:
   run, ``engine.chaos.assess``): on the same campaign (seed and size) it heals at least as
   many faults as the champion, and it acts on no victim, in no quiet control (a false action) and
   runs no high-risk action without an approval. A challenger without closed-loop figures is not
-  comparable with a champion that has them.
+  comparable with a champion that has them, nor are figures measured under other policies (the
+  fingerprint of rules/ is tagged with the figures: a rules/ change makes old figures stale).
 
 With no champion yet there is nothing to beat, but a first champion is not free: when it was
 assessed it must pass the floor (at least one fault healed, no action on a victim, in a quiet
@@ -39,6 +40,7 @@ from typing import Any
 
 from engine.errors import TrackingError
 from engine.home import Home, use_tracking
+from engine.tables import text_table
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ TAG_SPEC = "selfheal.spec_name"
 TAG_BEST_CLOSED_LOOP = "selfheal.best_closed_loop_run"
 TAG_CL_SEED = "selfheal.closed_loop.seed"
 TAG_CL_N = "selfheal.closed_loop.n"
+#: The fingerprint of the policies (rules/) the campaign ran under: healing figures are the
+#: detector's AND the policies', so figures under other rules are not comparable.
+TAG_CL_POLICY = "selfheal.closed_loop.policy"
 #: Prefix of the closed-loop figures in a candidate's run (``engine.chaos.campaign_run.log_campaign``).
 CL = "closed_loop."
 #: Detection figures that decide beside the selection metric, (words in the verdict, relative and
@@ -111,14 +116,16 @@ def ensure_experiment(name: str, *, tracking_uri: str, home: Home | None = None)
     return str(mlflow.create_experiment(name, artifact_location=location))
 
 
-def _client(tracking_uri: str) -> Any:
+def tracking_client(tracking_uri: str) -> Any:
+    """An MLflow client on ``tracking_uri`` for runs and the registry (both live in one store)."""
     from mlflow import MlflowClient
 
     use_tracking(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def _get_run(client: Any, run_id: str) -> Any:
+def get_run(client: Any, run_id: str) -> Any:
+    """The run ``run_id``, or a TrackingError that says where to find a run id."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -141,7 +148,7 @@ def _champion(client: Any, name: str) -> Any | None:
 
 def champion_version(name: str, *, tracking_uri: str) -> str | None:
     """The version ``champion`` points at, or None (no model, or no champion yet)."""
-    found = _champion(_client(tracking_uri), name)
+    found = _champion(tracking_client(tracking_uri), name)
     return None if found is None else str(found.version)
 
 
@@ -186,9 +193,8 @@ class PromotionResult:
             f"challenger v{self.version}",
             "",
         ]
-        rows = [head] + [[c.name, c.rule, c.champion, c.challenger, c.verdict] for c in self.criteria]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+        rows = [[c.name, c.rule, c.champion, c.challenger, c.verdict] for c in self.criteria]
+        return text_table([head, *rows])
 
 
 @dataclass
@@ -209,19 +215,47 @@ class Criterion:
 def candidate_run(client: Any, run_id: str) -> Any:
     """The configuration run ``run_id`` stands for: itself, or for a sweep its best candidate (the
     one a closed-loop assessment put first, else the best by the selection metric)."""
-    run = _get_run(client, run_id)
+    run = get_run(client, run_id)
     tags = run.data.tags
     if tags.get(TAG_KIND) == "sweep":
         best = tags.get(TAG_BEST_CLOSED_LOOP) or tags.get(TAG_BEST_RUN)
         if not best:
             raise TrackingError(f"sweep run {run_id} has no best child", hint="rerun the experiment")
-        run = _get_run(client, best)
+        run = get_run(client, best)
     if not run.data.tags.get(TAG_MODEL_URI) or not run.data.tags.get(TAG_METRIC):
         raise TrackingError(
             f"run {run.info.run_id} has no selfheal model (tags {TAG_MODEL_URI}, {TAG_METRIC} missing)",
             hint="promote a configuration run logged by `selfheal experiment run`",
         )
     return run
+
+
+def selection_value(run: Any) -> float | None:
+    """The run's value of its sweep's selection metric (tag ``selfheal.metric``), None if not finite."""
+    return _finite(run.data.metrics.get(run.data.tags.get(TAG_METRIC, "")))
+
+
+def top_candidates(client: Any, ref: str, *, top: int) -> tuple[list[Any], Any | None]:
+    """(the best ``top`` configuration runs of sweep ``ref`` by its selection metric, the sweep run);
+    a configuration run id stands for itself (sweep None)."""
+    run = get_run(client, ref)
+    if run.data.tags.get(TAG_KIND) != "sweep":
+        return [candidate_run(client, ref)], None
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{ref}' and tags.`{TAG_KIND}` = 'config'",
+        max_results=1000,
+    )
+    higher = run.data.tags.get(TAG_HIGHER, "true") == "true"
+    usable = [r for r in children if TAG_MODEL_URI in r.data.tags]
+    if not usable:
+        raise TrackingError(f"sweep {ref} has no configuration with a model", hint="rerun the experiment")
+
+    def key(r: Any) -> float:
+        v = selection_value(r)
+        return -math.inf if v is None else (v if higher else -v)
+
+    return sorted(usable, key=key, reverse=True)[:top], run
 
 
 def register_version(client: Any, name: str, run: Any) -> str:
@@ -260,7 +294,7 @@ def promote(
     """
     if force and not (reason and reason.strip()):
         raise TrackingError("--force needs a reason", hint='add --reason "why the gate is overridden"')
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     run = candidate_run(client, run_id)
     tags = run.data.tags
     run_id = run.info.run_id
@@ -296,7 +330,7 @@ def promote(
             result.promoted = True
             result.reason = f"forced over the gate ({result.reason}); reason: {reason}"
     else:
-        champ_run = _get_run(client, champion.run_id)
+        champ_run = get_run(client, champion.run_id)
         result.champion_value = _finite(champ_run.data.metrics.get(metric))
         result.criteria = _criteria(run, champ_run, metric, higher)
         mismatch = _comparability(run, champ_run, metric)
@@ -398,6 +432,14 @@ def _criteria(run: Any, champ_run: Any | None, metric: str, higher: bool) -> lis
             _campaign(run) if cl is not None else "-",
         )
     )
+    out.append(
+        Criterion(
+            "policies (rules/)",
+            "the same",
+            champ_run.data.tags.get(TAG_CL_POLICY, "-") if champ_cl is not None else "-",
+            run.data.tags.get(TAG_CL_POLICY, "-") if cl is not None else "-",
+        )
+    )
     healed = mine_cl.get("faults_healed")
     if champ_cl is not None:  # as many as the champion healed in the same campaign
         rule, least = "at least the champion's", theirs_cl.get("faults_healed", 0.0)
@@ -443,6 +485,14 @@ def _comparability(run: Any, champ_run: Any, metric: str) -> str:
             )
         elif _campaign(run) != _campaign(champ_run):
             diffs.append(f"campaign {_campaign(run)} != {_campaign(champ_run)} (assess both on the same)")
+        elif challenger.get(TAG_CL_POLICY) != champion.get(TAG_CL_POLICY):
+            ours, theirs = (tags.get(TAG_CL_POLICY) or "unknown" for tags in (challenger, champion))
+            diffs.append(
+                f"closed-loop figures under other policies (rules/ {ours} != the champion's {theirs}): "
+                f"assess both under today's rules in one command "
+                f"(selfheal chaos assess {champ_run.info.run_id} {run.info.run_id} "
+                f"--seed {champion[TAG_CL_SEED]} --n {champion.get(TAG_CL_N)})"
+            )
     return "; ".join(diffs)
 
 
@@ -469,7 +519,7 @@ def rollback(name: str, *, tracking_uri: str) -> RollbackResult:
     """Move ``champion`` back to the version that held it before the current one."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     try:
         history = _history(client, name)
     except MlflowException as exc:
@@ -502,7 +552,7 @@ class VersionRow:
 
 def list_versions(name: str, *, tracking_uri: str) -> list[VersionRow]:
     """Every version of ``name`` with its aliases and the metrics of the run that produced it."""
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     versions = client.search_model_versions(f"name='{name}'")
     if not versions:
         raise TrackingError(
@@ -542,7 +592,7 @@ def resolve_version(model_uri: str, *, tracking_uri: str) -> Any:
 
     if not model_uri.startswith("models:/"):
         raise TrackingError(f"'{model_uri}' is not a registry URI", hint="use models:/NAME@champion")
-    client = _client(tracking_uri)
+    client = tracking_client(tracking_uri)
     body = model_uri.removeprefix("models:/")
     try:
         if "@" in body:
