@@ -63,6 +63,7 @@ def _run(
     delay: float = 600.0,
     alarms: float = 1.0,
     policy: str = "p1",
+    said_no: float | None = None,
 ) -> str:
     """A configuration run as the sweep logs it; with ``healed``, closed-loop figures as assess logs them."""
     registry.use_tracking(uri)
@@ -71,6 +72,8 @@ def _run(
     with mlflow.start_run(experiment_id=exp.experiment_id, tags=tags) as run:
         model_uri = log_detector(pipeline)
         mlflow.log_metrics({"f1": f1, "mean_delay_s": delay, "false_alarms_per_day": alarms})
+        if said_no is not None:
+            mlflow.log_metric("operator_false_alarms", said_no)
         mlflow.set_tags(
             {
                 registry.TAG_KIND: "config",
@@ -151,6 +154,19 @@ def test_detection_delay_and_false_alarms_decide_beside_the_metric(
     rows = {c.name: c for c in fair.criteria}
     assert rows["detection delay (s)"].rule == "at most champion's +25% (or +300)"
     assert rows["false alarms/day"].verdict == "pass"
+    assert "alarms operators said no to" not in rows  # neither was judged with operators' labels
+
+
+def test_alarms_operators_said_no_to_decide(uri: str, pipeline: StreamDetector) -> None:
+    """With operators' negative labels in the data, a challenger firing in more of their windows
+    than the champion loses, whatever its F1."""
+    first = registry.promote(_run(uri, pipeline, 0.5, said_no=1.0), NAME, tracking_uri=uri)
+    more = registry.promote(_run(uri, pipeline, 0.9, said_no=2.0), NAME, tracking_uri=uri)
+    said = "alarms operators said no to"
+    assert not more.promoted and [c.name for c in more.criteria if c.failed] == [said]
+    assert registry.champion_version(NAME, tracking_uri=uri) == first.version
+    fewer = registry.promote(_run(uri, pipeline, 0.9, said_no=1.0), NAME, tracking_uri=uri)
+    assert fewer.promoted and {c.name: c for c in fewer.criteria}[said].verdict == "pass"
 
 
 def test_force_needs_a_reason_and_is_recorded(uri: str, pipeline: StreamDetector) -> None:

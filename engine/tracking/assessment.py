@@ -7,7 +7,13 @@ meant to say "something is wrong" rather than where.
 
 Metrics: event precision/recall/F1, mean detection delay and false alarms per day (from
 ``engine.evaluation.events``), the NAB score of the detector's own operating threshold (from
-``engine.evaluation.nab``), and point-level average precision of the final scores. The test rows
+``engine.evaluation.nab``), and point-level average precision of the final scores.
+
+Operators' negative labels (windows of alarms marked false, of actions whose approval was
+rejected: ``engine.tracking.data``) count against a detector: ``operator_false_alarms`` is the
+number of its alarm events that overlap one, and such an event is a false alarm even where it also
+overlaps an incident window (the operator who looked at it outranks the incident's label), so it
+lowers precision and raises false alarms per day. The test rows
 are scored as the stream would score them (``StreamDetector.score_features``: every series from a
 fresh state, in time order), so the figures are those of the artifact the engine runs.
 """
@@ -99,6 +105,7 @@ class SeriesScores:
     scores: np.ndarray
     alarms: np.ndarray
     windows: list[Window]
+    negatives: list[Window] = field(default_factory=list)
 
     def labels(self) -> np.ndarray:
         out = np.zeros(len(self.ts), dtype=bool)
@@ -122,12 +129,15 @@ def assess(
     *,
     level: str = "service",
     nab_profile: str = "standard",
+    negatives: pl.DataFrame | None = None,
 ) -> Assessment:
-    """Score the ``test`` rows with ``detector`` and compute every metric against ``incidents``."""
+    """Score the ``test`` rows with ``detector`` and compute every metric against ``incidents``
+    (and the operators' ``negatives``: service, start, end)."""
     scored = detector.score_features(test)
     frame = scored.select("ts", "service", "score", pl.col("anomalous").alias("alarm")).sort("service", "ts")
     threshold = detector.threshold_
     by_service = windows_by_service(incidents)
+    said_no = windows_by_service(negatives) if negatives is not None else {}
     series: list[SeriesScores] = []
     if level == "platform":
         agg = frame.group_by("ts").agg(pl.col("score").max(), pl.col("alarm").any()).sort("ts")
@@ -139,6 +149,7 @@ def assess(
                 agg["score"].to_numpy(),
                 agg["alarm"].to_numpy(),
                 all_windows,
+                merge_windows([w for ws in said_no.values() for w in ws]),
             )
         )
     else:
@@ -150,6 +161,7 @@ def assess(
                     part["score"].to_numpy(),
                     part["alarm"].to_numpy(),
                     merge_windows(by_service.get(str(service), [])),
+                    merge_windows(said_no.get(str(service), [])),
                 )
             )
     metrics, per_series = _event_metrics(series)
@@ -168,6 +180,7 @@ def _event_metrics(series: list[SeriesScores]) -> tuple[dict[str, float], dict[s
     true_alarm_events = 0.0
     delay_sum = 0.0
     false_per_day = 0.0
+    said_no = 0
     per: dict[str, dict[str, float]] = {}
     for s in series:
         m = event_metrics(s.ts, s.alarms, s.windows)
@@ -175,10 +188,15 @@ def _event_metrics(series: list[SeriesScores]) -> tuple[dict[str, float], dict[s
         n_windows += m.n_windows
         n_detected += m.n_detected
         n_alarm_events += m.n_alarm_events
-        true_alarm_events += _nan0(m.precision) * m.n_alarm_events
+        hits, overruled = _negative_hits(s)
+        said_no += hits
+        per[s.name]["operator_false_alarms"] = float(hits)
+        true_alarm_events += _nan0(m.precision) * m.n_alarm_events - overruled
         if m.n_detected and math.isfinite(m.mean_delay_s):
             delay_sum += m.mean_delay_s * m.n_detected
         false_per_day += _nan0(m.false_alarms_per_day)
+        if overruled and len(s.ts) > 1:
+            false_per_day += overruled / ((s.ts[-1] - s.ts[0]) / np.timedelta64(1, "D"))
     precision = true_alarm_events / n_alarm_events if n_alarm_events else 0.0
     recall = n_detected / n_windows if n_windows else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
@@ -191,7 +209,27 @@ def _event_metrics(series: list[SeriesScores]) -> tuple[dict[str, float], dict[s
         "n_windows": float(n_windows),
         "n_detected": float(n_detected),
         "n_alarm_events": float(n_alarm_events),
+        "operator_false_alarms": float(said_no),
     }, per
+
+
+def _negative_hits(s: SeriesScores) -> tuple[int, int]:
+    """(alarm events of ``s`` overlapping an operator's negative window, those of them that also
+    overlap an incident window: counted true by the event metrics, overruled here)."""
+    if not s.negatives:
+        return 0, 0
+    from engine.evaluation.events import alarm_events
+
+    def touches(a: np.datetime64, b: np.datetime64, windows: list[Window]) -> bool:
+        return any(a <= end and b >= start for start, end in windows)
+
+    hits = overruled = 0
+    for first, last in alarm_events(s.ts.astype("datetime64[us]").astype(np.int64), s.alarms):
+        a, b = s.ts[first], s.ts[last]
+        if touches(a, b, s.negatives):
+            hits += 1
+            overruled += touches(a, b, s.windows)
+    return hits, overruled
 
 
 def _nab_score(series: list[SeriesScores], threshold: float, profile_name: str) -> float:

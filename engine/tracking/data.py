@@ -1,5 +1,10 @@
 """Reading an experiment's data from the telemetry store, and fingerprinting it.
 
+Besides telemetry and incident windows (positive labels) a dataset carries the operators' word
+as negative labels: the windows of alarms an operator marked false and of actions whose approval
+a person rejected (tables ``alarm_labels`` and ``outcomes``, written by ``selfheal journal export
+--to-store``). The evaluation counts a candidate's alarms in those windows against it.
+
 The store is opened read-only and closed before any fitting starts: DuckDB lets one writing process
 lock out every reader, so nothing in the research loop (sweeps, notebooks) may hold the file longer
 than one query. The fingerprint is a hash of exactly what the query returned (points and incident
@@ -10,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -27,13 +33,32 @@ logger = logging.getLogger(__name__)
 POINT_COLUMNS = ("ts", "service", "metric", "value")
 
 
+#: The windows operators said no to: an alarm marked false, an action whose approval was rejected.
+_NEGATIVES = """
+SELECT * FROM (
+    SELECT service, window_start AS "start", window_end AS "end", 'false alarm' AS why
+      FROM alarm_labels WHERE label = 'false_alarm'
+    UNION ALL
+    SELECT service, window_start, window_end, 'rejected' FROM outcomes WHERE outcome = 'rejected'
+) WHERE "start" IS NOT NULL AND "end" IS NOT NULL AND "end" >= ? AND "start" <= ?
+ORDER BY service, "start"
+"""
+NEGATIVES_SCHEMA = {"service": pl.Utf8, "start": pl.Datetime("us"), "end": pl.Datetime("us"), "why": pl.Utf8}
+
+
+def no_negatives() -> pl.DataFrame:
+    return pl.DataFrame(schema=NEGATIVES_SCHEMA)
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Telemetry points (long format), incident windows, and their fingerprint."""
+    """Telemetry points (long format), incident windows, operators' negative windows, and their
+    fingerprint."""
 
     points: pl.DataFrame
     incidents: pl.DataFrame
     fingerprint: str
+    negatives: pl.DataFrame = field(default_factory=no_negatives)
 
     @property
     def start(self) -> datetime:
@@ -91,6 +116,11 @@ def load_dataset(data: DataSpec, store_path: str | Path, *, metrics: list[str] |
             points = store.points(services=data.services, metrics=wanted_metrics, start=start, end=end)
             points = points.select(POINT_COLUMNS)
         incidents = store.incidents(services=data.services, start=start, end=end) if len(points) else None
+        negatives = (
+            _negatives(store, data.services, points["ts"].min(), points["ts"].max())
+            if len(points)
+            else no_negatives()
+        )
     if not len(points):
         raise InputError(
             f"the spec's data selection matched no telemetry in {path}",
@@ -101,7 +131,17 @@ def load_dataset(data: DataSpec, store_path: str | Path, *, metrics: list[str] |
         incidents = pl.DataFrame(
             schema={"service": pl.Utf8, "kind": pl.Utf8, "start": pl.Datetime("us"), "end": pl.Datetime("us")}
         )
-    return _dataset(points, incidents)
+    return _dataset(points, incidents, negatives)
+
+
+def _negatives(store: Any, services: list[str] | None, start: Any, end: Any) -> pl.DataFrame:
+    """The operators' negative windows overlapping the data's [start, end] (none before the first
+    export)."""
+    tables = {r[0] for r in store.query("SELECT table_name FROM information_schema.tables").rows()}
+    if not {"alarm_labels", "outcomes"} <= tables:
+        return no_negatives()
+    found = store.query(_NEGATIVES, [start, end]).cast(NEGATIVES_SCHEMA)  # type: ignore[arg-type]
+    return found.filter(pl.col("service").is_in(services)) if services else found
 
 
 def _synthetic(data: DataSpec, metrics: list[str] | None) -> Dataset:
@@ -121,22 +161,33 @@ def _synthetic(data: DataSpec, metrics: list[str] | None) -> Dataset:
     return _dataset(points, incidents)
 
 
-def _dataset(points: pl.DataFrame, incidents: pl.DataFrame) -> Dataset:
+def _dataset(points: pl.DataFrame, incidents: pl.DataFrame, negatives: pl.DataFrame | None = None) -> Dataset:
     incidents = incidents.select("service", "kind", "start", "end").sort("service", "start")
     points = points.sort("service", "metric", "ts")
-    fp = fingerprint(points, incidents)
-    logger.info("loaded %d points, %d incidents (fingerprint %s)", len(points), len(incidents), fp)
-    return Dataset(points=points, incidents=incidents, fingerprint=fp)
+    negatives = no_negatives() if negatives is None else negatives
+    fp = fingerprint(points, incidents, negatives)
+    logger.info(
+        "loaded %d points, %d incidents, %d negative windows (fingerprint %s)",
+        len(points),
+        len(incidents),
+        len(negatives),
+        fp,
+    )
+    return Dataset(points=points, incidents=incidents, fingerprint=fp, negatives=negatives)
 
 
-def fingerprint(points: pl.DataFrame, incidents: pl.DataFrame) -> str:
+def fingerprint(points: pl.DataFrame, incidents: pl.DataFrame, negatives: pl.DataFrame | None = None) -> str:
     """A stable hash of the data: timestamps, string columns by dictionary code, values as bytes.
 
     Hashes raw numpy buffers instead of a serialised file format so that it does not change with
-    polars or pyarrow versions.
+    polars or pyarrow versions. Negative windows count only when there are some, so data without
+    operator labels keeps the fingerprint it always had.
     """
     h = hashlib.sha256()
-    for frame, columns in ((points, POINT_COLUMNS), (incidents, ("service", "kind", "start", "end"))):
+    parts = [(points, POINT_COLUMNS), (incidents, ("service", "kind", "start", "end"))]
+    if negatives is not None and len(negatives):
+        parts.append((negatives, ("service", "start", "end", "why")))
+    for frame, columns in parts:
         h.update(f"{len(frame)}|{','.join(columns)}".encode())
         for name in columns:
             col = frame[name]

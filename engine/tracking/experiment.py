@@ -48,6 +48,7 @@ LOGGED_METRICS = (
     "recall",
     "mean_delay_s",
     "false_alarms_per_day",
+    "operator_false_alarms",
     "nab_score",
     "average_precision",
     "threshold",
@@ -75,13 +76,18 @@ class Prepared:
         ds = self.dataset
         return replace(
             self,
-            dataset=Dataset(points=ds.points.clear(), incidents=ds.incidents, fingerprint=ds.fingerprint),
+            dataset=replace(ds, points=ds.points.clear()),
         )
 
     @property
     def test_incidents(self) -> pl.DataFrame:
         """Windows that reach into the test period (earlier ones cannot be detected there)."""
         return self.dataset.incidents.filter(pl.col("end") >= self.test_start)
+
+    @property
+    def test_negatives(self) -> pl.DataFrame:
+        """Operators' negative windows that reach into the test period."""
+        return self.dataset.negatives.filter(pl.col("end") >= self.test_start)
 
 
 @dataclass
@@ -202,6 +208,7 @@ def evaluate_config(config: DetectorConfig, prepared: Prepared, plot_dir: Path |
             prepared.test_incidents,
             level=spec.evaluation.level,
             nab_profile=spec.evaluation.nab_profile,
+            negatives=prepared.test_negatives,
         )
         t2 = time.perf_counter()
         result.metrics = {**assessment.metrics, "fit_seconds": t1 - t0, "score_seconds": t2 - t1}

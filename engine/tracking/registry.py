@@ -76,6 +76,8 @@ CL = "closed_loop."
 DETECTION_LIMITS = {
     "mean_delay_s": ("detection delay (s)", 0.25, 300.0),
     "false_alarms_per_day": ("false alarms/day", 0.25, 1.0),
+    # alarms in windows operators marked false or whose action they rejected: no more than before
+    "operator_false_alarms": ("alarms operators said no to", 0.0, 0.0),
 }
 #: Closed-loop counts a challenger must keep at zero, with the words the verdict uses.
 CL_MUST_BE_ZERO = {
@@ -411,14 +413,15 @@ def _criteria(run: Any, champ_run: Any | None, metric: str, higher: bool) -> lis
         )
     ]
     for key, (label, relative, absolute) in DETECTION_LIMITS.items():
-        if key == metric:
+        if key == metric or (key not in mine and key not in theirs):
             continue
         ours, champ = _finite(mine.get(key)), _finite(theirs.get(key))
         verdict = ""
         if judged and champ is not None:  # none measured (nothing detected) is worse than any
             limit = champ + max(relative * champ, absolute)
             verdict = "pass" if ours is not None and ours <= limit else "FAIL"
-        rule = f"at most champion's +{relative:.0%} (or +{absolute:g})" if judged else "shown"
+        rule = "at most champion's" + (f" +{relative:.0%} (or +{absolute:g})" if relative or absolute else "")
+        rule = rule if judged else "shown"
         out.append(Criterion(label, rule, cell(theirs, key, "{:.1f}"), cell(mine, key, "{:.1f}"), verdict))
     cl, champ_cl = _closed_loop(run), (_closed_loop(champ_run) if champ_run is not None else None)
     if cl is None and champ_cl is None:

@@ -187,7 +187,8 @@ def evaluate_champion(
             hint="ingest recent telemetry or widen window_days",
         )
     incidents = ds.incidents.filter(pl.col("end") >= window_start)
-    assessment = assess(detector, frames, incidents, level=level)
+    negatives = ds.negatives.filter(pl.col("end") >= window_start)
+    assessment = assess(detector, frames, incidents, level=level, negatives=negatives)
     metrics = {k: v for k, v in assessment.metrics.items() if isinstance(v, float) and math.isfinite(v)}
     registry.use_tracking(uri)
     if mlflow_run_id:
