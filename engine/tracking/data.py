@@ -47,6 +47,7 @@ NEGATIVES_SCHEMA = {"service": pl.Utf8, "start": pl.Datetime("us"), "end": pl.Da
 
 
 def no_negatives() -> pl.DataFrame:
+    """An empty frame of negative windows (data from a synthetic source or a store never exported to)."""
     return pl.DataFrame(schema=NEGATIVES_SCHEMA)
 
 
@@ -140,7 +141,7 @@ def _negatives(store: Any, services: list[str] | None, start: Any, end: Any) -> 
     tables = {r[0] for r in store.query("SELECT table_name FROM information_schema.tables").rows()}
     if not {"alarm_labels", "outcomes"} <= tables:
         return no_negatives()
-    found = store.query(_NEGATIVES, [start, end]).cast(NEGATIVES_SCHEMA)  # type: ignore[arg-type]
+    found = store.query(_NEGATIVES, [start, end]).cast(NEGATIVES_SCHEMA)
     return found.filter(pl.col("service").is_in(services)) if services else found
 
 
