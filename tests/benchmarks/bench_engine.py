@@ -334,13 +334,37 @@ def _assemble() -> Any:
     return assemble
 
 
+def _build(pipeline: Any, tmp: Path, admin_url: str) -> Any:
+    """The benchmark's engine (of whichever build is on the path): restart rules for every
+    service, limits out of the way, latencies recorded."""
+    from engine.runtime.config import load_settings
+    from engine.runtime.server import build_engine
+
+    settings = load_settings(
+        overrides={
+            "port": 0,
+            "tick_s": 0.05,
+            "queue_max_points": 50_000,
+            "workers": int(os.environ.get("SELFHEAL_BENCH_WORKERS", "2")),
+            "verify_interval_s": 0.2,
+            "limits": {
+                "max_actions_per_hour": 10**6,
+                "max_failures_per_hour": 10**6,
+                "max_concurrent": 1000,
+            },
+        },
+        environ={},
+    )
+    components = _assemble()(pipeline, _rules(tmp / "rules", admin_url), bundle_version="bench")
+    return build_engine(components, settings, tmp / "journals", record_latencies=True)
+
+
 def _measure(repeats: int, offered: float = 0.0) -> dict[str, Any]:
     """One build's figures (this process imports whichever ``engine`` is on the path); the soak
     offers ``offered`` points/s, or (0) ``LOAD_FRACTION`` of this run's saturation rate."""
     import psutil
 
-    from engine.runtime.config import load_settings
-    from engine.runtime.server import build_engine, serve_in_thread, tune_for_serving
+    from engine.runtime.server import serve_in_thread, tune_for_serving
 
     soak = float(os.environ.get("SELFHEAL_BENCH_SOAK_S", "20"))
     window = float(os.environ.get("SELFHEAL_BENCH_WINDOW_S", "5"))
@@ -349,28 +373,7 @@ def _measure(repeats: int, offered: float = 0.0) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="selfheal-bench-"))
     proc = psutil.Process()
     with _Admin() as admin:
-        rules = _rules(tmp / "rules", admin.url)
-        settings = load_settings(
-            overrides={
-                "port": 0,
-                "tick_s": 0.05,
-                "queue_max_points": 50_000,
-                "workers": int(os.environ.get("SELFHEAL_BENCH_WORKERS", "2")),
-                "verify_interval_s": 0.2,
-                "limits": {
-                    "max_actions_per_hour": 10**6,
-                    "max_failures_per_hour": 10**6,
-                    "max_concurrent": 1000,
-                },
-            },
-            environ={},
-        )
-        engine = build_engine(
-            _assemble()(pipeline, rules, bundle_version="bench"),
-            settings,
-            tmp / "journals",
-            record_latencies=True,
-        )
+        engine = _build(pipeline, tmp, admin.url)
         server = serve_in_thread(engine)
         tune_for_serving()  # as `selfheal run` does in its own process
         try:
