@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,7 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # the engine loads this file by path (the factory)
 
-from test_runtime_support import TOKEN, AdminServer, ndjson, write_rules
+from test_runtime_support import TOKEN, AdminServer, EngineProcess, ndjson, write_rules
 
 pytestmark = pytest.mark.slow
 
@@ -98,54 +95,26 @@ def _points(start: int, seconds: int) -> list[dict[str, Any]]:
     return out
 
 
-class Run:
-    """``selfheal run`` in a subprocess on a fixed journal and scores file."""
+class Run(EngineProcess):
+    """``selfheal run`` on this file's detector, a fixed journal and a scores file."""
 
     def __init__(
         self, tmp: Path, admin_url: str, *, snapshot: str, env: dict[str, str] | None = None
     ) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        tmp.mkdir(parents=True, exist_ok=True)
-        self.url = f"http://127.0.0.1:{self.port}"
         self.scores = tmp / "scores.ndjson"
-        self.config = tmp / "engine.yaml"
-        self.settings = (
-            f"components: {Path(__file__).resolve()}:build_components\n"
-            f"port: {self.port}\ntoken: {TOKEN}\ntick_s: 0.02\n"
-            f"journal: {tmp / 'journal.sqlite'}\nscores_file: {self.scores}\n"
-            f"state_snapshot_s: {snapshot}\n"
+        super().__init__(
+            tmp,
+            write_rules(tmp / "rules", admin_url),
+            config=f"tick_s: 0.02\nscores_file: {self.scores}\nstate_snapshot_s: {snapshot}\n",
+            env=env,
+            components=Path(__file__).resolve(),
         )
-        self.workers = 0
-        self.env = {
-            **os.environ,
-            "SELFHEAL_TEST_RULES": str(write_rules(tmp / "rules", admin_url)),
-            "SELFHEAL_HOME": str(tmp / "home"),
-            **(env or {}),
-        }
-        self.log = tmp / "engine.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.base, self.workers = self.settings, 0
 
-    def start(self) -> None:
-        self.config.write_text(f"{self.settings}workers: {self.workers}\n")
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "run", str(self.config)],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"not ready:\n{self.log.read_text()[-3000:]}")
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start with ``workers`` scoring workers (a restart may change them)."""
+        self.settings = f"{self.base}workers: {self.workers}\n"
+        return super().start(timeout_s)
 
     def push(self, items: list[dict[str, Any]], step: int = 60 * len(SERVICES) * len(METRICS)) -> None:
         """Push in requests of ``step`` points, then wait until every point was scored."""
@@ -160,12 +129,7 @@ class Run:
                 assert status["points_scored"] == len(items)
                 return
             time.sleep(0.05)
-        raise AssertionError(f"points not scored in time:\n{self.log.read_text()[-3000:]}")
-
-    def end(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=60)
+        raise AssertionError(f"points not scored in time:\n{self.tail()}")
 
     def rows(self) -> list[tuple[float, str, float]]:
         lines = self.scores.read_text().splitlines()
@@ -184,11 +148,11 @@ def _killed_midway(
     run.workers = workers[0]
     run.start()
     run.push(first)
-    run.end(signal.SIGKILL)
+    run.kill9()
     run.workers = workers[1]
     run.start()
     run.push(rest)
-    run.end(signal.SIGTERM)
+    run.stop()
     return run
 
 
@@ -198,7 +162,7 @@ def test_scores_after_a_kill_9_equal_those_of_an_engine_that_never_stopped(tmp_p
         never = Run(tmp_path / "never", admin.url, snapshot="0")
         never.start()
         never.push(first + rest)
-        never.end(signal.SIGTERM)
+        never.stop()
         killed = _killed_midway(tmp_path / "killed", admin.url, first, rest, "0")
         cold = _killed_midway(tmp_path / "cold", admin.url, first, rest, "null")
         # Two scoring workers killed with their engine, restarted as three (services change workers).
@@ -232,7 +196,7 @@ def test_the_engine_fed_a_nab_file_over_http_scores_it_as_nab_run(nab_corpus: Pa
         )
         run.start()
         run.push(items, step=500)
-        run.end(signal.SIGTERM)
+        run.stop()
     rows = run.rows()
     assert len(rows) > 0.9 * len(ts)
     bucket_ts = np.array([r[0] for r in rows])

@@ -7,11 +7,6 @@ durable-rules, the ``http`` backend against a local admin server that records ev
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,9 +14,16 @@ from typing import Any
 
 import httpx
 import pytest
-from test_runtime_support import T0, TOKEN, AdminServer, ndjson, service_points, wait_for, write_rules
+from test_runtime_support import (
+    T0,
+    AdminServer,
+    EngineProcess,
+    ndjson,
+    service_points,
+    wait_for,
+    write_rules,
+)
 
-from engine import cli
 from engine.runtime.journal import DecisionStatus, Journal
 
 pytestmark = pytest.mark.slow
@@ -30,68 +32,16 @@ SUPPORT = Path(__file__).with_name("test_runtime_support.py")
 ALICE = "alice-token-5678"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Engine(EngineProcess):
+    """The engine on ``test_runtime_support``'s components and rules, with alice as an approver."""
 
-
-def _command() -> list[str]:
-    if "engine.runtime.commands" in cli.COMMAND_MODULES:
-        return [sys.executable, "-m", "engine.cli"]
-    shim = (
-        "import typer; from engine.runtime.commands import register; "
-        "app = typer.Typer(); register(app); app()"
-    )
-    return [sys.executable, "-c", shim]
-
-
-class EngineProcess:
     def __init__(self, tmp: Path, admin: AdminServer) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.journal = tmp / "journal.sqlite"
-        self.config = tmp / "engine.yaml"
-        self.config.write_text(
-            f"components: {SUPPORT}:build_components\n"
-            f"port: {self.port}\n"
-            f"token: {TOKEN}\n"
-            f"approver_tokens: {{alice: {ALICE}}}\n"
-            "tick_s: 0.01\n"
-            "verify_interval_s: 0.05\n"
-            f"journal: {self.journal}\n"
+        super().__init__(
+            tmp,
+            write_rules(tmp / "rules", admin.url),
+            config=f"approver_tokens: {{alice: {ALICE}}}\ntick_s: 0.01\nverify_interval_s: 0.05\n",
         )
-        self.env = {
-            **os.environ,
-            "SELFHEAL_TEST_RULES": str(write_rules(tmp / "rules", admin.url)),
-            "SELFHEAL_HOME": str(tmp / "home"),
-        }
-        self.log = tmp / "engine.log"
-        self.proc: subprocess.Popen[bytes] | None = None
         self.t = T0
-
-    def start(self) -> EngineProcess:
-        self.proc = subprocess.Popen(
-            [*_command(), "run", str(self.config)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("ab"),
-        )
-
-        def ready() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-            try:
-                return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(ready, timeout=60, interval=0.1)
-        return self
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
 
     def push(self, seconds: int, **anomalous: bool) -> None:
         body = ndjson(list(service_points(self.t, seconds, **anomalous)))
@@ -116,7 +66,8 @@ def admin() -> Iterator[AdminServer]:
 def test_kill_9_keeps_approvals_repeats_nothing_and_restores_policy_state(
     tmp_path: Path, admin: AdminServer
 ) -> None:
-    engine = EngineProcess(tmp_path, admin).start()
+    engine = Engine(tmp_path, admin)
+    engine.start()
     try:
         engine.push(3)
         engine.push(2, vector_db=True)
@@ -149,19 +100,18 @@ def test_kill_9_keeps_approvals_repeats_nothing_and_restores_policy_state(
         )
         assert ok.status_code == 200
         wait_for(lambda: admin.calls("/admin/rollback_model"))
-        assert engine.proc is not None
-        engine.proc.send_signal(signal.SIGTERM)
-        assert engine.proc.wait(timeout=30) == 0
+        assert engine.stop() == 0
         assert "signal 15: stopping intake, draining" in engine.log.read_text()
         assert len(admin.calls("/admin/rollback_model")) == 1
     finally:
-        if engine.proc is not None and engine.proc.poll() is None:
+        if engine.alive():
             engine.kill9()
 
 
 def test_kill_9_mid_call_is_reported_not_repeated_and_an_approved_decision_runs_once(tmp_path: Path) -> None:
     with AdminServer(delay_s=4.0) as admin:
-        engine = EngineProcess(tmp_path, admin).start()
+        engine = Engine(tmp_path, admin)
+        engine.start()
         try:
             engine.push(3)
             engine.push(1, vector_db=True)
@@ -188,7 +138,7 @@ def test_kill_9_mid_call_is_reported_not_repeated_and_an_approved_decision_runs_
             log = engine.log.read_text()
             assert "reported as unknown, not repeated" in log
         finally:
-            if engine.proc is not None and engine.proc.poll() is None:
+            if engine.alive():
                 engine.kill9()
 
 
@@ -198,7 +148,7 @@ def test_kill_9_mid_call_to_a_deduplicating_target_asks_it_again_and_carries_on(
     the same key: the target applies it at most once and answers, and the decision goes on to its
     verification instead of staying unknown."""
     with AdminServer(delay_s=4.0) as admin:
-        engine = EngineProcess(tmp_path, admin)
+        engine = Engine(tmp_path, admin)
         targets = Path(engine.env["SELFHEAL_TEST_RULES"]) / "targets.yaml"
         targets.write_text(targets.read_text().replace("timeout_s: 30", "timeout_s: 30, dedup: true"))
         engine.start()
@@ -221,5 +171,5 @@ def test_kill_9_mid_call_to_a_deduplicating_target_asks_it_again_and_carries_on(
             engine.push(3)
             wait_for(lambda: engine.status_of("inference-a", DecisionStatus.VERIFIED))
         finally:
-            if engine.proc is not None and engine.proc.poll() is None:
+            if engine.alive():
                 engine.kill9()

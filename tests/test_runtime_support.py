@@ -1,4 +1,5 @@
-"""Shared parts for the engine tests (no tests here): a fitted detector, policies, an admin server.
+"""Shared parts for the engine tests (no tests here): a fitted detector, policies, an admin server,
+``selfheal run`` in a subprocess.
 
 Everything is real: a stream detector fitted on synthetic normal telemetry, policies loaded and
 compiled into a durable-rules host, actions through the registry's ``http`` backend against a local
@@ -11,6 +12,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +35,7 @@ NORMAL = {"latency_p99_ms": (100.0, 5.0), "memory_util": (0.5, 0.02)}
 ANOMALY = {"latency_p99_ms": 450.0, "memory_util": 0.97}
 TOKEN = "test-token-123"
 T0 = 1_700_000_000.0  # in the past: the engine refuses points more than 10 minutes ahead
+HERE = Path(__file__).resolve()
 
 TOPOLOGY = """
 services:
@@ -241,3 +247,86 @@ def serving(rules: Path, journals: Path, **settings: Any) -> Iterator[Any]:
         yield running
     finally:
         running.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EngineProcess:
+    """``selfheal run CONFIG`` in a subprocess on a journal of its own, killed and started again.
+
+    The config names the components factory (``components``: a file with ``build_components``,
+    this one by default), a free port, the token and the journal; ``config`` adds YAML lines to it.
+    The rules folder reaches the factory as SELFHEAL_TEST_RULES; ``env`` adds to the environment.
+    The engine's stderr goes to ``log`` (kept across restarts).
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        rules: Path,
+        *,
+        config: str = "",
+        env: dict[str, str] | None = None,
+        components: Path = HERE,
+    ) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.journal = tmp / "journal.sqlite"
+        self.config = tmp / "engine.yaml"
+        self.settings = (  # written to ``config`` at each start
+            f"components: {components}:build_components\nport: {self.port}\ntoken: {TOKEN}\n"
+            f"journal: {self.journal}\n{config}"
+        )
+        self.env = {
+            **os.environ,
+            "SELFHEAL_TEST_RULES": str(rules),
+            "SELFHEAL_HOME": str(tmp / "home"),
+            **(env or {}),
+        }
+        self.log = tmp / "engine.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120.0) -> float:
+        """Start and wait until ``/readyz`` answers 200; returns the seconds that took."""
+        import httpx
+
+        began = time.perf_counter()
+        self.config.write_text(self.settings)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "run", str(self.config)],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        while time.perf_counter() - began < timeout_s:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the engine exited with {self.proc.returncode}:\n{self.tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return time.perf_counter() - began
+            time.sleep(0.02)
+        raise AssertionError(f"the engine was not ready after {timeout_s:.0f}s:\n{self.tail()}")
+
+    def kill9(self) -> None:
+        self.end(signal.SIGKILL)
+
+    def stop(self) -> int:
+        """SIGTERM (drain and exit); returns the exit code."""
+        return self.end(signal.SIGTERM)
+
+    def end(self, sig: int) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]

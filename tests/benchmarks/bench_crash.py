@@ -42,11 +42,8 @@ from __future__ import annotations
 import ast
 import os
 import random
-import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,14 +61,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from harness import Row  # noqa: E402
-from test_runtime_support import T0, TOKEN, TOPOLOGY, AdminServer, ndjson, service_points  # noqa: E402
+from test_runtime_support import T0, TOKEN, TOPOLOGY, AdminServer, EngineProcess, ndjson, service_points  # noqa: E402
 
 from engine.runtime.journal import ApprovalStatus, DecisionStatus, ExecutionStatus, Journal  # noqa: E402
 from engine.simulation.clock import ManualClock  # noqa: E402
 from engine.simulation.live import SimulatedPlatform  # noqa: E402
 from engine.simulation.server import PlatformServer  # noqa: E402
 
-SUPPORT = HERE.parent / "test_runtime_support.py"
 APPROVER, APPROVER_TOKEN = "alice", "alice-token-5678"
 CYCLE_S = 12  # platform seconds between two bursts on the same service
 BURSTS = {"inference_a": (2, 3), "vector_db": (5, 6), "feature_store": (8, 9)}  # seconds of a cycle
@@ -101,12 +97,6 @@ rules:
     verify: {steady_state: {score_below: 0.95}, deadline: 20s, on_failure: escalate}
     approval: {ttl: 10m, approvers: [alice]}
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Target(PlatformServer):
@@ -166,75 +156,21 @@ def write_rules(folder: Path, target_url: str) -> Path:
     return folder
 
 
-class Engine:
-    """``selfheal run CONFIG`` in a subprocess, killed and started again."""
-
-    def __init__(self, tmp: Path, target_url: str, hook_url: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.journal = tmp / "journal.sqlite"
-        self.config = tmp / "engine.yaml"
-        self.config.write_text(
-            f"components: {SUPPORT}:build_components\n"
-            f"port: {self.port}\n"
-            f"token: {TOKEN}\n"
-            f"approver_tokens: {{{APPROVER}: {APPROVER_TOKEN}}}\n"
-            "tick_s: 0.02\n"
-            "verify_interval_s: 0.1\n"
-            "limits: {max_actions_per_hour: 1000000, max_failures_per_hour: 1000000, max_concurrent: 1000}\n"
-            f"notifications: [{{name: pager, url: '{hook_url}{HOOK}', events: [escalated]}}]\n"
-            f"journal: {self.journal}\n"
-        )
-        self.env = {
-            **os.environ,
-            "SELFHEAL_TEST_RULES": str(write_rules(tmp / "rules", target_url)),
-            "SELFHEAL_HOME": str(tmp / "home"),
-        }
-        self.log = tmp / "engine.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 90.0) -> float:
-        """Start and wait until ``/readyz`` answers 200; returns the seconds that took."""
-        began = time.perf_counter()
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "run", str(self.config)],
-                env=self.env,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        while time.perf_counter() - began < timeout_s:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text()[-3000:]
-                raise RuntimeError(f"the engine exited with {self.proc.returncode}:\n{tail}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return time.perf_counter() - began
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(
-            f"the engine was not ready after {timeout_s:.0f}s:\n{self.log.read_text()[-3000:]}"
-        )
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+def engine_at(tmp: Path, target_url: str, hook_url: str) -> EngineProcess:
+    """``selfheal run`` on the crash policy, notifying escalations to the pager at ``hook_url``."""
+    return EngineProcess(
+        tmp,
+        write_rules(tmp / "rules", target_url),
+        config=f"approver_tokens: {{{APPROVER}: {APPROVER_TOKEN}}}\ntick_s: 0.02\nverify_interval_s: 0.1\n"
+        "limits: {max_actions_per_hour: 1000000, max_failures_per_hour: 1000000, max_concurrent: 1000}\n"
+        f"notifications: [{{name: pager, url: '{hook_url}{HOOK}', events: [escalated]}}]\n",
+    )
 
 
 class Pusher(threading.Thread):
     """Telemetry, one platform second per request, in order; a refused or cut request is sent again."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineProcess) -> None:
         super().__init__(daemon=True, name="pusher")
         self.engine = engine
         self.t = T0
@@ -264,7 +200,7 @@ class Pusher(threading.Thread):
 class Approver(threading.Thread):
     """An operator who approves every request as soon as the API lists it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: EngineProcess) -> None:
         super().__init__(daemon=True, name="approver")
         self.engine = engine
         self.halt = threading.Event()
@@ -365,7 +301,7 @@ def crash_loop(
     # The pager answers late too (AdminServer delays paths under /admin), so escalations are in
     # flight at some kills.
     with Target(max_delay_s, seed) as target, AdminServer(delay_s=max_delay_s / 2) as hooks:
-        engine = Engine(tmp, target.url, hooks.url)
+        engine = engine_at(tmp, target.url, hooks.url)
         first = engine.start()
         pusher, approver = Pusher(engine), Approver(engine)
         pusher.start()
@@ -410,7 +346,7 @@ def _until(check: Callable[[], bool], timeout_s: float, interval_s: float = 0.00
     return True
 
 
-def _settle(engine: Engine, target: Target, timeout_s: float = 60.0) -> bool:
+def _settle(engine: EngineProcess, target: Target, timeout_s: float = 60.0) -> bool:
     """Wait until no approval is pending, no call in flight and no decision between states."""
     active = (DecisionStatus.AWAITING_APPROVAL, DecisionStatus.READY, DecisionStatus.EXECUTING,
               DecisionStatus.VERIFYING)  # fmt: skip
@@ -423,7 +359,7 @@ def _settle(engine: Engine, target: Target, timeout_s: float = 60.0) -> bool:
     return _until(idle, timeout_s, interval_s=0.2)
 
 
-def _check(engine: Engine, target: Target, hooks: AdminServer, approver: Approver) -> Checked:
+def _check(engine: EngineProcess, target: Target, hooks: AdminServer, approver: Approver) -> Checked:
     problems: list[str] = []
     with sqlite3.connect(engine.journal) as db:
         integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
