@@ -34,15 +34,14 @@ from engine.runtime.notify import Notifier
 from engine.runtime.policies import ask
 from engine.runtime.scoring import Scored, ScoreLog, ScoringStage
 from engine.runtime.shards import ShardPool, StatesAt
-from engine.runtime.sources import IngestQueue, PromMapping, scrape_loop, tail_ndjson
+from engine.runtime.sources import IngestQueue, Sink, source_loops
 from engine.runtime.states import state_store
-from engine.runtime.writer import Writer, spawn
+from engine.runtime.writer import LATENCIES, Writer, spawn
 from engine.telemetry.points import Point, Points, Rejection
 
 log = logging.getLogger(__name__)
 
 MAX_TICK_POINTS = 20_000  # per scoring tick: short ticks keep arrival-to-event latency low
-LATENCIES = ("arrival_to_event", "event_to_journaled", "event_to_dispatch")
 
 
 class Engine:
@@ -121,23 +120,11 @@ class Engine:
             states = StatesAt(s, self.states_path)
             self.shards = ShardPool(self.components.pipeline, s.workers, self._scored, states=states)
         self._spawn("score", self._score_loop)
-        for path in s.sources.files:
-            sink = self._blocking_sink(f"file:{path}")
-            self._spawn(
-                f"tail:{path}",
-                lambda p=path, k=sink: tail_ndjson(
-                    p, k, self._sources_stop, from_start=s.sources.from_start, names=self.intake.names
-                ),
-            )
-        for t in s.sources.prometheus:
-            m, sink = PromMapping.from_yaml(t.mapping), self._blocking_sink(f"prometheus:{t.url}")
-            failed = lambda url: self.metrics.scrape_errors.labels(url).inc()  # noqa: E731
-            self._spawn(
-                f"scrape:{t.url}",
-                lambda t=t, m=m, k=sink, e=failed: scrape_loop(
-                    t.url, m, t.interval_s, self.intake.names, k, self._sources_stop, on_error=e
-                ),
-            )
+        failed = lambda url: self.metrics.scrape_errors.labels(url).inc()  # noqa: E731
+        for name, loop in source_loops(
+            s.sources, self.intake.names, self._blocking_sink, self._sources_stop, failed
+        ):
+            self._spawn(name, loop)
         self.ready.set()
         log.info("engine started (bundle %s, journal %s)", self.components.bundle_version, self.journal.path)
         return self
@@ -184,27 +171,27 @@ class Engine:
         if not self.queue.offer(admitted, arrival=time.perf_counter()):
             self.metrics.requests_throttled.inc()
             return None
-        if admitted:
-            self.metrics.points_in.labels(source).inc(len(admitted))
-        rejected = [*rejections, *refused]
-        self.reject(rejected, source)
-        return Accepted(len(admitted), rejected)
+        return self._took(source, admitted, [*rejections, *refused])
 
-    def reject(self, rejections: Sequence[Rejection], source: str) -> None:
-        for r in rejections:
-            self.metrics.points_rejected.labels(source, r.field).inc(r.count)
-        self.dead_letter.write(source, rejections)
+    def _blocking_sink(self, source: str) -> Sink:
+        """What file tails and scrapes hand their points to: waits while the queue is full."""
 
-    def _blocking_sink(self, source: str) -> Callable[[list[Point], list[Rejection]], bool]:
         def sink(points: list[Point], rejections: list[Rejection]) -> bool:
             admitted, refused = self.intake.admit(points)
-            self.reject([*rejections, *refused], source)
-            if not self.queue.put(admitted, stop=self._sources_stop):
-                return False
-            self.metrics.points_in.labels(source).inc(len(admitted))
-            return True
+            queued = self.queue.put(admitted, stop=self._sources_stop)  # False: the engine stops
+            self._took(source, admitted if queued else [], [*rejections, *refused])
+            return queued
 
         return sink
+
+    def _took(self, source: str, admitted: Points, rejected: list[Rejection]) -> Accepted:
+        """Count what a source got queued, count and dead-letter what it had refused."""
+        if admitted:
+            self.metrics.points_in.labels(source).inc(len(admitted))
+        for r in rejected:
+            self.metrics.points_rejected.labels(source, r.field).inc(r.count)
+        self.dead_letter.write(source, rejected)
+        return Accepted(len(admitted), rejected)
 
     def _forget(self, services: Sequence[str]) -> None:
         """Drop the state of services the intake forgot as idle: features here (the scoring thread

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -24,7 +24,12 @@ from engine.specs import load_yaml, problems_from
 from engine.telemetry.points import DEFAULT_NAMES, NameRules, Point, Points, Rejection, parse_lines
 from engine.telemetry.prometheus import read_points
 
+if TYPE_CHECKING:
+    from engine.runtime.config import Sources
+
 log = logging.getLogger(__name__)
+
+Sink = Callable[[list[Point], list[Rejection]], bool]  # a source's points and refusals; False: stop
 
 
 class IngestQueue:
@@ -82,7 +87,7 @@ class IngestQueue:
 
 def tail_ndjson(
     path: str,
-    sink: Callable[[list[Point], list[Rejection]], bool],
+    sink: Sink,
     stop: threading.Event,
     *,
     from_start: bool = False,
@@ -145,7 +150,7 @@ def _inode(path: Path) -> int | None:
 
 def _pump(
     fh: TextIO,
-    sink: Callable[[list[Point], list[Rejection]], bool],
+    sink: Sink,
     stop: threading.Event,
     *,
     batch_lines: int,
@@ -244,7 +249,7 @@ def scrape_loop(
     mapping: PromMapping,
     interval_s: float,
     names: NameRules,
-    sink: Callable[[list[Point], list[Rejection]], bool],
+    sink: Sink,
     stop: threading.Event,
     on_error: Callable[[str], None] | None = None,
 ) -> None:
@@ -266,3 +271,35 @@ def scrape_loop(
                 if not sink(points, rejections):
                     return
             stop.wait(max(0.0, interval_s - (time.time() - started)))
+
+
+def source_loops(
+    sources: Sources,
+    names: NameRules,
+    sink_for: Callable[[str], Sink],
+    stop: threading.Event,
+    on_scrape_error: Callable[[str], None],
+) -> list[tuple[str, Callable[[], None]]]:
+    """The thread bodies of the configured sources (``EngineSettings.sources``), each named: a
+    tail per file, a scrape loop per Prometheus target; each hands its points to ``sink_for(its
+    source label)`` until ``stop``."""
+    loops: list[tuple[str, Callable[[], None]]] = []
+    for path in sources.files:
+        sink = sink_for(f"file:{path}")
+        loops.append(
+            (
+                f"tail:{path}",
+                lambda p=path, k=sink: tail_ndjson(p, k, stop, from_start=sources.from_start, names=names),
+            )
+        )
+    for t in sources.prometheus:
+        m, sink = PromMapping.from_yaml(t.mapping), sink_for(f"prometheus:{t.url}")
+        loops.append(
+            (
+                f"scrape:{t.url}",
+                lambda t=t, m=m, k=sink: scrape_loop(
+                    t.url, m, t.interval_s, names, k, stop, on_error=on_scrape_error
+                ),
+            )
+        )
+    return loops

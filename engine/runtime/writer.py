@@ -40,6 +40,11 @@ BATCH_TICKS = 64  # ticks in one commit at most
 
 Notify = Callable[[str, dict[str, Any]], None]
 Latency = Callable[[str, float], None]
+#: What ``latency`` is told (seconds), on the way from an anomaly event (``emitted``) to its action:
+#: the policies' decisions handed over, the commit that journals them (its SQL and one fsync), then
+#: journaled and dispatched (an actuator thread starts the call); ``arrival_to_event`` is the
+#: scoring side's.
+LATENCIES = ("arrival_to_event", "event_to_decided", "commit", "event_to_journaled", "event_to_dispatch")
 
 
 def spawn(name: str, target: Callable[[], None], on_error: Callable[[str], None]) -> threading.Thread:
@@ -105,6 +110,8 @@ class Writer:
         return self._ticks.qsize()
 
     def submit(self, tick: Tick) -> None:
+        if tick.decided:
+            self._latency("event_to_decided", time.perf_counter() - tick.emitted)
         self._ticks.put(tick)
 
     def start(self) -> dict[str, bool]:
@@ -181,8 +188,10 @@ class Writer:
             writes.append(Supervisor.record(verdicts))
         if not (ticks or writes):
             return
+        began = time.perf_counter()
         committed = self.decider.commit(ticks, writes)
         now = time.perf_counter()
+        self._latency("commit", now - began)
         for emitted in committed.decided:
             self._latency("event_to_journaled", now - emitted)
         # The commit's actions first: they wait on nothing else; escalations, rollbacks and what
