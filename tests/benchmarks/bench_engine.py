@@ -11,7 +11,8 @@ with baselines measured in the same run:
   baseline: PyOD ``decision_function`` alone on the same feature rows, in points/s equivalent
   (rows/s x points per row), i.e. the ceiling if everything but the detector were free;
 - latency from the arrival of the batch that closed a feature row to its anomaly event, and from
-  the event to its action's dispatch (p50, p99);
+  the event to its action's dispatch (p50, p99), with the stages in between for this build: the
+  policies' decisions handed to the journal writer, the writer's commit;
 - PolicyHost decisions/s vs durable-rules' raw ``post`` on a one-rule ruleset;
 - RSS at the start and end of the soak. ``SELFHEAL_BENCH_SOAK_S`` sets the soak (default 20 s;
   the full run uses 600).
@@ -516,6 +517,13 @@ def bench_engine(repeats: int) -> list[Row]:
         row("arrival -> anomaly event p99", "ms", "arrival_to_event", 99, higher_is_better=False),
         row("anomaly -> action dispatch p50", "ms", "event_to_dispatch", 50, higher_is_better=False,
             note=f"{total('event_to_dispatch')} dispatches, {total('dispatched')} received by the target"),
+        Row("anomaly -> policies' decisions handed to the writer p99", "ms",
+            per_round(this, "event_to_decided", 99), higher_is_better=False,
+            note="events, diagnosis and durable-rules on the engine's interpreter"),
+        Row("journal commit (SQL + one fsync) p50", "ms", per_round(this, "commit", 50),
+            higher_is_better=False, note=f"{total('commit')} commits (ticks, outcomes and verdicts batched)"),
+        Row("journal commit (SQL + one fsync) p99", "ms", per_round(this, "commit", 99),
+            higher_is_better=False),
         row("anomaly -> decision + execution journaled p99", "ms", "event_to_journaled", 99,
             higher_is_better=False),
         row("anomaly -> action dispatch p99", "ms", "event_to_dispatch", 99, higher_is_better=False,
