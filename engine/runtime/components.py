@@ -70,6 +70,15 @@ class EngineComponents:
         info = self.topology.get(service)
         return info.replicas if info else 1
 
+    def versions(self) -> dict[str, str]:
+        """What the running engine is named by (the ``selfheal_bundle`` gauge)."""
+        return {
+            "bundle_version": self.bundle_version,
+            "detector": self.pipeline.detector,
+            "detector_version": self.detector_version,
+            "policy_version": self.policies.version,
+        }
+
 
 def _shipped_diagnosis() -> Any:
     from engine.diagnosis import shipped_model

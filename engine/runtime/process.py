@@ -119,11 +119,9 @@ class Engine:
         if s.workers:
             states = StatesAt(s, self.states_path)
             self.shards = ShardPool(self.components.pipeline, s.workers, self._scored, states=states)
-        self._spawn("score", self._score_loop)
         failed = lambda url: self.metrics.scrape_errors.labels(url).inc()  # noqa: E731
-        for name, loop in source_loops(
-            s.sources, self.intake.names, self._blocking_sink, self._sources_stop, failed
-        ):
+        loops = source_loops(s.sources, self.intake.names, self._blocking_sink, self._sources_stop, failed)
+        for name, loop in [("score", self._score_loop), *loops]:
             self._spawn(name, loop)
         self.ready.set()
         log.info("engine started (bundle %s, journal %s)", self.components.bundle_version, self.journal.path)
@@ -265,7 +263,7 @@ class Engine:
     # ================================================================ gauges and notes
     def _state(self) -> EngineState:
         """The state the gauges show (copies: the scoring thread keeps writing the originals)."""
-        supervisor, components = self.writer.supervisor, self.components
+        supervisor = self.writer.supervisor
         return EngineState(
             queue_depth=self.queue.depth,
             paused=self.paused,
@@ -275,12 +273,7 @@ class Engine:
             scores=self.observations.scores.copy(),
             anomalous=self.events.health.copy(),
             diagnoses=self.diagnoses.copy(),
-            bundle={
-                "bundle_version": components.bundle_version,
-                "detector": components.pipeline.detector,
-                "detector_version": components.detector_version,
-                "policy_version": components.policies.version,
-            },
+            bundle=self.components.versions(),
         )
 
     def _latency(self, name: str, seconds: float) -> None:
