@@ -57,6 +57,22 @@ def test_signature_is_signed_distance_from_a_learned_normal_and_a_fault_is_not_l
     assert z[METRICS.index("memory_util")] == 0
 
 
+def test_a_leak_slower_than_the_baseline_still_stands_out() -> None:
+    """Memory climbing 0.5 -> 0.9 over two hours rises less than QUIET_Z spreads a minute: a
+    30-minute baseline learnt it as it grew (z stayed near 3) and the leak's thrash later read as
+    a slow service with normal memory."""
+    rng = np.random.default_rng(2)
+    b = Baselines()
+    ts = T0
+    for _ in range(120):  # two normal hours
+        ts += 60
+        b.signature("svc", ts, {"memory_util": 0.5 + rng.normal(0, 0.01)})
+    for i in range(120):
+        ts += 60
+        z = b.signature("svc", ts, {"memory_util": 0.5 + 0.4 * i / 120 + rng.normal(0, 0.01)})
+    assert z[METRICS.index("memory_util")] > 10
+
+
 def test_a_young_series_gives_no_signature() -> None:
     b = Baselines()
     assert not b.signature("svc", T0, {"error_rate": 0.01}).any()

@@ -52,6 +52,10 @@ ABS_FLOOR: dict[str, float] = {
 """Smallest spread per metric, in its unit: a queue that is always empty is not 10^6 sigmas off at 1."""
 NO_TREND = frozenset({"memory_util", "retrieval_precision", "retrieval_hit_rate"})
 """Metrics that do not follow the load: a slope in them is a fault (a leak, an index going stale)."""
+SLOW_TAU_S = 6 * 3600.0
+"""Time constant of the ``NO_TREND`` metrics' baselines: a leak slower than ``TAU_S`` rises by less
+than ``QUIET_Z`` spreads a row, so a 30-minute baseline learnt it as normal while it grew and the
+leak's GC thrash then read as a slow service with normal memory (a latency creep's signature)."""
 
 
 @dataclass
@@ -106,7 +110,7 @@ class Baselines:
         dt = max(ts - s.last, 0.0)
         age = max(ts - s.first, dt, 1e-9)
         # exact running moments while young (alpha = share of the time seen), then exponential
-        alpha = max(1.0 - math.exp(-dt / TAU_S), dt / age)
+        alpha = max(1.0 - math.exp(-dt / (TAU_S if s.trended else SLOW_TAU_S)), dt / age)
         beta = 1.0 - math.exp(-dt / TREND_TAU_S)
         expected = s.expected(ts)
         error = x - expected
