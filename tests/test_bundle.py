@@ -25,7 +25,7 @@ import pytest
 from engine.bundle import build_bundle, load_bundle, verify_bundle
 from engine.bundle.manifest import MANIFEST_NAME, sha256_bytes
 from engine.bundle.signing import TRUST_ENV, generate_key, load_private_key, sign_manifest
-from engine.errors import BundleError, SpecError
+from engine.errors import BundleError, ConfigError, SpecError
 from engine.home import Home
 
 pytestmark = pytest.mark.xdist_group("bundle")  # one registry and bundle per module, on one worker
@@ -168,6 +168,7 @@ def test_build_fixes_the_alias_to_a_version_and_hashes_every_file(built: Any, re
         "compiled/policies.json",
         "rules/topology.yaml",
         "rules/targets.yaml",
+        "diagnosis/kind_model.json",
     } | {f"rules/{p.name}" for p in RULES.glob("*.yaml") if p.name not in ("topology.yaml", "targets.yaml")}
     assert files == expected
     for rel, entry in m["files"].items():
@@ -515,6 +516,60 @@ def test_runtime_loader_builds_engine_components(built: Any) -> None:
     assert components.detector_version == f"{MODEL}/v1"
     assert components.replicas("inference-a") == 4
     assert components.policies.version == built.manifest["policies"]["fingerprint"][:12]
+    assert components.diagnosis.version == built.manifest["diagnosis"]["version"]
+
+
+def test_the_engine_diagnoses_with_the_bundles_model(
+    registry: dict, signing_key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.diagnosis import KindModel, shipped_model, shipped_model_path
+    from engine.runtime.components import load_components
+
+    raw = json.loads(shipped_model_path().read_text())
+    raw["threshold"][0] += 0.25  # another model: its first question moves
+    retrained = tmp_path / "retrained.json"
+    retrained.write_text(json.dumps(raw))
+    mine = KindModel.load(retrained).version
+    assert mine != shipped_model().version
+    result = build_bundle(
+        f"models:/{MODEL}/1",
+        RULES,
+        tracking_uri=registry["uri"],
+        output=tmp_path / "b",
+        signing_key=signing_key,
+        diagnosis=retrained,
+    )
+    assert result.manifest["diagnosis"]["version"] == mine
+    assert load_components(str(result.path), None).diagnosis.version == mine
+    code, out, _ = _cli(capsys, "bundle", "inspect", str(result.path))
+    assert code == 0 and f"diagnosis   {mine} (diagnosis/kind_model.json)" in out
+    raw["left"] = raw["left"][:-1]  # a model whose arrays do not fit: the build refuses it
+    retrained.write_text(json.dumps(raw))
+    with pytest.raises(ConfigError, match="arrays do not fit"):
+        build_bundle(
+            f"models:/{MODEL}/1",
+            RULES,
+            tracking_uri=registry["uri"],
+            output=tmp_path / "c",
+            diagnosis=retrained,
+        )
+
+
+def test_a_bundle_without_a_diagnosis_model_runs_the_shipped_one_and_says_so(
+    copy: Path, signing_key: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine.diagnosis import shipped_model
+
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    del manifest["diagnosis"], manifest["files"]["diagnosis/kind_model.json"]
+    shutil.rmtree(copy / "diagnosis")
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    resign(copy, signing_key)
+    with caplog.at_level("WARNING", logger="engine.bundle.load"):
+        bundle = load_bundle(copy)
+    assert bundle.diagnosis is shipped_model()
+    assert any("built before bundles carried their diagnosis model" in w for w in bundle.warnings)
+    assert "shipped model" in caplog.text
 
 
 # ---------------------------------------------------------------------------------------- inspect

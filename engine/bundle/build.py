@@ -16,6 +16,8 @@ Layout::
     DIR/rules/topology.yaml, *.yaml the source policies, loadable with ``load_policies(DIR/rules)``
     DIR/rules/targets.yaml          the targets file (optional)
     DIR/compiled/policies.json      the durable-rules rulesets (CompiledPolicySet.to_json())
+    DIR/diagnosis/kind_model.json   the fault-kind model the engine diagnoses with (default: the
+                                    shipped one), so a bundle runs the diagnosis it was assessed with
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 from engine.bundle.manifest import (
     COMPILED_FILE,
     DETECTOR_DIR,
+    DIAGNOSIS_FILE,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -127,6 +130,7 @@ def build_bundle(
     topology: Path | str | None = None,
     force: bool = False,
     signing_key: Path | str | None = None,
+    diagnosis: Path | str | None = None,
 ) -> BuildResult:
     """Resolve ``model_uri``, copy detector and policies, write the manifest; return where and what.
 
@@ -135,15 +139,20 @@ def build_bundle(
     ``bundles_dir/<name>-v<version>``; an existing folder is replaced only with ``force``.
     ``signing_key`` (a private key file, kept outside the bundle) signs the manifest; the engine
     refuses unsigned bundles unless told otherwise, so production bundles are built with one.
+    ``diagnosis`` is the fault-kind model file to ship (default: the shipped
+    ``experiments/diagnosis/kind_model.json``).
     """
     from engine.actions.targets import TargetsConfig, load_targets, targets_for_policy
     from engine.bundle.signing import load_private_key, sign_manifest
+    from engine.diagnosis import KindModel, shipped_model_path
     from engine.policy import compile_policies, load_policies
     from engine.policy.loader import policy_files
     from engine.policy.targets import check_policies
     from engine.policy.topology import default_topology_path
 
     private = load_private_key(signing_key) if signing_key is not None else None  # fail before work
+    diagnosis_src = Path(diagnosis) if diagnosis is not None else shipped_model_path()
+    kind_model = KindModel.load(diagnosis_src)  # a bad model fails the build, not the engine
     rules = Path(rules)
     checked = load_policies(rules, topology=topology)  # errors name the user's files, not the copies
     topo_src = Path(topology) if topology else default_topology_path(rules)
@@ -186,6 +195,8 @@ def build_bundle(
         compiled = compile_policies(policy_set)
         (staging / COMPILED_FILE).parent.mkdir(parents=True)
         (staging / COMPILED_FILE).write_text(compiled.to_json())
+        (staging / DIAGNOSIS_FILE).parent.mkdir(parents=True)
+        shutil.copyfile(diagnosis_src, staging / DIAGNOSIS_FILE)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -193,6 +204,11 @@ def build_bundle(
             "model": model,
             "detector": detector,
             "policies": _policies_summary(policy_set, rules, targets_src),
+            "diagnosis": {
+                "version": kind_model.version,
+                "file": DIAGNOSIS_FILE,
+                "source": str(diagnosis_src),
+            },
             "environment": environment(),
             "files": file_entries(staging),
         }

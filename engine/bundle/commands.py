@@ -114,8 +114,16 @@ def build(
     key: Annotated[
         Path | None, typer.Option("--key", help="Sign the bundle with this private key (bundle keygen).")
     ] = None,
+    diagnosis: Annotated[
+        Path | None,
+        typer.Option(
+            "--diagnosis",
+            help="Fault-kind model to ship (selfheal diagnosis train; default: the shipped one).",
+        ),
+    ] = None,
 ) -> None:
-    """Resolve the model alias to a fixed version and write detector, policies and a hashed manifest.
+    """Resolve the model alias to a fixed version and write detector, policies, the diagnosis model
+    and a hashed manifest.
 
     With --key the manifest is signed; engines refuse unsigned bundles unless told otherwise.
 
@@ -135,6 +143,7 @@ def build(
         topology=topology,
         force=force,
         signing_key=key,
+        diagnosis=diagnosis,
     )
     m = result.manifest
     source = f" (alias {m['model']['alias']})" if m["model"]["alias"] else ""
@@ -143,6 +152,7 @@ def build(
         f"model    {m['model']['name']} version {m['model']['version']}{source}, run {m['model']['run_id']}"
     )
     typer.echo(f"policies {len(m['policies']['policies'])} ({m['policies']['fingerprint'][:12]})")
+    typer.echo(f"diagnosis {m['diagnosis']['version']}")
     typer.echo(f"files    {len(m['files'])} hashed in manifest.json")
     typer.echo(f"digest   {result.digest}")
     signed = (
@@ -292,6 +302,12 @@ def _describe(report: Any) -> list[str]:
                 f"    - {r['id']}: {r['action']} (risk {r['risk']}{gate}) on {', '.join(r['services'])}"
             )
     lines.append(f"targets     {_targets_text(report)}")
+    diagnosis = m.get("diagnosis")
+    lines.append(
+        f"diagnosis   {diagnosis['version']} ({diagnosis['file']})"
+        if diagnosis
+        else "diagnosis   none in the bundle: the engine uses its shipped model"
+    )
     here = environment()
     lines.append("versions    built with / here")
     for key, built in sorted(m["environment"].items()):

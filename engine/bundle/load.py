@@ -10,7 +10,10 @@ Order matters and is the point of this module:
 3. only if all passed: the detector built from the very bytes that were hashed
    (``engine.detectors.artifact``: JSON and skops, which runs no code), then the probe replay, then
    the policies, topology and targets (parsed from the same verified bytes, never re-read from
-   disk; policies recompiled and compared with the shipped durable-rules JSON).
+   disk; policies recompiled and compared with the shipped durable-rules JSON), and the fault-kind
+   model the engine diagnoses with. A bundle built before bundles carried that model loads with
+   this selfheal's shipped model and a warning saying so (the journal names the model's version
+   on every diagnosis, so which one ran stays traceable).
 
 A bundle that is unsigned, signed by an unknown key or changed after signing is refused at step 1
 unless ``Trust.allow_unsigned`` (local development; logged as a warning). Nothing here imports
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from engine.bundle.manifest import (
     COMPILED_FILE,
     DETECTOR_DIR,
+    DIAGNOSIS_FILE,
     MANIFEST_NAME,
     RULES_DIR,
     TARGETS_FILE,
@@ -44,12 +48,17 @@ from engine.errors import BundleError, EngineError
 if TYPE_CHECKING:
     from engine.actions.targets import TargetsConfig
     from engine.detectors.stream import StreamDetector
+    from engine.diagnosis import KindModel
     from engine.policy import CompiledPolicySet, PolicySet
     from engine.policy.topology import Topology
 
 logger = logging.getLogger(__name__)
 
 DETECTOR_FILE = f"{DETECTOR_DIR}/detector.json"
+NO_DIAGNOSIS = (
+    f"{DIAGNOSIS_FILE}: none (built before bundles carried their diagnosis model): the engine "
+    "diagnoses with this selfheal's shipped model; rebuild the bundle to fix the model it runs"
+)
 
 
 @dataclass
@@ -84,6 +93,7 @@ class Bundle:
     compiled: CompiledPolicySet
     topology: Topology
     targets: TargetsConfig | None
+    diagnosis: KindModel
     warnings: tuple[str, ...] = ()
 
     @property
@@ -132,6 +142,10 @@ def verify_bundle(
     for required in (DETECTOR_FILE, COMPILED_FILE, f"{RULES_DIR}/topology.yaml"):
         if required not in manifest["files"]:
             report.errors.append(f"{required}: not in the manifest (every bundle has one)")
+    if manifest.get("diagnosis") is not None and DIAGNOSIS_FILE not in manifest["files"]:
+        report.errors.append(f"{DIAGNOSIS_FILE}: named by the manifest's diagnosis section but not listed")
+    elif manifest.get("diagnosis") is None:
+        report.warnings.append(NO_DIAGNOSIS)
     fmt = manifest.get("detector", {}).get("format_version")
     if fmt != DETECTOR_FORMAT:
         report.errors.append(
@@ -185,6 +199,7 @@ def load_bundle(
             f"{report.path}: policies and targets disagree: " + "; ".join(map(str, problems)),
             hint="rebuild the bundle",
         )
+    diagnosis = _load_diagnosis(report)
     logger.info("loaded bundle %s from %s", report.version, report.path)
     return Bundle(
         path=report.path,
@@ -196,8 +211,28 @@ def load_bundle(
         compiled=compiled,
         topology=policies.topology,
         targets=targets,
+        diagnosis=diagnosis,
         warnings=tuple(report.warnings),
     )
+
+
+def _load_diagnosis(report: VerifyReport) -> KindModel:
+    """The bundle's fault-kind model from its verified bytes; the shipped one for older bundles."""
+    import json
+
+    from engine.diagnosis import KindModel, shipped_model
+
+    raw = report.contents.get(DIAGNOSIS_FILE)
+    if raw is None:
+        return shipped_model()  # NO_DIAGNOSIS is among the report's warnings, logged above
+    source = str(report.path / DIAGNOSIS_FILE)
+    try:
+        return KindModel.from_dict(json.loads(raw), source=source)
+    except (ValueError, EngineError) as exc:
+        raise BundleError(
+            f"{source}: cannot load the diagnosis model: {getattr(exc, 'message', exc)}",
+            hint="rebuild the bundle with this selfheal (selfheal bundle build)",
+        ) from exc
 
 
 def _load_detector(report: VerifyReport) -> StreamDetector:

@@ -48,6 +48,7 @@ DETECTOR_DIR = "detector"
 RULES_DIR = "rules"
 COMPILED_FILE = "compiled/policies.json"
 TARGETS_FILE = f"{RULES_DIR}/targets.yaml"
+DIAGNOSIS_FILE = "diagnosis/kind_model.json"
 REQUIRED_SECTIONS = ("model", "detector", "policies", "environment", "files")
 
 #: Distributions whose versions are recorded; the detector needs the first ones at load time.
@@ -171,6 +172,11 @@ class PoliciesSection(_Section):
     services: list[str]
 
 
+class DiagnosisSection(_Section):
+    version: str
+    file: str
+
+
 class Manifest(_Section):
     """What ``parse_manifest`` checks before anything else looks at a manifest.
 
@@ -187,6 +193,7 @@ class Manifest(_Section):
     policies: PoliciesSection
     environment: dict[str, str]
     files: dict[str, FileEntry]
+    diagnosis: DiagnosisSection | None = None  # bundles built before they carried the model: None
 
 
 def read_manifest_bytes(folder: Path) -> bytes:

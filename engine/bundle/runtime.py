@@ -41,6 +41,7 @@ def components_from_bundle(bundle: Bundle) -> EngineComponents:
         },
         bundle_version=bundle.version,
         detector_version=bundle.detector_version,
+        diagnosis=bundle.diagnosis,
     )
 
 
