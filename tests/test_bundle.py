@@ -718,3 +718,21 @@ def test_keygen_sign_verify_and_pin_from_the_command_line(
     (copy / "rules" / "topology.yaml").write_text("services: {}\n")
     code, _, err = _cli(capsys, "--home", str(home), "bundle", "sign", str(copy))
     assert code == 2 and "sign: refused" in err  # a damaged bundle is never signed
+
+
+def test_a_campaign_trusts_the_bundles_its_home_trusts(
+    copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`chaos campaign --bundle` verifies against the home's pinned keys, as `chaos run` does: a
+    bundle signed by a key only the home trusts was refused ("not trusted here") before."""
+    from engine.bundle.signing import trust_key
+
+    home, stranger = tmp_path / "home", tmp_path / "stranger"
+    public, _ = generate_key(tmp_path / "team.key")
+    resign(copy, tmp_path / "team.key")
+    trust_key(public, Home.resolve(home))
+    args = ["chaos", "campaign", "--n", "2", "--seed", "3", "--dry-run", "--bundle", str(copy)]
+    code, out, err = _cli(capsys, "--home", str(home), *args, "--out", str(tmp_path / "c1"))
+    assert code == 0 and "2 experiments written and valid" in out, err
+    code, _, err = _cli(capsys, "--home", str(stranger), *args, "--out", str(tmp_path / "c2"))
+    assert code == 2 and "not trusted" in err

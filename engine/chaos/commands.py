@@ -194,12 +194,15 @@ def chaos_campaign(
         raise InputError(f"--workers must be at least 1, got {workers}", hint="e.g. --workers 2")
     home = home_of(ctx).ensure()
     folder = out or home.new_run("chaos", f"campaign-{seed}")
-    policies = None
+    loaded = None
     if bundle is not None:
         from engine.bundle import load_bundle
+        from engine.bundle.signing import Trust
 
-        policies = load_bundle(bundle).policies
-    campaign = generate_campaign(n, seed, policies=policies)
+        # verified once against the home's trusted keys (as `chaos run --bundle` does); the
+        # workers get the loaded bundle, not its folder
+        loaded = load_bundle(bundle, trust=Trust.for_home(home))
+    campaign = generate_campaign(n, seed, policies=loaded.policies if loaded is not None else None)
     if dry_run:
         paths = write_campaign(campaign, folder)
         for g, path in zip(campaign.items, paths, strict=True):
@@ -215,7 +218,7 @@ def chaos_campaign(
 
         uri = resolve_tracking_uri(home, tracking_uri)
     result = run_campaign(
-        campaign, folder, bundle=bundle, speed=speed, workers=workers, tracking_uri=uri, echo=_echo
+        campaign, folder, bundle=loaded, speed=speed, workers=workers, tracking_uri=uri, echo=_echo
     )
     from engine.chaos.campaign_report import render_text
 
