@@ -111,6 +111,7 @@ def test_modes_change_from_the_console_and_are_journaled(engine: tuple[Any, Admi
         "/modes", data={"policy": "platform", "mode": "auto", "csrf": _csrf(shared.get("/control").text)}
     )
     assert refused.status_code == 403 and "approver&#39;s own token" in refused.text
+    assert '<a id="back" href="/control">' in refused.text  # back to the form's page
 
 
 def test_an_incident_reads_in_order_from_anomaly_to_rollback(engine: tuple[Any, AdminServer]) -> None:
@@ -119,8 +120,11 @@ def test_an_incident_reads_in_order_from_anomaly_to_rollback(engine: tuple[Any, 
     journal = running.engine.journal
     wait_for(lambda: len(journal.recent("executions", service="feature-store")) == 3, timeout=20)
     (decision,) = journal.recent("decisions", service="feature-store")
+    wait_for(lambda: f'href="/incidents/{decision["id"]}"' in httpx.get(f"{running.url}/services/table").text)
     services = httpx.get(f"{running.url}/").text
-    assert f'href="/incidents/{decision["id"]}"' in services
+    row = services.split('data-service="feature-store"')[1].split("</tr>")[0]
+    assert re.search(r"last action \d+ s ago, 1 in the hour", row), row
+    assert re.search(r"actions in the last hour <strong>1</strong> of 30", services), services[:3000]
     page = httpx.get(f"{running.url}/incidents/{decision['id']}").text
     steps = re.findall(r"<strong>(\w+)</strong>\s*([^<\n]*)", page.split('id="incident"')[1])
     kinds = [k for k, _ in steps]
@@ -163,6 +167,9 @@ def test_the_services_view_and_the_approval_show_the_diagnosis(engine: tuple[Any
     assert metrics == [name for name, _ in decided["evidence"]]
     for name, z in decided["evidence"]:
         assert f"{name} <meter" in card and f"z {z:+.1f}" in card
+    event = running.engine.journal.event(running.engine.journal.decision(pending["decision_id"])["event_id"])
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event["payload"]["ts"]))
+    assert f"anomaly at {when}" in card  # the event's own time, not its features' 4-hour window
 
 
 def test_a_diagnosis_reads_the_same_from_the_engine_and_from_the_journal() -> None:
@@ -218,8 +225,14 @@ def test_an_operator_marks_an_anomaly_a_false_alarm_from_its_incident(
     anonymous = httpx.post(f"{running.url}/events/{event_id}/label", data={**form, "csrf": _csrf(page)})
     assert anonymous.status_code == 403 and journal.control(f"label:{event_id}") is None
 
+    heard: list[tuple[str, dict[str, Any]]] = []
+    running.engine.listeners.append(lambda kind, data: heard.append((kind, data)))
     r = alice.post(f"/events/{event_id}/label", data={**form, "csrf": _csrf(page)})
     assert r.status_code == 303 and r.headers["location"] == where
+    assert (
+        "labeled",
+        {"event_id": event_id, "label": "false_alarm", "actor": "alice", "reason": "load test"},
+    ) in heard
     row = journal.control(f"label:{event_id}")
     assert (row["value"], row["actor"], row["reason"]) == ("false_alarm", "alice", "load test")
     after = alice.get(where).text
@@ -232,9 +245,28 @@ def test_an_operator_marks_an_anomaly_a_false_alarm_from_its_incident(
         f"/events/{event_id}/label", data={"label": "true_alarm", "next": "//x.example", "csrf": csrf}
     )
     assert away.headers["location"] == "/" and journal.control(f"label:{event_id}")["value"] == "true_alarm"
-    assert alice.post("/events/evt-none/label", data={"label": "true_alarm", "csrf": csrf}).status_code == 404
+    missing = alice.post("/events/evt-none/label", data={"label": "true_alarm", "csrf": csrf, "next": where})
+    assert missing.status_code == 404 and f'<a id="back" href="{where}">' in missing.text
     bad = alice.post(f"/events/{event_id}/label", data={"label": "maybe", "csrf": csrf})
     assert bad.status_code == 422 and "false_alarm" in bad.text
+
+
+def test_pages_never_wait_on_the_engines_journal_lock(engine: tuple[Any, AdminServer]) -> None:
+    """The journal writer holds the engine's journal lock while it commits; the console reads
+    through a connection of its own, so a page is served while the lock is held."""
+    running, _ = engine
+    push_anomaly(running.url, vector_db=True)
+    (pending,) = wait_for(lambda: running.engine.journal.pending_approvals())
+    live = running._server.config.app.state.console_live
+    with running.engine.journal._lock:
+        for topic in ("services", "approvals", "control"):
+            live.touch(topic)  # rebuilt now, under the lock
+        incident = f"/incidents/{pending['decision_id']}"
+        pages = ("/", "/services/table", "/approvals", "/approvals/list", "/services/vector-db")
+        for path in (*pages, "/journal?kind=decisions", "/control", incident):
+            r = httpx.get(f"{running.url}{path}", timeout=10)
+            assert r.status_code == 200, (path, r.text[:300])
+        assert pending["id"] in httpx.get(f"{running.url}/approvals/list", timeout=10).text
 
 
 # ------------------------------------------------------------------ headless Chromium
@@ -294,15 +326,15 @@ def test_an_approval_appears_live_and_is_approved_once_through_the_form(
     screenshot(page, tmp_path, "services")
 
 
-def test_the_sparkline_draws_the_sampled_hour_against_the_threshold() -> None:
+def test_the_sparkline_draws_the_sampled_hour_against_the_threshold_and_marks_the_event() -> None:
     from engine.runtime.console.live import History
     from engine.runtime.console.pages import sparkline
 
-    scores = {"svc": (0.2, 0.0)}
-    history = History(lambda: scores, every_s=30.0)
+    scores, clock = {"svc": (0.2, 0.0)}, {"svc": 1000.0}
+    history = History(lambda: scores, lambda: clock, every_s=30.0)
     for k, score in enumerate((0.2, 0.9, 0.4)):
-        scores["svc"] = (score, 0.0)
-        history.sample(now=1000.0 + 30 * k)
+        scores["svc"], clock["svc"] = (score, 0.0), 1000.0 + 30 * k
+        history.sample()
     assert [v for _, v in history.of("svc")] == [0.2, 0.9, 0.4] and history.of("other") == []
     svg = str(sparkline(history.of("svc"), 0.5, w=100, h=20))
     points = re.search(r'points="([^"]+)"', svg).group(1).split()  # type: ignore[union-attr]
@@ -310,3 +342,6 @@ def test_the_sparkline_draws_the_sampled_hour_against_the_threshold() -> None:
     ys = [float(p.split(",")[1]) for p in points]
     assert ys[1] < ys[2] < ys[0]  # higher scores are drawn higher
     assert 'y1="' in svg and "no history" in str(sparkline(history.of("other")))
+    marked = str(sparkline(history.of("svc"), 0.5, mark=1030.0, w=100, h=20))
+    assert '<line class="event" x1="50.0"' in marked and "around the event" in marked
+    assert 'class="event"' not in str(sparkline(history.of("svc"), 0.5, mark=5000.0))  # off the chart

@@ -22,7 +22,6 @@ from engine.runtime.config import LOOPBACK, EngineSettings
 from engine.runtime.journal import KINDS
 from engine.runtime.ladder import Mode, policy_names, would_be
 from engine.runtime.notify import evidence
-from engine.runtime.outcomes import label_event
 from engine.runtime.process import Engine
 from engine.runtime.supervisor import ApprovalRefused
 from engine.telemetry.points import parse_body
@@ -203,7 +202,7 @@ def create_app(engine: Engine) -> FastAPI:
     def label(event_id: str, body: _Label, who: Operator) -> Any:
         """Mark an anomaly a false (or true) alarm; `selfheal journal export` hands it to research."""
         try:
-            return label_event(engine.journal, event_id, body.label, actor=who, reason=body.reason)
+            return engine.writer.label_event(event_id, body.label, actor=who, reason=body.reason)
         except LookupError as exc:
             raise HTTPException(404, str(exc)) from exc
 
@@ -263,8 +262,8 @@ def change_mode(
     known = policy_names(engine.components.policies)
     if known is not None and policy not in known:
         raise HTTPException(404, f"no policy {policy!r}; policies: {', '.join(sorted(known))}")
-    engine.writer.decider.modes.set(engine.journal, policy, service, mode, actor=who, reason=reason)
-    return {"policy": policy, "service": service, "mode": mode, "actor": who}
+    row = engine.writer.set_mode(policy, service, mode, actor=who, reason=reason)
+    return {k: row[k] for k in ("policy", "service", "mode", "actor")}
 
 
 async def _read_body(request: Request, cap: int, timeout_s: float) -> bytes | Response:

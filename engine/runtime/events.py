@@ -62,20 +62,23 @@ class Observations:
     def __init__(self) -> None:
         self.scores: dict[str, Observation] = {}
         self.metrics: dict[tuple[str, str], Observation] = {}
+        self.clock: dict[str, float] = {}  # service -> its latest row's time (a simulated platform's too)
 
     def saw(self, scored: Scored, now: float) -> None:
         metrics = self.metrics
         for key, value in scored.latest.items():
             metrics[key] = (value, now)
-        scores = self.scores
+        scores, clock = self.scores, self.clock
         for row, score in zip(scored.rows, scored.scores.tolist(), strict=True):
             scores[row.service] = (score, now)
+            clock[row.service] = row.ts
 
     def forget(self, services: Iterable[str]) -> None:
         """Drop what was seen of idle services (the engine's eviction, ``engine.runtime.intake``)."""
         gone = set(services)
         for service in gone:
             self.scores.pop(service, None)
+            self.clock.pop(service, None)
         for key in [key for key in self.metrics if key[0] in gone]:
             del self.metrics[key]
 

@@ -103,8 +103,9 @@ class Message:
 
 def evidence(journal: Journal, decision: dict[str, Any]) -> dict[str, Any]:
     """Why the policy decided: the triggering event's score against its threshold, its strongest
-    features (|z| from the service's recent normal), its input window and its diagnosis (fault
-    kind, probability, root, victims and the root's evidence)."""
+    features (|z| from the service's recent normal), its time (``event_ts``, the data's clock),
+    the input window its features were computed over and its diagnosis (fault kind, probability,
+    root, victims and the root's evidence)."""
     event = journal.event(decision.get("event_id") or "") or {}
     payload = event.get("payload") or {}
     return {
@@ -112,6 +113,7 @@ def evidence(journal: Journal, decision: dict[str, Any]) -> dict[str, Any]:
         "score": event.get("score"),
         "threshold": event.get("threshold"),
         "features": [list(f) for f in payload.get("features") or ()],
+        "event_ts": payload.get("ts"),
         "window_start": event.get("window_start", decision.get("window_start")),
         "window_end": event.get("window_end", decision.get("window_end")),
         "diagnosis": (decision.get("spec") or {}).get("diagnosis"),

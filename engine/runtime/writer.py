@@ -7,7 +7,7 @@ The scoring side hands ticks over (``submit``); this side owns everything that w
   writers queued on the journal lock in front of the decisions, which is what a dispatch waits for;
 - a pool of actuator threads (``engine.runtime.executor``);
 - a supervisor thread (``engine.runtime.supervisor``): kill switch, approvals, verification.
-Operators' approvals and the kill switch come in here too.
+Operators' approvals, the kill switch, modes and alarm labels come in here too (and are heard).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from engine.runtime.events import Observations
 from engine.runtime.executor import Executor
 from engine.runtime.journal import Journal
 from engine.runtime.ladder import Modes, policy_names
+from engine.runtime.outcomes import label_event
 from engine.runtime.policies import Note, Tick
 from engine.runtime.recovery import recover
 from engine.runtime.supervisor import Supervisor, Verdict
@@ -261,6 +262,21 @@ class Writer:
         finally:
             self._wake.set()  # an expired request is denied at once
         self._notify(*note)
+        return row
+
+    def label_event(self, event_id: str, label: str, *, actor: str, reason: str | None) -> dict[str, Any]:
+        """An operator's false / true alarm: journaled, then heard, as the kill switch is."""
+        row = label_event(self.journal, event_id, label, actor=actor, reason=reason)
+        self._notify("labeled", row)
+        return row
+
+    def set_mode(
+        self, policy: str, service: str | None, mode: str, *, actor: str, reason: str | None
+    ) -> dict[str, Any]:
+        """A step on the autonomy ladder: journaled, applied, then heard."""
+        self.decider.modes.set(self.journal, policy, service, mode, actor=actor, reason=reason)
+        row = {"policy": policy, "service": service, "mode": mode, "actor": actor, "reason": reason}
+        self._notify("mode_changed", row)
         return row
 
 

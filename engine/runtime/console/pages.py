@@ -5,13 +5,17 @@ SameSite=Strict, Secure when ``public_url`` is https) keeps the token's *name*, 
 Without a session the console is read-only (on loopback; beyond it, every page needs one, as the
 API's reads do). Every state-changing form carries the session's CSRF token and is refused (403)
 without it. Approving, rejecting, the kill switch, modes and alarm labels go through the same
-functions as the API (``engine.runtime.api.settle``, ``change_mode``, ``outcomes.label_event``),
-so the rules are the same: the shared token cannot settle a request restricted to named approvers,
-and an approver sees buttons only for requests they may settle.
+functions as the API (``engine.runtime.api.settle``, ``change_mode``, the writer's
+``label_event``), so the rules are the same: the shared token cannot settle a request restricted to
+named approvers, and an approver sees buttons only for requests they may settle.
+
+Pages read the journal through the console's own read-only connection, never the engine's (whose
+lock the journal writer holds while it commits); the services table and the approvals queue are
+built once per change and shared (``engine.runtime.console.live``).
 
 Every page is sent with a Content-Security-Policy that allows no inline script or style: the one
 script (``static/console.js``) subscribes to ``/live`` (server-sent events) and reloads the part
-of the page that changed.
+of the page that changed (the page says which versions it shows; the stream says the latest).
 """
 
 from __future__ import annotations
@@ -34,11 +38,11 @@ from engine.durations import since_ts
 from engine.errors import EngineError
 from engine.runtime.api import change_mode, name_of, settle
 from engine.runtime.config import LOOPBACK
-from engine.runtime.console.live import History, Hub
-from engine.runtime.journal import KINDS
+from engine.runtime.console.live import History, Live, Views
+from engine.runtime.journal import KINDS, Journal
 from engine.runtime.ladder import MODES, policy_names, would_be
 from engine.runtime.notify import evidence
-from engine.runtime.outcomes import LABEL_PREFIX, label_event
+from engine.runtime.outcomes import LABEL_PREFIX
 from engine.runtime.process import Engine
 
 HERE = Path(__file__).resolve().parent
@@ -56,15 +60,16 @@ TIMELINE_KINDS = ("events", "decisions", "approvals", "executions", "verificatio
 Reason = Annotated[str | None, Form()]
 
 
-def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) -> Hub:
-    """Serve the console from ``app`` (the engine's API app); returns its event hub."""
-    hub = Hub()
+def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) -> Live:
+    """Serve the console from ``app`` (the engine's API app); returns its live side."""
+    reads = Journal(engine.journal.path, read_only=True)  # pages never wait on the writer's lock
     history = History(
-        lambda: engine.observations.scores, every_s=history_every_s, stopped=lambda: engine.stopped
+        lambda: engine.observations.scores, lambda: engine.observations.clock, every_s=history_every_s
     )
-    engine.listeners.append(hub.hear)
-    history.sample()
-    history.start()
+    live = Live(history, stopped=lambda: engine.stopped, on_stop=reads.close)
+    views = Views(live)
+    engine.listeners.append(live.hear)
+    live.start()
     https = (engine.settings.public_url or "").startswith("https://")
     app.add_middleware(
         SessionMiddleware,
@@ -80,7 +85,7 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
     templates.env.filters["duration"] = _duration
     templates.env.globals["sparkline"] = sparkline
     settings = engine.settings
-    journal = engine.journal
+    journal = reads
 
     def session(request: Request) -> dict[str, Any]:
         """Who is signed in (``None``: read-only) and the CSRF token of the session."""
@@ -92,7 +97,14 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         return {"who": s.get("who"), "csrf": s["csrf"]}
 
     def page(request: Request, name: str, **context: Any) -> Response:
-        context = {**session(request), "paused": engine.paused, "path": request.url.path, **context}
+        context = {
+            **session(request),
+            "paused": engine.paused,
+            "path": request.url.path,
+            "topics": dict(live.versions),
+            "epoch": live.epoch,
+            **context,
+        }
         response = templates.TemplateResponse(request, name, context)
         response.headers.update(SECURITY_HEADERS)
         return response
@@ -107,6 +119,29 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
             raise HTTPException(403, "read-only session: sign in with your token first")
         return str(who)
 
+    def services_view() -> dict[str, Any]:
+        """The services table (rows and HTML), once per change: every client gets this copy."""
+        rows, guards = service_rows(engine, reads, history)
+        html = templates.get_template("services_table.html").render(services=rows, guards=guards)
+        return {"rows": rows, "guards": guards, "html": Markup(html)}
+
+    def approvals_view() -> list[dict[str, Any]]:
+        """The pending requests with their decision and evidence, once per change."""
+        out = []
+        for row in journal.pending_approvals():
+            decision = journal.decision(row["decision_id"]) or {}
+            ev = evidence(journal, decision)
+            at = ev.get("event_ts")
+            out.append(
+                {
+                    **row,
+                    "decision": decision,
+                    "evidence": ev,
+                    "chart": [] if at is None else history.around(row["service"], at),
+                }
+            )
+        return out
+
     def back(to: str, message: str | None = None, request: Request | None = None) -> Response:
         if message and request is not None:
             request.session["flash"] = message
@@ -115,7 +150,15 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
     # ------------------------------------------------------------------ pages
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def services(request: Request) -> Response:
-        return page(request, "services.html", services=service_rows(engine, history), flash=_flash(request))
+        return page(
+            request, "services.html", view=views.get("services", services_view), flash=_flash(request)
+        )
+
+    @app.get("/services/table", response_class=HTMLResponse, include_in_schema=False)
+    def services_table(request: Request) -> Response:
+        """The table alone, the same HTML for every client: what the page swaps in on a change."""
+        session(request)
+        return HTMLResponse(views.get("services", services_view)["html"], headers=SECURITY_HEADERS)
 
     @app.get("/approvals", response_class=HTMLResponse, include_in_schema=False)
     def approvals(request: Request) -> Response:
@@ -127,27 +170,18 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         return page(request, "approvals_list.html", **approvals_context(request))
 
     def approvals_context(request: Request) -> dict[str, Any]:
-        who, now, out = request.session.get("who"), time.time(), []
-        for row in journal.pending_approvals():
-            decision = journal.decision(row["decision_id"]) or {}
+        who, now = request.session.get("who"), time.time()
+        out = []
+        for row in views.get("approvals", approvals_view):
             allowed = row.get("allowed_approvers") or []
             may = who is not None and (who in allowed if allowed else True)
-            out.append(
-                {
-                    **row,
-                    "decision": decision,
-                    "evidence": evidence(journal, decision),
-                    "left_s": max(0.0, row["expires_ts"] - now),
-                    "may": may,
-                    "history": history.of(row["service"]),
-                }
-            )
+            out.append({**row, "left_s": max(0.0, row["expires_ts"] - now), "may": may})
         return {"approvals": out}
 
     @app.get("/services/{service}", response_class=HTMLResponse, include_in_schema=False)
     def timeline(request: Request, service: str, since: str | None = None) -> Response:
         start = _since(since)
-        items = timeline_items(engine, service, since=start)
+        items = timeline_items(reads, service, since=start)
         return page(
             request,
             "timeline.html",
@@ -217,10 +251,10 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         return page(request, "login.html", flash=_flash(request))
 
     @app.get("/live", include_in_schema=False)
-    def live(request: Request) -> Response:
+    def stream(request: Request) -> Response:
         session(request)
         return StreamingResponse(
-            hub.stream(request.is_disconnected),
+            live.stream(request.is_disconnected),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -258,7 +292,7 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         try:
             settle(engine, approval_id, verdict == "approve", reason or None, who)
         except HTTPException as exc:
-            return _refused(exc)
+            return _refused(exc, "/approvals")
         return back("/approvals", f"{approval_id} {verdict}d by {who}", request)
 
     @app.post("/control/{switch}", include_in_schema=False)
@@ -286,7 +320,7 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         try:
             change_mode(engine, policy, service or None, mode, reason or None, who)
         except HTTPException as exc:
-            return _refused(exc)
+            return _refused(exc, "/control")
         return back("/control", f"{policy}{'/' + service if service else ''} is now {mode}", request)
 
     @app.post("/events/{event_id}/label", include_in_schema=False)
@@ -300,23 +334,27 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
     ) -> Response:
         """Mark an anomaly a false (or true) alarm, as ``POST /v1/events/{id}/label`` does."""
         who = acting(request, csrf)
+        to = next if next.startswith("/") and not next.startswith("//") else "/"  # never off the console
         try:
-            label_event(journal, event_id, label, actor=who, reason=reason or None)
+            engine.writer.label_event(event_id, label, actor=who, reason=reason or None)
         except LookupError as exc:
-            return _refused(HTTPException(404, str(exc)))
+            return _refused(HTTPException(404, str(exc)), to)
         except ValueError as exc:
-            return _refused(HTTPException(422, str(exc)))
-        local = next.startswith("/") and not next.startswith("//")  # never a redirect off the console
-        return back(next if local else "/", f"{event_id} marked {label.replace('_', ' ')} by {who}", request)
+            return _refused(HTTPException(422, str(exc)), to)
+        return back(to, f"{event_id} marked {label.replace('_', ' ')} by {who}", request)
 
-    app.state.console_hub = hub
-    return hub
+    app.state.console_live = live
+    return live
 
 
-def _refused(exc: HTTPException) -> Response:
-    """A refused form (already settled, not yours, ...): the reason, and the way back."""
-    detail = escape(str(exc.detail))
-    body = f"<!doctype html><title>refused</title><p id=refused>{detail}</p><a href=/approvals>back</a>"
+def _refused(exc: HTTPException, to: str) -> Response:
+    """A refused form (already settled, not yours, ...): the reason, and the way back to ``to``,
+    the page the form was on."""
+    detail, href = escape(str(exc.detail)), escape(to)
+    body = (
+        f'<!doctype html><title>refused</title><p id="refused">{detail}</p>'
+        f'<a id="back" href="{href}">back</a>'
+    )
     return HTMLResponse(body, status_code=exc.status_code, headers=SECURITY_HEADERS)
 
 
@@ -325,17 +363,25 @@ def _flash(request: Request) -> str | None:
 
 
 # ---------------------------------------------------------------------- what the pages show
-def service_rows(engine: Engine, history: History) -> list[dict[str, Any]]:
-    """One row per known service: score against threshold, health, its latest decision."""
+def service_rows(
+    engine: Engine, journal: Journal, history: History
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per known service (score against threshold, health, its latest decision, what
+    the safeguards count for it), and the engine-wide safeguards: two statements, whatever the
+    number of services."""
     scores, health = engine.observations.scores.copy(), engine.events.health.copy()
-    latest = engine.journal.latest_decisions()
-    threshold, now = engine.events.threshold, time.time()
-    ladder = engine.writer.decider.modes
+    latest = journal.latest_decisions()
+    decider = engine.writer.decider
+    threshold, now, ladder = engine.events.threshold, time.time(), decider.modes
     diagnoses = engine.diagnoses.copy()
+    services = sorted(set(scores) | set(health))
+    limits = decider.limits
+    counts, _ = journal.decision_context(services, [], now=now, cap=limits.max_actions_per_hour + 1)
     rows = []
-    for service in sorted(set(scores) | set(health)):
+    for service in services:
         score, seen = scores.get(service, (None, None))
         decision = latest.get(service)
+        last, hour, in_flight = counts.per_target.get(service, (None, 0, 0))
         rows.append(
             {
                 "service": service,
@@ -347,25 +393,52 @@ def service_rows(engine: Engine, history: History) -> list[dict[str, Any]]:
                 "diagnosis": diagnoses.get(service),
                 "mode": ladder.of(decision["policy"], service) if decision else None,
                 "history": history.of(service),
+                "guard": {
+                    "last_action_s": None if last is None else now - last,
+                    "actions_last_hour": hour,
+                    "in_flight": in_flight,
+                    "maintenance": next(
+                        (w.reason or "yes" for w in decider.maintenance if w.covers(service, now)), None
+                    ),
+                },
             }
         )
-    return rows
+    guards = {
+        "paused": engine.paused,
+        "actions_last_hour": counts.global_last_hour,
+        "max_actions_per_hour": limits.max_actions_per_hour,
+        "failures_last_hour": counts.recent_failures,
+        "max_failures_per_hour": limits.max_failures_per_hour,
+        "in_flight": counts.global_in_flight,
+        "max_concurrent": limits.max_concurrent,
+    }
+    guards["tripped"] = (
+        counts.global_last_hour >= limits.max_actions_per_hour
+        or counts.recent_failures >= limits.max_failures_per_hour
+    )
+    return rows, guards
 
 
-def timeline_items(engine: Engine, service: str, *, since: float | None) -> list[dict[str, Any]]:
+def timeline_items(journal: Journal, service: str, *, since: float | None) -> list[dict[str, Any]]:
     """Everything the journal holds about ``service``, oldest first."""
     items = []
     for kind in TIMELINE_KINDS:
-        for row in engine.journal.recent(kind, service=service, since=since, limit=200):
+        for row in journal.recent(kind, service=service, since=since, limit=200):
             ts = row.get("ts") or row.get("created_ts") or row.get("started_ts") or 0.0
             items.append({"ts": ts, "kind": kind, "row": row})
     return sorted(items, key=lambda i: i["ts"])
 
 
 def sparkline(
-    points: list[tuple[float, float]], threshold: float | None = None, *, w: int = 160, h: int = 32
+    points: list[tuple[float, float]],
+    threshold: float | None = None,
+    *,
+    mark: float | None = None,
+    w: int = 160,
+    h: int = 32,
 ) -> str:
-    """An SVG polyline of (time, score), with the threshold as a line (no script, no style)."""
+    """An SVG polyline of (time, score), the threshold as a dashed line and ``mark`` (an event's
+    time) as a vertical one (no script, no style)."""
     if len(points) < 2:
         return Markup(
             f'<svg class="spark" width="{w}" height="{h}" role="img" aria-label="no history yet"></svg>'
@@ -379,12 +452,16 @@ def sparkline(
         return f"{(t - t0) / dt * (w - 2) + 1:.1f},{h - 1 - (v - lo) / span * (h - 2):.1f}"
 
     line = " ".join(xy(t, v) for t, v in points)
-    mark = ""
+    marks = ""
     if threshold is not None:
         y = xy(t0, threshold).split(",")[1]
-        mark = f'<line x1="0" x2="{w}" y1="{y}" y2="{y}" stroke="#c33" stroke-dasharray="3 2"/>'
+        marks += f'<line x1="0" x2="{w}" y1="{y}" y2="{y}" stroke="#c33" stroke-dasharray="3 2"/>'
+    if mark is not None and t0 <= mark <= t1:
+        x = xy(mark, lo).split(",")[0]
+        marks += f'<line class="event" x1="{x}" x2="{x}" y1="0" y2="{h}" stroke="#888"/>'
+    label = "score around the event" if mark is not None else "score, last hour"
     return Markup(
-        f'<svg class="spark" width="{w}" height="{h}" role="img" aria-label="score, last hour">{mark}'
+        f'<svg class="spark" width="{w}" height="{h}" role="img" aria-label="{label}">{marks}'
         f'<polyline points="{line}" fill="none" stroke="#246" stroke-width="1.5"/></svg>'
     )
 
