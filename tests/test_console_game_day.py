@@ -83,11 +83,22 @@ def test_the_game_days_rollback_is_approved_by_a_person_in_the_console(tmp_path:
     assert page.get_attribute(f"{card} .diagnosis", "data-kind") == "bad_deploy"
     assert page.get_attribute(f"{card} .diagnosis", "data-role") == "root"
     assert page.locator(f"{card} .diagnosis .evidence li").count() > 0
+    # The platform's clock runs SPEED times the wall's: the sparklines sample it, not the wall.
+    assert page.locator(f'{card} svg[aria-label="score around the event"] polyline').count() == 1
+    assert page.locator(f"{card} svg line.event").count() == 1  # the anomaly, marked
     screenshot(page, tmp_path, "game-day-approval")
     page.fill(f"{card} input[name=reason]", REASON)
     page.click(f"{card} button.approve")
     page.wait_for_selector("#flash")
     assert f"approved by {APPROVER}" in page.inner_text("#flash")
+
+    history = ctx.engine._server.config.app.state.console_live.history  # type: ignore[union-attr]
+    wait_for(lambda: len(history.of("inference-b")) >= 10 or not thread.is_alive(), timeout=120)
+    page.goto("/")
+    row = page.locator("tr[data-service=inference-b]")
+    points = row.locator('svg[aria-label="score, last hour"] polyline').get_attribute("points") or ""
+    assert len(points.split()) >= 10, points  # a point per 30 s of the platform's clock, at most
+    screenshot(page, tmp_path, "game-day-services")
 
     thread.join(timeout=900)
     assert not thread.is_alive(), "the game day did not end"

@@ -131,15 +131,11 @@ def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) 
         for row in journal.pending_approvals():
             decision = journal.decision(row["decision_id"]) or {}
             ev = evidence(journal, decision)
-            at = ev.get("event_ts")
-            out.append(
-                {
-                    **row,
-                    "decision": decision,
-                    "evidence": ev,
-                    "chart": [] if at is None else history.around(row["service"], at),
-                }
-            )
+            at, score = ev.get("event_ts"), ev.get("score")
+            chart = [] if at is None else history.around(row["service"], at)
+            if at is not None and score is not None:  # the event's own score, wherever samples fell
+                chart = sorted({*chart, (float(at), float(score))})
+            out.append({**row, "decision": decision, "evidence": ev, "chart": chart})
         return out
 
     def back(to: str, message: str | None = None, request: Request | None = None) -> Response:
