@@ -10,6 +10,7 @@
   var shown = JSON.parse(document.body.getAttribute("data-topics") || "{}");
   var parts = { approvals: "queue", services: "services-live" };  // topic -> swappable element
   var source = new EventSource("/live");
+  var SPREAD_MS = 2000;
 
   function refresh(id) {
     var part = document.getElementById(id);
@@ -32,7 +33,9 @@
       if (!(latest[topic] > (shown[topic] || 0))) { return; }
       shown[topic] = latest[topic];
       if (parts[topic] && document.getElementById(parts[topic])) {
-        refresh(parts[topic]);
+        // Every viewer hears a change at the same moment: the services table, which is not
+        // urgent, is fetched at a random moment of the next SPREAD_MS, not all at once.
+        setTimeout(refresh, topic === "services" ? Math.random() * SPREAD_MS : 0, parts[topic]);
       } else if (topic === page) {
         window.location.reload();
       }
