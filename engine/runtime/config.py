@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.errors import ConfigError, SpecError
 from engine.runtime.client import URL_ENV
@@ -44,11 +44,49 @@ class PrometheusTarget(_Strict):
     mapping: Path
 
 
+class RedisSource(_Strict):
+    """Telemetry through Redis Streams, shared by engine replicas (``engine.runtime.bus``).
+
+    Points live in ``partitions`` streams ``STREAM:0`` … ``STREAM:P-1`` (a stable hash of the
+    service picks one); writers that cannot hash write to ``STREAM:in`` and the replicas route.
+    Each replica leases partitions in the journal's PostgreSQL (``engine.runtime.leases``).
+    """
+
+    url: str = Field(description="redis://[:PASSWORD@]HOST:PORT/DB (rediss:// for TLS)")
+    stream: str = Field("selfheal:telemetry", min_length=1, description="the streams' common prefix")
+    partitions: int = Field(
+        12, ge=1, le=1024, description="partition streams; fixed for the life of the streams"
+    )
+    group: str = Field("selfheal", min_length=1, description="the replicas' consumer group")
+    lease_s: float = Field(
+        10.0,
+        ge=1,
+        description="a replica that has not renewed its partitions for this long loses them; another "
+        "takes them over (renewed every lease_s / 4)",
+    )
+    max_len: int = Field(
+        1_000_000, ge=1000, description="entries kept per stream (older ones are trimmed, approximately)"
+    )
+    read_count: int = Field(500, ge=1, le=100_000, description="entries read per call")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return value
+
+
 class Sources(_Strict):
     http: bool = Field(True, description="accept pushes on POST /v1/telemetry (false: 404)")
     files: list[str] = Field(default_factory=list, description="NDJSON files to tail; '-' is stdin")
     from_start: bool = Field(False, description="read files from their start instead of their end")
     prometheus: list[PrometheusTarget] = Field(default_factory=list)
+    redis: RedisSource | None = Field(
+        None,
+        description="replicas: read telemetry from Redis Streams partitions this engine leases (pushes "
+        "over HTTP then go into the streams); needs a PostgreSQL journal",
+    )
 
 
 class Limits(_Strict):
@@ -165,6 +203,18 @@ class EngineSettings(_Strict):
     )
     replay_horizon_s: float = Field(3600.0, ge=0, description="events replayed into the policy host at start")
     drain_timeout_s: float = Field(30.0, gt=0, description="SIGTERM: time allowed to score what was accepted")
+
+    @model_validator(mode="after")
+    def _replicas_share_a_journal(self) -> EngineSettings:
+        if self.sources.redis is not None:
+            if self.journal is None or not is_url(self.journal):
+                raise ValueError(
+                    "sources.redis needs `journal: postgresql://...`: replicas share the journal and "
+                    "lease their partitions in it"
+                )
+            if self.workers:
+                raise ValueError("sources.redis scores in-process: set workers: 0 (or drop sources.redis)")
+        return self
 
     @field_validator("name_pattern")
     @classmethod

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.records import Diagnosis
+from engine.runtime.bus import Bus
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
@@ -58,7 +59,7 @@ class Engine:
     ) -> None:
         self.components, self.settings = components, settings
         scorer = components.pipeline
-        self.journal = Journal(journal_path)
+        self.journal = Journal(journal_path, exclusive=settings.sources.redis is None)  # replicas share it
         self.queue = IngestQueue(settings.queue_max_points)
         self.observations = Observations()
         self.states_path = settings.states_path(journal_path)
@@ -97,6 +98,8 @@ class Engine:
         self._events_lock = threading.Lock()  # ticks reach events and policies one at a time
         self._stop, self._sources_stop = threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
+        redis = settings.sources.redis  # a replica: telemetry and pushes through Redis Streams
+        self.bus = Bus(self, redis, str(journal_path)) if redis is not None else None
 
     @property
     def paused(self) -> bool:
@@ -123,6 +126,8 @@ class Engine:
         loops = source_loops(s.sources, self.intake.names, self._blocking_sink, self._sources_stop, failed)
         for name, loop in [("score", self._score_loop), *loops]:
             self._spawn(name, loop)
+        if self.bus is not None:
+            self.bus.start(self._sources_stop)
         self.ready.set()
         log.info("engine started (bundle %s, journal %s)", self.components.bundle_version, self.journal.path)
         return self
@@ -151,6 +156,8 @@ class Engine:
         if self.score_log is not None:
             self.score_log.close()
         stopped = self.writer.stop(timeout)
+        if self.bus is not None:  # after the last commit: acknowledge, then release the leases
+            self.bus.close(journaled=stopped)
         self.notifier.stop(min(timeout, 10.0))  # after the writer: its last commit may notify
         if stopped:
             self.journal.close()
@@ -164,7 +171,14 @@ class Engine:
         self, points: Points, rejections: Sequence[Rejection] = (), *, source: str = "http"
     ) -> Accepted | None:
         """Offer parsed points through the intake (series cap); None when the queue is full
-        (nothing was accepted: answer 429), else what was accepted and every rejection."""
+        (nothing was accepted: answer 429), else what was accepted and every rejection. A replica
+        puts them in the streams instead (``engine.runtime.bus``): their partition's owner scores them."""
+        if self.bus is not None:
+            published = self.bus.publish(points)
+            if published is None:
+                self.metrics.requests_throttled.inc()
+                return None
+            return Accepted(published, self._took(source, [], list(rejections)).rejections)
         admitted, refused = self.intake.admit(points)
         if not self.queue.offer(admitted, arrival=time.perf_counter()):
             self.metrics.requests_throttled.inc()

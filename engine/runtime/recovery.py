@@ -18,12 +18,17 @@ What ``kill -9`` can leave in the journal, and what happens to it here:
   and recent anomaly events are posted again in journal order (their decisions are discarded:
   they are in the journal already), so persistence counts ("3 of the last 5 ticks") survive.
   This replay is the one restart path of the policy state.
+
+Replicas (``owns``: the targets a replica leases) settle only their own targets' executions and
+decisions: at start a replica owns nothing yet, and when it takes a partition over from a dead
+replica it settles what that one left (``settle``), exactly as a restart would.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from engine.records import ActionCall, AnomalyEvent, Decision, Execution
@@ -59,15 +64,38 @@ def recover(
     stale_decision_s: float,
     replay_horizon_s: float,
     now: float | None = None,
+    owns: Callable[[str], bool] | None = None,
 ) -> Recovered:
     """Bring the journal and the policy host in line with what the last process left (module doc)."""
     now = time.time() if now is None else now
     out = Recovered()
     control = journal.control("paused")
     decider.paused = bool(control and control["value"])
-    _in_flight(journal, executor, out)
+    settle(journal, decider, executor, out, stale_decision_s=stale_decision_s, now=now, owns=owns)
+    _replay(journal, policies, out, replay_horizon_s=replay_horizon_s, now=now)
+    if any(out.counts.values()):
+        log.info("recovered from the journal: %s", out.counts)  # what went wrong was warned above
+    return out
+
+
+def settle(
+    journal: Journal,
+    decider: Decider,
+    executor: Executor,
+    out: Recovered,
+    *,
+    stale_decision_s: float,
+    now: float,
+    owns: Callable[[str], bool] | None = None,
+) -> None:
+    """What the last process (or a dead replica) left of the targets ``owns`` picks (all by
+    default): in-flight executions, executing and ready decisions (module docstring)."""
+    mine = (lambda row: True) if owns is None else (lambda row: owns(row["target"]))
+    _in_flight(journal, executor, out, mine)
 
     for row in journal.decisions_with_status([DecisionStatus.EXECUTING]):
+        if not mine(row):
+            continue
         executions = [e for e in journal.executions_for(row["id"]) if e["kind"] == "action"]
         succeeded = [e for e in executions if e["status"] == ExecutionStatus.SUCCEEDED]
         if succeeded:
@@ -88,6 +116,8 @@ def recover(
             out.counts["failed"] += 1
 
     for row in journal.decisions_with_status([DecisionStatus.READY]):
+        if not mine(row):
+            continue
         age = now - row["ts"]
         if age <= stale_decision_s:
             log.warning(
@@ -104,6 +134,10 @@ def recover(
             log.warning("decision %s is %.0fs old: reported as stale, not executed", row["id"], age)
             out.counts["stale"] += 1
 
+
+def _replay(
+    journal: Journal, policies: PolicyEngine, out: Recovered, *, replay_horizon_s: float, now: float
+) -> None:
     out.health = journal.last_health()
     # Rebuild the policy host in journal order: health changes and anomalies interleaved exactly as
     # the killed engine fed them, so streaks and persistence counts come back as they were.
@@ -120,14 +154,13 @@ def recover(
         out.counts["replayed"] += 1
     for service, anomalous in out.health.items():  # older than the horizon: at least the current fact
         policies.set_health(service, anomalous=anomalous)
-    if any(out.counts.values()):
-        log.info("recovered from the journal: %s", out.counts)  # what went wrong was warned above
-    return out
 
 
-def _in_flight(journal: Journal, executor: Executor, out: Recovered) -> None:
+def _in_flight(journal: Journal, executor: Executor, out: Recovered, mine: Callable[[dict], bool]) -> None:
     """Executions a crash left 'started': asked again where the target can say, else escalated."""
     for row in journal.executions_with_status(ExecutionStatus.IN_FLIGHT):
+        if not mine(row):
+            continue
         decision_row = journal.decision(row["decision_id"])
         if decision_row is None:  # cannot happen: both are written in one transaction
             continue

@@ -22,6 +22,10 @@ Given a ``StateStore`` (``engine.runtime.states``) the stage starts from the sta
 writes the states its ticks changed every ``snapshot_s`` seconds (0: after every tick, before the
 tick's scores leave the stage) and at ``close``: a restarted engine scores on as if it had never
 stopped. ``ScoreLog`` appends every scored row to a file (the engine's ``scores_file``).
+
+Replicas (``engine.runtime.bus``) hand services over while the stage runs: ``adopt`` reads the
+states of the services a replica just took from the shared store, ``release`` saves and drops
+those it hands back. Both run on the bus's thread, so the stage serialises them with ``step``.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -96,7 +101,8 @@ class Scored:
 
 
 class ScoringStage:
-    """The detector and its per-series states; ``step`` scores one tick. One owner (not thread-safe)."""
+    """The detector and its per-series states; ``step`` scores one tick. One scoring thread; a
+    lock serialises it with the replicas' handovers (``adopt``, ``release``)."""
 
     def __init__(
         self,
@@ -112,6 +118,7 @@ class ScoringStage:
         self._snapshot_s = snapshot_s
         self._dirty: set[str] = set()  # services whose state changed since the last snapshot
         self._saved_at = time.monotonic()
+        self._lock = threading.RLock()  # uncontended but for a handover: ~50 ns a tick
         if store is not None:
             self.states.update(store.load())
         self._index = {name: j for j, name in enumerate(detector.feature_names)}
@@ -130,6 +137,31 @@ class ScoringStage:
 
     def step(self, batches: Sequence[Batch]) -> Scored:
         """Push a tick's points in order, then score every feature row they closed as one batch."""
+        with self._lock:
+            return self._step(batches)
+
+    def adopt(self, services: Callable[[str], bool]) -> int:
+        """Take over the services ``services`` picks: their states from the store (how many)."""
+        if self.store is None:
+            return 0
+        with self._lock:
+            states = self.store.load(services)
+            self.states.update(states)
+            return len(states)
+
+    def release(self, services: Callable[[str], bool], *, save: bool) -> int:
+        """Hand back the services ``services`` picks: their states saved first (``save``; not when
+        the lease was lost, someone else may own them now), then dropped here (how many)."""
+        with self._lock:
+            gone = [name for name in self.states if services(name)]
+            if save and self.store is not None:
+                self.store.save(self.states, [name for name in self._dirty if services(name)])
+            for name in gone:
+                del self.states[name]
+            self._dirty.difference_update([name for name in self._dirty if services(name)])
+            return len(gone)
+
+    def _step(self, batches: Sequence[Batch]) -> Scored:
         push = self.push
         rows: list[Any] = []
         arrivals: list[float] = []
@@ -152,24 +184,27 @@ class ScoringStage:
 
     def save(self) -> None:
         """Write the states changed since the last snapshot to the store (if any)."""
-        if self.store is not None and self._dirty:
-            self.store.save(self.states, self._dirty)
-            self._dirty.clear()
-        self._saved_at = time.monotonic()
+        with self._lock:
+            if self.store is not None and self._dirty:
+                self.store.save(self.states, self._dirty)
+                self._dirty.clear()
+            self._saved_at = time.monotonic()
 
     def close(self) -> None:
         """A last snapshot, then the store is closed (the engine's clean stop)."""
         if self.store is not None:
-            self.save()
-            self.store.close()
+            with self._lock:
+                self.save()
+                self.store.close()
 
     def forget(self, services: Iterable[str]) -> None:
         """Drop the detector state of idle services (the engine's eviction, ``engine.runtime.intake``);
         a service that comes back starts afresh, with its warm-up."""
-        for service in services:
-            self.states.pop(service, None)
-            if self.store is not None:
-                self._dirty.add(service)  # the next snapshot deletes it
+        with self._lock:
+            for service in services:
+                self.states.pop(service, None)
+                if self.store is not None:
+                    self._dirty.add(service)  # the next snapshot deletes it
 
     def score(
         self,

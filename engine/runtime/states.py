@@ -18,6 +18,12 @@ restart with another number of workers finds each series' state wherever it now 
 (WAL, ``synchronous=FULL``, like the journal; the workers' processes share it). With a journal on
 PostgreSQL, ``PostgresStates`` keeps them in the same database, where replicas share them.
 
+Replicas (``sources.redis``, ``engine.runtime.bus``) own services by partition lease, and a lease
+moves: their store is opened owning nothing (``Partitions``, which the bus fills as it takes
+partitions); the stage ``adopt``s a taken partition's states with ``load(services)`` and a store
+saves and deletes only the series it owns at that moment, so a replica that lost a partition never
+overwrites the state its new owner keeps.
+
 A snapshot belongs to one detector: the store keeps the detector's fingerprint (the digest of its
 artifact's ``detector.json``: config, calibrations, threshold). States written by another
 detector are discarded with a warning, never read into a detector they were not written for; a
@@ -47,12 +53,14 @@ Owns = Callable[[str], bool]  # a store's share of the series (by service): a wo
 class StateStore(Protocol):
     """Where a scoring stage keeps its series' states (``StreamDetector.state_to_bytes``)."""
 
-    def load(self) -> dict[str, Any]:
-        """The stored states of the series this store owns; one that cannot be read is dropped alone."""
+    def load(self, owns: Owns | None = None) -> dict[str, Any]:
+        """The stored states of the series this store owns (or ``owns`` picks); one that cannot be
+        read is dropped alone."""
         ...
 
     def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
-        """Write the states of ``series`` (those no longer in ``states`` are deleted), atomically."""
+        """Write the states of those of ``series`` the store owns (those no longer in ``states``
+        are deleted), atomically."""
         ...
 
     def close(self) -> None: ...
@@ -66,6 +74,11 @@ def state_store(
     states are not kept."""
     if settings.state_snapshot_s is None or not hasattr(detector, "state_to_bytes"):
         return None
+    redis = settings.sources.redis
+    if owns is None and redis is not None:  # a replica: owns nothing until it leases partitions
+        from engine.runtime.leases import Partitions
+
+        owns = Partitions(redis.partitions)
     if is_url(path):
         return PostgresStates(str(path), detector, owns)
     return SqliteStates(Path(path), detector, owns)
@@ -89,11 +102,14 @@ def _restore(
 
 
 def _changes(
-    states: Mapping[str, Any], series: Iterable[str], detector: Any
+    states: Mapping[str, Any], series: Iterable[str], detector: Any, owns: Owns | None
 ) -> tuple[list[tuple[str, bytes]], list[tuple[str]]]:
-    """(series, blob) to write and (series,) to delete: those no longer in ``states``."""
+    """(series, blob) to write and (series,) to delete: those no longer in ``states``; only
+    those the store ``owns``."""
     keep, gone = [], []
     for name in series:
+        if owns is not None and not owns(name):
+            continue
         state = states.get(name)
         if state is None:
             gone.append((name,))
@@ -141,12 +157,12 @@ class SqliteStates:
                 hint="delete it (the engine then re-warms every series) or set state_snapshot_s: null",
             ) from exc
 
-    def load(self) -> dict[str, Any]:
+    def load(self, owns: Owns | None = None) -> dict[str, Any]:
         rows = self._db.execute("SELECT series, state FROM states")
-        return _restore(rows, self.detector, self.owns, str(self.path))
+        return _restore(rows, self.detector, owns or self.owns, str(self.path))
 
     def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
-        keep, gone = _changes(states, series, self.detector)
+        keep, gone = _changes(states, series, self.detector, self.owns)
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT OR REPLACE INTO states VALUES (?, ?)", keep)
@@ -185,14 +201,14 @@ class PostgresStates:
                 hint="check the journal's PostgreSQL is reachable, or set state_snapshot_s: null",
             ) from exc
 
-    def load(self) -> dict[str, Any]:
+    def load(self, owns: Owns | None = None) -> dict[str, Any]:
         rows = self._db.execute(
             "SELECT series, state FROM detector_states WHERE detector = %s", (self._fingerprint,)
         ).fetchall()
-        return _restore(rows, self.detector, self.owns, self.location)
+        return _restore(rows, self.detector, owns or self.owns, self.location)
 
     def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
-        keep, gone = _changes(states, series, self.detector)
+        keep, gone = _changes(states, series, self.detector, self.owns)
         detector = self._fingerprint
         with self._db.transaction(), self._db.cursor() as cur:
             cur.executemany(

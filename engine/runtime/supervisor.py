@@ -10,6 +10,11 @@ the kill switch and maintenance windows stop a rollback (rate limits and the cir
 keep a failed change in place, which is what the rollback undoes), and then a human is told.
 
 Operators act here too: ``settle_approval`` and ``set_paused``, both journaled.
+
+Replicas share the journal; each supervises only the targets whose partition it leases (``owns``):
+the owner has the observations a verification needs, and one replica runs an approved decision.
+An approval settled through any replica is run by the target's owner, the next owner after a
+failover included.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ class Supervisor:
         self.oldest_pending_ts: float | None = None  # when the oldest pending request was made
         self._settling: dict[str, float] = {}  # verification id -> since when its steady state holds
         self._handed_over: set[str] = set()  # verdicts given to the writer, not yet journaled
+        self.owns: Callable[[str], bool] | None = None  # a replica's targets (None: every target)
 
     @property
     def paused(self) -> bool:
@@ -91,7 +97,10 @@ class Supervisor:
         self.decider.paused = bool(control and control["value"])
         out = Pass()
         waiting, oldest = 0, None
+        owns = self.owns
         for row in journal.decisions_with_status([DecisionStatus.AWAITING_APPROVAL]):
+            if owns is not None and not owns(row["target"]):
+                continue
             approval = journal.approval_for(row["id"])
             if approval is None:
                 continue
@@ -134,6 +143,8 @@ class Supervisor:
             if vid in self._handed_over:
                 continue
             decision = Decision.from_record(row)
+            if self.owns is not None and not self.owns(decision.target):
+                continue
             spec = decision.verify or self.default_verify
             state = steady_state(
                 spec,

@@ -104,6 +104,7 @@ class Writer:
         self._verdicts: queue.SimpleQueue[Verdict] = queue.SimpleQueue()
         self._stop, self._drained, self._wake = threading.Event(), threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
+        self.submitted = self.written = 0  # ticks handed over / committed (the bus acks on these)
 
     @property
     def backlog(self) -> int:
@@ -113,6 +114,7 @@ class Writer:
     def submit(self, tick: Tick) -> None:
         if tick.decided:
             self._latency("event_to_decided", time.perf_counter() - tick.emitted)
+        self.submitted += 1
         self._ticks.put(tick)
 
     def start(self) -> dict[str, bool]:
@@ -126,6 +128,7 @@ class Writer:
             self.components.policies,
             stale_decision_s=s.stale_decision_s,
             replay_horizon_s=s.replay_horizon_s,
+            owns=self.supervisor.owns,
         )
         self._threads = [
             spawn("write", self._write_loop, self._on_error),
@@ -174,11 +177,14 @@ class Writer:
                     items.append(self._ticks.get_nowait())
                 except queue.Empty:
                     break
+            ticks = [item for item in items if item is not None]
             try:
-                self._write([item for item in items if item is not None])
+                self._write(ticks)
             except Exception:  # deciding goes on
                 log.exception("the journal writer failed on a batch")
                 self._on_error("decide")
+            finally:
+                self.written += len(ticks)
 
     def _write(self, ticks: Sequence[Tick]) -> None:
         outcomes, verdicts = _drain(self._outcomes), _drain(self._verdicts)
