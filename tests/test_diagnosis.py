@@ -168,6 +168,28 @@ def test_root_is_the_furthest_upstream_whose_kind_explains_the_symptoms() -> Non
     assert not explains("unknown", None) and explains("dependency_outage", None)
 
 
+def test_an_upstream_explains_only_what_reaches_its_callers() -> None:
+    ups = upstream_closure(TOPOLOGY)
+    creep = z_of(latency_p50_ms=7, ttft_ms=6)  # inference-a slow, by its own creep
+    leak = {
+        "feature-store": ("memory_leak", z_of(memory_util=19)),  # leaking at normal speed
+        "inference-a": ("latency_creep", creep),
+    }
+    assert root_of("inference-a", leak, ups) == "inference-a"
+    thrashing = {**leak, "feature-store": ("memory_leak", z_of(memory_util=19, latency_p99_ms=9))}
+    assert root_of("inference-a", thrashing, ups) == "feature-store"  # a slow upstream makes it slow
+    down = {"vector-db": ("dependency_outage", z_of(error_rate=300)), "inference-a": ("bad_deploy", creep)}
+    assert root_of("inference-a", down, ups) == "vector-db"  # a failing one too (its calls time out)
+    decode = z_of(latency_p50_ms=7, tokens_per_s=-6)  # its own decode speed: nothing upstream moves it
+    outage = {"vector-db": ("dependency_outage", z_of(error_rate=300, latency_p99_ms=80))}
+    assert root_of("inference-a", {**outage, "inference-a": ("latency_creep", decode)}, ups) == "inference-a"
+    stale = {"vector-db": ("stale_index", z_of(retrieval_precision=-14))}
+    erratic = ("unknown", z_of(response_variability=8))
+    assert root_of("inference-a", {**stale, "inference-a": erratic}, ups) == "vector-db"
+    unclear = z_of(retrieval_precision=-2, memory_util=9)  # precision within its noise
+    assert not explains("stale_index", z_of(response_variability=8), unclear)
+
+
 # ------------------------------------------------------------------------------- the stage
 def _run_stage(faults: list[Fault], until: float, seed: int = 3) -> DiagnosisStage:
     """Two healthy hours, then ``faults``, a row a minute per service, as the engine would."""

@@ -166,6 +166,22 @@ def test_persistence_n_of_m_counts_in_durable_rules(policy_set) -> None:  # type
     )  # too spread out
 
 
+def test_n_of_m_counts_across_healthy_ticks_a_streak_does_not(policy_set) -> None:  # type: ignore[no-untyped-def]
+    host = PolicyHost(policy_set)
+    gw = lambda tick: mem_event(service="gateway", tick=tick)  # noqa: E731
+    assert host.post(gw(1)) is None
+    host.set_health("gateway", anomalous=False)  # a weak fault flickers at the threshold
+    assert host.post(gw(3)) is None
+    host.set_health("gateway", anomalous=False)
+    decision = host.post(gw(5))  # ticks 1, 3, 5: three of the last five, healthy ticks between
+    assert decision is not None and decision.action == "scale"
+    fs = lambda tick: mem_event(service="feature-store", tick=tick)  # noqa: E731
+    assert host.post(fs(0)) is None
+    host.set_health("feature-store", anomalous=False)
+    assert host.post(fs(3)) is None and host.post(fs(6)) is None  # the streak began at 3, not 0
+    assert host.post(fs(8)) is not None
+
+
 def test_persistence_for_a_duration(policy_set) -> None:  # type: ignore[no-untyped-def]
     host = PolicyHost(policy_set)
     fs = lambda tick: mem_event(service="feature-store", tick=tick)  # noqa: E731

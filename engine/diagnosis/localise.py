@@ -11,6 +11,14 @@ cause is a root of its own (a memory leak on an inference service while the vect
 stale: two roots), and an upstream that only sees more requests (its caller retries) explains
 nothing.
 
+A symptom also needs a way to reach the caller (``CARRIERS``): a caller waits for its dependency
+and gets its errors and its answers, so its latency is explained only by an upstream that is slow
+or failing, its errors by one that fails, its erratic answers by one that fails or retrieves
+badly. An upstream's kind is not enough: a feature store leaking memory at normal speed explains
+none of a slow caller's slowness (a latency creep on inference-a under it was read as the leak's
+victim until the leak was restarted, and missed its deadline). An inference service's decode
+speed (tokens/s) is its own work: nothing upstream carries it.
+
 "Held over a window": a service counts as anomalous while any of its rows in the last
 ``WINDOW_S`` stood out, and its kind is the mean of those rows' probabilities, so one quiet or
 odd row neither drops a root nor flips its kind.
@@ -22,7 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from engine.diagnosis.signature import METRICS
+from engine.diagnosis.signature import METRICS, QUIET_Z
 
 WINDOW_S = 300.0
 """How long a service's anomaly and kind are held (five one-minute rows)."""
@@ -51,6 +59,19 @@ CALLER_SYMPTOMS: dict[str, frozenset[str]] = {
     "unknown": frozenset(),
 }
 """Which of a caller's metrics a fault of each kind upstream can move."""
+_WAITED = (("latency_p50_ms", 1), ("latency_p99_ms", 1), ("error_rate", 1))  # slow or failing
+_ANSWERED = (("error_rate", 1), ("retrieval_precision", -1), ("retrieval_hit_rate", -1))
+CARRIERS: dict[str, tuple[tuple[str, int], ...]] = {
+    "latency_p50_ms": _WAITED,
+    "latency_p99_ms": _WAITED,
+    "ttft_ms": _WAITED,
+    "queue_depth": _WAITED,
+    "error_rate": _ANSWERED,
+    "response_variability": _ANSWERED,
+    "tokens_per_s": (),
+}
+"""What must show upstream, (metric, direction) at least ``QUIET_Z`` away from its normal, for a
+caller's symptom to be the upstream's doing; a caller's load (``LOAD``) needs nothing."""
 LOAD = frozenset({"request_rate", "cpu_util", "gpu_util"})
 """Symptoms of more work, not of a fault: a dependency that only sees more calls (its caller
 retries, or scales out) is busy, not broken, and explains nothing of its callers."""
@@ -64,10 +85,25 @@ def is_fault(kind: str, z: np.ndarray | None) -> bool:
     return any(abs(z[j]) >= STRONG_Z and METRICS[j] not in LOAD for j in range(len(METRICS)))
 
 
+def caused(kind: str, upstream_z: np.ndarray | None) -> frozenset[str]:
+    """The caller metrics a fault of ``kind`` upstream moves, given what the upstream shows
+    (``upstream_z``; unknown: everything its kind can move)."""
+    allowed = CALLER_SYMPTOMS.get(kind, frozenset())
+    if upstream_z is None:
+        return allowed
+
+    def shows(metric: str, sign: int) -> bool:
+        return sign * float(upstream_z[METRICS.index(metric)]) >= QUIET_Z
+
+    return frozenset(
+        m for m in allowed if m in LOAD or any(shows(metric, sign) for metric, sign in CARRIERS.get(m, ()))
+    )
+
+
 def explains(kind: str, caller_z: np.ndarray | None, upstream_z: np.ndarray | None = None) -> bool:
     """Whether a fault of ``kind`` upstream (signature ``upstream_z``, when known) accounts for
     every strong symptom of the caller."""
-    allowed = CALLER_SYMPTOMS.get(kind, frozenset())
+    allowed = caused(kind, upstream_z)
     if not allowed or (upstream_z is not None and not is_fault(kind, upstream_z)):
         return False
     if caller_z is None:
@@ -123,6 +159,6 @@ def own_symptoms(
     for up in upstreams.get(service, {}):
         seen = anomalous.get(up)
         if seen is not None and is_fault(seen[0], seen[1]):
-            for metric in CALLER_SYMPTOMS[seen[0]]:
+            for metric in caused(seen[0], seen[1]):
                 own[METRICS.index(metric)] = 0.0
     return own

@@ -40,7 +40,8 @@ from engine.policy.model import DAYS, Bounds, MaintenanceWindow, When
 from engine.records import SEVERITY_LEVEL
 
 EVENT_TYPE = "anomaly"  # fact types of the durable-rules messages: an anomaly event,
-HISTORY_TYPE = "anomaly_history"  # an earlier anomaly kept for persistence joins,
+HISTORY_TYPE = "anomaly_history"  # an earlier anomaly kept for "N of the last M ticks",
+ANCHOR_TYPE = "anomaly_streak"  # the first anomaly of the current streak (``persistence.for``),
 HEALTH_TYPE = "health"  # and a service's health fact
 SINK_RULE = "sink"
 SINK_PRIORITY = 10**8
@@ -177,7 +178,7 @@ def compile_rule(bound: BoundRule, service: str, upstreams: list[str]) -> dict[s
     if per is not None and per.for_ is not None:
         old_enough = {"$lte": {"ts": {"$sub": {"$l": {"e": "ts"}, "$r": per.for_}}}}
         detector = event_filters(When(services=[service], detector=rule.when.detector))
-        patterns.append({"h1": {"$and": [{"t": HISTORY_TYPE}, {"service": service}, *detector, old_enough]}})
+        patterns.append({"h1": {"$and": [{"t": ANCHOR_TYPE}, {"service": service}, *detector, old_enough]}})
     elif per is not None and (per.count or 1) > 1:
         prev = "e"
         for k in range(1, (per.count or 1)):

@@ -10,6 +10,9 @@ It owns the durable-rules traps (see DESIGN.md) so that nothing else has to:
   never makes the host forget a decision it already made;
 - facts are bounded: one health fact per service, at most ``history_ticks`` history facts per
   service (plus the first anomaly of the current streak when a rule uses ``persistence.for``);
+- a healthy tick ends a service's streak (``persistence.for``) but not its history: "5 of the
+  last 10 ticks" counts anomalous ticks with healthy ones between them (a weak fault flickers
+  at the detector's threshold; clearing on every healthy tick made it "5 in a row");
 - rulesets cannot be unregistered: each PolicyHost owns a fresh Host and a uniquely named ruleset
   (registered from a deep copy: durable-rules mutates the definition it is given);
 - durable-rules' background dispatch threads are not started: actions run inside ``post`` (we use
@@ -43,6 +46,7 @@ from engine.actions import get_action
 from engine.errors import EngineError, PolicyError
 from engine.ids import hex_id
 from engine.policy.compiler import (
+    ANCHOR_TYPE,
     EVENT_TYPE,
     HEALTH_TYPE,
     HISTORY_TYPE,
@@ -297,7 +301,7 @@ class PolicyHost:
                 return
             self._set_health(service, anomalous=anomalous, maintenance=maintenance)
             if not anomalous:
-                self._clear_history(service)
+                self._end_streak(service)
 
     def health(self) -> dict[str, HealthFact]:
         with self._lock:
@@ -358,27 +362,31 @@ class PolicyHost:
         self._health[service] = (fact, message if self._assert(message) else None)
 
     def _remember(self, message: dict[str, Any]) -> None:
-        """Keep this anomaly as history for persistence rules (bounded per service)."""
-        if not self.compiled.history_ticks and not self.compiled.keeps_anchor:
-            return
+        """Keep this anomaly as history for persistence rules (bounded per service), and as the
+        start of the service's streak when it has none."""
         service = message["service"]
+        if self.compiled.keeps_anchor and service not in self._anchor:
+            anchor = {**message, "t": ANCHOR_TYPE, "id": f"a-{message['id']}"}
+            if self._assert(anchor):
+                self._anchor[service] = anchor
+        if not self.compiled.history_ticks:
+            return
         fact = {**message, "t": HISTORY_TYPE, "id": f"h-{message['id']}"}
         if not self._assert(fact):
             return
         queue = self._history.setdefault(service, deque())
         queue.append(fact)
-        if self.compiled.keeps_anchor and service not in self._anchor:
-            self._anchor[service] = fact
         oldest = fact["tick"] - self.compiled.history_ticks
-        while queue and (queue[0]["tick"] <= oldest or len(queue) > max(self.compiled.history_ticks, 1)):
-            old = queue.popleft()
-            if self._anchor.get(service) is not old:
-                self._retract(old)
+        while queue and (queue[0]["tick"] <= oldest or len(queue) > self.compiled.history_ticks):
+            self._retract(queue.popleft())
 
     def _clear_history(self, service: str) -> None:
+        """After a decision: its evidence counts no more (the count and the streak start again)."""
         for fact in self._history.pop(service, deque()):
-            if self._anchor.get(service) is not fact:
-                self._retract(fact)
+            self._retract(fact)
+        self._end_streak(service)
+
+    def _end_streak(self, service: str) -> None:
         anchor = self._anchor.pop(service, None)
         if anchor is not None:
             self._retract(anchor)
