@@ -46,12 +46,12 @@ def test_signature_is_signed_distance_from_a_learned_normal_and_a_fault_is_not_l
         ts += 60
         z = b.signature("svc", ts, {"latency_p99_ms": 100 + rng.normal(0, 2), "memory_util": 0.5})
     assert np.abs(z).max() < QUIET_Z
-    level = b.series[("svc", "latency_p99_ms")].level
+    level = b.baseline("svc", "latency_p99_ms")["level"]  # type: ignore[index]
     for _ in range(30):  # a fault: latency far up, memory unchanged
         ts += 60
         z = b.signature("svc", ts, {"latency_p99_ms": 150.0, "memory_util": 0.5})
     assert z[METRICS.index("latency_p99_ms")] > 10 and z[METRICS.index("memory_util")] == 0
-    assert b.series[("svc", "latency_p99_ms")].level == level  # not absorbed while it lasts
+    assert b.baseline("svc", "latency_p99_ms")["level"] == level  # type: ignore[index]  # not absorbed
     z = b.signature("svc", ts + 60, {"latency_p99_ms": 60.0})
     assert z[METRICS.index("latency_p99_ms")] < -10  # down is negative; a missing metric reads 0
     assert z[METRICS.index("memory_util")] == 0
@@ -71,6 +71,16 @@ def test_a_leak_slower_than_the_baseline_still_stands_out() -> None:
         ts += 60
         z = b.signature("svc", ts, {"memory_util": 0.5 + 0.4 * i / 120 + rng.normal(0, 0.01)})
     assert z[METRICS.index("memory_util")] > 10
+
+
+def test_a_series_always_at_zero_reads_a_value_off_zero_as_far_out_not_as_an_error() -> None:
+    """No spread learnt and no floor for request_rate: a division by zero stopped the tick."""
+    b = Baselines()
+    for k in range(int(WARMUP_S / 60) + 5):
+        z = b.signature("idle", T0 + 60 * k, {"request_rate": 0.0})
+    assert not z.any()
+    z = b.signature("idle", T0 + WARMUP_S + 600, {"request_rate": 5.0})
+    assert z[METRICS.index("request_rate")] == 1 / 0.02
 
 
 def test_a_young_series_gives_no_signature() -> None:
@@ -197,9 +207,10 @@ def _run_stage(faults: list[Fault], until: float, seed: int = 3) -> DiagnosisSta
     t = np.arange(T0, until, 60.0)
     values = model.values(t, faults, np.random.default_rng(seed))
     stage = DiagnosisStage(shipped_model(), TOPOLOGY)
+    services = list(model.services)
+    x = np.array([[values[s].get(m, np.full(len(t), np.nan)) for m in METRICS] for s in services])
     for i, ts in enumerate(t.tolist()):
-        for service in model.services:
-            stage.observe(service, ts, {m: float(v[i]) for m, v in values[service].items()})
+        stage.observe(services, [ts] * len(services), x[:, :, i])
     return stage
 
 

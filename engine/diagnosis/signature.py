@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,7 +37,9 @@ QUIET_Z = 3.0
 MAX_FREEZE_S = 3 * 3600.0
 """A service away from normal longer than this has a new normal: its baselines learn again."""
 REL_FLOOR = 0.02
-"""The spread is at least 2% of the level: a near-constant series does not read its noise as a fault."""
+"""The spread is at least 2% of the level: a near-constant series does not read its noise as a fault.
+A series that was always exactly 0 (with no ``ABS_FLOOR``) has no spread at all: a value away from
+0 then reads as 1/REL_FLOOR = 50 spreads, and 0 as none."""
 ABS_FLOOR: dict[str, float] = {
     "error_rate": 0.002,
     "queue_depth": 1.0,
@@ -58,75 +59,183 @@ than ``QUIET_Z`` spreads a row, so a 30-minute baseline learnt it as normal whil
 leak's GC thrash then read as a slow service with normal memory (a latency creep's signature)."""
 
 
-@dataclass
-class _Series:
-    level: float
-    trend: float  # per second
-    var: float
-    first: float
-    last: float  # the last row it learned from
-    trended: bool = True
-
-    def expected(self, ts: float) -> float:
-        return self.level + self.trend * min(max(ts - self.last, 0.0), HORIZON_S)
+_ABS_FLOOR = np.array([ABS_FLOOR.get(m, 0.0) for m in METRICS])
+_TAU = np.array([SLOW_TAU_S if m in NO_TREND else TAU_S for m in METRICS])
+_TRENDED = np.array([m not in NO_TREND for m in METRICS])
 
 
-@dataclass
 class Baselines:
-    """Per-series baselines (level, trend, variance) of every service it is shown, in time order."""
+    """Per-series baselines (level, trend, variance) of every service it is shown, in time order.
 
-    series: dict[tuple[str, str], _Series] = field(default_factory=dict)
-    away: dict[str, float] = field(default_factory=dict)  # service -> since when it is not quiet
+    Why arrays: the engine shows it every scored row of every service, and a loop over each row's
+    metrics in Python cost more than everything else between an anomaly and its decision. A
+    service owns one slot of ``state`` (a row of level, trend, variance, first and last time seen
+    per metric; NaN times: never seen); a batch of rows is computed with numpy over all its
+    services at once, in rounds where a service has several rows (its rows stay in order). Every
+    figure is the one ``_learn``'s formulas give per series, bit for bit: the exponentials go
+    through ``math.exp`` (numpy's vectorised exp differs from it in the last bit).
+    """
+
+    def __init__(self) -> None:
+        self.slots: dict[str, int] = {}
+        self._free: list[int] = []
+        self.state = np.full((0, len(_FIELDS), len(METRICS)), np.nan)
+        self.away = np.zeros(0)  # per slot: since when the service is not quiet (NaN: it is)
+
+    def baseline(self, service: str, metric: str) -> dict[str, float] | None:
+        """One series' level, trend (per second), variance, first and last time; None if never seen."""
+        slot = self.slots.get(service)
+        j = METRICS.index(metric)
+        if slot is None or math.isnan(self.state[slot, _FIRST, j]):
+            return None
+        return {name: float(self.state[slot, i, j]) for i, name in enumerate(_FIELDS)}
 
     def signature(self, service: str, ts: float, values: Mapping[str, float]) -> np.ndarray:
         """The signed z of each of ``METRICS`` at ``ts`` (0 where unknown); learns if it is quiet."""
-        z = np.zeros(len(METRICS))
-        seen: list[tuple[_Series, float]] = []
-        for j, metric in enumerate(METRICS):
-            x = values.get(metric)
-            if x is None or not math.isfinite(x):
-                continue
-            s = self.series.get((service, metric))
-            if s is None:
-                self.series[(service, metric)] = _Series(float(x), 0.0, 0.0, ts, ts, metric not in NO_TREND)
-                continue
-            seen.append((s, float(x)))
-            if ts - s.first >= WARMUP_S:
-                expected = s.expected(ts)
-                floor = max(REL_FLOOR * abs(expected), ABS_FLOOR.get(metric, 0.0))
-                z[j] = (x - expected) / math.sqrt(s.var + floor * floor)
-        if strength(z) < QUIET_Z:
-            self.away.pop(service, None)
-        else:
-            since = self.away.setdefault(service, ts)
-            if ts - since < MAX_FREEZE_S:
-                return z  # a fault is not learned as normal
-        for s, x in seen:
-            self._learn(s, ts, x)
+        row = np.array([[values.get(m, math.nan) for m in METRICS]], dtype=np.float64)
+        return self.signatures([service], np.array([ts], dtype=np.float64), row)[0]
+
+    def signatures(self, services: Sequence[str], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """``signature`` of many rows at once (``values``: a row per entry of ``services``,
+        ``METRICS`` columns, NaN where missing); a service's rows are taken in their order."""
+        n = len(services)
+        z = np.zeros((n, len(METRICS)))
+        get = self.slots.get
+        slots = [get(s) for s in services]
+        if None in slots:
+            slots = [self._slot(s) for s in services]
+        at = np.asarray(slots, dtype=np.intp)
+        if len(set(slots)) == n:
+            self._round(np.arange(n), at, ts, values, z)
+            return z
+        count: dict[int, int] = {}  # a service's second row learns from its first: a round each
+        nth = []
+        for slot in slots:
+            count[slot] = k = count.get(slot, -1) + 1
+            nth.append(k)
+        rounds = np.asarray(nth)
+        order = np.argsort(rounds, kind="stable")
+        for rows in np.split(order, np.flatnonzero(np.diff(rounds[order])) + 1):
+            self._round(rows, at, ts, values, z)
         return z
 
-    @staticmethod
-    def _learn(s: _Series, ts: float, x: float) -> None:
-        dt = max(ts - s.last, 0.0)
-        age = max(ts - s.first, dt, 1e-9)
-        # exact running moments while young (alpha = share of the time seen), then exponential
-        alpha = max(1.0 - math.exp(-dt / (TAU_S if s.trended else SLOW_TAU_S)), dt / age)
-        beta = 1.0 - math.exp(-dt / TREND_TAU_S)
-        expected = s.expected(ts)
-        error = x - expected
-        level = expected + alpha * error
-        if s.trended and dt > 0 and age > WARMUP_S:
-            s.trend = (1.0 - beta) * s.trend + beta * (level - s.level) / dt
-        s.level = level
-        s.var = (1.0 - alpha) * (s.var + alpha * error * error)
-        s.last = ts
+    def _round(
+        self, rows: np.ndarray, at: np.ndarray, ts: np.ndarray, values: np.ndarray, out: np.ndarray
+    ) -> None:
+        """Rows of distinct services: their signatures into ``out``; the quiet ones learn."""
+        slots, x = at[rows], values[rows]
+        t = ts[rows]
+        tc = t[:, None]
+        state = self.state[slots]  # a copy, written back at the end
+        level, trend, var, first, last = (state[:, i] for i in range(len(_FIELDS)))
+        valid = np.isfinite(x)
+        known = ~np.isnan(first)
+        seen = valid & known
+        with np.errstate(all="ignore"):  # entries of unseen series are computed, then dropped
+            dt = np.maximum(tc - last, 0.0)
+            expected = level + trend * np.minimum(dt, HORIZON_S)
+            floor = np.maximum(REL_FLOOR * np.abs(expected), _ABS_FLOOR)
+            spread = np.sqrt(var + floor * floor)
+            spread = np.where(spread > 0, spread, REL_FLOOR * np.abs(x))  # a series always at 0
+            z = np.where(seen & (tc - first >= WARMUP_S) & (spread > 0), (x - expected) / spread, 0.0)
+        out[rows] = z
+        quiet = np.max(np.abs(z), axis=1, initial=0.0) < QUIET_Z
+        away = self.away[slots]
+        since = np.where(quiet, np.nan, np.where(np.isnan(away), t, away))
+        self.away[slots] = since
+        with np.errstate(invalid="ignore"):
+            learn = seen & (quiet | (t - since >= MAX_FREEZE_S))[:, None]  # a fault is not learned
+        if learn.any():
+            _learn(state, learn, tc, x, dt, expected)
+        new = valid & ~known  # a series seen for the first time starts at its value
+        if new.any():
+            np.copyto(level, x, where=new)
+            np.copyto(trend, 0.0, where=new)
+            np.copyto(var, 0.0, where=new)
+            np.copyto(first, tc, where=new)
+            np.copyto(last, tc, where=new)
+        self.state[slots] = state
+
+    def _slot(self, service: str) -> int:
+        slot = self.slots.get(service)
+        if slot is not None:
+            return slot
+        if self._free:
+            slot = self._free.pop()
+        else:
+            slot = len(self.slots)
+            if slot >= len(self.away):
+                size = max(8, 2 * len(self.away))
+                state = np.full((size, *self.state.shape[1:]), np.nan)
+                state[: len(self.state)] = self.state
+                away = np.full(size, np.nan)
+                away[: len(self.away)] = self.away
+                self.state, self.away = state, away
+        self.slots[service] = slot
+        return slot
 
     def forget(self, services: Sequence[str]) -> None:
-        gone = set(services)
-        for key in [k for k in self.series if k[0] in gone]:
-            del self.series[key]
-        for service in gone:
-            self.away.pop(service, None)
+        for service in services:
+            slot = self.slots.pop(service, None)
+            if slot is not None:
+                self.state[slot] = np.nan
+                self.away[slot] = np.nan
+                self._free.append(slot)
+
+
+_FIELDS = ("level", "trend", "var", "first", "last")
+_FIRST = _FIELDS.index("first")
+_ABS_FLOOR = np.array([ABS_FLOOR.get(m, 0.0) for m in METRICS])
+_TRENDED = np.array([m not in NO_TREND for m in METRICS])
+
+
+def _learn(
+    state: np.ndarray, learn: np.ndarray, tc: np.ndarray, x: np.ndarray, dt: np.ndarray, expected: np.ndarray
+) -> None:
+    """The series where ``learn`` learn from ``x`` at ``tc``, ``dt`` after they last did, ``age``
+    after they were first seen (in place, in ``state``)::
+
+        alpha = max(1 - exp(-dt / tau), dt / age)  # exact moments while young, then exponential
+        beta = 1 - exp(-dt / TREND_TAU_S)
+        error = x - expected;  level' = expected + alpha * error
+        trend' = (1 - beta) * trend + beta * (level' - level) / dt  # trended, dt > 0, age > WARMUP_S
+        var' = (1 - alpha) * (var + alpha * error * error)
+
+    ``tau`` is ``TAU_S``, or ``SLOW_TAU_S`` for the ``NO_TREND`` metrics."""
+    level, trend, var, first, last = (state[:, i] for i in range(len(_FIELDS)))
+    decay, trend_decay = _decays(dt, learn)
+    with np.errstate(all="ignore"):
+        age = np.maximum(np.maximum(tc - first, dt), 1e-9)
+        alpha = np.maximum(1.0 - decay, dt / age)
+        beta = 1.0 - trend_decay
+        error = x - expected
+        new_level = expected + alpha * error
+        steer = learn & _TRENDED & (dt > 0) & (age > WARMUP_S)
+        np.copyto(trend, (1.0 - beta) * trend + beta * (new_level - level) / dt, where=steer)
+        np.copyto(var, (1.0 - alpha) * (var + alpha * error * error), where=learn)
+    np.copyto(level, new_level, where=learn)
+    np.copyto(last, tc, where=learn)
+
+
+def _decays(dt: np.ndarray, learn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``exp(-dt / tau)`` per metric and ``exp(-dt / TREND_TAU_S)`` where ``learn`` (garbage
+    elsewhere), with ``math.exp`` once per distinct gap: a tick's rows share one or a few."""
+    gaps = dt[learn]
+    if gaps.min() == gaps.max():
+        d = float(gaps[0])
+        decay = np.where(_TRENDED, math.exp(-d / TAU_S), math.exp(-d / SLOW_TAU_S))
+        return np.broadcast_to(decay, dt.shape), np.full(dt.shape, math.exp(-d / TREND_TAU_S))
+    distinct, inverse = np.unique(gaps, return_inverse=True)
+    each = np.array(
+        [
+            (math.exp(-d / TAU_S), math.exp(-d / SLOW_TAU_S), math.exp(-d / TREND_TAU_S))
+            for d in distinct.tolist()
+        ]
+    )
+    decay, trend_decay = np.ones(dt.shape), np.ones(dt.shape)
+    decay[learn] = np.where(np.broadcast_to(_TRENDED, dt.shape)[learn], each[inverse, 0], each[inverse, 1])
+    trend_decay[learn] = each[inverse, 2]
+    return decay, trend_decay
 
 
 def features(z: np.ndarray) -> np.ndarray:

@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from engine.diagnosis.localise import WINDOW_S, is_fault, own_symptoms, root_of, upstream_closure
 from engine.diagnosis.model import KindModel
-from engine.diagnosis.signature import METRICS, QUIET_Z, Baselines, strength, top_metrics
+from engine.diagnosis.signature import METRICS, QUIET_Z, Baselines, top_metrics
 from engine.records import Diagnosis
 
 
 class LatestValues(Protocol):
     """What the stage reads of the engine's observations (``engine.runtime.events.Observations``)."""
 
-    def values_of(self, service: str, names: list[str]) -> dict[str, float]: ...
+    def latest(self, services: Sequence[str], names: Sequence[str]) -> np.ndarray:
+        """Each service's latest value of each name (a row per service; NaN where none)."""
+        ...
 
 
 class _Held:
@@ -61,20 +63,32 @@ class DiagnosisStage:
         for service in gone:
             self.held.pop(service, None)
 
-    def observe(self, service: str, ts: float, values: Mapping[str, float]) -> None:
-        """One row of one service: its signature, held for the window if it stands out."""
-        z = self.baselines.signature(service, ts, values)
-        held = self.held.setdefault(service, _Held())
-        if strength(z) >= QUIET_Z:
-            held.add(ts, z, self.model.proba(z)[0])
-        held.trim(ts)
+    def observe(self, services: Sequence[str], ts: Sequence[float], values: np.ndarray) -> None:
+        """Rows (one per service and time; ``values``: ``METRICS`` columns, NaN where missing):
+        their signatures, each held for the window if it stands out. Numpy over all the rows at
+        once, and the kind model once over the rows that stand out: a Python loop per row and
+        metric was most of the engine's time between an anomaly and its decision."""
+        times = np.asarray(ts, dtype=np.float64)
+        z = self.baselines.signatures(services, times, values)
+        standing = np.max(np.abs(z), axis=1, initial=0.0) >= QUIET_Z
+        proba = iter(self.model.proba(z[standing]) if standing.any() else ())
+        held = self.held
+        for i, (service, t) in enumerate(zip(services, times.tolist(), strict=True)):
+            rows = held.get(service)
+            if rows is None:
+                rows = held[service] = _Held()
+            if standing[i]:
+                rows.add(t, z[i], next(proba))
+            rows.trim(t)
 
     def step(self, scored: Any, tick: Any, observations: LatestValues) -> Any:
         """The tick (``TickEvents``) with a diagnosis on each anomaly event."""
-        names = list(METRICS)
         self._memo = None  # new rows: the window's picture changes
-        for row in scored.rows:
-            self.observe(row.service, float(row.ts), observations.values_of(row.service, names))
+        if scored.rows:
+            services = [row.service for row in scored.rows]
+            at = {service: i for i, service in enumerate(dict.fromkeys(services))}
+            latest = observations.latest(list(at), METRICS)  # every row reads its service's latest
+            self.observe(services, [float(row.ts) for row in scored.rows], latest[[at[s] for s in services]])
         if not tick.events:
             return tick
         events = [e.model_copy(update={"diagnosis": self.diagnose(e.service, e.moment)}) for e in tick.events]
