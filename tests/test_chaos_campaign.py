@@ -305,6 +305,12 @@ def test_the_figures_count_heals_false_actions_and_unapproved_high_risk_ones() -
     assert m["wall_s_per_experiment_median"] == 5.5
     text = render_text(result())
     assert "healed 2/4 (50%)" in text and "actions on victims 1" in text
+    table = [
+        line for line in text.splitlines() if line.split()[0] in ("kind", "bad_deploy", "dependency_outage")
+    ]
+    assert len({line.index("TTD") if "TTD" in line else line.index("60 s") for line in table}) == 1, (
+        "the per-kind table's columns line up whatever the widest cell"
+    )
 
 
 def test_the_campaign_page_is_self_contained() -> None:

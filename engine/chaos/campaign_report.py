@@ -27,6 +27,7 @@ from typing import Any
 
 from engine.chaos.report import STYLE, Raw, element, fmt_duration, html_table
 from engine.simulation.config import INCIDENT_KINDS
+from engine.tables import text_table
 
 BANDS = (("0.5-1x", 0.0, 1.0), ("1-2x", 1.0, 2.0), ("2-5x", 2.0, float("inf")))
 EXTRA_ROLES = ("victim", "wrong remedy on a root", "control")
@@ -183,10 +184,7 @@ def render_text(result: CampaignResult) -> str:
         f"root {int(m['wrong_root_actions'])}, actions in quiet controls {int(m['control_actions'])}, "
         f"high-risk actions without approval {int(m['unapproved_high_risk_actions'])}",
     ]
-    widths = [18, 7, 9, 14, 14, 28, 28]
-    lines.append("  " + "".join(h.ljust(w) for h, w in zip(KIND_COLUMNS, widths, strict=True)).rstrip())
-    for row in _kind_rows(result):
-        lines.append("  " + "".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines += ["  " + line for line in text_table([list(KIND_COLUMNS), *_kind_rows(result)]).splitlines()]
     for group in ("strength", "concurrency"):
         parts = [f"{name} {_rate(fs)}" for name, fs in result.groups()[group].items() if fs]
         lines.append(f"  healed by {group}: " + ", ".join(parts))
