@@ -38,7 +38,8 @@ class Engine(EngineProcess):
     def __init__(self, tmp: Path, admin: AdminServer) -> None:
         super().__init__(
             tmp,
-            write_rules(tmp / "rules", admin.url),
+            # approvals wait out restarts on a busy machine (a 30 s TTL once expired mid-test at load 10)
+            write_rules(tmp / "rules", admin.url, approval_ttl="10m"),
             config=f"approver_tokens: {{alice: {ALICE}}}\ntick_s: 0.01\nverify_interval_s: 0.05\n",
         )
         self.t = T0
