@@ -4,14 +4,19 @@ with the journal (and the detector states) on a real server instead of SQLite fi
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import test_runtime
-from test_runtime_support import fit_pipeline
+from test_runtime_support import fit_pipeline, wait_for
 
+from engine.errors import RuntimeEngineError
+from engine.runtime.journal import DecisionStatus
+from engine.runtime.outcomes import outcomes_frame
 from engine.runtime.states import PostgresStates
 from engine.testing.services import PostgresServer
 
@@ -43,3 +48,28 @@ def harness(tmp_path: Path, pipeline: Any, postgres_server: PostgresServer) -> I
 @pytest.mark.parametrize("name", FLOWS)
 def test_the_engine_runs_on_a_postgres_journal(name: str, harness: test_runtime.Harness) -> None:
     getattr(test_runtime, name)(harness)
+
+
+def test_the_journal_s_password_is_shown_nowhere(
+    tmp_path: Path, pipeline: Any, postgres_server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The journal's URL holds its password (the test server trusts 127.0.0.1, so any password
+    connects): the engine's logs, its /metrics, console pages, journal errors and the outcomes it
+    exports show the URL with ``***`` instead, and the console's reader still connects."""
+    url = postgres_server.database().replace("selfheal@", "selfheal:hunter2-secret@")
+    caplog.set_level(logging.INFO)
+    with test_runtime.running_harness(tmp_path, pipeline, journal=url) as harness:
+        harness.push(5)
+        harness.push(4, inference_a=True)
+        wait_for(lambda: harness.decision_with(DecisionStatus.VERIFYING, "inference-a"))
+        journal = harness.engine.journal
+        assert str(journal.path) == url.replace("hunter2-secret", "***")
+        pages = [httpx.get(f"{harness.url}{p}", timeout=30) for p in ("/metrics", "/", "/journal")]
+        assert all(r.status_code == 200 for r in pages)
+        with journal.reader() as reader, pytest.raises(RuntimeEngineError) as refused:
+            reader.set_control("paused", True, actor="x")
+        exported = outcomes_frame(journal)
+        assert exported.height == 1
+    shown = [caplog.text, *(r.text for r in pages), str(refused.value), *exported["journal"].to_list()]
+    assert "journal postgresql://selfheal:***@" in caplog.text  # the startup line names it, redacted
+    assert not [s for s in shown if "hunter2" in s]

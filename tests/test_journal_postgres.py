@@ -1,17 +1,25 @@
 """The journal on a real PostgreSQL server (``journal: postgresql://...``): the same statements as
-on SQLite (the journal's own tests, run again here), versioned migrations, and exactly-once
-dispatch when several engines race the same decision on one shared database."""
+on SQLite (the journal's own tests, run again here), versioned migrations, exactly-once dispatch
+when several engines race the same decision on one shared database, and global safeguards that
+hold when several engines decide at the same moment."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from pathlib import Path
 
+import psycopg
 import pytest
 import test_journal
 
 from engine.errors import RuntimeEngineError
+from engine.records import SafeguardSpec
+from engine.runtime import safeguards
+from engine.runtime.decider import Decider
 from engine.runtime.journal import MIGRATIONS, DecisionStatus, Journal
-from engine.runtime.journal_db import postgres_sql
+from engine.runtime.journal_db import open_database, postgres_sql, redacted
+from engine.runtime.policies import Tick
 from engine.testing.services import PostgresServer
 
 # The journal's behaviour tests that do not look at SQLite itself (WAL, its file, its limits).
@@ -60,6 +68,15 @@ def test_health_history_reads_the_same_on_postgres(postgres_url: str) -> None:
         assert [e["ts"] for e in journal.events_since(15.0)] == [20.0, 25.0, 30.0, 40.0]
 
 
+def _race(race: Callable[[int], None], engines: int) -> None:
+    """``race(i)`` for each engine ``i`` in its own thread, at once; returns when all are done."""
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(engines)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+
 def test_two_engines_racing_the_same_decision_execute_it_once(postgres_url: str) -> None:
     """Eight engines (own connections, not the one-writer lock: replicas) race 40 decisions' rollbacks
     at once, each through the executor's step (a transaction that inserts the execution under its
@@ -87,16 +104,69 @@ def test_two_engines_racing_the_same_decision_execute_it_once(postgres_url: str)
                     journal.set_decision_status(decision["id"], DecisionStatus.ROLLED_BACK)
                     won[i].append(decision["id"])
 
-    threads = [threading.Thread(target=race, args=(i,)) for i in range(len(journals))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    _race(race, len(journals))
     try:
         every = sorted(d for w in won for d in w)
         assert every == sorted(d["id"] for d in decisions)  # each once, none twice
         assert sum(1 for w in won if w) >= 2  # the engines really raced
         assert journals[0].count("executions") == len(decisions)
+    finally:
+        for journal in journals:
+            journal.close()
+
+
+# limit -> (engine limits, the decisions' safeguards, engine i's decision j's target, the safeguard
+# that blocks the rest). Each lets 3 run: 3 an hour, 3 in flight, 3 of the shared target's 6 replicas.
+GLOBAL_LIMITS = {
+    "max_per_hour_global": (
+        {},
+        SafeguardSpec(max_per_hour_global=3),
+        lambda i, j: f"svc-{i}-{j}",
+        "circuit_breaker",
+    ),
+    "max_concurrent": ({"max_concurrent": 3}, SafeguardSpec(), lambda i, j: f"svc-{i}-{j}", "max_concurrent"),
+    "blast_radius": ({}, SafeguardSpec(blast_radius=0.5), lambda i, j: "shared", "blast_radius"),
+}
+
+
+@pytest.mark.parametrize("limit", list(GLOBAL_LIMITS))
+def test_engines_deciding_at_once_never_exceed_a_global_limit(postgres_url: str, limit: str) -> None:
+    """Eight engines (replicas: own connections on one PostgreSQL) each commit decisions on their
+    own targets at the same moment, round after round. Each engine's commit reads the counts and
+    writes its execution rows in one transaction, but without the decision lock two engines read
+    the counts before either commits and both take the last free slot: 8 executions of a limit of
+    3 in the first round. With it, exactly the limit's worth run, the others are journaled blocked."""
+    engine_limits, spec, target, safeguard = GLOBAL_LIMITS[limit]
+    allowed = 3
+    journals = [Journal(postgres_url, exclusive=False) for _ in range(8)]
+    deciders = [
+        Decider(j, limits=safeguards.GlobalLimits(**engine_limits), replicas=lambda t: 6) for j in journals
+    ]
+    rounds = 3
+    start = threading.Barrier(len(journals))
+    failed: list[BaseException] = []
+
+    def race(i: int) -> None:
+        try:
+            for j in range(rounds):
+                decision = test_journal._decision(
+                    i * rounds + j, target=target(i, j), rule=f"rule-{i}-{j}", safeguards=spec
+                )
+                start.wait(timeout=60)
+                deciders[i].commit([Tick([], [], 0.0, [decision], [])])
+        except BaseException as exc:  # pragma: no cover - reported below
+            failed.append(exc)
+            start.abort()
+
+    _race(race, len(journals))
+    try:
+        assert not failed, failed
+        reader = journals[0]
+        assert reader.count("decisions") == len(journals) * rounds
+        assert reader.count("executions") == allowed
+        blocked = reader.recent("decisions", status=DecisionStatus.BLOCKED, limit=100)
+        assert len(blocked) == len(journals) * rounds - allowed
+        assert {d["reason"].split(":")[0] for d in blocked} == {safeguard}
     finally:
         for journal in journals:
             journal.close()
@@ -129,6 +199,61 @@ def test_an_unreachable_server_is_a_clear_error() -> None:
     with pytest.raises(RuntimeEngineError, match=r"u:\*\*\*@127.0.0.1:1/db: cannot connect") as err:
         Journal("postgresql://u:secret@127.0.0.1:1/db")
     assert "secret" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("redis://:secret@h:6379/0", "redis://:***@h:6379/0"),
+        (
+            "postgresql://u@h/db?sslmode=require&password=secret",
+            "postgresql://u@h/db?sslmode=require&password=***",
+        ),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+    ],
+)
+def test_a_url_is_shown_without_its_password(url: str, shown: str) -> None:
+    assert redacted(url) == shown
+
+
+SHARED_TABLES = {"bus_leases", "bus_members", "detector_states"}
+
+
+def _tables(journal: Journal) -> set[str]:
+    rows = journal._db.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {r[0] for r in rows}
+
+
+def _version(journal: Journal) -> int:
+    return int(journal._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+
+
+def test_the_replicas_tables_are_the_journal_s_migrations(postgres_url: str, tmp_path: Path) -> None:
+    """The leases and detector states are versioned with the journal: a fresh journal has them at
+    the latest version; a SQLite journal (one engine, states in a file) passes their version only."""
+    with Journal(postgres_url) as journal:
+        assert _tables(journal) >= SHARED_TABLES and _version(journal) == MIGRATIONS[-1].version
+    with Journal(tmp_path / "j.sqlite") as local:
+        names = {r[0] for r in local._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert not names & SHARED_TABLES and _version(local) == MIGRATIONS[-1].version
+
+
+def test_a_journal_of_version_1_migrates_and_keeps_its_detector_states(postgres_url: str) -> None:
+    """Version 1 engines created ``detector_states`` (and the leases) themselves, outside the
+    migrations: opening such a journal brings it to the latest version and keeps their rows."""
+    open_database(postgres_url, MIGRATIONS[:1], read_only=False, exclusive=False).close()
+    with psycopg.connect(postgres_url, autocommit=True) as db:  # what version 1's states store made
+        db.execute(
+            "CREATE TABLE detector_states (detector TEXT NOT NULL, series TEXT NOT NULL, "
+            "state BYTEA NOT NULL, PRIMARY KEY (detector, series))"
+        )
+        db.execute("INSERT INTO detector_states VALUES ('d', 'svc', 'x')")
+    with Journal(postgres_url, read_only=True) as old:
+        assert _version(old) == 1 and "bus_leases" not in _tables(old)
+    with Journal(postgres_url) as journal:
+        assert _version(journal) == MIGRATIONS[-1].version and _tables(journal) >= SHARED_TABLES
+        assert journal._db.execute("SELECT series FROM detector_states").fetchall()[0][0] == "svc"
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ class Harness:
         self.engine = running.engine
         self.admin = admin
         self.url = running.url
-        self.journal_path: Path | str = running.engine.journal.path
+        self.journal_path: Path | str = running.engine.settings.journal_path(journals)
         self.t = T0
 
     def push(self, seconds: int, **anomalous: bool) -> httpx.Response:

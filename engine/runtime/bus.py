@@ -45,6 +45,7 @@ from engine.records import new_id
 from engine.runtime.config import EngineSettings, RedisSource
 from engine.runtime.intake import Intake
 from engine.runtime.journal import ExecutionStatus, Journal
+from engine.runtime.journal_db import redacted
 from engine.runtime.leases import Leases, Partitions
 from engine.runtime.metrics import EngineMetrics
 from engine.runtime.scoring import ScoringStage
@@ -138,7 +139,7 @@ class Bus:
                     self._xadd(pipe, part, pts)
                 pipe.execute()
         except redis.RedisError as exc:
-            log.warning("publishing %d points to %s failed: %s", len(points), self.config.url, exc)
+            log.warning("publishing %d points to %s failed: %s", len(points), redacted(self.config.url), exc)
             return None
         return len(points)
 

@@ -13,6 +13,11 @@ bookkeeping other stages hand over (actuator outcomes, verification verdicts); o
 *before* any actuator is called. After a crash a 'started' execution is reported, never repeated,
 and its idempotency key refuses a second attempt.
 
+The safeguard counts are read inside that transaction under the journal's decision lock
+(``Journal.lock_decisions``), so replicas sharing a PostgreSQL journal decide one at a time: a
+global limit (actions an hour, in flight, blast radius) one reads is not taken by another before
+the first commits.
+
 One bad item never costs the others: when a batch cannot be written (a value SQLite refuses, say),
 it is written again event by event, each with its decisions, and only the items that still fail
 are refused (logged, counted, told to listeners).
@@ -204,6 +209,7 @@ class Decider:
         with journal.transaction():
             journal.record_events(rows, ts=time.time())
             if decided:
+                journal.lock_decisions()  # replicas: the counts hold until this commit (module doc)
                 ctx = self.context([d for d, _ in decided])
                 enactment = enact(decided, ctx)
                 for key, d in enactment.observed:
@@ -240,12 +246,13 @@ class Decider:
         """Start a journaled decision that is cleared to run (approved, or recovered after a crash):
         the safeguards again, then its execution row, committed before the call. Nothing to
         dispatch when a safeguard blocks it or it already ran (its idempotency key was used)."""
-        v = verdict(decision, self.context([decision]))
         journal = self.journal
-        if not v.allowed:
-            journal.set_decision_status(decision.id, DecisionStatus.BLOCKED, f"{v.safeguard}: {v.reason}")
-            return Committed(notes=[("blocked", {"decision_id": decision.id, "safeguard": v.safeguard})])
         with journal.transaction():
+            journal.lock_decisions()
+            v = verdict(decision, self.context([decision]))
+            if not v.allowed:
+                journal.set_decision_status(decision.id, DecisionStatus.BLOCKED, f"{v.safeguard}: {v.reason}")
+                return Committed(notes=[("blocked", {"decision_id": decision.id, "safeguard": v.safeguard})])
             journal.set_decision_status(decision.id, DecisionStatus.READY)
             execution_id = journal.start_execution(
                 decision.to_record(),

@@ -27,7 +27,7 @@ from typing import Any
 
 from engine.errors import RuntimeEngineError
 from engine.records import new_id
-from engine.runtime.journal_db import is_url, open_database
+from engine.runtime.journal_db import Migration, is_url, open_database, redacted
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,25 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 CREATE INDEX IF NOT EXISTS notifications_ts ON notifications (ts);
 """
-# (version, DDL) applied in order, once (engine.runtime.journal_db). A table, column or index the
-# journal needs is a new migration appended here: a journal at version 1 never runs version 1 again.
-MIGRATIONS = [(1, _SCHEMA)]
+# What replicas sharing a PostgreSQL journal keep beside it: the partition leases and members
+# (engine.runtime.leases) and the per-series detector states (engine.runtime.states). Until
+# version 2 they were created by their modules; IF NOT EXISTS keeps such a database's rows.
+_SHARED = """
+CREATE TABLE IF NOT EXISTS bus_leases (
+    stream TEXT NOT NULL, part INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '',
+    epoch BIGINT NOT NULL DEFAULT 0, expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity',
+    PRIMARY KEY (stream, part)
+);
+CREATE TABLE IF NOT EXISTS bus_members (
+    stream TEXT NOT NULL, owner TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (stream, owner)
+);
+CREATE TABLE IF NOT EXISTS detector_states (
+    detector TEXT NOT NULL, series TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (detector, series)
+);
+"""
+# Applied in order, once (engine.runtime.journal_db). A table, column or index the journal needs
+# is a new migration appended here: a journal at version 1 never runs version 1 again.
+MIGRATIONS = [Migration(1, _SCHEMA), Migration(2, _SHARED, shared=True)]
 
 KINDS = ("events", "decisions", "approvals", "executions", "verifications", "control", "notifications")
 _TS_COLUMN = {
@@ -110,6 +126,13 @@ _TABLE = {"control": "control_history"}  # a kind's rows; other kinds are their 
 _JSON_COLUMNS = {
     *("value", "contributing", "payload", "params", "spec", "result", "detail", "allowed_approvers", "body"),
 }
+
+
+def migrate(location: Path | str) -> None:
+    """Bring the journal's database at ``location`` to this engine's schema, as opening a writer
+    does: what shares its database (leases, detector states) calls this before using its tables,
+    whichever process starts first."""
+    open_database(location, MIGRATIONS, read_only=False, exclusive=False).close()
 
 
 class DecisionStatus:
@@ -197,18 +220,24 @@ class SafeguardCounts:
 class Journal:
     """The engine's durable record. Thread-safe; open one per process and ``close()`` it.
 
-    ``path`` is a SQLite file or a PostgreSQL URL (``engine.runtime.journal_db``: the
-    statements here are SQLite's, translated there). ``exclusive`` (writers only) takes the
-    one-writer lock: a second engine would recover (and so rewrite) the live one's in-flight
-    executions and approvals.
+    It opens a SQLite file or a PostgreSQL URL (``engine.runtime.journal_db``: the statements
+    here are SQLite's, translated there). ``path`` is where it is as it may be shown (logs,
+    errors, exported rows): the file, or the URL without its password; ``reader()`` opens it
+    again read-only. ``exclusive`` (writers only) takes the one-writer lock: a second engine would
+    recover (and so rewrite) the live one's in-flight executions and approvals.
     """
 
     def __init__(self, path: Path | str, *, read_only: bool = False, exclusive: bool = True) -> None:
-        self.path: Path | str = path if is_url(path) else Path(path)
+        self._location = path
+        self.path: Path | str = redacted(str(path)) if is_url(path) else Path(path)
         self.read_only = read_only
         self._lock = threading.RLock()
         self._db = open_database(path, MIGRATIONS, read_only=read_only, exclusive=exclusive)
         self._in_tx = False
+
+    def reader(self) -> Journal:
+        """Another connection to this journal, read-only (a reader never waits on this one's lock)."""
+        return Journal(self._location, read_only=True)
 
     def close(self) -> None:
         with self._lock:
@@ -239,6 +268,15 @@ class Journal:
                 self._db.execute("COMMIT")
             finally:
                 self._in_tx = False
+
+    def lock_decisions(self) -> None:
+        """Inside ``transaction()``, before reading safeguard counts: until this transaction ends, no
+        other engine sharing the journal decides (``engine.runtime.journal_db``), so the counts read
+        next stay true until this transaction's executions are committed."""
+        with self._lock:
+            if not self._in_tx:
+                raise RuntimeEngineError("lock_decisions() outside a transaction would hold nothing")
+            self._db.lock_decisions()
 
     def _write(self, sql: str, params: Sequence[Any]) -> int:
         with self._lock:

@@ -6,13 +6,16 @@ once in SQLite's dialect and tested there; PostgreSQL runs the same statements t
 (placeholders, ``INSERT OR IGNORE``, SQLite's JSON and index hints), so the two backends cannot
 drift apart in what they record. The parts that differ by nature live here too: opening (WAL and
 ``synchronous=FULL`` for SQLite), the one-writer lock (a file lock; a session advisory lock on
-PostgreSQL), and the schema's versioned migrations.
+PostgreSQL), the decision lock that makes the replicas' safeguard checks atomic (SQLite's write
+lock; a transaction-scoped advisory lock on PostgreSQL), and the schema's versioned migrations.
 
-Migrations: ``MIGRATIONS`` is an ordered list of (version, DDL); a database records the version
-it is at (``meta.schema_version``) and opening applies the missing ones in order, in one
-transaction (on PostgreSQL under an advisory lock, so replicas starting together migrate once).
-A database at a version newer than this code is refused: an older engine must not write rows a
-newer schema reads differently.
+Migrations: ``MIGRATIONS`` is an ordered list of ``Migration`` (version, DDL); a database records
+the version it is at (``meta.schema_version``) and opening applies the missing ones in order, in
+one transaction (on PostgreSQL under an advisory lock, so replicas starting together migrate
+once). A database at a version newer than this code is refused: an older engine must not write
+rows a newer schema reads differently. A migration marked ``shared`` holds what only replicas
+sharing a PostgreSQL journal use (partition leases, detector states), in PostgreSQL's dialect: a
+SQLite journal passes its version without creating its tables.
 
 Exactly-once dispatch rests on the ``executions.idempotency_key`` unique index in both backends:
 the execution row is inserted before the action is called, and of two engines racing the same
@@ -29,14 +32,22 @@ import re
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from engine.errors import RuntimeEngineError
 
-__all__ = ["Database", "is_url", "open_database"]
+__all__ = ["Database", "Migration", "is_url", "open_database"]
 
 MIN_SQLITE = (3, 38, 0)  # UPDATE ... FROM (multi-row updates), JSON functions built in
 URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+class Migration(NamedTuple):
+    """One step of the journal's schema: applied once, in version order (module docstring)."""
+
+    version: int
+    ddl: str  # SQLite's dialect, translated for PostgreSQL; PostgreSQL's own when ``shared``
+    shared: bool = False  # only replicas on PostgreSQL use these tables: SQLite skips the DDL
 
 
 def is_url(location: str | Path) -> bool:
@@ -58,11 +69,12 @@ class Database(Protocol):
     location: str
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Cursor: ...
+    def lock_decisions(self) -> None: ...
     def close(self) -> None: ...
 
 
 def open_database(
-    location: str | Path, migrations: Sequence[tuple[int, str]], *, read_only: bool, exclusive: bool = True
+    location: str | Path, migrations: Sequence[Migration], *, read_only: bool, exclusive: bool = True
 ) -> Database:
     """The journal's database at ``location``, migrated (unless ``read_only``).
 
@@ -74,8 +86,8 @@ def open_database(
     return SqliteDatabase(Path(location), migrations, read_only=read_only, exclusive=exclusive)
 
 
-def _check_version(location: str, current: int, migrations: Sequence[tuple[int, str]]) -> None:
-    latest = migrations[-1][0]
+def _check_version(location: str, current: int, migrations: Sequence[Migration]) -> None:
+    latest = migrations[-1].version
     if current > latest:
         raise RuntimeEngineError(
             f"{location}: the journal's schema is at version {current}, newer than this engine's ({latest})",
@@ -105,7 +117,7 @@ class SqliteDatabase:
     and power loss, and WAL lets ``selfheal journal`` (another process) read while the engine writes."""
 
     def __init__(
-        self, path: Path, migrations: Sequence[tuple[int, str]], *, read_only: bool, exclusive: bool
+        self, path: Path, migrations: Sequence[Migration], *, read_only: bool, exclusive: bool
     ) -> None:
         if sqlite3.sqlite_version_info < MIN_SQLITE:
             raise RuntimeEngineError(
@@ -143,7 +155,7 @@ class SqliteDatabase:
             ) from exc
         self.connection.row_factory = sqlite3.Row
 
-    def _migrate(self, migrations: Sequence[tuple[int, str]]) -> None:
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
         db = self.connection
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -151,11 +163,13 @@ class SqliteDatabase:
             row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             current = int(row[0]) if row else 0
             _check_version(self.location, current, migrations)
-            for version, ddl in migrations:
-                if version > current:
-                    for statement in _statements(ddl):
+            for step in migrations:
+                if step.version > current:
+                    for statement in [] if step.shared else _statements(step.ddl):
                         db.execute(statement)
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(version),))
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(step.version),)
+                    )
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -163,6 +177,10 @@ class SqliteDatabase:
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         return self.connection.execute(sql, params)
+
+    def lock_decisions(self) -> None:
+        """Nothing to take: ``BEGIN IMMEDIATE`` already holds the file's one write lock, so no other
+        connection commits between the safeguard counts this transaction reads and its own rows."""
 
     def close(self) -> None:
         self.connection.close()
@@ -211,7 +229,7 @@ class PostgresDatabase:
     the journal opens its transactions with ``BEGIN``)."""
 
     def __init__(
-        self, url: str, migrations: Sequence[tuple[int, str]], *, read_only: bool, exclusive: bool
+        self, url: str, migrations: Sequence[Migration], *, read_only: bool, exclusive: bool
     ) -> None:
         import psycopg
 
@@ -243,33 +261,46 @@ class PostgresDatabase:
             self._db.close()
             raise
 
-    def _migrate(self, migrations: Sequence[tuple[int, str]]) -> None:
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
         with self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (self._key + 1,))  # one migrator at a time
             self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             current = int(row[0]) if row else 0
             _check_version(self.location, current, migrations)
-            for version, ddl in migrations:
-                if version > current:
-                    for statement in _statements(postgres_ddl(ddl)):
+            for step in migrations:
+                if step.version > current:
+                    for statement in _statements(step.ddl if step.shared else postgres_ddl(step.ddl)):
                         self._db.execute(statement)
                     self._db.execute(
                         "INSERT INTO meta VALUES ('schema_version', %s) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                        (str(version),),
+                        (str(step.version),),
                     )
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
         return self._db.execute(postgres_sql(sql), params)
+
+    def lock_decisions(self) -> None:
+        """Wait for the replicas' one decision lock, held until this transaction ends.
+
+        Why: a replica's ``BEGIN`` locks nothing, so two replicas could each read the global
+        safeguard counts (actions in the last hour, in flight) before either commits, and each take
+        the last free slot. Under this transaction-scoped advisory lock, whoever decides reads the
+        counts after the previous decider's commit (READ COMMITTED reads anew at each statement).
+        """
+        self._db.execute("SELECT pg_advisory_xact_lock(%s)", (self._key + 2,))
 
     def close(self) -> None:
         self._db.close()  # the advisory lock goes with the session
 
 
 def redacted(url: str) -> str:
-    """The URL without its password (it appears in errors and logs)."""
-    return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
+    """The URL without its password, wherever it is written: ``user:PASSWORD@`` (an empty user
+    too, Redis' ``redis://:PASSWORD@host``) and libpq's ``?password=`` parameter. What logs,
+    errors, /metrics, the console and exported rows show of a server's URL."""
+    url = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def postgres_ddl(ddl: str) -> str:

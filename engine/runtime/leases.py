@@ -23,20 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import RuntimeEngineError
+from engine.runtime.journal import migrate
 from engine.runtime.journal_db import redacted
 from engine.telemetry.columns import partition
 
 __all__ = ["Leases", "Partitions", "Round", "owners"]
 
 log = logging.getLogger(__name__)
-
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS bus_leases (stream TEXT NOT NULL, part INTEGER NOT NULL, "
-    "owner TEXT NOT NULL DEFAULT '', epoch BIGINT NOT NULL DEFAULT 0, "
-    "expires_at TIMESTAMPTZ NOT NULL DEFAULT '-infinity', PRIMARY KEY (stream, part))",
-    "CREATE TABLE IF NOT EXISTS bus_members (stream TEXT NOT NULL, owner TEXT NOT NULL, "
-    "expires_at TIMESTAMPTZ NOT NULL, PRIMARY KEY (stream, owner))",
-)
 
 
 class Partitions:
@@ -83,16 +76,13 @@ class Leases:
         self.held: set[int] = set()
         self._renewed = -math.inf  # monotonic time of the last successful renewal
         try:
+            migrate(url)  # the tables are the journal's (its migrations, engine.runtime.journal)
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
-            with self._db.transaction():
-                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('selfheal-bus-leases'))")
-                for ddl in _SCHEMA:
-                    self._db.execute(ddl)
-                with self._db.cursor() as cur:
-                    cur.executemany(
-                        "INSERT INTO bus_leases (stream, part) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                        [(stream, p) for p in range(partitions)],
-                    )
+            with self._db.transaction(), self._db.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO bus_leases (stream, part) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                    [(stream, p) for p in range(partitions)],
+                )
         except psycopg.Error as exc:
             raise RuntimeEngineError(
                 f"{self.location}: the partition leases cannot be opened: {' '.join(str(exc).split())}",

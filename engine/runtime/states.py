@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from engine.errors import DetectorError, RuntimeEngineError
+from engine.runtime.journal import migrate
 from engine.runtime.journal_db import is_url, redacted
 
 __all__ = ["PostgresStates", "SqliteStates", "StateStore", "detector_fingerprint", "state_store"]
@@ -188,13 +189,8 @@ class PostgresStates:
         self.owns = owns
         self._fingerprint = detector_fingerprint(detector)
         try:
+            migrate(url)  # the table is the journal's (its migrations, engine.runtime.journal)
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
-            with self._db.transaction():  # workers and replicas start together: one creates the table
-                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('selfheal-detector-states'))")
-                self._db.execute(
-                    "CREATE TABLE IF NOT EXISTS detector_states (detector TEXT NOT NULL, "
-                    "series TEXT NOT NULL, state BYTEA NOT NULL, PRIMARY KEY (detector, series))"
-                )
         except psycopg.Error as exc:
             raise RuntimeEngineError(
                 f"{self.location}: the detector states cannot be opened: {' '.join(str(exc).split())}",

@@ -62,7 +62,7 @@ Reason = Annotated[str | None, Form()]
 
 def add_console(app: FastAPI, engine: Engine, *, history_every_s: float = 30.0) -> Live:
     """Serve the console from ``app`` (the engine's API app); returns its live side."""
-    reads = Journal(engine.journal.path, read_only=True)  # pages never wait on the writer's lock
+    reads = engine.journal.reader()  # pages never wait on the writer's lock
     history = History(
         lambda: engine.observations.scores, lambda: engine.observations.clock, every_s=history_every_s
     )
