@@ -8,6 +8,7 @@ alone, the inbox for writers that cannot hash, and leases that move when a repli
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,6 +123,38 @@ def test_malformed_entries_are_refused_alone(harness: test_runtime.Harness, redi
     }
     assert rejected == {"body": 2.0, "metric": 1.0, "line": 1.0}  # no body, not UTF-8; no metric; not JSON
     assert engine.healthy and engine.ready.is_set()
+
+
+def test_a_failed_scoring_tick_is_dead_lettered_and_acknowledged(
+    tmp_path: Path, pipeline: Any, postgres_url: str, redis_url: str
+) -> None:
+    """Every scoring tick fails: the score log's disk is full (``/dev/full``). The ticks' points
+    are dead-lettered and counted, and their entries acknowledged; without that, the points of a
+    failed tick were never counted as done and held back every later acknowledgement."""
+    with test_runtime.running_harness(
+        tmp_path,
+        pipeline,
+        journal=postgres_url,
+        scores_file="/dev/full",
+        sources={"redis": bus_settings(redis_url)},
+    ) as harness:
+        engine = harness.engine
+        sent = sum(len(ndjson(points(s, T0, 5)).splitlines()) for s in ("gateway", "vector-db"))
+        with redis.Redis.from_url(redis_url) as r:
+            for service in ("gateway", "vector-db"):
+                r.xadd(
+                    stream_key(STREAM, partition(service, PARTS)), {"body": ndjson(points(service, T0, 5))}
+                )
+        wait_for(lambda: engine.points_scored >= sent)
+        wait_for(lambda: pending(redis_url) == 0)
+        metrics = httpx.get(f"{harness.url}/metrics").text
+        assert f'selfheal_points_rejected_total{{field="tick",source="scoring"}} {float(sent)}' in metrics
+        assert engine.rows_scored == 0 and engine.healthy
+    letters = [json.loads(line) for line in (tmp_path / "journals" / "dead-letter.ndjson").open()]
+    assert len(letters) == sent and {(d["source"], d["code"]) for d in letters} == {
+        ("scoring", "scoring_failed")
+    }
+    assert "No space left on device" in letters[0]["reason"]
 
 
 def test_the_inbox_routes_points_to_their_partitions(harness: test_runtime.Harness, redis_url: str) -> None:

@@ -89,7 +89,7 @@ class Engine:
         self.dead_letter = DeadLetter.from_settings(dead_letter_path, settings)
         self.ready = threading.Event()
         self.latencies = {k: deque(maxlen=200_000) for k in LATENCIES} if record_latencies else None
-        self.points_scored = self.rows_scored = 0
+        self.points_scored = self.rows_scored = 0  # points_scored: scored, or dead-lettered (_unscored)
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.notifier = Notifier(settings.notifications, self.journal, link_base=settings.link_base())
         if settings.notifications:
@@ -235,14 +235,42 @@ class Engine:
             batches = self.queue.take(MAX_TICK_POINTS, self.settings.tick_s)
             if not batches:
                 continue
+            counted = self.points_scored
             try:
                 if self.shards is not None:
                     self.shards.submit(batches)
                 else:
                     self._scored(self.scoring.step(batches))
-            except Exception:  # one bad tick must not stop scoring
+            except Exception as exc:  # one bad tick must not stop scoring
                 log.exception("scoring tick failed")
                 self.metrics.errors.labels("score").inc()
+                if self.shards is None and self.points_scored == counted:
+                    self._unscored(batches, exc)
+
+    def _unscored(self, batches: Sequence[tuple[float, Points]], exc: Exception) -> None:
+        """A tick that failed before its points were counted: they are dead-lettered (counted in
+        ``selfheal_points_rejected_total{source="scoring", field="tick"}``) and then count as done.
+
+        Why: the bus acknowledges an entry once ``points_scored`` passes its position in the queue;
+        uncounted, a failed tick's points held back every later acknowledgement (and a partition's
+        handover) of the replica, and the entries of the points after them were acknowledged in
+        their stead. Dead-lettered, they are on file, not lost, and their entries are acknowledged.
+        """
+        reason = f"the scoring tick failed: {type(exc).__name__}: {exc}"
+        refused = [
+            Rejection(
+                i,
+                "tick",
+                "scoring_failed",
+                reason,
+                {"ts": t, "service": sv, "metric": m, "value": v},
+                "point",
+            )
+            for i, (t, sv, m, v) in enumerate(p for _, batch in batches for p in batch)
+        ]
+        self._took("scoring", [], refused)
+        with self._events_lock:
+            self.points_scored += len(refused)
 
     def _scored(self, scored: Scored) -> None:
         """One scored tick (in-process or from a worker): events, the policies, then the writer."""

@@ -281,7 +281,12 @@ class ScoreLog:
         self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        """Close the file; rows it could not write (a full disk) are logged, not raised: the
+        engine's stop goes on (their ticks were dead-lettered when their writes failed)."""
+        try:
+            self._file.close()
+        except OSError as exc:
+            log.error("the score log %s could not be closed: %s", self.path, exc)
 
 
 def _refused(row: Any, reason: str) -> Refused:
