@@ -157,6 +157,37 @@ def test_a_failed_scoring_tick_is_dead_lettered_and_acknowledged(
     assert "No space left on device" in letters[0]["reason"]
 
 
+def test_a_dead_replica_s_consumers_leave_the_groups(
+    tmp_path: Path, pipeline: Any, postgres_url: str, redis_url: str
+) -> None:
+    """Replicas that ran before left their consumers in every group: one read an entry and died
+    without acknowledging it, one had acknowledged all. The replica that takes the partitions
+    claims the pending entry, scores it, and removes both consumers (idle, nothing pending) from
+    the partitions' groups and the inbox's, keeping its own."""
+    part = partition("gateway", PARTS)
+    key, inbox = stream_key(STREAM, part), stream_key(STREAM, "in")
+    left = points("gateway", T0, 3)
+    with redis.Redis.from_url(redis_url) as r:
+        for k in (key, inbox):
+            r.xgroup_create(k, "selfheal", id="0", mkstream=True)
+            r.xadd(k, {"body": ndjson(points("gateway", T0 - 60, 1))})
+            ((_, [(entry, _)]),) = r.xreadgroup("selfheal", "dead-acked", {k: ">"})
+            r.xack(k, "selfheal", entry)  # read and acknowledged
+        r.xadd(key, {"body": ndjson(left)})
+        r.xreadgroup("selfheal", "dead-pending", {key: ">"})  # read, never acknowledged
+        r.xreadgroup("selfheal", "dead-pending", {inbox: ">"})
+        time.sleep(bus_settings(redis_url)["lease_s"])  # idle as long as a lease
+        with test_runtime.running_harness(
+            tmp_path, pipeline, journal=postgres_url, sources={"redis": bus_settings(redis_url)}
+        ) as harness:
+            engine = harness.engine
+            wait_for(lambda: engine.points_scored >= len(left))
+            wait_for(lambda: pending(redis_url) == 0)
+            mine = engine.bus.owner  # type: ignore[union-attr]
+            names = {k: {c["name"].decode() for c in r.xinfo_consumers(k, "selfheal")} for k in (key, inbox)}
+            assert names[key] == {mine} and names[inbox] <= {mine}  # it joins the inbox's as it reads one
+
+
 def test_the_inbox_routes_points_to_their_partitions(harness: test_runtime.Harness, redis_url: str) -> None:
     engine = harness.engine
     batch = [p for s in ("gateway", "vector-db", "inference-a") for p in points(s, T0, 4)]

@@ -17,7 +17,8 @@ consumer group ``group``. Delivery is at least once:
 - a replica that takes a partition first reads its states from the shared store (``adopt``),
   settles what the last owner left in the journal for its services (``recovery.settle``), then
   claims the entries the last owner read but never acknowledged (XAUTOCLAIM) and scores them,
-  then reads on. A re-delivered point the restored state already holds is a late point to the
+  removes the consumers of dead replicas (idle, nothing pending) from the partition's group and
+  the inbox's, then reads on. A re-delivered point the restored state already holds is a late point to the
   detector (its bucket closed): it moves nothing;
 - a replica that hands a partition back (a replica joined) stops reading it, waits until what it
   read is journaled and acknowledged and no action of its services is in flight, saves the
@@ -61,6 +62,22 @@ BODY = b"body"
 INBOX = "in"
 READ_BLOCK_MS = 100
 
+# Delete a stream group's consumers (but ARGV[2]) idle for ARGV[3] ms with nothing pending; returns
+# how many. A script, so no entry is delivered to one between the check and the delete (deleting a
+# consumer deletes its pending entries: they would never be delivered again).
+_DELETE_IDLE_CONSUMERS = """
+local deleted = 0
+for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #consumer, 2 do f[consumer[i]] = consumer[i + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    deleted = deleted + 1
+  end
+end
+return deleted
+"""
+
 
 def stream_key(stream: str, part: int | str) -> str:
     """The Redis key of a partition's stream (``in``: the inbox writers that cannot hash use)."""
@@ -100,6 +117,7 @@ class Bus:
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{new_id('r')[-6:]}"
         self.parts = Partitions(config.partitions)
         self.redis = redis.Redis.from_url(config.url, socket_timeout=10, socket_connect_timeout=5)
+        self._delete_idle = self.redis.register_script(_DELETE_IDLE_CONSUMERS)
         self.leases = Leases(
             journal_url,
             stream=config.stream,
@@ -237,12 +255,17 @@ class Bus:
             if start in (b"0-0", "0-0"):
                 break
         self._reading.add(part)
+        gone = self._delete_idle_consumers(key) + self._delete_idle_consumers(
+            stream_key(self.config.stream, INBOX)
+        )
         log.info(
-            "took partition %d of %s: %d series' states restored, %d unacknowledged entries claimed, %s",
+            "took partition %d of %s: %d series' states restored, %d unacknowledged entries claimed, "
+            "%d idle consumers removed, %s",
             part,
             self.config.stream,
             restored,
             claimed,
+            gone,
             {k: v for k, v in left.counts.items() if v} or "nothing left to settle",
         )
 
@@ -350,6 +373,15 @@ class Bus:
         )
         if reply[1]:
             self._route(key, reply[1])
+
+    def _delete_idle_consumers(self, key: str) -> int:
+        """Remove the consumers of dead replicas from ``key``'s group: those idle for ``lease_s``
+        (a live owner reads its partitions, every replica the inbox, several times a second) with
+        nothing pending (a taken partition's were just claimed). Without this every replica that
+        ever ran stays listed in the group for good. A live one removed by mistake costs nothing:
+        its next read adds it again."""
+        idle_ms = int(self.config.lease_s * 1000)
+        return int(self._delete_idle(keys=[key], args=[self.config.group, self.owner, idle_ms]))
 
     def _ensure_group(self, key: str) -> None:
         import redis
