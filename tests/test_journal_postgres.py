@@ -129,13 +129,17 @@ GLOBAL_LIMITS = {
 }
 
 
+@pytest.mark.parametrize("path", ["commit", "run_ready"])
 @pytest.mark.parametrize("limit", list(GLOBAL_LIMITS))
-def test_engines_deciding_at_once_never_exceed_a_global_limit(postgres_url: str, limit: str) -> None:
-    """Eight engines (replicas: own connections on one PostgreSQL) each commit decisions on their
-    own targets at the same moment, round after round. Each engine's commit reads the counts and
-    writes its execution rows in one transaction, but without the decision lock two engines read
-    the counts before either commits and both take the last free slot: 8 executions of a limit of
-    3 in the first round. With it, exactly the limit's worth run, the others are journaled blocked."""
+def test_engines_deciding_at_once_never_exceed_a_global_limit(
+    postgres_url: str, limit: str, path: str
+) -> None:
+    """Eight engines (replicas: own connections on one PostgreSQL) each decide on their own
+    targets at the same moment, round after round: new decisions (``commit``) or approved ones
+    (``run_ready``). Each engine reads the counts and writes its execution rows in one transaction,
+    but without the decision lock two engines read the counts before either commits and both take
+    the last free slot: 5 to 8 executions of a limit of 3. With it, exactly the limit's worth run,
+    the others are journaled blocked."""
     engine_limits, spec, target, safeguard = GLOBAL_LIMITS[limit]
     allowed = 3
     journals = [Journal(postgres_url, exclusive=False) for _ in range(8)]
@@ -152,8 +156,13 @@ def test_engines_deciding_at_once_never_exceed_a_global_limit(postgres_url: str,
                 decision = test_journal._decision(
                     i * rounds + j, target=target(i, j), rule=f"rule-{i}-{j}", safeguards=spec
                 )
-                start.wait(timeout=60)
-                deciders[i].commit([Tick([], [], 0.0, [decision], [])])
+                if path == "commit":
+                    start.wait(timeout=60)
+                    deciders[i].commit([Tick([], [], 0.0, [decision], [])])
+                else:
+                    journals[i].record_decision(decision.to_record(), status=DecisionStatus.AWAITING_APPROVAL)
+                    start.wait(timeout=60)
+                    deciders[i].run_ready(decision)
         except BaseException as exc:  # pragma: no cover - reported below
             failed.append(exc)
             start.abort()
