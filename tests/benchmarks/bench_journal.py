@@ -1,12 +1,14 @@
 """The journal's commit on the way from an anomaly to its action, SQLite against PostgreSQL.
 
 What is timed is what the engine's writer commits before it dispatches a new decision's action
-(``engine.runtime.writer``): one transaction that journals the anomaly event, reads the
-safeguards' counts and the active decisions (``decision_context``), records the decision and
-inserts its execution under its idempotency key. SQLite is a local file in WAL mode with
-``synchronous=FULL``; PostgreSQL a local server (127.0.0.1, TCP) with ``fsync`` and synchronous
-commit on, so both commits are durable. The ratio is the cost of a journal replicas can share
-(a remote server adds its network round trips, several per commit, on top).
+(``engine.runtime.writer``): one transaction that journals the anomaly event, takes the decision
+lock (replicas decide one at a time), reads the safeguards' counts and the active decisions
+(``decision_context``), records the decision and inserts its execution under its idempotency
+key. SQLite is a local file in WAL mode with ``synchronous=FULL``; PostgreSQL a local server
+(127.0.0.1, TCP) with ``fsync`` and synchronous commit on, so both commits are durable. The ratio
+is the cost of a journal replicas can share (a remote server adds its network round trips,
+several per commit, on top). The last row is the decision lock's cost, one engine alone (a
+round trip); with replicas deciding at once, each also waits for the others' commits.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from engine.testing.services import PostgresServer
 COMMITS = 400
 
 
-def _commits(location: str | Path, n: int) -> list[float]:
-    """Milliseconds per commit of ``n`` decisions, one transaction each."""
+def _commits(location: str | Path, n: int, *, lock: bool = True) -> list[float]:
+    """Milliseconds per commit of ``n`` decisions, one transaction each (``lock``: with the
+    decision lock, as the writer commits; without: what the lock costs, one engine alone)."""
     out = []
     with Journal(location) as journal:
         for i in range(n):
@@ -39,6 +42,8 @@ def _commits(location: str | Path, n: int) -> list[float]:
             started = time.perf_counter()
             with journal.transaction():
                 journal.record_events([(event, "anomaly")], ts=time.time())
+                if lock:
+                    journal.lock_decisions()
                 journal.decision_context([decision["target"]], [decision["rule"]], now=time.time())
                 journal.record_decisions([(decision, DecisionStatus.EXECUTING, None)])
                 journal.start_new_executions([(decision, f"{decision['id']}:action", 1)])
@@ -51,21 +56,24 @@ def bench_journal(repeats: int) -> list[Row]:
     if server.missing():
         print(f"bench_journal: skipped, {server.missing()}", file=sys.stderr)
         return []
-    sqlite_p50, sqlite_p99, pg_p50, pg_p99 = [], [], [], []
+    p50s: dict[str, list[float]] = {"sqlite": [], "postgres": [], "unlocked": []}
+    p99s: dict[str, list[float]] = {"sqlite": [], "postgres": [], "unlocked": []}
     with server, tempfile.TemporaryDirectory(prefix="selfheal-bench-journal-") as tmp:
-        for i in range(repeats):  # alternate which goes first: the machine's load drifts
-            order = [("sqlite", Path(tmp) / f"j{i}.sqlite"), ("postgres", server.database())]
-            for name, location in order if i % 2 else reversed(order):
-                ms = _commits(location, COMMITS)
-                p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
-                (sqlite_p50 if name == "sqlite" else pg_p50).append(p50)
-                (sqlite_p99 if name == "sqlite" else pg_p99).append(p99)
-    note = f"{COMMITS} commits per sample: event, safeguard counts, decision, execution; both durable"
+        for i in range(repeats):  # rotate which goes first: the machine's load drifts
+            order = [("sqlite", Path(tmp) / f"j{i}.sqlite"), ("postgres", server.database()),
+                     ("unlocked", server.database())]  # fmt: skip
+            for name, location in order[i % 3 :] + order[: i % 3]:
+                ms = _commits(location, COMMITS, lock=name != "unlocked")
+                p50s[name].append(float(np.percentile(ms, 50)))
+                p99s[name].append(float(np.percentile(ms, 99)))
+    note = f"{COMMITS} commits a sample: event, decision lock, safeguard counts, decision, execution; durable"
     return [
-        Row("journal commit before dispatch p50, PostgreSQL", "ms", pg_p50, "SQLite (WAL, FULL)", sqlite_p50,
-            higher_is_better=False, note=note),
-        Row("journal commit before dispatch p99, PostgreSQL", "ms", pg_p99, "SQLite (WAL, FULL)", sqlite_p99,
-            higher_is_better=False),
+        Row("journal commit before dispatch p50, PostgreSQL", "ms", p50s["postgres"], "SQLite (WAL, FULL)",
+            p50s["sqlite"], higher_is_better=False, note=note),
+        Row("journal commit before dispatch p99, PostgreSQL", "ms", p99s["postgres"], "SQLite (WAL, FULL)",
+            p99s["sqlite"], higher_is_better=False),
+        Row("journal commit p50, PostgreSQL with the decision lock", "ms", p50s["postgres"],
+            "without the lock", p50s["unlocked"], higher_is_better=False),
     ]  # fmt: skip
 
 
