@@ -252,9 +252,10 @@ class Engine:
         ``selfheal_points_rejected_total{source="scoring", field="tick"}``) and then count as done.
 
         Why: the bus acknowledges an entry once ``points_scored`` passes its position in the queue;
-        uncounted, a failed tick's points held back every later acknowledgement (and a partition's
-        handover) of the replica, and the entries of the points after them were acknowledged in
-        their stead. Dead-lettered, they are on file, not lost, and their entries are acknowledged.
+        uncounted, a failed tick's points made every later acknowledgement wait for as many more
+        points (the newest entries stayed pending while traffic paused, and a partition's handover
+        with them), and the failed tick's own entries were acknowledged with nothing on file.
+        Dead-lettered, they are on file, counted, and their entries acknowledged.
         """
         reason = f"the scoring tick failed: {type(exc).__name__}: {exc}"
         refused = [
@@ -268,7 +269,8 @@ class Engine:
             )
             for i, (t, sv, m, v) in enumerate(p for _, batch in batches for p in batch)
         ]
-        self._took("scoring", [], refused)
+        self.metrics.points_rejected.labels("scoring", "tick").inc(len(refused))
+        self.dead_letter.write("scoring", refused)
         with self._events_lock:
             self.points_scored += len(refused)
 
