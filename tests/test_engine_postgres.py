@@ -57,7 +57,7 @@ def test_the_journal_s_password_is_shown_nowhere(
     connects): the engine's logs, its /metrics, console pages, journal errors and the outcomes it
     exports show the URL with ``***`` instead, and the console's reader still connects."""
     url = postgres_server.database().replace("selfheal@", "selfheal:hunter2-secret@")
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="engine")  # a CLI test run before may have raised its level
     with test_runtime.running_harness(tmp_path, pipeline, journal=url) as harness:
         harness.push(5)
         harness.push(4, inference_a=True)
