@@ -8,6 +8,7 @@ durable-rules host, SQLite. Actions go to the tests' AdminServer on 127.0.0.1.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from engine.records import AnomalyEvent, Decision, Execution, Outcome
 from engine.runtime import safeguards
 from engine.runtime.components import RegistryActions, assemble
 from engine.runtime.config import load_settings
-from engine.runtime.decider import Decider, enact
+from engine.runtime.decider import Committed, Decider, enact
 from engine.runtime.events import EventMaker, Observations, TickEvents
 from engine.runtime.executor import Executor
 from engine.runtime.journal import DecisionStatus, ExecutionStatus, Journal
@@ -248,6 +249,54 @@ def test_decisions_of_one_batch_see_each_others_executions(host: PolicyHost, tmp
         again = decider.commit([ask(host, TickEvents([], [_event("feature-store", 3)], 0.0))])
         assert again.executions == [] and journal.count("decisions", "blocked") == 2
         assert journal.count("events") == 4
+
+
+def _two_faults_one_slot(host: PolicyHost, journal: Journal, **limits: Any) -> tuple[Decider, Committed]:
+    """inference-a decided first and executing; feature-store decided in the same batch, blocked."""
+    decider = _decider(journal, max_concurrent=1, **limits)
+    ticks = [
+        ask(host, TickEvents([], [_event("inference-a", 1)], 0.0)),
+        ask(host, TickEvents([], [_event("inference-a", 2), _event("feature-store", 2)], 0.0)),
+    ]
+    return decider, decider.commit(ticks)
+
+
+def test_a_decision_blocked_for_a_slot_runs_when_the_slot_frees(host: PolicyHost, tmp_path: Path) -> None:
+    """Two faults at once, one slot (max_concurrent 1): the second decision is journaled as blocked
+    and tried again, as a new decision naming it, once the first action settles; the policies spent
+    its evidence when they decided, so dropping it left the second fault unremedied."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        decider, first = _two_faults_one_slot(host, journal)
+        assert [e.decision.target for e in first.executions] == ["inference-a"]
+        (blocked,) = journal.recent("decisions", status="blocked")
+        assert blocked["target"] == "feature-store" and blocked["reason"].endswith("waits for a free slot")
+        assert [d.id for d in decider.waiting] == [blocked["id"]]
+        still = decider.commit([])
+        assert still.executions == [] and len(decider.waiting) == 1  # the slot is still taken
+        freed = decider.commit([], [lambda j: j.settle_execution(first.executions[0].id)])
+        (retry,) = freed.executions
+        assert retry.decision.target == "feature-store" and retry.decision.id != blocked["id"]
+        assert retry.decision.event_id == blocked["event_id"] and decider.waiting == []
+        assert journal.decision(retry.decision.id)["reason"] == f"retry of {blocked['id']}"  # type: ignore[index]
+        assert journal.decision(blocked["id"])["reason"].endswith(f"retried as {retry.decision.id}")  # type: ignore[index]
+        assert ("retried", {"decision_id": blocked["id"], "retry_id": retry.decision.id}) in freed.notes
+
+
+def test_a_decision_waits_for_a_slot_no_longer_than_its_ttl(host: PolicyHost, tmp_path: Path) -> None:
+    """The wait is bounded by the decision's approval TTL: then it is given up, and journaled so."""
+    with Journal(tmp_path / "j.sqlite") as journal:
+        decider = _decider(journal, max_concurrent=1)
+        (running,) = ask(host, TickEvents([], [_event("vector-db", 1)], 0.0)).decided
+        (late,) = ask(host, TickEvents([], [_event("feature-store", 1)], 0.0)).decided
+        late = replace(late, approval=replace(late.approval, ttl_s=1e-6))
+        running = replace(running, approval=replace(running.approval, required=False))
+        decider.commit([Tick([], [], 0.0, [running], [])])
+        decider.commit([Tick([], [], 0.0, [late], [])])
+        (blocked,) = journal.recent("decisions", status="blocked")
+        gave_up = decider.commit([])
+        assert gave_up.executions == [] and decider.waiting == []
+        assert ("wait_expired", {"decision_id": blocked["id"]}) in gave_up.notes
+        assert journal.decision(blocked["id"])["reason"].endswith("gave up waiting")  # type: ignore[index]
 
 
 def test_one_remedy_per_incident_and_approvals_wait(host: PolicyHost, tmp_path: Path) -> None:

@@ -7,6 +7,15 @@ a batch is enacted, so two decisions of one batch never both take the last free 
 incident, one action: a decision for the same rule, target and action as one waiting, running or
 being verified is dropped and counted as a duplicate.
 
+A decision refused only for want of a free slot (``max_concurrent``: of its rule or of the engine)
+is journaled as blocked and waits: the policies have already spent its evidence (a persistence
+count starts again after a decision), so dropping it would leave a second fault of the same kind
+unremedied while the first one's action is verified. ``Decider`` tries it again at every commit,
+once a slot is free, as a new decision whose journal row names the blocked one (and the blocked
+row names its retry); it gives up after the decision's approval TTL (the time a decision may wait
+for a human may also be spent waiting for a slot), or when a newer decision for the same remedy
+takes its place. Waiting decisions live in memory: after a crash the journal says "blocked".
+
 ``Decider`` is the journal's one hot-path writer: one transaction per batch holds the ticks'
 events, their decisions, approval requests and execution rows (status 'started'), and the
 bookkeeping other stages hand over (actuator outcomes, verification verdicts); one fsync'd commit
@@ -30,7 +39,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from engine.records import ActionCall, Decision, Execution
+from engine.records import ActionCall, Decision, Execution, new_id
 from engine.runtime import safeguards
 from engine.runtime.executor import deadline
 from engine.runtime.journal import DecisionStatus, Journal, SafeguardCounts
@@ -41,6 +50,8 @@ log = logging.getLogger(__name__)
 
 Write = Callable[[Journal], None]  # bookkeeping another stage hands over, run inside the commit
 Key = tuple[str, str, str]  # (target, rule, action): one remedy
+SLOT_SAFEGUARDS = frozenset({"max_concurrent"})  # refusals that end when an action in flight settles
+WAITS = "; waits for a free slot"  # the blocked row's reason, while its decision waits
 
 
 @dataclass
@@ -66,6 +77,7 @@ class Enactment:
     starts: list[tuple[Decision, float | None]] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
     observed: list[tuple[Key, Decision]] = field(default_factory=list)  # would have run (observe mode)
+    waiting: list[tuple[Decision, str]] = field(default_factory=list)  # refused for want of a slot, reason
 
 
 def verdict(decision: Decision, ctx: Context) -> safeguards.Verdict:
@@ -91,7 +103,11 @@ def enact(decisions: Sequence[tuple[Decision, float | None]], ctx: Context) -> E
             continue
         v = verdict(decision, ctx)
         if not v.allowed:
-            out.records.append((decision, DecisionStatus.BLOCKED, f"{v.safeguard}: {v.reason}"))
+            reason = f"{v.safeguard}: {v.reason}"
+            if v.safeguard in SLOT_SAFEGUARDS:
+                out.waiting.append((decision, reason))
+                reason += WAITS
+            out.records.append((decision, DecisionStatus.BLOCKED, reason))
             out.notes.append(("blocked", {"decision_id": decision.id, "safeguard": v.safeguard}))
             continue
         ctx.active.add(key)
@@ -113,6 +129,15 @@ def enact(decisions: Sequence[tuple[Decision, float | None]], ctx: Context) -> E
         out.starts.append((decision, emitted))
         ctx.counts.started(decision.target, decision.rule, decision.replicas, ctx.now)
     return out
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A decision blocked for want of a slot: its journaled reason, and until when it may wait."""
+
+    decision: Decision
+    reason: str
+    until: float
 
 
 @dataclass
@@ -146,6 +171,7 @@ class Decider:
         self.journal = journal
         self.modes = modes or Modes()
         self._observing: dict[Key, float] = {}  # observed remedies: until when a repeat is a duplicate
+        self._waiting: dict[Key, Waiting] = {}  # decisions blocked for want of a slot (module doc)
         self.limits = limits
         self.maintenance = list(maintenance)
         self.approval_ttl_s = approval_ttl_s
@@ -204,21 +230,66 @@ class Decider:
             rows += [({**e.model_dump(), "id": f"{e.id}-h"}, "health") for e in tick.changes]
             rows += [(e.model_dump(), "anomaly") for e in tick.events]
         decided = [(d, tick.emitted) for tick in ticks for d in tick.decided]
-        if not (rows or decided or writes):
+        if not (rows or decided or writes or self._waiting):
             return out
         with journal.transaction():
             journal.record_events(rows, ts=time.time())
-            if decided:
+            for write in writes:  # settled actions first: they free the slots decisions wait for
+                write(journal)
+            for d, _ in decided:  # a newer decision for the same remedy takes a waiting one's place
+                self._waiting.pop((d.target, d.rule, d.action), None)
+            if decided or self._waiting:
                 journal.lock_decisions()  # replicas: the counts hold until this commit (module doc)
-                ctx = self.context([d for d, _ in decided])
-                enactment = enact(decided, ctx)
+            retried = self._retries(out.notes)
+            if decided or retried:
+                everything = [(d, None) for d, _, _ in retried] + list(decided)
+                ctx = self.context([d for d, _ in everything])
+                enactment = enact(everything, ctx)
                 for key, d in enactment.observed:
                     self._observing[key] = deadline(d, ctx.now)
+                for d, reason in enactment.waiting:
+                    ttl = d.approval.ttl_s or self.approval_ttl_s
+                    self._waiting[(d.target, d.rule, d.action)] = Waiting(d, reason, ctx.now + ttl)
+                retry_of = {d.id: blocked for d, _, blocked in retried}
+                enactment.records = [
+                    (d, status, reason or (f"retry of {retry_of[d.id]}" if d.id in retry_of else None))
+                    for d, status, reason in enactment.records
+                ]
                 out.executions = self._journal(enactment)
                 out.notes += enactment.notes
                 out.decided = [emitted for _, emitted in decided]
-            for write in writes:
-                write(journal)
+        return out
+
+    @property
+    def waiting(self) -> list[Decision]:
+        """Decisions blocked for want of a free slot, waiting to be tried again (oldest first)."""
+        return [w.decision for w in self._waiting.values()]
+
+    def _retries(self, notes: list[Note]) -> list[tuple[Decision, None, str]]:
+        """Waiting decisions whose slot is free now, each as a new decision naming the blocked one;
+        those past their wait are given up (journaled on the blocked row, told to listeners)."""
+        if not self._waiting:
+            return []
+        now = time.time()
+        ctx = self.context([w.decision for w in self._waiting.values()], now)
+        out: list[tuple[Decision, None, str]] = []  # (retry, no emit time, the blocked decision's id)
+        updates: list[tuple[str, str, str | None]] = []
+        for key, w in list(self._waiting.items()):
+            if now >= w.until:
+                del self._waiting[key]
+                updates.append((w.decision.id, DecisionStatus.BLOCKED, f"{w.reason}; gave up waiting"))
+                notes.append(("wait_expired", {"decision_id": w.decision.id}))
+                continue
+            v = verdict(w.decision, ctx)
+            if not v.allowed and v.safeguard in SLOT_SAFEGUARDS:
+                continue  # still no slot
+            del self._waiting[key]
+            retry = replace(w.decision, id=new_id("dec"))
+            updates.append((w.decision.id, DecisionStatus.BLOCKED, f"{w.reason}; retried as {retry.id}"))
+            notes.append(("retried", {"decision_id": w.decision.id, "retry_id": retry.id}))
+            out.append((retry, None, w.decision.id))
+        if updates:
+            self.journal.set_decision_statuses(updates)
         return out
 
     def _journal(self, enactment: Enactment) -> list[Execution]:
