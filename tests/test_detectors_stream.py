@@ -88,11 +88,16 @@ _hbos_with_points = stream_factory(
     "HBOS", points={**ALL_POINTS, "columns": ["latency_ms__raw", "precision__raw"]}
 )
 _hbos_with_points.__name__ = "stream_HBOS_with_points"
+_pca_sustained = stream_factory(
+    "PCA", threshold={"kind": "quantile", "q": 0.98, "sustained": {"rows": 5, "q": 0.98}}
+)
+_pca_sustained.__name__ = "stream_PCA_sustained"
 _nab_factory.__name__ = "stream_nab_default"
 _nab_with_points.__name__ = "stream_nab_with_points"
 _cusum_per_series.__name__ = "stream_cusum_per_series"
 FACTORIES = [stream_factory(m, p) for m, p in MODELS] + [
     _hbos_with_points,
+    _pca_sustained,
     _nab_factory,
     _nab_with_points,
     _cusum_per_series,
@@ -313,3 +318,47 @@ def test_states_are_refused_across_detectors_and_when_corrupt() -> None:
     other = StreamDetector(stream_config("HBOS", groups=[stream_config("HBOS").groups[1]]))
     with pytest.raises(DetectorError, match="belongs to role 'default'"):
         other.state_from_bytes(blob)
+
+
+# ------------------------------------------------------------------------------ sustained alarm
+
+
+def test_a_run_of_high_scores_under_the_threshold_is_an_anomaly_when_sustained(tmp_path: Any) -> None:
+    """``threshold.sustained``: a row is also anomalous when its series' mean score over the last
+    ``rows`` rows is above the bound fitted on the training rows' means (how a slow fault that
+    dithers under the threshold, a latency creep, becomes persistent for the policies). Online
+    (with a snapshot and restore in the middle), batch and a saved artifact agree on every flag."""
+    from engine.detectors.artifact import load_detector_dir, save_detector_dir
+
+    sustained = {"kind": "quantile", "q": 0.98, "sustained": {"rows": 5, "q": 0.98}}
+    det = StreamDetector(stream_config("PCA", threshold=sustained)).fit(stream_points(360, seed=1))
+    train = det.score_history(stream_points(360, seed=1))
+    means = train.sort("service", "ts").select(pl.col("score").rolling_mean(5).over("service")).drop_nulls()
+    assert det.sustained_threshold_ == pytest.approx(float(np.quantile(means.to_series().to_numpy(), 0.98)))
+
+    det.sustained_threshold_ = 0.7  # low enough that a few runs of middling scores cross it
+    points = stream_points(180, seed=2, start=STREAM_START + 6 * 3600)
+    batch = det.score_history(points).sort("service", "ts")
+    mean = batch.select(pl.col("score").rolling_mean(5).over("service").fill_null(0.0)).to_series()
+    by_mean = (mean > 0.7) & (batch["score"] <= det.threshold_)
+    assert by_mean.any(), "no row is an anomaly by its mean alone: the test proves nothing"
+    assert batch["anomalous"].to_list() == ((batch["score"] > det.threshold_) | (mean > 0.7)).to_list()
+
+    rows = list(points.with_columns(pl.col("ts").dt.epoch("us") / 1e6).iter_rows())
+    states: dict[str, Any] = {}
+    online = det.score(rows[: len(rows) // 2], states)
+    states = {s: det.state_from_bytes(det.state_to_bytes(v)) for s, v in states.items()}
+    online += det.score(rows[len(rows) // 2 :], states) + det.flush(states)
+    got = sorted((s.service, round(s.ts * 1e6), s.anomalous) for s in online)
+    want = sorted(zip(batch["service"], batch["ts"].dt.epoch("us"), batch["anomalous"], strict=True))
+    assert got == want
+
+    save_detector_dir(det, tmp_path / "det")
+    loaded = load_detector_dir(tmp_path / "det")
+    assert loaded.sustained_threshold_ == 0.7
+    assert loaded.score_history(points).sort("service", "ts")["anomalous"].equals(batch["anomalous"])
+
+
+def test_a_sustained_alarm_needs_training_scores() -> None:
+    with pytest.raises(ValueError, match="sustained is a quantile of the training rows' scores"):
+        stream_config("PCA", threshold={"kind": "fixed", "value": 0.9, "sustained": {"rows": 5}})

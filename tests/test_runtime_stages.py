@@ -161,16 +161,21 @@ def test_events_name_contributing_metrics_and_health_changes_once(pipeline: Any)
                        bundle_version="b", detector_version="1")  # fmt: skip
     observations = Observations()
     rows = [_row("gateway", k) for k in range(5)] + [_row("gateway", 5, 900.0), _row("gateway", 6, 950.0)]
-    scored = Scored(rows=rows, scores=np.array([0.1] * 5 + [0.97, 0.99]), arrivals=[1.0] * 7,
+    # the first anomalous row is under the threshold: the detector's sustained alarm flagged it
+    scored = Scored(rows=rows, scores=np.array([0.1] * 5 + [0.87, 0.99]), arrivals=[1.0] * 7,
+                    alarms=np.array([False] * 5 + [True, True]),
                     latest={("gateway", "memory_util"): 0.5})  # fmt: skip
     observations.saw(scored, 10.0)
     made = maker.step(scored, observations)
-    assert [e.score for e in made.events] == [0.97, 0.99]
-    assert [e.score for e in made.changes] == [0.97]  # the flip, once
+    assert [e.score for e in made.events] == [0.87, 0.99]
+    assert [e.score for e in made.changes] == [0.87]  # the flip, once
     first = made.events[0]
     assert first.contributing[0] == "latency_p99_ms" and first.features[0][0] == "latency_p99_ms__raw"
     assert first.metrics == {"memory_util": 0.5} and first.moment == T0 + 6
-    back = maker.step(Scored(rows=[_row("gateway", 7)], scores=np.array([0.2]), arrivals=[1.0]), observations)
+    back = maker.step(
+        Scored(rows=[_row("gateway", 7)], scores=np.array([0.2]), alarms=np.array([False]), arrivals=[1.0]),
+        observations,
+    )
     assert back.events == [] and [e.anomalous for e in back.changes] == [False]
     assert observations.scores["gateway"] == (0.99, 10.0)
 

@@ -252,11 +252,11 @@ def replay(
         scored = scoring.step([(0.0, tick)])
         observations.saw(scored, tick[-1][0])
         made = diagnosis.step(scored, events.step(scored, observations), observations)
-        for row, score in zip(scored.rows, scored.scores.tolist(), strict=True):
+        for row, alarm in zip(scored.rows, scored.alarms.tolist(), strict=True):
             if row.ts >= start_s:
                 scored_ts.append(row.ts)
                 scored_service.append(row.service)
-                scored_alarm.append(score > events.threshold)
+                scored_alarm.append(alarm)
         if not (made.events or made.changes):
             continue
         anomalies += [e for e in made.events if e.ts >= start_s]

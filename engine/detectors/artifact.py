@@ -16,6 +16,7 @@ takes the bytes themselves, so a bundle loader hands over exactly the bytes it v
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ def detector_json(det: StreamDetector) -> bytes:
         "versions": _versions(),
         "config": det.config.model_dump(mode="json", by_alias=True),
         "threshold": det.threshold_,
+        "sustained_threshold": None if math.isinf(det.sustained_threshold_) else det.sustained_threshold_,
         "groups": groups,
         "roles": {key: cal.to_dict() for key, cal in sorted(det.role_calibrations().items())},
         "describe": det.describe(),
@@ -107,6 +109,13 @@ def from_files(files: Mapping[str, bytes], *, source: str = "<detector>") -> Str
         )
     det = StreamDetector(StreamConfig.model_validate(doc["config"]))
     det.threshold_ = float(doc["threshold"])
+    if det.config.threshold.sustained is not None:
+        if doc.get("sustained_threshold") is None:
+            raise DetectorError(
+                f"{source}/{DETECTOR_JSON}: its config has threshold.sustained but no sustained_threshold",
+                hint="re-run the experiment that made it with this selfheal",
+            )
+        det.sustained_threshold_ = float(doc["sustained_threshold"])
     for name, entry in doc["groups"].items():
         group = det._groups.get(name)
         if group is None:

@@ -184,6 +184,7 @@ class PostprocessParams:
     suppress_rows: int = 50
     suppress_level: float = 0.5
     suppress_cap: float = 0.3
+    sustain_rows: int = 0  # rows of final scores averaged for the sustained alarm (0: none)
 
 
 class ScorePostprocessor:
@@ -217,6 +218,13 @@ class ScorePostprocessor:
         self._max = list(high) if high is not None else [-math.inf] * columns
         self._row = 0
         self._last_alarm: int | None = None
+        self._recent: deque[float] = deque(maxlen=max(p.sustain_rows, 1))
+
+    @property
+    def sustained(self) -> float:
+        """The mean final score of the last ``sustain_rows`` rows (0.0 until there are that many)."""
+        n = self.params.sustain_rows
+        return math.fsum(self._recent) / n if n and len(self._recent) == n else 0.0
 
     def squash(self, raw: float) -> float:
         """A raw detector score on [0, 1] (for detectors that are not calibrated)."""
@@ -265,14 +273,17 @@ class ScorePostprocessor:
         row = self._row
         self._row += 1
         if warmup:
-            return 0.0
-        if spatial:
-            score = 1.0
-        if p.suppress_rows and score >= p.suppress_level:
-            if self._last_alarm is not None and row - self._last_alarm <= p.suppress_rows:
-                score = min(score, p.suppress_cap)
-            else:
-                self._last_alarm = row
+            score = 0.0
+        else:
+            if spatial:
+                score = 1.0
+            if p.suppress_rows and score >= p.suppress_level:
+                if self._last_alarm is not None and row - self._last_alarm <= p.suppress_rows:
+                    score = min(score, p.suppress_cap)
+                else:
+                    self._last_alarm = row
+        if p.sustain_rows:
+            self._recent.append(score)
         return score
 
     def state(self) -> dict[str, Any]:
@@ -284,6 +295,7 @@ class ScorePostprocessor:
             "row": self._row,
             "last_alarm": -1 if self._last_alarm is None else self._last_alarm,
             "points": self.points.state() if self.points is not None else None,
+            "recent": list(self._recent),
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -295,6 +307,7 @@ class ScorePostprocessor:
         self._row = int(state["row"])
         last = int(state["last_alarm"])
         self._last_alarm = None if last < 0 else last
+        self._recent = deque((float(x) for x in state.get("recent", ())), maxlen=self._recent.maxlen)
         if self.points is not None:
             if state.get("points") is None:
                 raise DetectorError(

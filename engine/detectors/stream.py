@@ -178,12 +178,18 @@ class StreamDetector:
         self.name = config.name
         self.detector = config.model.class_
         self._groups = {g.name: _Group(g) for g in config.groups}
-        self._post_params = PostprocessParams(**config.postprocess.model_dump(exclude={"spatial_columns"}))
+        sustained = config.threshold.sustained
+        self._post_params = PostprocessParams(
+            **config.postprocess.model_dump(exclude={"spatial_columns"}),
+            sustain_rows=sustained.rows if sustained is not None else 0,
+        )
         self._roles: dict[str, _Role] = {}
         self._role_of: dict[str, _Role | None] = {}
         self.threshold_: float = (
             float(config.threshold.value) if config.threshold.kind == "fixed" else math.nan
         )
+        self.sustained_threshold_: float = math.inf if sustained is None else math.nan
+        """The sustained alarm's bound on a series' mean score (``SustainedConfig``); inf: none."""
 
     # ------------------------------------------------------------------------------ facts
 
@@ -193,8 +199,10 @@ class StreamDetector:
 
     @property
     def fitted(self) -> bool:
-        return not math.isnan(self.threshold_) and (
-            self.config.refit is not None or all(g.model is not None for g in self._groups.values())
+        return (
+            not math.isnan(self.threshold_)
+            and not math.isnan(self.sustained_threshold_)
+            and (self.config.refit is not None or all(g.model is not None for g in self._groups.values()))
         )
 
     @property
@@ -275,6 +283,9 @@ class StreamDetector:
             "params": self.config.model.params,
             "calibration": self.config.calibration,
             "threshold": self.threshold_,
+            "sustained_threshold": None
+            if math.isinf(self.sustained_threshold_)
+            else self.sustained_threshold_,
             "threshold_policy": self.config.threshold.model_dump(mode="json"),
             "refit": self.config.refit.model_dump(mode="json") if self.config.refit else None,
             "groups": {
@@ -357,6 +368,21 @@ class StreamDetector:
             if scored.is_empty():
                 raise DetectorError("no training row could be scored", hint="check the training data")
             self.threshold_ = float(np.quantile(scored["score"].to_numpy(), self.config.threshold.q))
+            sustained = self.config.threshold.sustained
+            if sustained is not None:  # the mean of each series' last rows, as ScorePostprocessor keeps it
+                means = (
+                    scored.sort("service", "ts")
+                    .select(pl.col("score").rolling_mean(sustained.rows).over("service"))
+                    .drop_nulls()
+                    .to_series()
+                    .to_numpy()
+                )
+                if len(means) == 0:
+                    raise DetectorError(
+                        f"threshold.sustained: no series has {sustained.rows} training rows",
+                        hint="train on more history or lower threshold.sustained.rows",
+                    )
+                self.sustained_threshold_ = float(np.quantile(means, sustained.q))
         logger.debug("fitted %s; threshold %.4f", self.name, self.threshold_)
         return self
 
@@ -652,7 +678,7 @@ class StreamDetector:
     def _score_role(self, role: _Role, items: Closed) -> list[Scored | None]:
         X = np.array([r.values for _, r in items], dtype=np.float64)
         combined, ok = self._role_scores(role, X)
-        threshold = self.threshold_
+        threshold, sustained = self.threshold_, self.sustained_threshold_
         name = role.key
         out: list[Scored | None] = []
         for i, (state, row) in enumerate(items):
@@ -661,14 +687,10 @@ class StreamDetector:
                 out.append(None)
                 continue
             x = row.values
-            score = state.post.update(  # type: ignore[union-attr]
-                float(combined[i]), [x[j] for j in state.spatial], ts=row.ts, row=x
-            )
-            out.append(
-                Scored(
-                    row.ts, row.service, name, score, score > threshold, x, row.window_start, row.window_end
-                )
-            )
+            post = state.post
+            score = post.update(float(combined[i]), [x[j] for j in state.spatial], ts=row.ts, row=x)  # type: ignore[union-attr]
+            alarm = score > threshold or post.sustained > sustained  # type: ignore[union-attr]
+            out.append(Scored(row.ts, row.service, name, score, alarm, x, row.window_start, row.window_end))
         return out
 
     def _role_scores(self, role: _Role, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -749,16 +771,15 @@ class StreamDetector:
         post = state.post.update
         squash = state.post.squash
         spatial = state.spatial
-        threshold = self.threshold_
+        threshold, sustained = self.threshold_, self.sustained_threshold_
         role = state.role or ""
         scored = []
         for k, r in enumerate(rows):
             warm = last_warm is not None and round(r.ts / interval) <= last_warm
             x = r.values
             score = post(squash(float(raw[k])), [x[j] for j in spatial], warmup=warm, ts=r.ts, row=x)
-            scored.append(
-                Scored(r.ts, r.service, role, score, score > threshold, x, r.window_start, r.window_end)
-            )
+            alarm = score > threshold or state.post.sustained > sustained
+            scored.append(Scored(r.ts, r.service, role, score, alarm, x, r.window_start, r.window_end))
         if ok.all():
             return list(scored)
         it = iter(scored)
@@ -803,6 +824,7 @@ class StreamDetector:
             calibrated, ok = self._role_scores(role, X)
             services = frame["service"].to_list()
             scores = np.zeros(len(frame))
+            means = np.zeros(len(frame))  # each row's series' mean score (the sustained alarm)
             states: dict[str, SeriesState] = {}
             # the point detectors read the row as the stream gives it: bucket start, Python floats
             interval = float(role.spec.interval)  # type: ignore[union-attr]
@@ -821,10 +843,11 @@ class StreamDetector:
                     ts=int(buckets[i]) * interval,
                     row=rows[i] if rows is not None else (),
                 )
+                means[i] = state.post.sustained  # type: ignore[union-attr]
             part = frame.with_columns(
                 pl.lit(role_name).alias("role"),
                 pl.Series("score", scores),
-                pl.Series("anomalous", scores > self.threshold_),
+                pl.Series("anomalous", (scores > self.threshold_) | (means > self.sustained_threshold_)),
             ).filter(pl.Series(ok))
             parts.append(part)
         if not parts:

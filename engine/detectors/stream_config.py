@@ -50,6 +50,7 @@ __all__ = [
     "RefitConfig",
     "SeasonalConfig",
     "StreamConfig",
+    "SustainedConfig",
     "ThresholdConfig",
 ]
 
@@ -178,18 +179,35 @@ class PointsConfig(_Strict):
     with_model: bool = True
 
 
+class SustainedConfig(_Strict):
+    """A second alarm for faults that grow slowly: a row is also an anomaly when the mean final
+    score of its series' last ``rows`` rows is above the ``q`` quantile of that mean on the
+    training rows.
+
+    Why: a slow fault (a latency creep) moves the features' trailing windows with it, so its
+    score sits just under the threshold for many minutes and crosses it only now and then; a
+    policy counting anomalous rows ("5 of the last 10") then never acts. Normal rows that score
+    high come alone, so their mean over a window stays low; a slow fault's do not."""
+
+    rows: int = Field(ge=2, description="rows averaged (the series' own, in order)")
+    q: float = Field(default=0.999, gt=0, lt=1)
+
+
 class ThresholdConfig(_Strict):
     """Final scores above the threshold are anomalies: a quantile of the training rows' final
-    scores, or a fixed value."""
+    scores, or a fixed value; ``sustained`` adds the windowed alarm of ``SustainedConfig``."""
 
     kind: Literal["quantile", "fixed"] = "quantile"
     q: float = Field(default=0.99, gt=0, lt=1)
     value: float | None = Field(default=None, ge=0, le=1)
+    sustained: SustainedConfig | None = None
 
     @model_validator(mode="after")
     def _fixed_needs_value(self) -> ThresholdConfig:
         if self.kind == "fixed" and self.value is None:
             raise ValueError("kind 'fixed' needs a value in [0, 1]")
+        if self.kind == "fixed" and self.sustained is not None:
+            raise ValueError("sustained is a quantile of the training rows' scores: it needs kind 'quantile'")
         return self
 
 

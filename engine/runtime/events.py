@@ -138,8 +138,9 @@ class EventMaker:
         health = self.health
         events: list[AnomalyEvent] = []
         changes: list[AnomalyEvent] = []
+        alarms = scored.alarms.tolist()
         for i, (row, score) in enumerate(zip(scored.rows, scored.scores.tolist(), strict=True)):
-            anomalous = score > threshold
+            anomalous = alarms[i]
             service = row.service
             features = self.attribution(service, X[i], anomalous)
             was = health.get(service, False)

@@ -93,6 +93,9 @@ class Scored:
 
     rows: list[Any] = field(default_factory=list)
     scores: np.ndarray = field(default_factory=lambda: np.empty(0))
+    alarms: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+    """Which rows the detector calls anomalous: its score above the threshold, or its sustained
+    alarm (``engine.detectors.stream_config.SustainedConfig``), so not ``scores > threshold``."""
     arrivals: list[float] = field(default_factory=list)
     points: int = 0
     latest: dict[tuple[str, str], float] = field(default_factory=dict)  # last value of each series
@@ -225,6 +228,7 @@ class ScoringStage:
         out.seconds = time.perf_counter() - started
         if all(s is not None for s in scored):
             out.rows, out.scores, out.arrivals = rows, np.array([s.score for s in scored]), arrivals
+            out.alarms = np.array([s.anomalous for s in scored], dtype=bool)
             return out
         keep = [i for i, s in enumerate(scored) if s is not None]
         for i, s in enumerate(scored):
@@ -234,6 +238,7 @@ class ScoringStage:
                 log.warning("%s at %s: the detector could not score the row", row.service, row.ts)
         out.rows = [rows[i] for i in keep]
         out.scores = np.array([scored[i].score for i in keep], dtype=np.float64)
+        out.alarms = np.array([scored[i].anomalous for i in keep], dtype=bool)
         out.arrivals = [arrivals[i] for i in keep]
         return out
 

@@ -34,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engine.detectors.spec_problems import detector_param_problems
-from engine.detectors.stream_config import PointsConfig, PostprocessConfig
+from engine.detectors.stream_config import PointsConfig, PostprocessConfig, ThresholdConfig
 from engine.errors import DetectorError, Problem, SpecError
 from engine.specs import did_you_mean, expect_mapping, load_yaml, problems_from
 
@@ -123,18 +123,8 @@ class DetectorGrid(_Strict):
         return self
 
 
-class ThresholdSpec(_Strict):
-    """How calibrated scores become alarms: a quantile of the training scores, or a fixed value."""
-
-    kind: Literal["quantile", "fixed"] = "quantile"
-    q: float = Field(default=0.99, gt=0, lt=1)
-    value: float | None = Field(default=None, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _fixed_needs_value(self) -> ThresholdSpec:
-        if self.kind == "fixed" and self.value is None:
-            raise ValueError("kind 'fixed' needs a value in [0, 1]")
-        return self
+ThresholdSpec = ThresholdConfig
+"""How calibrated scores become alarms (the stream detector's own ``ThresholdConfig``, declared once)."""
 
 
 class CalibrationSpec(_Strict):
