@@ -689,7 +689,7 @@ class StreamDetector:
             x = row.values
             post = state.post
             score = post.update(float(combined[i]), [x[j] for j in state.spatial], ts=row.ts, row=x)  # type: ignore[union-attr]
-            alarm = score > threshold or post.sustained > sustained  # type: ignore[union-attr]
+            alarm = score > threshold or min(score, post.sustained) > sustained  # type: ignore[union-attr]
             out.append(Scored(row.ts, row.service, name, score, alarm, x, row.window_start, row.window_end))
         return out
 
@@ -778,7 +778,7 @@ class StreamDetector:
             warm = last_warm is not None and round(r.ts / interval) <= last_warm
             x = r.values
             score = post(squash(float(raw[k])), [x[j] for j in spatial], warmup=warm, ts=r.ts, row=x)
-            alarm = score > threshold or state.post.sustained > sustained
+            alarm = score > threshold or min(score, state.post.sustained) > sustained
             scored.append(Scored(r.ts, r.service, role, score, alarm, x, r.window_start, r.window_end))
         if ok.all():
             return list(scored)
@@ -844,10 +844,11 @@ class StreamDetector:
                     row=rows[i] if rows is not None else (),
                 )
                 means[i] = state.post.sustained  # type: ignore[union-attr]
+            alarms = (scores > self.threshold_) | (np.minimum(scores, means) > self.sustained_threshold_)
             part = frame.with_columns(
                 pl.lit(role_name).alias("role"),
                 pl.Series("score", scores),
-                pl.Series("anomalous", (scores > self.threshold_) | (means > self.sustained_threshold_)),
+                pl.Series("anomalous", alarms),
             ).filter(pl.Series(ok))
             parts.append(part)
         if not parts:

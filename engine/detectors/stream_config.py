@@ -180,14 +180,16 @@ class PointsConfig(_Strict):
 
 
 class SustainedConfig(_Strict):
-    """A second alarm for faults that grow slowly: a row is also an anomaly when the mean final
-    score of its series' last ``rows`` rows is above the ``q`` quantile of that mean on the
-    training rows.
+    """A second alarm for faults that grow slowly: a row is also an anomaly when both its final
+    score and the mean final score of its series' last ``rows`` rows are above the ``q`` quantile
+    of that mean on the training rows.
 
     Why: a slow fault (a latency creep) moves the features' trailing windows with it, so its
     score sits just under the threshold for many minutes and crosses it only now and then; a
     policy counting anomalous rows ("5 of the last 10") then never acts. Normal rows that score
-    high come alone, so their mean over a window stays low; a slow fault's do not."""
+    high come alone, so their mean over a window stays low; a slow fault's do not. The row's own
+    score must stand out too: the mean outlives a fault by several rows, and a victim whose
+    callers had recovered stayed anomalous on it alone (and was read as a root of its own)."""
 
     rows: int = Field(ge=2, description="rows averaged (the series' own, in order)")
     q: float = Field(default=0.999, gt=0, lt=1)
