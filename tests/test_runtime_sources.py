@@ -139,6 +139,37 @@ def test_queue_accepts_whole_batches_or_nothing() -> None:
     assert q.offer([(1.0, "s", "m", 1.0)] * 50)  # an empty queue takes any batch (no livelock)
 
 
+def test_the_door_queues_counts_and_dead_letters_without_threads(tmp_path: Path) -> None:
+    """A push to a full queue is refused whole (429) and counted; a waiting source gives up when
+    the engine stops its sources; refusals are counted by field and dead-lettered."""
+    from engine.runtime.intake import DeadLetter, Door, Intake
+    from engine.runtime.metrics import EngineMetrics, EngineState
+    from engine.telemetry.points import Rejection
+
+    settings = load_settings(overrides={"max_series": 1}, environ={})
+    metrics = EngineMetrics(lambda: EngineState(0, False, 0, None, 0.5, {}, {}, {}))
+    dead = DeadLetter.from_settings(tmp_path / "dead.ndjson", settings)
+    stop = threading.Event()
+    door = Door(Intake(settings, metrics.registry), IngestQueue(4), dead, metrics, stop=stop)
+    bad = Rejection(0, "value", "non_finite_value", "must be finite", {"value": "NaN"})
+    assert door.offer([(T0, "a", "m", 0.0)], [], "http") == (1, [])  # the one series the cap holds
+    batch = [(T0, "a", "m", 1.0)] * 2 + [(T0, "b", "m", 1.0)]  # b: a second series, over the cap
+    accepted = door.offer(batch, [bad], "http")
+    assert accepted is not None and accepted.points == 2
+    assert [r.code for r in accepted.rejections] == ["non_finite_value", "series_limit"]
+    assert door.offer([(T0, "a", "m", 2.0)] * 2, [], "http") is None  # 3 + 2 > 4: nothing taken
+    assert door.queue.depth == 3
+    sample = metrics.registry.get_sample_value
+    assert sample("selfheal_requests_throttled_total") == 1
+    assert sample("selfheal_points_in_total", {"source": "http"}) == 3
+    assert sample("selfheal_points_rejected_total", {"source": "http", "field": "service"}) == 1
+    codes = [json.loads(line)["code"] for line in dead.path.read_text().splitlines()]
+    assert codes == ["non_finite_value", "series_limit"]
+    stop.set()  # the queue is still full: a file tail's sink returns False instead of waiting
+    assert door.sink("file:x")([(T0, "a", "m", 3.0)] * 2, []) is False
+    assert sample("selfheal_points_in_total", {"source": "file:x"}) is None
+
+
 # ------------------------------------------------------------------------------------ engines
 
 

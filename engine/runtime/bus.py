@@ -44,13 +44,13 @@ from typing import Any, Protocol
 
 from engine.records import new_id
 from engine.runtime.config import EngineSettings, RedisSource
-from engine.runtime.intake import Intake
+from engine.runtime.intake import Door, Intake
 from engine.runtime.journal import ExecutionStatus, Journal
 from engine.runtime.journal_db import redacted
 from engine.runtime.leases import Leases, Partitions
 from engine.runtime.metrics import EngineMetrics
 from engine.runtime.scoring import ScoringStage
-from engine.runtime.sources import IngestQueue, Sink
+from engine.runtime.sources import IngestQueue
 from engine.runtime.writer import Writer
 from engine.telemetry.points import Point, Rejection, parse_lines
 
@@ -96,6 +96,7 @@ class Replica(Protocol):
     settings: EngineSettings
     queue: IngestQueue
     intake: Intake
+    door: Door
     scoring: ScoringStage
     writer: Writer
     journal: Journal
@@ -103,7 +104,6 @@ class Replica(Protocol):
     points_scored: int
     _events_lock: threading.Lock
 
-    def _blocking_sink(self, source: str) -> Sink: ...
     def _notify(self, kind: str, data: dict[str, Any]) -> None: ...
 
 
@@ -126,7 +126,7 @@ class Bus:
             lease_s=config.lease_s,
         )
         self.source = f"redis:{config.stream}"
-        self._sink = engine._blocking_sink(self.source)
+        self._sink = engine.door.sink(self.source)
         self._reading: set[int] = set()  # partitions read now (owned and not being handed back)
         self._handing: dict[int, int] = {}  # partition -> queue position its last point reached
         self._acks: deque[tuple[int, str, bytes]] = deque()  # (queue position, stream key, entry id)

@@ -16,6 +16,9 @@ service names cost ~235 MiB, never freed) must be stopped where points come in:
 - **Dead letter**: refused points go to an NDJSON file, each raw input cut to
   ``dead_letter_raw_bytes``, the file rotated past ``dead_letter_max_bytes``
   (``dead-letter.ndjson.1`` … ``.N``, ``dead_letter_files`` kept), so refusals cannot fill a disk.
+
+``Door`` puts these together for the sources: HTTP pushes are offered (a full queue answers 429),
+file tails, scrapes and the Redis bus wait while the queue is full.
 """
 
 from __future__ import annotations
@@ -26,13 +29,15 @@ import time
 from collections import Counter as Tally
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from engine.runtime.config import EngineSettings
+from engine.runtime.metrics import EngineMetrics
+from engine.runtime.sources import IngestQueue, Sink
 from engine.telemetry.columns import PointColumns
-from engine.telemetry.points import NameRules, Points, Rejection
+from engine.telemetry.points import NameRules, Point, Points, Rejection
 
 SWEEP_MAX_S = 60.0  # idle series are looked for at least this often (and 4 times per idle period)
 
@@ -201,3 +206,56 @@ class DeadLetter:
         if self.path.exists():
             self.path.rename(self.path.with_name(f"{self.path.name}.1"))
         self._size = 0
+
+
+class Accepted(NamedTuple):
+    """What a push got queued: how many points, and every point refused."""
+
+    points: int
+    rejections: list[Rejection]
+
+
+class Door:
+    """Where the sources hand their parsed points: the intake's rules, then the bounded queue;
+    what was queued is counted, what was refused counted and dead-lettered."""
+
+    def __init__(
+        self,
+        intake: Intake,
+        queue: IngestQueue,
+        dead_letter: DeadLetter,
+        metrics: EngineMetrics,
+        *,
+        stop: threading.Event,
+    ) -> None:
+        self.intake, self.queue, self.dead_letter, self.metrics = intake, queue, dead_letter, metrics
+        self._stop = stop  # set when the engine stops its sources: waiting sinks give up
+
+    def offer(self, points: Points, rejections: Sequence[Rejection], source: str) -> Accepted | None:
+        """A push: None when the queue is full (nothing was accepted: answer 429), else what was
+        accepted and every rejection."""
+        admitted, refused = self.intake.admit(points)
+        if not self.queue.offer(admitted, arrival=time.perf_counter()):
+            self.metrics.requests_throttled.inc()
+            return None
+        return self.took(source, admitted, [*rejections, *refused])
+
+    def sink(self, source: str) -> Sink:
+        """What file tails, scrapes and the bus hand their points to: waits while the queue is full."""
+
+        def sink(points: list[Point], rejections: list[Rejection]) -> bool:
+            admitted, refused = self.intake.admit(points)
+            queued = self.queue.put(admitted, stop=self._stop)  # False: the engine stops
+            self.took(source, admitted if queued else [], [*rejections, *refused])
+            return queued
+
+        return sink
+
+    def took(self, source: str, admitted: Points, rejected: list[Rejection]) -> Accepted:
+        """Count what a source got queued, count and dead-letter what it had refused."""
+        if admitted:
+            self.metrics.points_in.labels(source).inc(len(admitted))
+        for r in rejected:
+            self.metrics.points_rejected.labels(source, r.field).inc(r.count)
+        self.dead_letter.write(source, rejected)
+        return Accepted(len(admitted), rejected)

@@ -4,7 +4,8 @@ The stages, each a module whose core is tested without threads: scoring (``scori
 making (``events``), diagnosis (``engine.diagnosis``), the policies (``policies``), deciding
 (``decider``), executing (``executor``) and supervising (``supervisor``); ``recovery`` runs once
 at start. The seam between them is the tick. Here:
-- sources (HTTP handlers, file tails, scrapers) only parse and ``offer`` to the bounded queue;
+- sources (HTTP handlers, file tails, scrapers) only parse and hand their points to the door
+  (``intake.Door``: the series cap, the bounded queue, the dead letter);
 - one scoring thread takes a tick's batches and scores them (or hands them to scoring worker
   processes, ``workers: N``, whose results come back on one reader thread per worker); events and
   the policies' decisions are made one tick at a time, in order, and handed to
@@ -21,24 +22,24 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from engine.records import Diagnosis
 from engine.runtime.bus import Bus
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
-from engine.runtime.intake import DeadLetter, Intake
+from engine.runtime.intake import Accepted, DeadLetter, Door, Intake
 from engine.runtime.journal import Journal
 from engine.runtime.metrics import EngineMetrics, EngineState
 from engine.runtime.notify import Notifier
 from engine.runtime.policies import ask
 from engine.runtime.scoring import Scored, ScoreLog, ScoringStage
 from engine.runtime.shards import ShardPool, StatesAt
-from engine.runtime.sources import IngestQueue, Sink, source_loops
+from engine.runtime.sources import IngestQueue, source_loops
 from engine.runtime.states import state_store
 from engine.runtime.writer import LATENCIES, Writer, spawn
-from engine.telemetry.points import Point, Points, Rejection
+from engine.telemetry.points import Points, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class Engine:
         )
         self.intake = Intake(settings, self.metrics.registry)
         self.dead_letter = DeadLetter.from_settings(dead_letter_path, settings)
+        self._stop, self._sources_stop = threading.Event(), threading.Event()
+        self.door = Door(self.intake, self.queue, self.dead_letter, self.metrics, stop=self._sources_stop)
         self.ready = threading.Event()
         self.latencies = {k: deque(maxlen=200_000) for k in LATENCIES} if record_latencies else None
         self.points_scored = self.rows_scored = 0  # points_scored: scored, or dead-lettered (_unscored)
@@ -96,7 +99,6 @@ class Engine:
             self.listeners.append(self.notifier.hear)
         self.shards: ShardPool | None = None
         self._events_lock = threading.Lock()  # ticks reach events and policies one at a time
-        self._stop, self._sources_stop = threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
         redis = settings.sources.redis  # a replica: telemetry and pushes through Redis Streams
         self.bus = Bus(self, redis, str(journal_path)) if redis is not None else None
@@ -123,7 +125,7 @@ class Engine:
             states = StatesAt(s, self.states_path)
             self.shards = ShardPool(self.components.pipeline, s.workers, self._scored, states=states)
         failed = lambda url: self.metrics.scrape_errors.labels(url).inc()  # noqa: E731
-        loops = source_loops(s.sources, self.intake.names, self._blocking_sink, self._sources_stop, failed)
+        loops = source_loops(s.sources, self.intake.names, self.door.sink, self._sources_stop, failed)
         for name, loop in [("score", self._score_loop), *loops]:
             self._spawn(name, loop)
         if self.bus is not None:
@@ -170,40 +172,16 @@ class Engine:
     def ingest(
         self, points: Points, rejections: Sequence[Rejection] = (), *, source: str = "http"
     ) -> Accepted | None:
-        """Offer parsed points through the intake (series cap); None when the queue is full
-        (nothing was accepted: answer 429), else what was accepted and every rejection. A replica
-        puts them in the streams instead (``engine.runtime.bus``): their partition's owner scores them."""
+        """Offer parsed points at the door (``Door.offer``: the series cap, then the queue; None
+        answers 429). A replica puts them in the streams instead (``engine.runtime.bus``): their
+        partition's owner scores them."""
         if self.bus is not None:
             published = self.bus.publish(points)
             if published is None:
                 self.metrics.requests_throttled.inc()
                 return None
-            return Accepted(published, self._took(source, [], list(rejections)).rejections)
-        admitted, refused = self.intake.admit(points)
-        if not self.queue.offer(admitted, arrival=time.perf_counter()):
-            self.metrics.requests_throttled.inc()
-            return None
-        return self._took(source, admitted, [*rejections, *refused])
-
-    def _blocking_sink(self, source: str) -> Sink:
-        """What file tails and scrapes hand their points to: waits while the queue is full."""
-
-        def sink(points: list[Point], rejections: list[Rejection]) -> bool:
-            admitted, refused = self.intake.admit(points)
-            queued = self.queue.put(admitted, stop=self._sources_stop)  # False: the engine stops
-            self._took(source, admitted if queued else [], [*rejections, *refused])
-            return queued
-
-        return sink
-
-    def _took(self, source: str, admitted: Points, rejected: list[Rejection]) -> Accepted:
-        """Count what a source got queued, count and dead-letter what it had refused."""
-        if admitted:
-            self.metrics.points_in.labels(source).inc(len(admitted))
-        for r in rejected:
-            self.metrics.points_rejected.labels(source, r.field).inc(r.count)
-        self.dead_letter.write(source, rejected)
-        return Accepted(len(admitted), rejected)
+            return Accepted(published, self.door.took(source, [], list(rejections)).rejections)
+        return self.door.offer(points, rejections, source)
 
     def _forget(self, services: Sequence[str]) -> None:
         """Drop the state of services the intake forgot as idle: features here (the scoring thread
@@ -334,10 +312,3 @@ class Engine:
                 listener(kind, data)
             except Exception:
                 log.exception("listener failed on %s", kind)
-
-
-class Accepted(NamedTuple):
-    """What ``Engine.ingest`` took: how many points were queued, and every point refused."""
-
-    points: int
-    rejections: list[Rejection]
