@@ -42,10 +42,20 @@ BATCH_TICKS = 64  # ticks in one commit at most
 Notify = Callable[[str, dict[str, Any]], None]
 Latency = Callable[[str, float], None]
 #: What ``latency`` is told (seconds), on the way from an anomaly event (``emitted``) to its action:
-#: the policies' decisions handed over, the commit that journals them (its SQL and one fsync), then
-#: journaled and dispatched (an actuator thread starts the call); ``arrival_to_event`` is the
-#: scoring side's.
-LATENCIES = ("arrival_to_event", "event_to_decided", "commit", "event_to_journaled", "event_to_dispatch")
+#: the policies' decisions handed over, their wait for the writer thread to take them (``writer_wait``:
+#: the previous commit, the interpreter), the commit that journals them (its SQL and one fsync),
+#: journaled, each execution's wait from the hand-over to the actuator pool until a pool thread
+#: runs (``actuator_wait``), and dispatched (that thread starts the call); ``arrival_to_event`` is
+#: the scoring side's.
+LATENCIES = (
+    "arrival_to_event",
+    "event_to_decided",
+    "writer_wait",
+    "commit",
+    "event_to_journaled",
+    "actuator_wait",
+    "event_to_dispatch",
+)
 
 
 def spawn(name: str, target: Callable[[], None], on_error: Callable[[str], None]) -> threading.Thread:
@@ -99,7 +109,9 @@ class Writer:
         self.supervisor = Supervisor(
             journal, self.decider, observations, threshold=components.pipeline.threshold_
         )
-        self._ticks: queue.Queue[Tick | None] = queue.Queue()  # None: only bookkeeping waits
+        # (tick, when handed over) or None: only bookkeeping waits
+        self._ticks: queue.Queue[tuple[Tick, float] | None] = queue.Queue()
+        self._handed_over: dict[int, float] = {}  # id(execution) -> when the pool was handed it
         self._outcomes: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._verdicts: queue.SimpleQueue[Verdict] = queue.SimpleQueue()
         self._stop, self._drained, self._wake = threading.Event(), threading.Event(), threading.Event()
@@ -112,10 +124,11 @@ class Writer:
         return self._ticks.qsize()
 
     def submit(self, tick: Tick) -> None:
+        now = time.perf_counter()
         if tick.decided:
-            self._latency("event_to_decided", time.perf_counter() - tick.emitted)
+            self._latency("event_to_decided", now - tick.emitted)
         self.submitted += 1
-        self._ticks.put(tick)
+        self._ticks.put((tick, now))
 
     def start(self) -> dict[str, bool]:
         """Recover from the journal, start the threads; returns each service's last known health."""
@@ -177,7 +190,13 @@ class Writer:
                     items.append(self._ticks.get_nowait())
                 except queue.Empty:
                     break
-            ticks = [item for item in items if item is not None]
+            taken = time.perf_counter()
+            ticks = []
+            for item in items:
+                if item is not None:
+                    ticks.append(item[0])
+                    if item[0].decided:
+                        self._latency("writer_wait", taken - item[1])
             try:
                 self._write(ticks)
             except Exception:  # deciding goes on
@@ -220,14 +239,19 @@ class Writer:
         self._ticks.put(None)
 
     def _dispatched(self, execution: Execution) -> None:
+        now = time.perf_counter()
+        handed = self._handed_over.pop(id(execution), None)
+        if handed is not None:
+            self._latency("actuator_wait", now - handed)
         if execution.emitted is not None:
-            self._latency("event_to_dispatch", time.perf_counter() - execution.emitted)
+            self._latency("event_to_dispatch", now - execution.emitted)
         data = {"decision_id": execution.decision.id, "kind": execution.kind, "action": execution.call.action}
         self._notify("dispatch", data)
 
     def _run(self, executions: Sequence[Execution], notes: Sequence[Note]) -> None:
         """Dispatch, then tell listeners (a listener is never on the path to an actuator)."""
         for execution in executions:
+            self._handed_over[id(execution)] = time.perf_counter()
             self.executor.dispatch(execution)
         for kind, data in notes:
             self._notify(kind, data)

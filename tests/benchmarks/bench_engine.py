@@ -12,7 +12,8 @@ with baselines measured in the same run:
   (rows/s x points per row), i.e. the ceiling if everything but the detector were free;
 - latency from the arrival of the batch that closed a feature row to its anomaly event, and from
   the event to its action's dispatch (p50, p99), with the stages in between for this build: the
-  policies' decisions handed to the journal writer, the writer's commit;
+  policies' decisions handed to the journal writer, their wait for the writer thread, the writer's
+  commit, each execution's wait for an actuator thread;
 - PolicyHost decisions/s vs durable-rules' raw ``post`` on a one-rule ruleset;
 - RSS at the start and end of the soak. ``SELFHEAL_BENCH_SOAK_S`` sets the soak (default 20 s;
   the full run uses 600).
@@ -520,12 +521,21 @@ def bench_engine(repeats: int) -> list[Row]:
         Row("anomaly -> policies' decisions handed to the writer p99", "ms",
             per_round(this, "event_to_decided", 99), higher_is_better=False,
             note="events, diagnosis and durable-rules on the engine's interpreter"),
+        Row("decided tick waits for the writer thread p50", "ms", per_round(this, "writer_wait", 50),
+            higher_is_better=False, note="the previous commit, then the interpreter"),
+        Row("decided tick waits for the writer thread p99", "ms", per_round(this, "writer_wait", 99),
+            higher_is_better=False),
         Row("journal commit (SQL + one fsync) p50", "ms", per_round(this, "commit", 50),
             higher_is_better=False, note=f"{total('commit')} commits (ticks, outcomes and verdicts batched)"),
         Row("journal commit (SQL + one fsync) p99", "ms", per_round(this, "commit", 99),
             higher_is_better=False),
         row("anomaly -> decision + execution journaled p99", "ms", "event_to_journaled", 99,
             higher_is_better=False),
+        Row("execution handed to the actuator pool -> its thread runs p50", "ms",
+            per_round(this, "actuator_wait", 50), higher_is_better=False,
+            note="one pool thread per execution, each woken to take the interpreter"),
+        Row("execution handed to the actuator pool -> its thread runs p99", "ms",
+            per_round(this, "actuator_wait", 99), higher_is_better=False),
         row("anomaly -> action dispatch p99", "ms", "event_to_dispatch", 99, higher_is_better=False,
             target="< 10"),
         Row("PolicyHost decisions/s", "events/s", ours, "durable-rules raw post/s", raw),
