@@ -259,3 +259,23 @@ class Door:
             self.metrics.points_rejected.labels(source, r.field).inc(r.count)
         self.dead_letter.write(source, rejected)
         return Accepted(len(admitted), rejected)
+
+
+def failed_tick(batches: Sequence[tuple[float, Points]], exc: Exception) -> list[Rejection]:
+    """The points of a scoring tick that failed before they were counted, as rejections
+    (``selfheal_points_rejected_total{source="scoring", field="tick"}``); the engine dead-letters
+    them and then counts them as done.
+
+    Why: the bus acknowledges an entry once ``points_scored`` passes its position in the queue;
+    uncounted, a failed tick's points made every later acknowledgement wait for as many more
+    points (the newest entries stayed pending while traffic paused, and a partition's handover
+    with them), and the failed tick's own entries were acknowledged with nothing on file.
+    Dead-lettered, they are on file, counted, and their entries acknowledged.
+    """
+    reason = f"the scoring tick failed: {type(exc).__name__}: {exc}"
+    return [
+        Rejection(
+            i, "tick", "scoring_failed", reason, {"ts": t, "service": sv, "metric": m, "value": v}, "point"
+        )
+        for i, (t, sv, m, v) in enumerate(p for _, batch in batches for p in batch)
+    ]

@@ -29,7 +29,7 @@ from engine.runtime.bus import Bus
 from engine.runtime.components import EngineComponents
 from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
-from engine.runtime.intake import Accepted, DeadLetter, Door, Intake
+from engine.runtime.intake import Accepted, DeadLetter, Door, Intake, failed_tick
 from engine.runtime.journal import Journal
 from engine.runtime.metrics import EngineMetrics, EngineState
 from engine.runtime.notify import Notifier
@@ -226,27 +226,9 @@ class Engine:
                     self._unscored(batches, exc)
 
     def _unscored(self, batches: Sequence[tuple[float, Points]], exc: Exception) -> None:
-        """A tick that failed before its points were counted: they are dead-lettered (counted in
-        ``selfheal_points_rejected_total{source="scoring", field="tick"}``) and then count as done.
-
-        Why: the bus acknowledges an entry once ``points_scored`` passes its position in the queue;
-        uncounted, a failed tick's points made every later acknowledgement wait for as many more
-        points (the newest entries stayed pending while traffic paused, and a partition's handover
-        with them), and the failed tick's own entries were acknowledged with nothing on file.
-        Dead-lettered, they are on file, counted, and their entries acknowledged.
-        """
-        reason = f"the scoring tick failed: {type(exc).__name__}: {exc}"
-        refused = [
-            Rejection(
-                i,
-                "tick",
-                "scoring_failed",
-                reason,
-                {"ts": t, "service": sv, "metric": m, "value": v},
-                "point",
-            )
-            for i, (t, sv, m, v) in enumerate(p for _, batch in batches for p in batch)
-        ]
+        """A tick that failed before its points were counted: dead-lettered, then counted as done
+        (``intake.failed_tick`` says why)."""
+        refused = failed_tick(batches, exc)
         self.metrics.points_rejected.labels("scoring", "tick").inc(len(refused))
         self.dead_letter.write("scoring", refused)
         with self._events_lock:
