@@ -11,8 +11,9 @@ shared seed, so every candidate faces the same faults at the same hours. The cam
 run under ``closed_loop.`` (``engine.chaos.campaign_run.log_campaign``), where the promotion gate
 (``engine.tracking.registry.promote``) reads them.
 
-Candidates run in spawned worker processes, one campaign each; every worker races the engine's
-x720 clock, so on a loaded machine fewer workers than cores is the safe choice. The ranking puts
+Candidates run in spawned worker processes, one campaign each, or as Ray tasks (``--executor ray``,
+``engine.pools``); this process does all the MLflow logging either way. Every worker races the
+engine's x720 clock, so on a loaded machine fewer workers than cores is the safe choice. The ranking puts
 healing first (no victim or false action, then most faults healed) and the detection metric after.
 """
 
@@ -20,18 +21,16 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
 import os
-import queue
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.errors import InputError
 from engine.home import Home
+from engine.pools import Say, check, open_pool
 from engine.tables import text_table
 from engine.tracking import registry
 
@@ -116,11 +115,16 @@ def assess(
     seed: int,
     top: int = 2,
     workers: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
     name: str = registry.DEFAULT_MODEL,
     out_dir: Path | None = None,
     echo: Callable[[str], None] = logger.info,
 ) -> Assessment:
     """Assess the best ``top`` candidates of a sweep (or the given configuration runs) in one campaign.
+
+    The campaigns run where ``executor`` says (``engine.pools``: ``local`` processes, or ``ray``
+    with ``workers`` CPUs or the cluster at ``address``); the figures logged are the same.
 
     Logs each candidate's figures into its run, and on a sweep tags the winner
     (``selfheal.best_closed_loop_run``) so that ``selfheal promote SWEEP`` puts it forward.
@@ -134,6 +138,7 @@ def assess(
 
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}", hint="e.g. --top 2")
+    check(executor, address)
     started = time.perf_counter()
     home.ensure()
     runs: list[Any] = []
@@ -172,11 +177,16 @@ def assess(
                 folder / f"v{version}-{run.info.run_id[:8]}",
             )
         )
+    where = "worker process(es)" if executor == "local" else "Ray task(s) at once"
     echo(
         f"campaign seed {seed}: {n} experiments against each of {len(candidates)} candidate(s), "
-        f"{workers} worker process(es); reports in {folder}"
+        f"{workers} {where}; reports in {folder}"
     )
-    results = _run_all(campaign, candidates, home, workers, echo)
+    with open_pool(executor, workers=workers, address=address, echo=echo) as pool:
+        results = {
+            candidates[i].run_id: result
+            for i, result in pool.map(_campaign_of, (campaign, home.root), candidates)
+        }
     for c in candidates:
         result = results[c.run_id]
         c.metrics, c.wall_s = result.metrics(), result.wall_s
@@ -197,46 +207,15 @@ def _figures(c: Candidate, seed: int, n: int) -> str:
     )
 
 
-def _run_all(
-    campaign: Any, candidates: list[Candidate], home: Home, workers: int, echo: Callable[[str], None]
-) -> dict[str, Any]:
-    """Each candidate's campaign, in this process (one worker) or in spawned ones; progress relayed."""
-    if workers == 1:
-        return {
-            c.run_id: _campaign_of(campaign, c, home.root, lambda line, c=c: echo(f"v{c.version} {line}"))
-            for c in candidates
-        }
-    context = multiprocessing.get_context("spawn")
-    out: dict[str, Any] = {}
-    with context.Manager() as manager, ProcessPoolExecutor(workers, mp_context=context) as pool:
-        lines = manager.Queue()
-        pending = {pool.submit(_worker, campaign, c, home.root, lines): c for c in candidates}
-        while pending:
-            done, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            _drain(lines, echo)
-            for future in done:
-                out[pending.pop(future).run_id] = future.result()
-        _drain(lines, echo)
-    return out
-
-
-def _drain(lines: Any, echo: Callable[[str], None]) -> None:
-    while True:
-        try:
-            echo(lines.get_nowait())
-        except queue.Empty:
-            return
-
-
-def _worker(campaign: Any, candidate: Candidate, root: Path, lines: Any) -> Any:
-    return _campaign_of(campaign, candidate, root, lambda line: lines.put(f"v{candidate.version} {line}"))
-
-
-def _campaign_of(campaign: Any, candidate: Candidate, root: Path, echo: Callable[[str], None]) -> Any:
-    """One candidate's campaign: its bundle loaded (verified against the home's trusted keys) and run."""
+def _campaign_of(shared: tuple[Any, Path], candidate: Candidate, say: Say) -> Any:
+    """One candidate's campaign (a pool's task): its bundle loaded (verified against the home's
+    trusted keys) and run; progress lines go to ``say`` prefixed with the version."""
     from engine.bundle import load_bundle
     from engine.bundle.signing import Trust
     from engine.chaos.campaign_run import run_campaign
 
+    campaign, root = shared
     bundle = load_bundle(candidate.bundle, trust=Trust.for_home(Home.resolve(root)))
-    return run_campaign(campaign, candidate.out_dir, bundle=bundle, echo=echo)
+    return run_campaign(
+        campaign, candidate.out_dir, bundle=bundle, echo=lambda line: say(f"v{candidate.version} {line}")
+    )

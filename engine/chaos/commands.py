@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from engine.cliutil import home_of
+from engine.cliutil import AddressOption, Executor, ExecutorOption, home_of
 from engine.tracking.registry import DEFAULT_MODEL
 
 
@@ -27,6 +27,8 @@ def chaos_assess(
         int | None,
         typer.Option(help="Candidates assessed at once, each in its own process (default: cores)."),
     ] = None,
+    executor: ExecutorOption = Executor.local,
+    address: AddressOption = None,
     name: Annotated[
         str, typer.Option("--name", help="Registered model the candidates are versions of.")
     ] = DEFAULT_MODEL,
@@ -45,6 +47,9 @@ def chaos_assess(
     campaign` draws them). Heal rate, TTD/TTR, actions on victims and actions in quiet controls go
     into each candidate's MLflow run (closed_loop.*), where `selfheal promote` judges them; on a
     sweep, the best healer becomes the candidate `selfheal promote SWEEP_RUN` puts forward.
+
+    The campaigns run in worker processes of this machine, or as Ray tasks with --executor ray
+    (the home folder must then be at the same path on every node of a cluster at --address).
 
     Example: selfheal chaos assess 3f2a9c... --top 2 --n 8 --seed 11 --workers 2
     """
@@ -65,6 +70,8 @@ def chaos_assess(
         seed=seed,
         top=top,
         workers=workers,
+        executor=executor.value,
+        address=address,
         name=name,
         out_dir=out,
         echo=typer.echo,

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from engine.cliutil import home_of
+from engine.cliutil import AddressOption, Executor, ExecutorOption, home_of
 from engine.hints import selfheal_command
 from engine.tracking.registry import DEFAULT_MODEL
 
@@ -35,20 +35,37 @@ def experiment_run(
     spec: Annotated[Path, typer.Argument(help="Experiment spec (experiments/*.yaml).")],
     tracking_uri: TrackingUri = None,
     workers: Annotated[
-        int | None, typer.Option(help="Worker processes (default: one per core, at most one per config).")
+        int | None,
+        typer.Option(help="Configurations fitted at once (default: one per core, at most one per config)."),
     ] = None,
+    executor: ExecutorOption = Executor.local,
+    address: AddressOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Run a detector sweep from a spec and track it in MLflow (a parent run, a child per config).
 
+    The configurations are fitted in worker processes of this machine, or as Ray tasks with
+    --executor ray (on a Ray started here with --workers CPUs, or on the cluster at --address);
+    this process logs every run to MLflow either way, so the runs are the same.
+
     Example: selfheal experiment run experiments/synth_pyod_sweep.yaml --workers 2
+
+    Example: selfheal experiment run experiments/synth_pyod_sweep.yaml --executor ray --workers 2
     """
     from engine.tracking.experiment import run_experiment
     from engine.tracking.spec import load_spec
 
     home = home_of(ctx)
     model_name = load_spec(spec).spec.tracking.model_name or DEFAULT_MODEL
-    result = run_experiment(spec, home=home, tracking_uri=tracking_uri, workers=workers, progress=progress)
+    result = run_experiment(
+        spec,
+        home=home,
+        tracking_uri=tracking_uri,
+        workers=workers,
+        executor=executor.value,
+        address=address,
+        progress=progress,
+    )
     typer.echo(result.table())
     best = result.best
     assert best is not None

@@ -2,11 +2,12 @@
 
 Shape of a sweep: the parent process reads the data once (short read-only store connection),
 computes the batch features once (per role: the metric groups a service is scored on), and splits
-them by time. Worker processes (one per core) fit and judge one configuration each (a
-``StreamDetector``: the artifact the engine runs) and hand back the fitted detector, metrics and
-plots; they never touch MLflow. The parent logs each result as it arrives, so tracking (a single
-SQLite writer, or an HTTP server) overlaps with fitting and is never written by two processes at
-once.
+them by time. Workers fit and judge one configuration each (a ``StreamDetector``: the artifact the
+engine runs) and hand back the fitted detector, metrics and plots (as bytes); they never touch
+MLflow or the parent's disk. The workers are spawned processes of this machine or Ray tasks
+(``--executor ray``, ``engine.pools``): the parent logs each result as it arrives, whichever ran
+it, so tracking (a single SQLite writer, or an HTTP server) overlaps with fitting, is never written
+by two processes at once, and holds the same runs on either executor.
 
 MLflow layout: one parent run per sweep (spec file, data fingerprint, summary table, best child),
 one nested child run per configuration (params, metrics, plots, the pyfunc model).
@@ -17,14 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing as mp
 import os
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,17 @@ import polars as pl
 from engine.detectors.stream import StreamDetector
 from engine.errors import TrackingError
 from engine.home import Home
+from engine.pools import Say, check, open_pool
 from engine.tracking import registry
 from engine.tracking.assessment import Frames, assess, drop_incident_rows, split_by_time
 from engine.tracking.data import Dataset, load_dataset
 from engine.tracking.spec import DetectorConfig, LoadedSpec, load_spec
 
 logger = logging.getLogger(__name__)
+
+#: Where the sweep's configurations ran (``local`` or ``ray``): a tag of the sweep run, not a param,
+#: since the runs are the same on either.
+TAG_EXECUTOR = "selfheal.executor"
 
 #: Metrics logged for every configuration (the ones the issue names, plus diagnostics).
 LOGGED_METRICS = (
@@ -95,7 +99,7 @@ class ConfigResult:
     config: DetectorConfig
     metrics: dict[str, float] = field(default_factory=dict)
     detector: StreamDetector | None = None
-    plots: list[Path] = field(default_factory=list)
+    plots: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG
     per_series: dict[str, dict[str, float]] = field(default_factory=dict)
     error: str | None = None
     run_id: str | None = None
@@ -194,8 +198,9 @@ def fit_spec(
     return fit_config(loaded.spec.configs()[config], prepared)
 
 
-def evaluate_config(config: DetectorConfig, prepared: Prepared, plot_dir: Path | None = None) -> ConfigResult:
-    """Fit and judge one configuration (no MLflow). Errors are captured, not raised."""
+def evaluate_config(config: DetectorConfig, prepared: Prepared, *, plots: bool = False) -> ConfigResult:
+    """Fit and judge one configuration (no MLflow; ``plots``: draw its figures too). Errors are
+    captured, not raised."""
     spec = prepared.spec.spec
     result = ConfigResult(config=config)
     try:
@@ -214,10 +219,10 @@ def evaluate_config(config: DetectorConfig, prepared: Prepared, plot_dir: Path |
         result.metrics = {**assessment.metrics, "fit_seconds": t1 - t0, "score_seconds": t2 - t1}
         result.per_series = assessment.per_series
         result.detector = detector
-        if plot_dir is not None:
-            from engine.tracking.plots import save_figures
+        if plots:
+            from engine.tracking.plots import figure_files
 
-            result.plots = save_figures(assessment.series, detector.threshold_, plot_dir, title=config.label)
+            result.plots = figure_files(assessment.series, detector.threshold_, title=config.label)
     except Exception as exc:  # one bad configuration must not sink the sweep
         logger.warning("configuration %s failed: %s", config.label, exc)
         logger.debug("%s", traceback.format_exc())
@@ -227,28 +232,14 @@ def evaluate_config(config: DetectorConfig, prepared: Prepared, plot_dir: Path |
 
 # ------------------------------------------------------------------------------------ workers
 
-_WORKER: dict[str, Any] = {}
 
-
-def _init_worker(prepared: Prepared, workdir: str, plots: bool) -> None:
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(1)  # one process per core; BLAS threads would oversubscribe
-    _WORKER.update(prepared=prepared, workdir=Path(workdir), plots=plots)
-
-
-def _work(config: DetectorConfig) -> ConfigResult:
-    plot_dir = _WORKER["workdir"] / f"config-{config.index}" if _WORKER["plots"] else None
-    return evaluate_config(config, _WORKER["prepared"], plot_dir)
-
-
-def _context() -> Any:
-    """spawn, never fork: polars (and BLAS) keep thread pools whose locks a forked child inherits
-    in whatever state they were, and a worker then hangs on its first polars call."""
-    return mp.get_context("spawn")
+def _work(prepared: Prepared, config: DetectorConfig, _say: Say) -> ConfigResult:
+    """One configuration in a worker (a pool's task: module level, so it pickles by reference)."""
+    return evaluate_config(config, prepared, plots=True)
 
 
 def default_workers(n_configs: int) -> int:
+    """One worker per core, at most one per configuration."""
     return max(1, min(os.cpu_count() or 1, n_configs))
 
 
@@ -261,14 +252,22 @@ def run_experiment(
     home: Home,
     tracking_uri: str | None = None,
     workers: int | None = None,
+    executor: str = "local",
+    address: str | None = None,
     progress: bool = True,
     on_result: Callable[[ConfigResult], None] | None = None,
 ) -> SweepResult:
-    """Run every configuration of ``spec`` and track the sweep in MLflow; return the ranking."""
+    """Run every configuration of ``spec`` and track the sweep in MLflow; return the ranking.
+
+    ``executor`` says where the configurations are fitted (``engine.pools``): ``local`` processes
+    (``workers`` of them; one runs them here) or ``ray`` (a Ray started here with ``workers`` CPUs,
+    or the cluster at ``address``). The MLflow runs are the same on either.
+    """
     import mlflow
     from tqdm import tqdm
 
     started = time.perf_counter()
+    check(executor, address)
     loaded = spec if isinstance(spec, LoadedSpec) else load_spec(spec)
     s = loaded.spec
     configs = s.configs()
@@ -279,49 +278,38 @@ def run_experiment(
     metric = s.evaluation.metric
     results: list[ConfigResult] = []
 
-    with tempfile.TemporaryDirectory(prefix="selfheal-sweep-") as tmp:
+    shared = prepared.slim() if (executor != "local" or n_workers > 1) else prepared
+    with (
+        tempfile.TemporaryDirectory(prefix="selfheal-sweep-") as tmp,
+        open_pool(executor, workers=n_workers, address=address) as pool,
+    ):
         workdir = Path(tmp)
-        pool = None
-        if n_workers > 1:
-            pool = ProcessPoolExecutor(
-                n_workers,
-                mp_context=_context(),
-                initializer=_init_worker,
-                initargs=(prepared.slim(), tmp, True),
+        stream = (result for _, result in pool.map(_work, shared, configs))
+        registry.use_tracking(uri)
+        with mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {s.name}") as parent:
+            _log_parent_inputs(loaded, prepared, pool.workers, len(configs), workdir)
+            mlflow.set_tag(TAG_EXECUTOR, pool.kind)
+            bar = tqdm(
+                total=len(configs),
+                desc=f"sweep {s.name}",
+                unit="config",
+                file=sys.stderr,
+                disable=not progress,
             )
-            futures: list[Future[ConfigResult]] = [pool.submit(_work, c) for c in configs]
-            stream = (f.result() for f in as_completed(futures))
-        else:
-            _init_worker(prepared, tmp, True)
-            stream = (_work(c) for c in configs)
-        try:
-            registry.use_tracking(uri)
-            with mlflow.start_run(experiment_id=experiment_id, run_name=f"sweep {s.name}") as parent:
-                _log_parent_inputs(loaded, prepared, n_workers, len(configs), workdir)
-                bar = tqdm(
-                    total=len(configs),
-                    desc=f"sweep {s.name}",
-                    unit="config",
-                    file=sys.stderr,
-                    disable=not progress,
+            for result in stream:
+                _log_child(result, loaded, prepared, experiment_id, workdir)
+                results.append(result)
+                if on_result is not None:
+                    on_result(result)
+                bar.set_postfix_str(
+                    f"{result.config.detector} {metric}={result.metrics.get(metric, float('nan')):.3f}"
                 )
-                for result in stream:
-                    _log_child(result, loaded, prepared, experiment_id)
-                    results.append(result)
-                    if on_result is not None:
-                        on_result(result)
-                    bar.set_postfix_str(
-                        f"{result.config.detector} {metric}={result.metrics.get(metric, float('nan')):.3f}"
-                    )
-                    bar.update(1)
-                bar.close()
-                results.sort(key=lambda r: r.config.index)
-                best = _best(results, metric, s.higher_is_better)
-                _log_parent_outcome(results, best, metric, workdir)
-                parent_id = parent.info.run_id
-        finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
+                bar.update(1)
+            bar.close()
+            results.sort(key=lambda r: r.config.index)
+            best = _best(results, metric, s.higher_is_better)
+            _log_parent_outcome(results, best, metric, workdir)
+            parent_id = parent.info.run_id
     if best is None:
         raise TrackingError(
             f"every configuration of {loaded.path} failed (first: {results[0].error})",
@@ -390,7 +378,9 @@ def _log_parent_inputs(
     mlflow.log_artifacts(str(folder), artifact_path="inputs")
 
 
-def _log_child(result: ConfigResult, loaded: LoadedSpec, prepared: Prepared, experiment_id: str) -> None:
+def _log_child(
+    result: ConfigResult, loaded: LoadedSpec, prepared: Prepared, experiment_id: str, workdir: Path
+) -> None:
     import mlflow
 
     from engine.tracking.model import log_detector
@@ -414,8 +404,11 @@ def _log_child(result: ConfigResult, loaded: LoadedSpec, prepared: Prepared, exp
             mlflow.set_tag("selfheal.error", (result.error or "")[:4900])
             return
         mlflow.log_metrics({k: v for k, v in result.metrics.items() if k in LOGGED_METRICS and _finite(v)})
-        for path in result.plots:
-            mlflow.log_artifact(str(path), artifact_path="plots")
+        folder = workdir / f"config-{c.index}"
+        folder.mkdir()
+        for name, png in result.plots.items():
+            (folder / name).write_bytes(png)
+            mlflow.log_artifact(str(folder / name), artifact_path="plots")
         mlflow.log_dict(result.per_series, "metrics_per_series.json")
         assert result.detector is not None
         model_uri = log_detector(

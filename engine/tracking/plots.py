@@ -5,8 +5,8 @@ Kept out of notebooks so that a notebook and a sweep draw the same picture from 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -83,19 +83,17 @@ def pr_figure(series: Sequence[SeriesScores], title: str = "") -> Any:
     return fig
 
 
-def save_figures(
-    series: Sequence[SeriesScores], threshold: float, folder: Path, title: str = ""
-) -> list[Path]:
-    """Write scores.png and precision_recall.png into ``folder``; return their paths."""
+def figure_files(series: Sequence[SeriesScores], threshold: float, title: str = "") -> dict[str, bytes]:
+    """scores.png and precision_recall.png as bytes: a worker (a process or a Ray task on another
+    machine) hands them back with its result, and the parent logs them."""
     plt = _pyplot()
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
+    out = {}
     for name, fig in (
         ("scores.png", scores_figure(series, threshold, title)),
         ("precision_recall.png", pr_figure(series)),
     ):
-        path = folder / name
-        fig.savefig(path, dpi=90)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
         plt.close(fig)
-        out.append(path)
+        out[name] = buffer.getvalue()
     return out
