@@ -22,7 +22,13 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -43,8 +49,10 @@ Task = Callable[[Any, Any, Say], Any]
 #: Object store of a Ray started here (bytes): tasks get the shared value through it once; larger
 #: values spill to disk. Small, because a sweep's shared features are megabytes, not gigabytes.
 RAY_OBJECT_STORE = 100 * 1024 * 1024
-#: Starts of a local Ray before giving up (``RayPool._start`` says why more than one).
-RAY_START_TRIES = 3
+#: How long a local Ray may take to start (s): ~20-40 s on a busy 2-core machine.
+RAY_START_S = 180.0
+#: How long its head may take to stop after SIGTERM (s): it drains for up to 30 s.
+RAY_STOP_S = 60.0
 #: How often the parent relays progress lines while it waits for tasks (seconds).
 POLL_S = 0.5
 INSTALL_HINT = "pip install 'selfheal[ray]' (or run with --executor local)"
@@ -162,6 +170,15 @@ def _run_ray(task: Task, shared: Any, item: Any, lines: Any) -> Any:
         return task(shared, item, lines.put if lines is not None else _quiet)
 
 
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on this machine now (bound together, then released)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def import_ray() -> Any:
     """The ``ray`` module, or a clear error saying how to install the extra."""
     try:
@@ -189,9 +206,13 @@ class RayPool(Pool):
 
     def __init__(self, workers: int, address: str | None = None, echo: Say | None = None) -> None:
         super().__init__(echo)
+        if address is None:  # read once, when ray is imported (see _start)
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         self.ray = import_ray()
         self.started = False
         self._pending: list[Any] = []
+        self._head: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
         if not self.ray.is_initialized():
             self._start(workers, address)
         self.workers = workers if address is None else int(self.ray.cluster_resources().get("CPU", workers))
@@ -199,34 +220,50 @@ class RayPool(Pool):
         self._remote = self.ray.remote(num_cpus=1, max_retries=0)(_run_ray)
 
     def _start(self, workers: int, address: str | None) -> None:
-        """``ray.init``: connect to ``address``, or start a Ray here (tried ``RAY_START_TRIES`` times).
+        """Connect to ``address``, or start a one-node Ray here (``ray start --head --block`` as a
+        child process, stopped on ``close``) and connect to it.
 
-        Why tries: Ray's node manager gives the node's agent process 15 s to come up and otherwise
-        aborts the start ("The current node timed out during startup"); on a busy 2-core machine
-        the agent's imports alone can take longer. A later try usually finds the agent's modules
-        in the page cache."""
-        options: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+        Why not ``ray.init()`` alone: its node manager gives the node's agent 15 s to come up and
+        otherwise aborts the start ("The current node timed out during startup"); on a busy 2-core
+        machine the agent's imports alone take longer. ``ray start`` with the agents' ports chosen
+        up front has no such wait. Ray enables token authentication for such a cluster (the token
+        in ``~/.ray/auth_token``), so this process connects in token mode too (``RAY_AUTH_MODE``,
+        which Ray reads when it is imported)."""
+        options: dict[str, Any] = {"logging_level": logging.WARNING}
         if address is not None:
-            self.ray.init(**options)
+            self.ray.init(address=address, **options)
             self.started = True
             return
-        options.update(  # "local": a new Ray, even where `ray start` left one running
-            address="local", num_cpus=workers, include_dashboard=False, object_store_memory=RAY_OBJECT_STORE
+        ports = _free_ports(4)
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open until close)
+            prefix="selfheal-ray-", suffix=".log", delete=False
         )
-        for attempt in range(1, RAY_START_TRIES + 1):
+        self._head = subprocess.Popen(
+            [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+             "--num-cpus", str(workers), "--include-dashboard", "false",
+             "--object-store-memory", str(RAY_OBJECT_STORE), "--disable-usage-stats",
+             "--node-ip-address", "127.0.0.1",
+             "--port", str(ports[0]), "--dashboard-agent-grpc-port", str(ports[1]),
+             "--runtime-env-agent-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3])],
+            stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "RAY_AUTH_MODE": "token"},
+        )  # fmt: skip
+        deadline = time.monotonic() + RAY_START_S
+        while True:
             try:
-                self.ray.init(**options)
+                self.ray.init(address=f"127.0.0.1:{ports[0]}", _node_ip_address="127.0.0.1", **options)
                 self.started = True
                 return
-            except Exception as exc:  # Ray raises a bare Exception when its node does not come up
-                self.ray.shutdown()  # the processes of the half-started node
-                if "timed out during startup" not in str(exc):
-                    raise
-                logger.warning("Ray did not start (try %d of %d): %s", attempt, RAY_START_TRIES, exc)
-        raise ConfigError(
-            f"Ray did not start on this machine in {RAY_START_TRIES} tries (its node agent was too slow)",
-            hint="start one with `ray start --head` and pass --address HOST:PORT, or use --executor local",
-        )
+            except (ConnectionError, RuntimeError) as exc:  # not up yet
+                if self._head.poll() is None and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                self.close(keep_log=True)
+                raise ConfigError(
+                    f"a local Ray did not start in {RAY_START_S:.0f} s ({exc}); its log: {self._log.name}",
+                    hint="where ray was imported before, set RAY_AUTH_MODE=token first; or start one with "
+                    "`ray start --head` and pass --address HOST:PORT; or use --executor local",
+                ) from exc
 
     def map(self, task: Task, shared: Any, items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
         ray = self.ray
@@ -256,13 +293,24 @@ class RayPool(Pool):
         while not lines.empty():
             self.echo(lines.get_nowait())
 
-    def close(self) -> None:
+    def close(self, keep_log: bool = False) -> None:
         for ref in self._pending:
             self.ray.cancel(ref, force=True)
         self._pending = []
         if self.started:
             self.ray.shutdown()
             self.started = False
+        if self._head is not None:  # the head this pool started: SIGTERM stops its processes
+            self._head.terminate()
+            try:
+                self._head.wait(RAY_STOP_S)
+            except subprocess.TimeoutExpired:
+                self._head.kill()
+                self._head.wait()
+            self._head = None
+            self._log.close()
+            if not keep_log:
+                os.unlink(self._log.name)
 
 
 def check(kind: str, address: str | None = None) -> None:

@@ -78,12 +78,13 @@ def test_executor_ray_without_ray_says_how_to_install_it(command: str, tmp_path:
 @needs_ray
 @pytest.mark.slow
 def test_ray_pool_relays_lines_and_raises_the_tasks_error() -> None:
-    import ray
-
     from engine.pools import RayPool
 
-    _check(RayPool(2))
-    assert not ray.is_initialized()  # the Ray it started is stopped
+    pool = RayPool(2)  # before this process imports ray: it sets the mode ray reads at import
+    import ray
+
+    _check(pool)
+    assert not ray.is_initialized() and pool._head is None  # the Ray it started is stopped
 
 
 def _runs(uri: str, experiment: str) -> tuple[Any, dict[str, Any]]:
