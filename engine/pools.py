@@ -180,7 +180,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 def import_ray() -> Any:
-    """The ``ray`` module, or a clear error saying how to install the extra."""
+    """The ``ray`` module, or a clear error saying how to install the extra.
+
+    Token authentication (what ``ray start`` clusters use) unless ``RAY_AUTH_MODE`` says otherwise:
+    Ray reads the mode once, when it is imported."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
     except ImportError as exc:
@@ -206,8 +210,6 @@ class RayPool(Pool):
 
     def __init__(self, workers: int, address: str | None = None, echo: Say | None = None) -> None:
         super().__init__(echo)
-        if address is None:  # read once, when ray is imported (see _start)
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
         self.ray = import_ray()
         self.started = False
         self._pending: list[Any] = []
