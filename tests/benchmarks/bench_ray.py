@@ -4,8 +4,9 @@ Figures, each with its baseline from the same run (the order alternates between 
 - wall time of ``run_experiment`` for 4 configurations (IForest x2, HBOS x2 over 7 days of synthetic
   data, MLflow-tracked) with ``executor="ray"`` (a Ray started here with 2 CPUs, no dashboard, a
   100 MB object store, stopped at the end), baseline ``executor="local"`` with 2 worker processes;
-- Ray's start and stop on its own (``RayPool(2)`` then ``close``: ``ray.init`` and ``ray.shutdown``)
-  with one trivial task, baseline the same task through 2 spawned processes (``LocalPool``).
+- Ray's start and stop on its own (``RayPool(2)`` then ``close``: ``ray start --head --block`` as a
+  child process, ``ray.init`` connecting to it, ``ray.shutdown`` and SIGTERM) with one trivial
+  task, baseline the same task through 2 spawned processes (``LocalPool``).
 The load average before and after goes into the note: on a shared 2-core machine it decides most of
 the figure. Skips (no row) without Ray.
 
@@ -101,7 +102,7 @@ def sweep_on_ray(repeats: int) -> list[Row]:
             note=note,
         ),
         Row(
-            figure="Ray start + one task + stop (ray.init num_cpus 2, no dashboard, 100 MB store)",
+            figure="local Ray start + one task + stop (ray start --head, 2 CPUs, no dashboard, 100 MB)",
             unit="s",
             samples=starts["ray"],
             baseline="one task through 2 spawned processes (start + stop)",
