@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import yaml
+from bench_sweep import synth_home
 from harness import Row
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,21 +32,6 @@ DETECTORS = [
     {"class": "IForest", "grid": {"n_estimators": [50, 100]}},
     {"class": "HBOS", "grid": {"n_bins": [10, 20]}},
 ]
-
-
-def _home(root: Path):  # type: ignore[no-untyped-def]
-    from datetime import datetime
-
-    from engine.home import Home
-    from engine.telemetry.store import TelemetryStore
-    from engine.telemetry.synth import generate, load_config
-
-    home = Home.resolve(root).ensure()
-    data = generate(load_config(), days=DAYS, seed=0, start=datetime(2026, 1, 5))
-    with TelemetryStore(home.telemetry_db) as store:
-        store.insert_points(data.points, source="synth")
-        store.insert_incidents(data.incidents)
-    return home
 
 
 def _load() -> str:
@@ -73,7 +59,7 @@ def sweep_on_ray(repeats: int) -> list[Row]:
         path.write_text(yaml.safe_dump(spec, sort_keys=False))
         loaded = load_spec(path)
         assert len(loaded.spec.configs()) == 4
-        home = _home(Path(tmp) / "home")
+        home = synth_home(Path(tmp) / "home", days=DAYS)
         for i in range(repeats):
             order = ("local", "ray") if i % 2 == 0 else ("ray", "local")
             for executor in order:

@@ -22,7 +22,8 @@ SPEC = REPO / "experiments" / "synth_pyod_sweep.yaml"
 DAYS = 14
 
 
-def _home(root: Path):  # type: ignore[no-untyped-def]
+def synth_home(root: Path, days: float = DAYS):  # type: ignore[no-untyped-def]
+    """A home whose store holds ``days`` of the synthetic platform (seed 0) from 2026-01-05."""
     from datetime import datetime
 
     from engine.home import Home
@@ -30,7 +31,7 @@ def _home(root: Path):  # type: ignore[no-untyped-def]
     from engine.telemetry.synth import generate, load_config
 
     home = Home.resolve(root).ensure()
-    data = generate(load_config(), days=DAYS, seed=0, start=datetime(2026, 1, 5))
+    data = generate(load_config(), days=days, seed=0, start=datetime(2026, 1, 5))
     with TelemetryStore(home.telemetry_db) as store:
         store.insert_points(data.points, source="synth")
         store.insert_incidents(data.incidents)
@@ -47,7 +48,7 @@ def sweep_8_configs(repeats: int) -> list[Row]:
     samples: list[float] = []
     baseline: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
-        home = _home(Path(tmp) / "home")
+        home = synth_home(Path(tmp) / "home")
         for i in range(repeats):
             uri = f"sqlite:///{Path(tmp) / f'mlflow-{i}.db'}"
             # Create the tracking database outside the timed region (migrations take seconds).
