@@ -20,6 +20,9 @@ from engine.testing.pools import square
 from engine.tracking import registry
 from engine.tracking.experiment import TAG_EXECUTOR
 
+#: The Ray tests run on one worker, one after the other: two local Rays starting at once on two busy
+#: cores were seen to time out.
+on_one_ray = pytest.mark.xdist_group("ray")
 needs_ray = pytest.mark.skipif(
     __import__("importlib").util.find_spec("ray") is None,
     reason="needs Ray: pip install 'selfheal[ray]' (make venv installs it from requirements.lock)",
@@ -76,6 +79,7 @@ def test_executor_ray_without_ray_says_how_to_install_it(command: str, tmp_path:
 
 
 @needs_ray
+@on_one_ray
 @pytest.mark.slow
 def test_ray_pool_relays_lines_and_raises_the_tasks_error() -> None:
     from engine.pools import RayPool
@@ -111,6 +115,7 @@ def _sweep(home: Path, spec: Path, uri: str, *executor: str) -> None:
 
 
 @needs_ray
+@on_one_ray
 @pytest.mark.slow
 def test_a_sweep_on_ray_logs_the_same_runs_as_on_local_processes(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home", days=3)
