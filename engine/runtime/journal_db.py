@@ -226,60 +226,83 @@ def _row_factory(cursor: Any) -> Any:
 
 class PostgresDatabase:
     """A PostgreSQL database the replicas share (psycopg 3, one connection in autocommit mode:
-    the journal opens its transactions with ``BEGIN``)."""
+    the journal opens its transactions with ``BEGIN``).
+
+    The connection comes back after it breaks (``engine.runtime.pgconn``): the statement that
+    meets the break fails, and the next statement outside a transaction reconnects (taking the
+    one-writer lock again when ``exclusive``). Inside a transaction nothing reconnects; its
+    ``ROLLBACK`` on a broken connection is a no-op, the server rolled back with the session.
+    """
 
     def __init__(
         self, url: str, migrations: Sequence[Migration], *, read_only: bool, exclusive: bool
     ) -> None:
         import psycopg
 
+        from engine.runtime.pgconn import Reconnecting
+
         self.location = redacted(url)
+        self._key = int.from_bytes(hashlib.sha256(b"selfheal-journal").digest()[:8], "big", signed=True)
+        self._in_tx = False
+        setup = self._read_only if read_only else self._one_writer if exclusive else None
         try:
-            self._db = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=10)
+            self._conn = Reconnecting(
+                url, what="the journal", setup=setup, row_factory=_row_factory, connect_timeout=10
+            )
         except psycopg.Error as exc:
             raise RuntimeEngineError(
                 f"{self.location}: cannot connect to the journal's PostgreSQL ({' '.join(str(exc).split())})",
                 hint="check the URL (postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE) and that the "
                 "server accepts connections from here",
             ) from exc
-        self._key = int.from_bytes(hashlib.sha256(b"selfheal-journal").digest()[:8], "big", signed=True)
-        try:
-            if read_only:
-                self._db.execute("SET default_transaction_read_only = on")
-            else:
-                if (
-                    exclusive
-                    and not self._db.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
-                ):
-                    raise RuntimeEngineError(
-                        f"{self.location}: the journal is in use by another engine",
-                        hint="stop the running `selfheal run` first (or give this one another database); "
-                        "the lock is released when that engine's connection closes",
-                    )
+        if not read_only:
+            try:
                 self._migrate(migrations)
-        except BaseException:
-            self._db.close()
-            raise
+            except BaseException:
+                self._conn.close()
+                raise
+
+    @staticmethod
+    def _read_only(db: Any) -> None:
+        db.execute("SET default_transaction_read_only = on")
+
+    def _one_writer(self, db: Any) -> None:
+        if not db.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]:
+            raise RuntimeEngineError(
+                f"{self.location}: the journal is in use by another engine",
+                hint="stop the running `selfheal run` first (or give this one another database); "
+                "the lock is released when that engine's connection closes",
+            )
 
     def _migrate(self, migrations: Sequence[Migration]) -> None:
-        with self._db.transaction():
-            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (self._key + 1,))  # one migrator at a time
-            self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        db = self._conn.current
+        with db.transaction():
+            db.execute("SELECT pg_advisory_xact_lock(%s)", (self._key + 1,))  # one migrator at a time
+            db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             current = int(row[0]) if row else 0
             _check_version(self.location, current, migrations)
             for step in migrations:
                 if step.version > current:
                     for statement in _statements(step.ddl if step.shared else postgres_ddl(step.ddl)):
-                        self._db.execute(statement)
-                    self._db.execute(
+                        db.execute(statement)
+                    db.execute(
                         "INSERT INTO meta VALUES ('schema_version', %s) "
                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                         (str(step.version),),
                     )
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
-        return self._db.execute(postgres_sql(sql), params)
+        statement = postgres_sql(sql)
+        if statement in ("COMMIT", "ROLLBACK"):
+            self._in_tx = False
+            if statement == "ROLLBACK" and self._conn.current.closed:
+                return None  # the transaction ended with its session
+            return self._conn.current.execute(statement)
+        db = self._conn.current if self._in_tx else self._conn.connection()
+        out = db.execute(statement, params)
+        self._in_tx = self._in_tx or statement == "BEGIN"
+        return out
 
     def lock_decisions(self) -> None:
         """Wait for the replicas' one decision lock, held until this transaction ends.
@@ -289,10 +312,10 @@ class PostgresDatabase:
         the last free slot. Under this transaction-scoped advisory lock, whoever decides reads the
         counts after the previous decider's commit (READ COMMITTED reads anew at each statement).
         """
-        self._db.execute("SELECT pg_advisory_xact_lock(%s)", (self._key + 2,))
+        self._conn.current.execute("SELECT pg_advisory_xact_lock(%s)", (self._key + 2,))
 
     def close(self) -> None:
-        self._db.close()  # the advisory lock goes with the session
+        self._conn.close()  # the advisory lock goes with the session
 
 
 def redacted(url: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from engine.errors import RuntimeEngineError
 from engine.runtime.journal import migrate
 from engine.runtime.journal_db import redacted
+from engine.runtime.pgconn import Reconnecting
 from engine.telemetry.columns import partition
 
 __all__ = ["Leases", "Partitions", "Round", "owners"]
@@ -66,7 +67,9 @@ class Round:
 
 
 class Leases:
-    """This replica's leases on the partitions of one stream (a dedicated connection)."""
+    """This replica's leases on the partitions of one stream (a dedicated connection; after it
+    breaks, the renewal that meets the break fails and the next one reconnects:
+    ``engine.runtime.pgconn``)."""
 
     def __init__(self, url: str, *, stream: str, partitions: int, owner: str, lease_s: float) -> None:
         import psycopg
@@ -77,8 +80,9 @@ class Leases:
         self._renewed = -math.inf  # monotonic time of the last successful renewal
         try:
             migrate(url)  # the tables are the journal's (its migrations, engine.runtime.journal)
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
-            with self._db.transaction(), self._db.cursor() as cur:
+            self._conn = Reconnecting(url, what="the partition leases")
+            db = self._conn.current
+            with db.transaction(), db.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO bus_leases (stream, part) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                     [(stream, p) for p in range(partitions)],
@@ -97,7 +101,7 @@ class Leases:
     def renew(self, *, take: bool = True) -> Round:
         """Heartbeat, renew what is held, take free partitions up to a fair share (``take``)."""
         began = time.monotonic()
-        db, args = self._db, (self.stream, self.owner)
+        db, args = self._conn.connection(), (self.stream, self.owner)
         lease = f"{self.lease_s} seconds"
         with db.transaction():
             db.execute(
@@ -150,14 +154,17 @@ class Leases:
         return out
 
     def release(self, parts: set[int]) -> None:
-        """Hand partitions back at once (a clean stop, or a surplus after its handover)."""
+        """Hand partitions back at once (a clean stop, or a surplus after its handover).
+
+        They are no longer held even when the server cannot be told (its lease then runs out):
+        the next renewal must not renew a partition the bus has stopped reading."""
         if parts:
-            self._release(parts)
             self.held -= parts
+            self._release(parts)
             log.info("released partitions %s of %s", sorted(parts), self.stream)
 
     def _release(self, parts: set[int]) -> None:
-        self._db.execute(
+        self._conn.connection().execute(
             "UPDATE bus_leases SET expires_at = '-infinity' "
             "WHERE stream = %s AND owner = %s AND part = ANY(%s)",
             (self.stream, self.owner, sorted(parts)),
@@ -167,11 +174,11 @@ class Leases:
         """Release everything and leave the members (a clean stop); the connection closes."""
         try:
             self.release(set(self.held))
-            self._db.execute(
+            self._conn.connection().execute(
                 "DELETE FROM bus_members WHERE stream = %s AND owner = %s", (self.stream, self.owner)
             )
         finally:
-            self._db.close()
+            self._conn.close()
 
 
 def owners(url: str, stream: str) -> dict[int, str]:

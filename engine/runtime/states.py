@@ -42,6 +42,7 @@ from typing import Any, Protocol
 from engine.errors import DetectorError, RuntimeEngineError
 from engine.runtime.journal import migrate
 from engine.runtime.journal_db import is_url, redacted
+from engine.runtime.pgconn import Reconnecting
 
 __all__ = ["PostgresStates", "SqliteStates", "StateStore", "detector_fingerprint", "state_store"]
 
@@ -190,7 +191,7 @@ class PostgresStates:
         self._fingerprint = detector_fingerprint(detector)
         try:
             migrate(url)  # the table is the journal's (its migrations, engine.runtime.journal)
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            self._conn = Reconnecting(url, what="the detector states")
         except psycopg.Error as exc:
             raise RuntimeEngineError(
                 f"{self.location}: the detector states cannot be opened: {' '.join(str(exc).split())}",
@@ -198,15 +199,17 @@ class PostgresStates:
             ) from exc
 
     def load(self, owns: Owns | None = None) -> dict[str, Any]:
-        rows = self._db.execute(
-            "SELECT series, state FROM detector_states WHERE detector = %s", (self._fingerprint,)
-        ).fetchall()
+        rows = (
+            self._conn.connection()
+            .execute("SELECT series, state FROM detector_states WHERE detector = %s", (self._fingerprint,))
+            .fetchall()
+        )
         return _restore(rows, self.detector, owns or self.owns, self.location)
 
     def save(self, states: Mapping[str, Any], series: Iterable[str]) -> None:
         keep, gone = _changes(states, series, self.detector, self.owns)
-        detector = self._fingerprint
-        with self._db.transaction(), self._db.cursor() as cur:
+        detector, db = self._fingerprint, self._conn.connection()
+        with db.transaction(), db.cursor() as cur:
             cur.executemany(
                 "INSERT INTO detector_states VALUES (%s, %s, %s) "
                 "ON CONFLICT (detector, series) DO UPDATE SET state = excluded.state",
@@ -218,4 +221,4 @@ class PostgresStates:
             )
 
     def close(self) -> None:
-        self._db.close()
+        self._conn.close()

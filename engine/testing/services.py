@@ -153,7 +153,6 @@ class PostgresServer:
             user = pwd.getpwnam("postgres")
             os.chown(self.dir, user.pw_uid, user.pw_gid)
             self._run_as = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-        log = self.dir / "postgres.log"
         env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         subprocess.run(
             [
@@ -167,7 +166,24 @@ class PostgresServer:
             **self._run_as,
         )
         self.port = _free_port()
-        with log.open("wb") as out:
+        self._launch(timeout)
+        self.url = f"postgresql://{self.USER}@127.0.0.1:{self.port}/postgres"
+        self._wait_ready(timeout)
+        return self
+
+    def restart(self, down_s: float = 0.0, timeout: float = 60.0) -> None:
+        """Stop the server (fast shutdown: every client is disconnected), wait ``down_s``, start
+        it again on the same data and port: what a client sees of a restart or a failover."""
+        _stop(self.proc, signal.SIGINT)
+        time.sleep(down_s)
+        self._launch(timeout)
+        self._wait_ready(timeout)
+
+    def _launch(self, timeout: float) -> None:
+        assert self.bin is not None and self.dir is not None
+        data, log = self.dir / "data", self.dir / "postgres.log"
+        env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+        with log.open("ab") as out:
             if self._run_as:
                 os.chown(log, self._run_as["user"], self._run_as["group"])
             self.proc = subprocess.Popen(
@@ -183,9 +199,6 @@ class PostgresServer:
                 **self._run_as,
             )
         _wait_port(self.port, self.proc, log, timeout)
-        self.url = f"postgresql://{self.USER}@127.0.0.1:{self.port}/postgres"
-        self._wait_ready(timeout)
-        return self
 
     def _wait_ready(self, timeout: float) -> None:
         import psycopg

@@ -1,0 +1,131 @@
+"""PostgreSQL restarted under a replica's connections (the journal's, the partition leases', the
+detector states'): the operation that meets the broken connection fails, the next one reconnects
+and writes again; nothing reconnects inside a transaction; a running engine heals a fault after
+the restart. A real server, restarted on the same data and port (``PostgresServer.restart``)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import test_runtime
+from test_runtime_support import fit_pipeline
+
+from engine.errors import RuntimeEngineError
+from engine.runtime.journal import Journal
+from engine.runtime.leases import Leases, owners
+from engine.runtime.states import PostgresStates
+from engine.testing.detectors import stream_factory
+from engine.testing.services import PostgresServer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PostgresServer]:
+    """A cluster of this module's own: restarting the session's would cut other tests' connections."""
+    server = PostgresServer()
+    if server.missing():
+        pytest.skip(server.missing())
+    with server:
+        yield server
+
+
+def _control(journal: Journal, value: bool) -> None:
+    journal.set_control("paused", value, actor="test")
+
+
+def _value(journal: Journal, key: str) -> Any:
+    row = journal.control(key)
+    return None if row is None else row["value"]
+
+
+def test_the_journal_reconnects_on_its_next_use_and_takes_its_lock_again(
+    server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = server.database()
+    caplog.set_level(logging.WARNING, logger="engine.runtime.pgconn")
+    with Journal(url) as journal:
+        _control(journal, True)
+        server.restart()
+        with pytest.raises(psycopg.OperationalError):  # the write that meets the broken connection
+            _control(journal, False)
+        _control(journal, False)  # the next one reconnects
+        assert _value(journal, "paused") is False
+        assert "the journal: the connection to" in caplog.text and "reconnected to" in caplog.text
+        with pytest.raises(RuntimeEngineError, match="in use by another engine"):
+            Journal(url)  # the reconnected session holds the one-writer lock again
+
+
+def test_a_transaction_cut_by_the_restart_fails_whole_and_the_next_one_commits(
+    server: PostgresServer,
+) -> None:
+    url = server.database()
+    with Journal(url) as journal:
+        _control(journal, False)
+        with pytest.raises(psycopg.OperationalError) as cut, journal.transaction():
+            journal.set_control("paused", True, actor="test")
+            server.restart()
+            journal.set_control("cut", True, actor="test")  # never on a new connection, alone
+        assert "the connection is closed" not in str(cut.value)  # the cause, not the ROLLBACK's
+        with journal.transaction():
+            journal.set_control("after", True, actor="test")
+        with Journal(url, read_only=True) as reader:
+            assert _value(reader, "paused") is False and _value(reader, "cut") is None
+            assert _value(reader, "after") is True
+
+
+def test_leases_and_states_write_again_after_a_restart(server: PostgresServer) -> None:
+    url = server.database()
+    det, _ = stream_factory("HBOS")()
+    leases = Leases(url, stream="s", partitions=2, owner="a", lease_s=60)
+    states = PostgresStates(url, det)
+    try:
+        assert leases.renew().held == {0, 1}
+        server.restart()
+        with pytest.raises(psycopg.OperationalError):
+            leases.renew()
+        assert leases.renew().held == {0, 1}  # still within the lease: renewed, not lost
+        with pytest.raises(psycopg.OperationalError):
+            states.load()
+        assert states.load() == {}
+        leases.release({1})
+        assert owners(url, "s") == {0: "a"}
+    finally:
+        leases.leave()
+        states.close()
+
+
+def test_a_failed_release_is_not_renewed(server: PostgresServer) -> None:
+    """A partition the replica let go of while the server was away is not renewed once it is back:
+    the bus no longer reads it, so its lease must run out for another replica to take it."""
+    url = server.database()
+    leases = Leases(url, stream="s", partitions=2, owner="a", lease_s=60)
+    try:
+        leases.renew()
+        server.restart()
+        with pytest.raises(psycopg.OperationalError):
+            leases.release({1})
+        assert leases.renew().held == {0}
+    finally:
+        leases.leave()
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Any:
+    return fit_pipeline()
+
+
+def test_a_running_engine_heals_after_its_postgresql_restarts(
+    tmp_path: Path, pipeline: Any, server: PostgresServer
+) -> None:
+    url = server.database()
+    with test_runtime.running_harness(tmp_path, pipeline, journal=url, state_snapshot_s=0) as harness:
+        harness.push(5)
+        server.restart()
+        harness.push(3)  # the ticks that meet the broken connections fail; later ones reconnect
+        test_runtime.test_pushed_points_lead_to_a_verified_action_in_the_journal(harness)
