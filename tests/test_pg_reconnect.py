@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 import test_runtime
-from test_runtime_support import fit_pipeline
+from test_runtime_support import fit_pipeline, wait_for
 
 from engine.errors import RuntimeEngineError
 from engine.runtime.journal import Journal
@@ -128,4 +128,32 @@ def test_a_running_engine_heals_after_its_postgresql_restarts(
         harness.push(5)
         server.restart()
         harness.push(3)  # the ticks that meet the broken connections fail; later ones reconnect
+        test_runtime.test_pushed_points_lead_to_a_verified_action_in_the_journal(harness)
+
+
+def _taken(caplog: pytest.LogCaptureFixture, after: int = 0) -> set[str]:
+    """The partitions the replica took over (adopted: states, leftovers, entries) in the log."""
+    messages = [r.getMessage() for r in caplog.records[after:]]
+    return {m.split()[2] for m in messages if m.startswith("took partition ")}
+
+
+def test_a_replica_down_longer_than_its_leases_drops_them_and_takes_them_back(
+    tmp_path: Path, pipeline: Any, server: PostgresServer, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL away for longer than ``lease_s``: the replica stops reading its partitions (it
+    can no longer trust its leases), then renews on a new connection, takes every one back (one
+    whose takeover the restart cut included), and heals a fault through the bus."""
+    url = server.database()
+    caplog.set_level(logging.INFO, logger="engine")
+    bus = {"url": redis_url, "stream": "t:restart", "partitions": 4, "lease_s": 2.0}
+    with test_runtime.running_harness(
+        tmp_path, pipeline, journal=url, state_snapshot_s=0, sources={"redis": bus}
+    ) as harness:
+        wait_for(lambda: len(owners(url, "t:restart")) == 4)  # leased; taking them over may go on
+        server.restart(down_s=3.0)
+        wait_for(lambda: "the partition leases were not renewed" in caplog.text)
+        after = len(caplog.records)
+        wait_for(lambda: _taken(caplog, after) == {"0", "1", "2", "3"}, timeout=20)
+        assert "the partition leases: reconnected to" in caplog.text
+        assert harness.engine.bus is not None and harness.engine.bus.parts.owned == {0, 1, 2, 3}
         test_runtime.test_pushed_points_lead_to_a_verified_action_in_the_journal(harness)

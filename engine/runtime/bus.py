@@ -211,8 +211,16 @@ class Bus:
             return
         if got.lost:
             self._drop(got.lost & set(self.parts.owned))
-        for part in sorted(got.gained):
-            self._adopt(part)
+        gained = sorted(got.gained)
+        for n, part in enumerate(gained):
+            try:
+                self._adopt(part)
+            except Exception:
+                # Let go of the ones not taken over (their leases run out) so a later round takes
+                # them again: held but never adopted, they would be renewed and never read.
+                with contextlib.suppress(Exception):
+                    self._drop(set(gained[n:]))
+                raise
         for part in got.surplus - set(self._handing):
             self._reading.discard(part)
             self._handing[part] = self.engine.queue.accepted_total
