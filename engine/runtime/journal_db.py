@@ -247,7 +247,12 @@ class PostgresDatabase:
         setup = self._read_only if read_only else self._one_writer if exclusive else None
         try:
             self._conn = Reconnecting(
-                url, what="the journal", setup=setup, row_factory=_row_factory, connect_timeout=10
+                url,
+                location=self.location,
+                what="the journal",
+                setup=setup,
+                row_factory=_row_factory,
+                connect_timeout=10,
             )
         except psycopg.Error as exc:
             raise RuntimeEngineError(

@@ -80,7 +80,7 @@ class Leases:
         self._renewed = -math.inf  # monotonic time of the last successful renewal
         try:
             migrate(url)  # the tables are the journal's (its migrations, engine.runtime.journal)
-            self._conn = Reconnecting(url, what="the partition leases")
+            self._conn = Reconnecting(url, location=self.location, what="the partition leases")
             db = self._conn.current
             with db.transaction(), db.cursor() as cur:
                 cur.executemany(

@@ -27,26 +27,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from engine.runtime.journal_db import redacted
-
 __all__ = ["Reconnecting"]
 
 log = logging.getLogger(__name__)
 
 
 class Reconnecting:
-    """A psycopg connection (autocommit) to ``url`` for ``what`` (how logs name its user)."""
+    """A psycopg connection (autocommit) to ``url`` for ``what`` (how logs name its user);
+    ``location`` is the URL as logs and errors show it (without its password)."""
 
     def __init__(
         self,
         url: str,
         *,
+        location: str,
         what: str,
         setup: Callable[[Any], None] | None = None,
         connect_timeout: float = 10,
         **options: Any,
     ) -> None:
-        self.location = redacted(url)
+        self.location = location
         self._url, self._what, self._setup = url, what, setup
         self._options = {"autocommit": True, "connect_timeout": connect_timeout, **options}
         self._closed = False

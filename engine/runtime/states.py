@@ -191,7 +191,7 @@ class PostgresStates:
         self._fingerprint = detector_fingerprint(detector)
         try:
             migrate(url)  # the table is the journal's (its migrations, engine.runtime.journal)
-            self._conn = Reconnecting(url, what="the detector states")
+            self._conn = Reconnecting(url, location=self.location, what="the detector states")
         except psycopg.Error as exc:
             raise RuntimeEngineError(
                 f"{self.location}: the detector states cannot be opened: {' '.join(str(exc).split())}",
