@@ -9,6 +9,7 @@ that never alarms, whose detection metric is the better one.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import mlflow
@@ -355,9 +356,13 @@ def test_promote_prints_the_verdict_table(uri: str, pipeline: StreamDetector, tm
 
 
 def _deaf(pipeline: StreamDetector) -> StreamDetector:
-    """The same detector with a threshold no calibrated score reaches: it never alarms, never heals."""
+    """The same detector with a threshold no calibrated score reaches and no sustained alarm (which
+    flags runs of scores under the threshold): it never alarms, never heals."""
     deaf = copy.deepcopy(pipeline)
     deaf.threshold_ = 2.0
+    threshold = deaf.config.threshold.model_copy(update={"sustained": None})
+    deaf.config = deaf.config.model_copy(update={"threshold": threshold})
+    deaf.sustained_threshold_ = math.inf
     return deaf
 
 
