@@ -6,6 +6,9 @@ the restart. A real server, restarted on the same data and port (``PostgresServe
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +132,52 @@ def test_a_running_engine_heals_after_its_postgresql_restarts(
         server.restart()
         harness.push(3)  # the ticks that meet the broken connections fail; later ones reconnect
         test_runtime.test_pushed_points_lead_to_a_verified_action_in_the_journal(harness)
+
+
+def test_an_engine_keeps_scoring_and_logs_each_failure_once_while_postgresql_is_away(
+    tmp_path: Path, pipeline: Any, server: PostgresServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Telemetry pushed while the journal's and the states' database is away is scored, not
+    dead-lettered (a detector-state snapshot that cannot be written waits for the next tick), and
+    each place that fails logs one traceback for the outage, then a line when it works again
+    (before: every supervision pass and every tick logged one, 129 in 4 s, and the ticks'
+    points went to the dead letter)."""
+    url = server.database()
+    caplog.set_level(logging.INFO, logger="engine")
+    with test_runtime.running_harness(tmp_path, pipeline, journal=url, state_snapshot_s=0) as harness:
+        harness.push(3)
+        before = len(caplog.records)
+        away = threading.Thread(target=server.restart, kwargs={"down_s": 4.0})
+        away.start()
+        pushes = 0
+        while away.is_alive():
+            harness.push(1)
+            pushes += 1
+            time.sleep(0.05)
+        away.join()
+        harness.push(3)
+        wait_for(lambda: "detector states works again" in caplog.text, timeout=20)
+        records = caplog.records[before:]
+        tracebacks = Counter(r.getMessage() for r in records if r.exc_info)
+        dead = harness.engine.dead_letter.path
+        assert pushes >= 20
+        assert tracebacks and all(n == 1 for n in tracebacks.values()), tracebacks
+        assert sum(r.levelno >= logging.ERROR for r in records) <= len(tracebacks) + 2
+        assert not dead.exists() or dead.read_text() == ""
+        assert harness.engine.metrics.errors.labels("states")._value.get() >= 1
+        test_runtime.test_pushed_points_lead_to_a_verified_action_in_the_journal(harness)
+
+
+def test_connections_ask_for_tcp_keepalives_unless_the_url_sets_them(server: PostgresServer) -> None:
+    """A half-open connection (a firewall dropped it silently) is found dead in about a minute."""
+    url = server.database()
+    with Journal(url) as journal:
+        dsn = journal._db._conn.current.info.dsn
+        assert "keepalives=1" in dsn and "keepalives_idle=30" in dsn and "tcp_user_timeout=60000" in dsn
+    sep = "&" if "?" in url else "?"
+    with Journal(f"{url}{sep}keepalives_idle=7") as journal:
+        dsn = journal._db._conn.current.info.dsn
+        assert "keepalives_idle=7" in dsn and "keepalives_interval=10" in dsn
 
 
 def _taken(caplog: pytest.LogCaptureFixture, after: int = 0) -> set[str]:

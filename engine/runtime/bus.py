@@ -199,7 +199,7 @@ class Bus:
                 stop.wait(1.0)
             except Exception:
                 log.exception("the telemetry bus failed; retrying in 1 s")
-                self.engine.metrics.errors.labels("bus").inc()
+                self.engine.metrics.error("bus")
                 stop.wait(1.0)
 
     def _round(self) -> None:

@@ -44,6 +44,7 @@ from engine.runtime import safeguards
 from engine.runtime.executor import deadline
 from engine.runtime.journal import DecisionStatus, Journal, SafeguardCounts
 from engine.runtime.ladder import Modes
+from engine.runtime.lograte import Repeating
 from engine.runtime.policies import Note, Tick
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ class Decider:
         self.approval_ttl_s = approval_ttl_s
         self.replicas = replicas
         self.paused = False  # the kill switch, as the supervisor last read it from the journal
+        self._commits = Repeating(log, "journal commits")  # every one fails while the journal is away
+        self._refused = Repeating(log, "journaling events one by one")
 
     def context(self, decisions: Sequence[Decision], now: float | None = None) -> Context:
         """The safeguard state for ``decisions``, read from the journal in one statement."""
@@ -202,11 +205,14 @@ class Decider:
         (``writes``) cannot be written, ``unwritten`` says so and the caller hands it over again.
         """
         try:
-            return self._commit(ticks, writes)
+            committed = self._commit(ticks, writes)
         except Exception:
-            log.exception(
+            self._commits.failed(
                 "journaling %d tick(s) with %d bookkeeping write(s) failed", len(ticks), len(writes)
             )
+        else:
+            self._commits.worked()
+            return committed
         done = Committed()
         if writes:
             try:
@@ -216,9 +222,12 @@ class Decider:
         for unit in _units(ticks):
             try:
                 done.merge(self._commit([unit], ()))
+                self._refused.worked()
             except Exception as exc:
                 event = (unit.events or unit.changes)[0]
-                log.error("event %r (service %r) could not be journaled: %s", event.id, event.service, exc)
+                self._refused.failed(
+                    "event %r (service %r) could not be journaled: %s", event.id, event.service, exc
+                )
                 done.notes.append(("journal_refused", {"event_id": event.id, "error": str(exc)}))
         return done
 

@@ -162,6 +162,10 @@ class EngineMetrics:
         )
         r.register(_StateCollector(state))
 
+    def error(self, stage: str) -> None:
+        """A stage failed once (``selfheal_errors_total{stage}``)."""
+        self.errors.labels(stage).inc()
+
     def count(self, kind: str, data: dict[str, Any]) -> None:
         """Count what a stage reported (its notes, which listeners hear too)."""
         if kind == "blocked":

@@ -18,6 +18,12 @@ failed one, uses fail at once for as long as that attempt took (at most ``connec
 batch of writes against an unreachable server waits for one attempt, not one per write, and a
 replica spends at most about half its time waiting on connection attempts. A refused connection
 (the server restarting) fails in a millisecond, so the first use after it is back reconnects.
+
+A network that drops a connection without a word (a half-open TCP connection: a firewall's idle
+timeout, a peer that vanished) would leave a statement waiting until the kernel gave up, about 15
+minutes of retransmissions. So every connection asks for TCP keepalives (``KEEPALIVES``: a silent
+peer is found dead in about a minute) and bounds unacknowledged sends (``tcp_user_timeout``), unless
+its URL sets them itself.
 """
 
 from __future__ import annotations
@@ -30,6 +36,14 @@ from typing import Any
 __all__ = ["Reconnecting"]
 
 log = logging.getLogger(__name__)
+
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,  # seconds of silence before the first probe
+    "keepalives_interval": 10,  # between probes
+    "keepalives_count": 3,  # probes unanswered before the connection is dead
+    "tcp_user_timeout": 60_000,  # ms a sent statement may stay unacknowledged
+}
 
 
 class Reconnecting:
@@ -48,7 +62,12 @@ class Reconnecting:
     ) -> None:
         self.location = location
         self._url, self._what, self._setup = url, what, setup
-        self._options = {"autocommit": True, "connect_timeout": connect_timeout, **options}
+        self._options = {
+            "autocommit": True,
+            "connect_timeout": connect_timeout,
+            **_keepalives(url),
+            **options,
+        }
         self._closed = False
         self._lost_at: float | None = None  # monotonic time the connection was found broken
         self._attempts = 0
@@ -101,3 +120,11 @@ class Reconnecting:
     def close(self) -> None:
         self._closed = True
         self.current.close()
+
+
+def _keepalives(url: str) -> dict[str, int]:
+    """``KEEPALIVES`` but for what the URL already sets (``?keepalives_idle=60``, say)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(url)
+    return {k: v for k, v in KEEPALIVES.items() if k not in given}

@@ -31,6 +31,7 @@ from engine.runtime.config import EngineSettings
 from engine.runtime.events import EventMaker, Observations
 from engine.runtime.intake import Accepted, DeadLetter, Door, Intake, failed_tick
 from engine.runtime.journal import Journal
+from engine.runtime.lograte import Repeating
 from engine.runtime.metrics import EngineMetrics, EngineState
 from engine.runtime.notify import Notifier
 from engine.runtime.policies import ask
@@ -63,9 +64,12 @@ class Engine:
         self.journal = Journal(journal_path, exclusive=settings.sources.redis is None)  # replicas share it
         self.queue = IngestQueue(settings.queue_max_points)
         self.observations = Observations()
+        self.metrics = EngineMetrics(self._state)  # first: every stage counts its errors there
         self.states_path = settings.states_path(journal_path)
         store = None if settings.workers else state_store(settings, self.states_path, scorer)  # else theirs
-        self.scoring = ScoringStage(scorer, store=store, snapshot_s=settings.state_snapshot_s or 0)
+        self.scoring = ScoringStage(
+            scorer, store=store, snapshot_s=settings.state_snapshot_s or 0, on_error=self.metrics.error
+        )
         self.score_log = ScoreLog(settings.scores_file) if settings.scores_file else None
         self.events = EventMaker(
             detector=scorer.detector,
@@ -76,7 +80,6 @@ class Engine:
         )
         self.diagnosis = components.diagnosis_stage()
         self.diagnoses: dict[str, Diagnosis] = {}  # service -> its latest event's (console, gauges)
-        self.metrics = EngineMetrics(self._state)
         self.writer = Writer(
             self.journal,
             components,
@@ -84,7 +87,7 @@ class Engine:
             self.observations,
             notify=self._notify,
             latency=self._latency,
-            on_error=lambda stage: self.metrics.errors.labels(stage).inc(),
+            on_error=self.metrics.error,
         )
         self.intake = Intake(settings, self.metrics.registry)
         self.dead_letter = DeadLetter.from_settings(dead_letter_path, settings)
@@ -99,6 +102,7 @@ class Engine:
             self.listeners.append(self.notifier.hear)
         self.shards: ShardPool | None = None
         self._events_lock = threading.Lock()  # ticks reach events and policies one at a time
+        self._ticks_failing = Repeating(log, "scoring ticks")
         self._threads: list[threading.Thread] = []
         redis = settings.sources.redis  # a replica: telemetry and pushes through Redis Streams
         self.bus = Bus(self, redis, str(journal_path)) if redis is not None else None
@@ -127,7 +131,7 @@ class Engine:
         failed = lambda url: self.metrics.scrape_errors.labels(url).inc()  # noqa: E731
         loops = source_loops(s.sources, self.intake.names, self.door.sink, self._sources_stop, failed)
         for name, loop in [("score", self._score_loop), *loops]:
-            self._spawn(name, loop)
+            self._threads.append(spawn(name, loop, self.metrics.error))
         if self.bus is not None:
             self.bus.start(self._sources_stop)
         self.ready.set()
@@ -164,9 +168,6 @@ class Engine:
         if stopped:
             self.journal.close()
             log.info("engine stopped")
-
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        self._threads.append(spawn(name, target, lambda stage: self.metrics.errors.labels(stage).inc()))
 
     # ================================================================ ingestion
     def ingest(
@@ -219,9 +220,10 @@ class Engine:
                     self.shards.submit(batches)
                 else:
                     self._scored(self.scoring.step(batches))
+                self._ticks_failing.worked()
             except Exception as exc:  # one bad tick must not stop scoring
-                log.exception("scoring tick failed")
-                self.metrics.errors.labels("score").inc()
+                self._ticks_failing.failed("scoring tick failed")
+                self.metrics.error("score")
                 if self.shards is None and self.points_scored == counted:
                     self._unscored(batches, exc)
 

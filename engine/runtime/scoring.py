@@ -21,7 +21,10 @@ scored. Refused rows go to the dead letter with their reason.
 Given a ``StateStore`` (``engine.runtime.states``) the stage starts from the states it holds and
 writes the states its ticks changed every ``snapshot_s`` seconds (0: after every tick, before the
 tick's scores leave the stage) and at ``close``: a restarted engine scores on as if it had never
-stopped. ``ScoreLog`` appends every scored row to a file (the engine's ``scores_file``).
+stopped. A snapshot the store cannot take (its database away) costs no telemetry: the tick's scores
+leave all the same, the states stay marked for the next snapshot, and the failure is logged once
+(``engine.runtime.lograte``) and counted (``on_error("states")``). ``ScoreLog`` appends every
+scored row to a file (the engine's ``scores_file``).
 
 Replicas (``engine.runtime.bus``) hand services over while the stage runs: ``adopt`` reads the
 states of the services a replica just took from the shared store, ``release`` saves and drops
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 from engine.features import FeatureRow
+from engine.runtime.lograte import Repeating
 
 if TYPE_CHECKING:
     from engine.runtime.states import StateStore
@@ -114,8 +118,11 @@ class ScoringStage:
         *,
         store: StateStore | None = None,
         snapshot_s: float = 60.0,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         self.detector = detector
+        self._on_error = on_error
+        self._snapshots = Repeating(log, "writing the detector states")
         self.states: MutableMapping[str, Any] = states if states is not None else {}
         self.store = store
         self._snapshot_s = snapshot_s
@@ -182,8 +189,20 @@ class ScoringStage:
         if self.store is not None:
             self._dirty.update(service for service, _ in latest)
             if time.monotonic() - self._saved_at >= self._snapshot_s:
-                self.save()
+                self._snapshot()
         return out
+
+    def _snapshot(self) -> None:
+        try:
+            self.save()
+        except Exception:
+            self._snapshots.failed(
+                "writing the detector states failed (scoring goes on; the next tick retries)"
+            )
+            if self._on_error is not None:
+                self._on_error("states")
+        else:
+            self._snapshots.worked()
 
     def save(self) -> None:
         """Write the states changed since the last snapshot to the store (if any)."""

@@ -28,6 +28,7 @@ from engine.runtime.events import Observations
 from engine.runtime.executor import Executor
 from engine.runtime.journal import Journal
 from engine.runtime.ladder import Modes, policy_names
+from engine.runtime.lograte import Repeating
 from engine.runtime.outcomes import label_event
 from engine.runtime.policies import Note, Tick
 from engine.runtime.recovery import recover
@@ -116,6 +117,7 @@ class Writer:
         self._verdicts: queue.SimpleQueue[Verdict] = queue.SimpleQueue()
         self._stop, self._drained, self._wake = threading.Event(), threading.Event(), threading.Event()
         self._threads: list[threading.Thread] = []
+        self._passes = Repeating(log, "supervision passes")  # each fails while the journal is away
         self.submitted = self.written = 0  # ticks handed over / committed (the bus acks on these)
 
     @property
@@ -270,8 +272,10 @@ class Writer:
                     self._ticks.put(None)
                 self._run(done.executions, done.notes)
             except Exception:
-                log.exception("supervision pass failed")
+                self._passes.failed("supervision pass failed")
                 self._on_error("supervise")
+            else:
+                self._passes.worked()
             self._wake.wait(interval)
             # Wakes that come in a burst (every finished action wakes us) share one pass.
             self._stop.wait(max(0.0, spacing - (time.monotonic() - began)))
