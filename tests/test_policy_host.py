@@ -253,3 +253,32 @@ def test_maintenance_windows(tmp_path: Path, moment: str, acts: bool) -> None:
     assert (decision is not None) == acts
     if decision is not None:
         assert decision.params == {"replicas": 4, "delta": None}  # typed from ${topology.replicas}
+
+
+def test_constant_params_stay_each_rules_own_and_each_decisions_own(tmp_path: Path) -> None:
+    """Constant params are validated once per rule (issue 13): two rules of one action keep their
+    own values, a target without a template is kept as written, and a decision's params are its
+    own copy (changing them changes no later decision)."""
+    shutil.copy(REPO / "rules" / "topology.yaml", tmp_path / "topology.yaml")
+    rules = "".join(
+        f"""
+  - name: scale-{s}
+    when: {{services: [inference-{s}]}}
+    then: {{action: scale, target: {target}, params: {{delta: {delta}}}}}
+    verify: {{steady_state: {{score_below: 0.5}}, deadline: 10m}}"""
+        for s, target, delta in (("a", "vector-db", 1), ("b", "feature-store", 2))
+    )
+    (tmp_path / "p.yaml").write_text(f"policy: consts\nrules:{rules}\n")
+    host = PolicyHost(load_policies(tmp_path))
+    decided = [host.post(mem_event(service=f"inference-{s}", tick=t)) for t, s in enumerate("abab")]
+    assert [(d.target, d.params["delta"]) for d in decided if d] == [
+        ("vector-db", 1),
+        ("feature-store", 2),
+        ("vector-db", 1),
+        ("feature-store", 2),
+    ]
+    for decision in decided:
+        assert decision is not None
+        decision.params["delta"] = 99
+    again = host.post(mem_event(service="inference-a", tick=9))
+    assert again is not None and again.params["delta"] == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,8 +15,10 @@ from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.errors import PolicyError
 from engine.policy import PolicyHost, load_policies
-from engine.records import SEVERITY_LEVEL, AnomalyEvent
+from engine.policy.host import _message, _Scope
+from engine.records import DIAGNOSIS_KINDS, SEVERITY_LEVEL, AnomalyEvent, Diagnosis
 
 SERVICES = ["gateway", "inference-a", "inference-b", "vector-db", "feature-store", "ingestion"]
 METRICS = ["memory_util", "queue_depth", "error_rate"]
@@ -179,3 +183,93 @@ def test_the_higher_priority_rule_wins(
         assert decision is not None and decision.rule == "prop/low"
     else:
         assert decision is None
+
+
+# ------------------------------------------------- the host's shortcuts say what the long way said
+
+NAMES = st.text(st.sampled_from("ab_-."), min_size=1, max_size=3)
+LONE = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=2)  # lone surrogates
+# durable-rules' parser fails on a number in exponent form (1e-05): values keep 3 decimals
+FINITE = st.floats(-1e6, 1e6).map(lambda x: round(x, 3))
+UNIT = st.floats(0, 1).map(lambda x: round(x, 3))
+
+
+@st.composite
+def rich_events(draw: st.DrawFn, surrogates: bool) -> AnomalyEvent:
+    """Events as the engine makes them (features, metrics, contributing, a diagnosis); with
+    ``surrogates``, any of their strings may carry a lone surrogate."""
+
+    def text(base: st.SearchStrategy[str] = NAMES) -> str:
+        value = draw(base)
+        return value + draw(LONE) if surrogates and draw(st.integers(0, 5)) == 0 else value
+
+    metric = functools.partial(text, st.sampled_from(METRICS))
+    diagnosis = None
+    if draw(st.booleans()):
+        diagnosis = Diagnosis(
+            kind=draw(st.sampled_from(DIAGNOSIS_KINDS)),
+            probability=draw(UNIT),
+            root=text(st.sampled_from(SERVICES)),
+            role=draw(st.sampled_from(["root", "victim"])),
+            victims=tuple(text() for _ in range(draw(st.integers(0, 2)))),
+            evidence=tuple((metric(), draw(FINITE)) for _ in range(draw(st.integers(0, 2)))),
+            model_version=text(),
+        )
+    ts = draw(st.floats(1.6e9, 1.9e9).map(lambda x: round(x, 3)))
+    return AnomalyEvent(
+        service=text(st.sampled_from([*SERVICES, "unknown-svc"])),
+        detector=text(st.sampled_from(DETECTORS)),
+        score=draw(UNIT),
+        threshold=draw(UNIT),
+        ts=ts,
+        tick=draw(st.none() | st.integers(0, 10**6)),
+        metrics={metric(): draw(FINITE) for _ in range(draw(st.integers(0, 3)))},
+        contributing=tuple(metric() for _ in range(draw(st.integers(0, 2)))),
+        features=tuple((f"{metric()}__{text()}", draw(FINITE)) for _ in range(draw(st.integers(0, 4)))),
+        window_start=draw(st.none() | st.just(ts - 60)),
+        window_end=draw(st.none() | st.just(ts)),
+        bundle_version=text(),
+        detector_version=text(),
+        diagnosis=diagnosis,
+        id=text(st.just("evt-")),
+    )
+
+
+@functools.cache
+def shipped_host() -> PolicyHost:
+    return PolicyHost(load_policies(REPO / "rules"))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event=rich_events(surrogates=True))
+def test_the_utf8_check_refuses_exactly_what_encoding_the_whole_message_refused(event: AnomalyEvent) -> None:
+    """The host checks the message's strings instead of JSON-encoding the message (issue 13): an
+    event is refused, with the same error, exactly when the encoding would have failed."""
+    try:
+        json.dumps(_message(event, tick_seconds=60.0), ensure_ascii=False).encode("utf-8")
+        expected = None
+    except UnicodeEncodeError as exc:
+        expected = str(
+            PolicyError(
+                f"event {event.id!r} holds text that is not valid UTF-8 ({exc.reason}); not posted",
+                hint="the source sent a lone surrogate in a name: fix the sender",
+            )
+        )
+    try:
+        shipped_host().post(event)
+        refused = None
+    except PolicyError as exc:
+        refused = str(exc) if "not valid UTF-8" in str(exc) else None
+    assert refused == expected, event
+
+
+@settings(max_examples=100, deadline=None)
+@given(event=rich_events(surrogates=False))
+def test_the_template_scope_reads_what_the_dumped_event_holds(event: AnomalyEvent) -> None:
+    """Templates read the event through a lazy scope (issue 13): every key holds what the dump of
+    the event and its topology entry held, so a template renders to the same value."""
+    topology = shipped_host().policy_set.topology.services.get(event.service)
+    dumped = {**event.model_dump(), "topology": topology.model_dump() if topology else {}}
+    scope = _Scope(event, topology)
+    assert dict(scope) == dumped
+    assert all(key in scope for key in dumped) and "nothing" not in scope

@@ -203,6 +203,9 @@ def available_actions() -> dict[str, ActionSpec]:
 
 def get_action(name: str) -> ActionSpec:
     """The action called ``name``, or ActionError with the closest name as hint."""
+    _load_plugins()
+    if name in _REGISTRY:  # asked on every decision: no sorted copy of the registry
+        return _REGISTRY[name]
     actions = available_actions()
     if name not in actions:
         raise ActionError(

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,7 +41,7 @@ from typing import Any
 from durable.engine import Host, MessageNotHandledException
 from pydantic import BaseModel, ConfigDict
 
-from engine.actions import get_action
+from engine.actions import ActionSpec, get_action
 from engine.errors import EngineError, PolicyError
 from engine.ids import hex_id
 from engine.policy.compiler import (
@@ -55,7 +54,7 @@ from engine.policy.compiler import (
     compile_policies,
 )
 from engine.policy.loader import BoundRule, PolicySet
-from engine.policy.templates import render
+from engine.policy.templates import EVENT_FIELDS, is_template, render
 from engine.records import (
     SEVERITY_LEVEL,
     ActionCall,
@@ -144,9 +143,99 @@ def strengths(event: AnomalyEvent) -> dict[str, float]:
     """Each contributing metric's strength: the largest |z| among its features in the event."""
     out: dict[str, float] = {}
     for feature, z in event.features:
-        metric = feature.split("__", 1)[0]
-        out[metric] = max(out.get(metric, 0.0), abs(float(z)))
+        metric = feature.partition("__")[0]
+        strength, known = abs(float(z)), out.get(metric, 0.0)
+        out[metric] = strength if strength > known else known  # max(known, strength), NaN included
     return out
+
+
+def _check_utf8(message: Mapping[str, Any]) -> None:
+    """Raise UnicodeEncodeError when a string of ``message`` is not valid UTF-8 (a lone surrogate).
+
+    The same verdict as encoding the whole message as JSON (what durable-rules' C parser gets),
+    at a fraction of the cost: a message's strings are its top-level strings, the items of its
+    lists (contributing metrics) and the keys of its dicts (metric names; their values are numbers).
+    """
+    texts: list[str] = []
+    for value in message.values():
+        if isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, (dict, list)):
+            texts += value
+    "".join(texts).encode("utf-8")
+
+
+_SCALAR_FIELDS = frozenset(EVENT_FIELDS)  # each dumps to its attribute's own value
+_EVENT_KEYS = (*AnomalyEvent.model_fields, "topology")
+
+
+class _Scope(Mapping[str, Any]):
+    """What a template reads: ``event.model_dump()`` plus ``topology``, each read only when named.
+
+    Why not the dump itself: dumping the event (features, diagnosis) and its topology entry on
+    every decision cost more than the rest of the decision. The fields a template may name
+    (``EVENT_FIELDS``, ``metrics``) dump to the attribute's own value (a copy of the metrics), so
+    they are read directly; any other key falls back to the full dump: what a template sees is
+    unchanged.
+    """
+
+    __slots__ = ("_dump", "_event", "_topology")
+
+    def __init__(self, event: AnomalyEvent, topology: BaseModel | None) -> None:
+        self._event = event
+        self._topology = topology
+        self._dump: dict[str, Any] | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        if key == "topology":
+            return self._topology.model_dump() if self._topology is not None else {}
+        if key in _SCALAR_FIELDS:
+            return getattr(self._event, key)
+        if key == "metrics":
+            return dict(self._event.metrics)
+        if self._dump is None:
+            self._dump = self._event.model_dump()
+        return self._dump[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in _EVENT_KEYS
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_EVENT_KEYS)
+
+    def __len__(self) -> int:
+        return len(_EVENT_KEYS)
+
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Then:
+    """A rule's ``then`` with what never changes between its decisions worked out once.
+
+    A target or params without templates render to themselves: the target is kept as is, and
+    constant params are validated once per action spec (an action registered again is validated
+    again) and copied into each decision, when every value is an immutable scalar.
+    """
+
+    def __init__(self, bound: BoundRule) -> None:
+        then = bound.rule.then
+        self.action = then.action
+        self.target = None if is_template(then.target) else str(then.target)
+        self.params = then.params
+        self.constant_params = not is_template(then.params)
+        self._validated: tuple[ActionSpec, dict[str, Any]] | None = None
+
+    def render_params(self, scope: Mapping[str, Any]) -> dict[str, Any]:
+        spec = get_action(self.action)
+        if not self.constant_params:
+            return spec.validate(render(self.params, scope))
+        if self._validated is not None and self._validated[0] is spec:
+            return dict(self._validated[1])
+        params = spec.validate(render(self.params, scope))
+        if all(isinstance(v, _SCALARS) for v in params.values()):
+            self._validated = (spec, dict(params))
+        return params
 
 
 class _Host(Host):
@@ -187,6 +276,7 @@ class PolicyHost:
         self._lock = threading.RLock()
         self._rules: dict[str, BoundRule] = {b.id: b for b in self.policy_set.rules}
         self._specs = {b.id: _specs(b) for b in self.policy_set.rules}
+        self._then = {b.id: _Then(b) for b in self.policy_set.rules}
         self._fired: list[Decision] = []
         self._errors: list[BaseException] = []
         self._current: AnomalyEvent | None = None
@@ -207,10 +297,14 @@ class PolicyHost:
         def fire(c: Any) -> None:
             try:
                 event = self._current
-                assert event is not None and event.id == c.e.event_id, "decision for another event"
+                # the matched facts by name: read from the dict (the Closure's __getattr__ is slow)
+                matched: dict[str, Any] = c._m
+                assert event is not None and event.id == matched["e"].get("event_id"), (
+                    "decision for another event"
+                )
                 evidence = []
-                while (fact := getattr(c, f"h{len(evidence) + 1}")) is not None:
-                    evidence.append(str(fact.event_id))
+                while (name := f"h{len(evidence) + 1}") in matched:
+                    evidence.append(str(matched[name].get("event_id")))
                 self._fired.append(self._decide(bound, event, tuple(evidence)))
             except BaseException as exc:
                 self._errors.append(exc)
@@ -219,11 +313,10 @@ class PolicyHost:
         return fire
 
     def _decide(self, bound: BoundRule, event: AnomalyEvent, evidence: tuple[str, ...]) -> Decision:
-        rule = bound.rule
-        spec = self.policy_set.topology.services.get(event.service)
-        scope = {**event.model_dump(), "topology": spec.model_dump() if spec else {}}
-        target = str(render(rule.then.target, scope))
-        params = get_action(rule.then.action).validate(render(rule.then.params, scope))
+        rule, then = bound.rule, self._then[bound.id]
+        scope = _Scope(event, self.policy_set.topology.services.get(event.service))
+        target = then.target if then.target is not None else str(render(rule.then.target, scope))
+        params = then.render_params(scope)
         inverse = bound.inverse
         safeguards, verify, approval = self._specs[bound.id]
         return Decision(
@@ -261,7 +354,7 @@ class PolicyHost:
         evt = event if isinstance(event, AnomalyEvent) else AnomalyEvent.model_validate(event)
         message = _message(evt, tick_seconds=self.tick_seconds)
         try:  # durable-rules' C parser chokes on (and can crash over) strings that are not UTF-8
-            json.dumps(message, ensure_ascii=False).encode("utf-8")
+            _check_utf8(message)
         except UnicodeEncodeError as exc:
             self.stats.errors += 1
             raise PolicyError(
@@ -349,13 +442,10 @@ class PolicyHost:
     def _set_health(self, service: str, *, anomalous: bool, maintenance: bool | None) -> None:
         old = self._health.get(service)
         keep_maintenance = old[0].maintenance if old else False
-        fact = HealthFact(
-            service=service,
-            anomalous=anomalous,
-            maintenance=keep_maintenance if maintenance is None else maintenance,
-        )
-        if old is not None and old[0] == fact:
-            return
+        maintenance = keep_maintenance if maintenance is None else maintenance
+        if old is not None and (old[0].anomalous, old[0].maintenance) == (anomalous, maintenance):
+            return  # unchanged (the usual case in a burst): no fact to build
+        fact = HealthFact(service=service, anomalous=anomalous, maintenance=maintenance)
         if old is not None and old[1] is not None:
             self._retract(old[1])
         message = {"t": HEALTH_TYPE, "id": hex_id(), **fact.model_dump()}
