@@ -18,6 +18,7 @@ from durable.engine import Host, MessageNotHandledException
 from harness import Row
 
 from engine.policy import PolicyHost, compile_policies, load_policies
+from engine.policy.host import _message
 from engine.records import AnomalyEvent
 
 RULES = Path(__file__).resolve().parents[2] / "rules"
@@ -55,7 +56,7 @@ def _raw_rate(compiled, events: list[AnomalyEvent]) -> float:  # type: ignore[no
     host = _RawHost()
     name = f"bench_{uuid.uuid4().hex[:8]}"
     host.register_rulesets({name: copy.deepcopy(compiled.rules)})
-    messages = [e.message(tick_seconds=60.0) for e in events]
+    messages = [_message(e, tick_seconds=60.0) for e in events]
     start = time.perf_counter()
     for msg in messages:
         with contextlib.suppress(MessageNotHandledException):
