@@ -126,6 +126,46 @@ def test_non_finite_or_absurd_bounds_are_refused(tmp_path: Path, bound: str, whe
     assert "finite" in line or "beyond" in line, line
 
 
+@pytest.mark.parametrize("bound", ["5e-05", "0.00009", "-1e-7"])
+def test_bounds_finer_than_the_rules_engine_reads_are_refused(tmp_path: Path, bound: str) -> None:
+    """durable-rules reads no exponent: such a bound made compiling the rules fail with its raw
+    "error code 204" (a traceback from `selfheal run`), not a line naming the bound."""
+    text = policy().replace("score: {min: 0.5}", f"metrics: {{error_rate: {{min: {bound}}}}}")
+    (line,) = problems_of(folder(tmp_path, text))
+    assert "rules[0].when.metrics.error_rate.min: " in line and "finer than 0.0001" in line, line
+    assert "round it to 0 or to 0.0001" in line
+
+
+def test_events_with_tiny_huge_or_infinite_values_get_their_decision(tmp_path: Path) -> None:
+    """Python writes 1e-05 and 1e+20 with an exponent, which durable-rules' parser refuses: an event
+    of a service with an error rate of 0.00001 raised durable-rules' raw error and got no
+    decision. Values are now read as plain numbers that compare with every bound as they do: a
+    3e-05 error rate is below 0.001, an infinite latency is above any bound."""
+    from engine.policy import PolicyHost
+    from engine.records import AnomalyEvent
+
+    text = policy(service="inference-b").replace(
+        "score: {min: 0.5}", "metrics: {error_rate: {min: 0.001}, latency_p99_ms: {max: 1000000000000000}}"
+    )
+    host = PolicyHost(load_policies(folder(tmp_path, text)), tick_seconds=60)
+
+    def post(**metrics: float) -> object:
+        return host.post(
+            AnomalyEvent(
+                service="inference-b", detector="PCA", score=1e-05, threshold=1e-06, ts=1.7e9,
+                metrics={"error_rate": 0.5, "latency_p99_ms": 200.0, **metrics},
+                features=(("error_rate__raw", 3e-05), ("latency_p99_ms__raw", 1e20)),
+            )
+        )  # fmt: skip
+
+    assert post() is not None  # tiny score, threshold and strengths: decided
+    assert post(error_rate=0.00003) is None  # below min 0.001: no decision, and no error
+    assert post(error_rate=1e20) is not None
+    assert post(latency_p99_ms=float("inf")) is None  # above the max
+    assert post(error_rate=float("inf"), latency_p99_ms=-1e-9) is not None
+    assert host.stats.errors == 0
+
+
 def test_duplicate_keys_in_a_policy_are_refused_naming_both_lines(tmp_path: Path) -> None:
     text = policy().replace("    verify:", "    then: {action: scale, params: {delta: 1}}\n    verify:")
     (line,) = problems_of(folder(tmp_path, text))

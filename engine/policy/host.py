@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import threading
 import uuid
 from collections import deque
@@ -54,6 +55,7 @@ from engine.policy.compiler import (
     compile_policies,
 )
 from engine.policy.loader import BoundRule, PolicySet
+from engine.policy.model import MIN_BOUND
 from engine.policy.templates import EVENT_FIELDS, is_template, render
 from engine.records import (
     SEVERITY_LEVEL,
@@ -123,20 +125,39 @@ def _message(event: AnomalyEvent, *, tick_seconds: float) -> dict[str, Any]:
         "event_id": event.id,
         "service": event.service,
         "detector": event.detector,
-        "score": float(event.score),
-        "threshold": float(event.threshold),
+        "score": plain(float(event.score)),
+        "threshold": plain(float(event.threshold)),
         "sev": SEVERITY_LEVEL[event.severity or "low"],
-        "ts": float(at),
+        "ts": plain(float(at)),
         "tick": event.tick if event.tick is not None else int(at // tick_seconds),
         "dow": when.weekday(),
         "tod": when.hour * 60 + when.minute,
-        "metrics": {k: float(v) for k, v in event.metrics.items()},
+        "metrics": {k: plain(float(v)) for k, v in event.metrics.items()},
         "contributing": list(event.contributing),
-        "strength": strengths(event),
+        "strength": {k: plain(v) for k, v in strengths(event).items()},
         "diagnosis_kind": diagnosis.kind if diagnosis else "unknown",
-        "diagnosis_probability": float(diagnosis.probability) if diagnosis else 0.0,
+        "diagnosis_probability": plain(float(diagnosis.probability)) if diagnosis else 0.0,
         "role": diagnosis.role if diagnosis else "unknown",
     }
+
+
+_LARGEST = math.nextafter(1e16, 0.0)  # Python writes 1e16 and beyond with an exponent
+
+
+def plain(x: float) -> float:
+    """``x`` as durable-rules' JSON parser can read it. It reads no exponent (an event with an
+    error rate of ``1e-05`` failed with "error code 204" and got no decision), and Python writes
+    one below 1e-4 and from 1e16 in magnitude. Bounds are 0 or between ``MIN_BOUND`` and
+    ``MAX_BOUND`` (the policy loader refuses others), so a value read as ±``MIN_BOUND`` (tiny, its
+    sign kept: ``max: 0`` still refuses 3e-05) or as ±``_LARGEST`` (huge or infinite) compares
+    with every bound as the value itself does, but for a bound of exactly ±``MIN_BOUND``.
+    """
+    size = abs(x)
+    if MIN_BOUND <= size < 1e16 or x == 0.0 or x != x:  # the usual case first; NaN as it was
+        return x
+    if size < MIN_BOUND:
+        return math.copysign(MIN_BOUND, x)
+    return math.copysign(_LARGEST, x)
 
 
 def strengths(event: AnomalyEvent) -> dict[str, float]:

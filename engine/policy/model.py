@@ -66,6 +66,10 @@ def _as_list(value: Any) -> Any:
 MAX_BOUND = 1e15
 """Largest magnitude of a bound. No metric reaches it, and a bound of 1e308 is an always-true (or
 never-true) test that only looks like a limit; beyond 2**53 a float64 does not even count exactly."""
+MIN_BOUND = 1e-4
+"""Smallest magnitude of a bound but 0. durable-rules' JSON parser reads no exponent, and Python
+writes one below 1e-4 (``5e-05``): such a bound made compiling the rules fail with "error code
+204". Event values that small are read as ±``MIN_BOUND`` (``engine.policy.host.plain``)."""
 
 
 def _realistic(value: float) -> float:
@@ -73,6 +77,11 @@ def _realistic(value: float) -> float:
         raise ValueError(
             f"bound {value:g} is beyond ±{MAX_BOUND:g}, which no metric reaches; "
             "write a realistic bound, or leave this end of the range open"
+        )
+    if value and abs(value) < MIN_BOUND:
+        raise ValueError(
+            f"bound {value:g} is finer than {MIN_BOUND:g}, the smallest the rules engine reads; "
+            f"round it to 0 or to {MIN_BOUND:g}"
         )
     return value
 
@@ -155,14 +164,14 @@ class Contributing(_Model):
     """
 
     any: Annotated[list[str], BeforeValidator(_as_list)] = Field(min_length=1)
-    min_strength: float = Field(default=0.0, ge=0.0, le=1e6)
+    min_strength: Bound = Field(default=0.0, ge=0.0, le=1e6)
 
 
 class DiagnosisMatch(_Model):
     """The event's diagnosis names one of ``kind`` with at least ``min_probability``."""
 
     kind: Annotated[list[DiagnosisKind], BeforeValidator(_as_list)] = Field(min_length=1)
-    min_probability: float = Field(default=0.0, ge=0.0, le=1.0)
+    min_probability: Bound = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class When(_Model):
