@@ -3,12 +3,14 @@
 How the README's examples run (``test_readme_example_runs``, one test per fenced block):
 
 - ```bash blocks: every line runs with bash, in order, as a user would type it, in a copy of a
-  prepared workspace (``workspace``): the repository's ``rules/``, ``experiments/``, ``datasets/``
-  and ``notebooks/``; ``../shared/data/nab`` when the corpus is present (lines naming it are skipped
-  when it is not); the sample input files the examples name (``_write_samples``); and the default
-  home ``.selfheal/`` with four days of synthetic telemetry from 2026-01-05, a champion
-  ``selfheal-detector`` version 1 and its bundle ``.selfheal/bundles/selfheal-detector-v1``, signed
-  with ``.selfheal/keys/bundle-signing.key``, which the home trusts.
+  prepared workspace (``workspace``): copies of the repository's ``rules/``, ``experiments/``,
+  ``datasets/`` and ``notebooks/`` (an example that writes there, as retraining the shipped
+  diagnosis model does, never writes into the repository: the test checks); ``../shared/data/nab``
+  when the corpus is present (lines naming it are skipped when it is not); the sample input files
+  the examples name (``_write_samples``); and the default home ``.selfheal/`` with four days of
+  synthetic telemetry from 2026-01-05, a champion ``selfheal-detector`` version 1 and its bundle
+  ``.selfheal/bundles/selfheal-detector-v1``, signed with ``.selfheal/keys/bundle-signing.key``,
+  which the home trusts.
   Every line must exit 0 (``EXIT`` lists the documented exceptions) without a traceback.
   Before a line runs, the test only:
   - drops optional parts, written ``[--option VALUE]``;
@@ -83,6 +85,7 @@ FAST: dict[tuple[str, ...], tuple[list[str], str]] = {
     ("nab", "run"): (["--category", "artificialWithAnomaly"], "the whole subset takes ~30 s a run"),
     ("chaos", "campaign"): (["--n", "2", "--workers", "1"], "two experiments take the path of fifty"),
     ("chaos", "assess"): (["--n", "1", "--top", "1", "--workers", "1"], "one candidate, one experiment"),
+    ("diagnosis", "train"): (["--days", "1"], "a day a seed takes the path of seven"),
 }
 #: Commands that make their block slow (more than a few seconds), or `alone` (an engine racing a
 #: simulated clock, see `make test`).
@@ -241,8 +244,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory, admin: AdminServer) -> P
     root = tmp_path_factory.mktemp("readme")
     ws = root / "selfheal"
     ws.mkdir()
-    for name in FOLDERS:
-        (ws / name).symlink_to(REPO / name)
+    for name in FOLDERS:  # copies: an example that writes there (`-o experiments/...`) writes here
+        shutil.copytree(REPO / name, ws / name)
     corpus = nab_dir()
     if corpus is not None:
         (root / "shared" / "data").mkdir(parents=True)
@@ -515,12 +518,25 @@ def test_readme_example_runs(block: Block, request: pytest.FixtureRequest, tmp_p
         SELFHEAL_TEST_RULES=str(copy / "engine-rules"),
     )
     shell = Shell(copy / template.name, tmp_path / "tmp", env, port)
+    before = _repository_files()
     try:
         for line, command in block.commands():
             if _skip_reason(command) is None:
                 shell.run(f"README.md:{line}", command)
     finally:
         shell.stop()
+    assert _repository_files() == before, "an example wrote into the repository's folders"
+
+
+def _repository_files() -> dict[Path, tuple[int, int]]:
+    """Each file of the repository's shipped folders with its size and modification time (an
+    example that rewrote the shipped diagnosis model with the same bytes still changed its time)."""
+    return {
+        path: (path.stat().st_size, path.stat().st_mtime_ns)
+        for name in FOLDERS
+        for path in (REPO / name).rglob("*")
+        if path.is_file()
+    }
 
 
 def _validate_yaml(block: Block, tmp_path: Path) -> None:
