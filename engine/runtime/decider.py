@@ -251,7 +251,7 @@ class Decider:
                 journal.lock_decisions()  # replicas: the counts hold until this commit (module doc)
             retried = self._retries(out.notes)
             if decided or retried:
-                everything = [(d, None) for d, _, _ in retried] + list(decided)
+                everything = [(d, None) for d, _ in retried] + list(decided)  # a retry has no emit time
                 ctx = self.context([d for d, _ in everything])
                 enactment = enact(everything, ctx)
                 for key, d in enactment.observed:
@@ -259,7 +259,7 @@ class Decider:
                 for d, reason in enactment.waiting:
                     ttl = d.approval.ttl_s or self.approval_ttl_s
                     self._waiting[(d.target, d.rule, d.action)] = Waiting(d, reason, ctx.now + ttl)
-                retry_of = {d.id: blocked for d, _, blocked in retried}
+                retry_of = {d.id: blocked for d, blocked in retried}
                 enactment.records = [
                     (d, status, reason or (f"retry of {retry_of[d.id]}" if d.id in retry_of else None))
                     for d, status, reason in enactment.records
@@ -274,14 +274,14 @@ class Decider:
         """Decisions blocked for want of a free slot, waiting to be tried again (oldest first)."""
         return [w.decision for w in self._waiting.values()]
 
-    def _retries(self, notes: list[Note]) -> list[tuple[Decision, None, str]]:
+    def _retries(self, notes: list[Note]) -> list[tuple[Decision, str]]:
         """Waiting decisions whose slot is free now, each as a new decision naming the blocked one;
         those past their wait are given up (journaled on the blocked row, told to listeners)."""
         if not self._waiting:
             return []
         now = time.time()
         ctx = self.context([w.decision for w in self._waiting.values()], now)
-        out: list[tuple[Decision, None, str]] = []  # (retry, no emit time, the blocked decision's id)
+        out: list[tuple[Decision, str]] = []  # (retry, the blocked decision's id)
         updates: list[tuple[str, str, str | None]] = []
         for key, w in list(self._waiting.items()):
             if now >= w.until:
@@ -296,7 +296,7 @@ class Decider:
             retry = replace(w.decision, id=new_id("dec"))
             updates.append((w.decision.id, DecisionStatus.BLOCKED, f"{w.reason}; retried as {retry.id}"))
             notes.append(("retried", {"decision_id": w.decision.id, "retry_id": retry.id}))
-            out.append((retry, None, w.decision.id))
+            out.append((retry, w.decision.id))
         if updates:
             self.journal.set_decision_statuses(updates)
         return out

@@ -118,7 +118,7 @@ class ScoringStage:
         *,
         store: StateStore | None = None,
         snapshot_s: float = 60.0,
-        on_error: Callable[[str], None] | None = None,
+        on_error: Callable[[str], None] = lambda stage: None,
     ) -> None:
         self.detector = detector
         self._on_error = on_error
@@ -199,8 +199,7 @@ class ScoringStage:
             self._snapshots.failed(
                 "writing the detector states failed (scoring goes on; the next tick retries)"
             )
-            if self._on_error is not None:
-                self._on_error("states")
+            self._on_error("states")
         else:
             self._snapshots.worked()
 
