@@ -19,7 +19,7 @@ converts another's, and no layer has to import another to know what a decision i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -226,10 +226,10 @@ class Decision:
             "window_end": self.window_end,
             "spec": {
                 "replicas": self.replicas,
-                "safeguards": asdict(self.safeguards),
-                "verify": None if self.verify is None else asdict(self.verify),
-                "approval": asdict(self.approval),
-                "inverse": None if self.inverse is None else asdict(self.inverse),
+                "safeguards": _plain(self.safeguards),
+                "verify": None if self.verify is None else _plain(self.verify),
+                "approval": _plain(self.approval),
+                "inverse": None if self.inverse is None else _plain(self.inverse),
                 "evidence": list(self.evidence),
                 "diagnosis": None if self.diagnosis is None else self.diagnosis.model_dump(mode="json"),
             },
@@ -264,6 +264,14 @@ class Decision:
             window_end=row.get("window_end"),
             diagnosis=None if spec.get("diagnosis") is None else Diagnosis.model_validate(spec["diagnosis"]),
         )
+
+
+def _plain(spec: SafeguardSpec | VerifySpec | ApprovalSpec | ActionCall) -> dict[str, Any]:
+    """A spec's fields as a dict, for its journal row. Not ``dataclasses.asdict``: that copies every
+    value deeply, and these specs hold only numbers, strings and tuples or dicts of them, which
+    nobody changes (the specs are frozen). ``asdict`` of a decision's four specs (twice a decision)
+    was over a third of the commit of a tick that decided 16 times (0.23 ms a decision)."""
+    return {f.name: getattr(spec, f.name) for f in fields(spec)}
 
 
 def _verify(raw: dict[str, Any]) -> VerifySpec:

@@ -27,7 +27,7 @@ from test_runtime_support import (
 
 from engine.features.online import FeatureRow
 from engine.policy import PolicyHost, load_policies
-from engine.records import AnomalyEvent, Decision, Execution, Outcome
+from engine.records import ActionCall, AnomalyEvent, Decision, Diagnosis, Execution, Outcome
 from engine.runtime import safeguards
 from engine.runtime.components import RegistryActions, assemble
 from engine.runtime.config import load_settings
@@ -571,8 +571,20 @@ def test_registry_actions_say_which_targets_can_be_asked_again(tmp_path: Path) -
     assert not actions.repeatable(ActionCall("webhook", {"url": "http://x"}), target="a")
 
 
-def test_a_decision_round_trips_through_its_journal_row(host: PolicyHost) -> None:
+def test_a_decision_round_trips_through_its_journal_row(host: PolicyHost, tmp_path: Path) -> None:
     (decision,) = ask(host, TickEvents([], [_event("feature-store", 1)], 0.0)).decided
-    assert decision.inverse is not None and decision.verify is not None
+    assert decision.verify is not None
+    decision = replace(  # every spec with something in it
+        decision,
+        verify=replace(decision.verify, metrics={"error_rate": (None, 0.05)}),
+        inverse=ActionCall("scale", {"delta": -1}),
+        diagnosis=Diagnosis(
+            kind="memory_leak", probability=0.9, root="feature-store", evidence=(("memory_util", 6.5),)
+        ),
+    )
     assert Decision.from_record(decision.to_record()) == decision
+    with Journal(tmp_path / "j.sqlite") as journal:  # and through its JSON columns
+        journal.record_decisions([(decision.to_record(), DecisionStatus.EXECUTING, None)])
+        row = journal.decision(decision.id)
+        assert row is not None and Decision.from_record(row) == decision
     assert Execution("x", decision, "rollback", decision.inverse).idempotency_key == f"{decision.id}:rollback"

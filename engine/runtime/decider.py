@@ -304,7 +304,8 @@ class Decider:
     def _journal(self, enactment: Enactment) -> list[Execution]:
         """A batch's decisions, approval requests and executions: a few multi-row statements."""
         journal = self.journal
-        journal.record_decisions([(d.to_record(), status, reason) for d, status, reason in enactment.records])
+        record = {d.id: d.to_record() for d, _, _ in enactment.records}  # once a decision: it costs
+        journal.record_decisions([(record[d.id], status, reason) for d, status, reason in enactment.records])
         for decision in enactment.approvals:
             approval_id = journal.create_approval(
                 decision.id,
@@ -315,7 +316,7 @@ class Decider:
                 ("approval_requested", {"decision_id": decision.id, "approval_id": approval_id})
             )
         ids = journal.start_new_executions(
-            [(d.to_record(), f"{d.id}:action", d.replicas) for d, _ in enactment.starts]
+            [(record[d.id], f"{d.id}:action", d.replicas) for d, _ in enactment.starts]
         )
         return [
             Execution(eid, d, "action", _call(d), emitted)

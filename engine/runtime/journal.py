@@ -920,8 +920,12 @@ def _event_row(event: Mapping[str, Any], kind: str, ts: float) -> tuple[Any, ...
     )
 
 
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+"""One encoder for every JSON column: ``json.dumps`` with options builds a new one each call."""
+
+
 def _enc(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, default=str, separators=(",", ":"))
+    return None if value is None else _ENCODER.encode(value)
 
 
 def _decode(row: dict[str, Any]) -> dict[str, Any]:
