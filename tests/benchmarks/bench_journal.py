@@ -9,6 +9,10 @@ key. SQLite is a local file in WAL mode with ``synchronous=FULL``; PostgreSQL a 
 is the cost of a journal replicas can share (a remote server adds its network round trips,
 several per commit, on top). The last row is the decision lock's cost, one engine alone (a
 round trip); with replicas deciding at once, each also waits for the others' commits.
+
+``bench_decided_commit`` times the decider's own commit (``Decider.commit``) of a tick in which
+16 events decided, against a tick of one: what each decision of a burst adds to the wait of
+every action of its tick.
 """
 
 from __future__ import annotations
@@ -22,13 +26,20 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_rules import _deciding_policies, _engine_events
 from harness import Row
 from test_journal import _decision
 
+from engine.policy import PolicyHost
+from engine.runtime.decider import Decider
+from engine.runtime.events import TickEvents
 from engine.runtime.journal import DecisionStatus, Journal
+from engine.runtime.policies import ask
+from engine.runtime.safeguards import GlobalLimits
 from engine.testing.services import PostgresServer
 
 COMMITS = 400
+DECIDED_TICKS = 150
 
 
 def _commits(location: str | Path, n: int, *, lock: bool = True) -> list[float]:
@@ -77,4 +88,47 @@ def bench_journal(repeats: int) -> list[Row]:
     ]  # fmt: skip
 
 
-BENCHMARKS = [bench_journal]
+def _decided_commits(per_tick: int, ticks: int = DECIDED_TICKS) -> list[float]:
+    """Milliseconds per ``Decider.commit`` of a tick whose events each decided (SQLite, durable):
+    the engine's own commit (events, safeguard counts, decisions, executions) of what the engine
+    benchmark's rule decides, the policies run before the clock starts. Between ticks the actions
+    are settled and verified, so every decision of the next tick acts again."""
+    out = []
+    events = _engine_events(per_tick * ticks)
+    host = PolicyHost(_deciding_policies(), tick_seconds=15.0)
+    with (
+        tempfile.TemporaryDirectory(prefix="selfheal-bench-decided-") as tmp,
+        Journal(Path(tmp) / "j") as journal,
+    ):
+        decider = Decider(journal, limits=GlobalLimits(max_actions_per_hour=10**9, max_concurrent=10**6))
+        for k in range(ticks):
+            batch = events[k * per_tick : (k + 1) * per_tick]
+            tick = ask(host, TickEvents([], batch, time.perf_counter()))
+            started = time.perf_counter()
+            done = decider.commit([tick])
+            out.append((time.perf_counter() - started) * 1000)
+            if len(done.executions) != len(batch):
+                raise RuntimeError(f"{len(batch)} events decided {len(done.executions)} actions")
+            with journal.transaction():
+                journal.settle_executions([e.id for e in done.executions])
+                journal.set_decision_statuses(
+                    [(e.decision.id, DecisionStatus.VERIFIED, None) for e in done.executions]
+                )
+    return out
+
+
+def bench_decided_commit(repeats: int) -> list[Row]:
+    """A burst of decisions in one tick against one decision a tick: what a decision adds to the
+    commit every one of its tick's actions waits for."""
+    many: list[float] = []
+    one: list[float] = []
+    for _ in range(repeats):
+        many.append(float(np.percentile(_decided_commits(16), 50)))
+        one.append(float(np.percentile(_decided_commits(1), 50)))
+    return [
+        Row("decider commit p50, a tick of 16 decisions", "ms", many, "a tick of 1 decision", one,
+            higher_is_better=False, note=f"{DECIDED_TICKS} ticks a sample; SQLite WAL, synchronous=FULL"),
+    ]  # fmt: skip
+
+
+BENCHMARKS = [bench_journal, bench_decided_commit]

@@ -83,7 +83,8 @@ rules:
   - name: restart-any
     when: {services: ['svc-*']}
     then: {action: restart}
-    safeguards: {cooldown: 0.001, max_per_hour: 1000000, max_per_hour_global: 1000000}
+    safeguards: {cooldown: 0.001, max_per_hour: 1000000, max_per_hour_global: 1000000,
+                 max_concurrent: 1000, blast_radius: 1.0}
     verify: {steady_state: {score_below: 1.0}, deadline: 5s}
 """
 
