@@ -52,7 +52,7 @@ def test_replay_lines_decisions_up_with_labeled_incidents(history: tuple[Path, A
     assert totals["decisions"] == len(result.decisions) > 0
     for d in result.decisions:
         assert since.timestamp() <= d.ts <= until.timestamp() + 60
-        assert d.outcome in ("execute", "approval", "blocked")
+        assert d.outcome in ("execute", "approval", "blocked", "duplicate")
         if d.incident is not None:
             assert d.incident in set(labeled.filter(labeled["service"] == d.target)["kind"].to_list())
     assert all(d.action == "rollback_model" for d in result.approvals)  # the only high-risk policy
@@ -166,3 +166,33 @@ def test_replay_decides_what_an_engine_fed_the_same_points_decides(
     replay_decided = sorted((d.ts, d.service, d.target, d.action, d.rule, d.risk) for d in result.decisions)
     assert engine_decided == replay_decided and len(replay_decided) >= 1
     assert {d["status"] for d in decisions} == {"blocked"}
+
+
+def test_replay_enacts_a_tick_as_the_decider_does() -> None:
+    """Replay's decisions go through the decider's own core: a second decision for a remedy the
+    same tick started is a duplicate (one incident, one action; judged one by one it read as
+    blocked by the cooldown), a high-risk one waits for approval, and the cooldown holds into the
+    next ticks until it has passed."""
+    from engine.chaos.replay import _Ledger, judge
+    from engine.records import ApprovalSpec, Decision, SafeguardSpec
+
+    def decided(i: int, target: str, action: str = "restart", approval: bool = False) -> Decision:
+        return Decision(
+            id=f"dec-{i}", event_id=f"evt-{i}", service=target, target=target, action=action, params={},
+            policy="p", rule=f"r-{action}", safeguards=SafeguardSpec(cooldown_s=600),
+            approval=ApprovalSpec(required=approval),
+        )  # fmt: skip
+
+    ledger = _Ledger()
+    windows = {"a": [(0.0, 2000.0, "memory_leak")]}
+    tick = [decided(1, "a"), decided(2, "a"), decided(3, "b", "rollback_model", approval=True)]
+    first = judge(tick, 1000.0, ledger, {"a": 2}, windows)
+    assert [(d.outcome, d.incident) for d in first] == [
+        ("execute", "memory_leak"),
+        ("duplicate", "memory_leak"),
+        ("approval", None),
+    ]
+    (again,) = judge([decided(4, "a")], 1300.0, ledger, {"a": 2}, windows)
+    assert again.outcome == "blocked" and again.reason.startswith("cooldown")
+    (after,) = judge([decided(5, "a")], 1700.0, ledger, {"a": 2}, windows)
+    assert after.outcome == "execute"

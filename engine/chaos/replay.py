@@ -5,9 +5,11 @@ goes through the engine's own stages, one feature interval per tick: scoring
 (``engine.runtime.scoring``), event making (``engine.runtime.events``: contributing metrics, latest
 metric values, health changes) and the policies (``engine.runtime.policies``, a fresh durable-rules
 host from the bundle's compiled policies), so replay makes exactly the events and decisions an
-engine fed the same points would. The engine's own safeguard function
-(``engine.runtime.safeguards.check``) then says whether each decision would have run, waited for
-approval, or been blocked; actions are assumed to succeed at once. The history before ``since``
+engine fed the same points would. The engine's own deciding core (``engine.runtime.decider.enact``:
+one remedy per incident, the safeguards, approvals) then says whether each decision would have
+run, waited for approval, been blocked, or been dropped as a duplicate of a remedy under way;
+actions are assumed to succeed and be verified at once, so none is ever in flight (no decision
+waits for a slot) and a remedy is under way only within its own tick. The history before ``since``
 that the features need warms the stages up; only what happens from ``since`` on is reported.
 Nothing is executed and no journal is written. The alarms are scored per service against the
 incidents labeled in the store (``engine.evaluation.events.event_metrics``), and every decision is
@@ -21,6 +23,7 @@ import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from itertools import groupby
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +45,7 @@ class ReplayDecision:
     action: str
     rule: str
     risk: str
-    outcome: str  # execute | approval | blocked
+    outcome: str  # execute | approval | blocked | duplicate
     reason: str
     incident: str | None  # the labeled incident on the target at the time, if any
 
@@ -80,6 +83,7 @@ class ReplayResult:
             "would_execute": len(executed),
             "would_ask_approval": len(self.approvals),
             "would_block": sum(d.outcome == "blocked" for d in self.decisions),
+            "duplicates": sum(d.outcome == "duplicate" for d in self.decisions),
             "unjustified_actions": sum(not d.justified for d in executed),
         }
 
@@ -91,7 +95,7 @@ class ReplayResult:
             f"  incidents {t['incidents']}, detected {t['incidents_detected']}"
             + (f" (recall {t['recall']:.2f})" if t["recall"] is not None else ""),
             f"  decisions {t['decisions']}: would execute {t['would_execute']}, ask approval "
-            f"{t['would_ask_approval']}, blocked {t['would_block']}; "
+            f"{t['would_ask_approval']}, blocked {t['would_block']}, duplicates {t['duplicates']}; "
             f"actions with no incident on their target: {t['unjustified_actions']}",
             "",
             f"  {'service':<14} {'windows':>7} {'detected':>8} {'precision':>9} {'recall':>6} "
@@ -107,7 +111,8 @@ class ReplayResult:
             for d in self.decisions[:50]:
                 lines.append(
                     f"  {_iso(d.ts)} {d.outcome:<8} {d.action} on {d.target} ({d.rule}, {d.risk})"
-                    f" {d.reason if d.outcome == 'blocked' else ''}  incident: {d.incident or 'none'}"
+                    f" {'' if d.outcome in ('execute', 'approval') else d.reason}"
+                    f"  incident: {d.incident or 'none'}"
                 )
             if len(self.decisions) > 50:
                 lines.append(f"  ... {len(self.decisions) - 50} more (see --out)")
@@ -137,25 +142,29 @@ def _iso(ts: float) -> str:
 
 
 class _Ledger:
-    """Executions the replay would have made, for the safeguards' counts (replay time)."""
+    """Executions the replay would have made (replay time), for the decider's safeguard counts."""
 
     def __init__(self) -> None:
         self.executions: deque[tuple[float, str]] = deque()
 
-    def counts(self, target: str, now: float) -> Any:
-        from engine.runtime.journal import TargetCounts
+    def context(self, decisions: list[Any], now: float, replicas: Any) -> Any:
+        """What ``enact`` sees at ``now``: the journal's counts as replay knows them (no action in
+        flight, no failure, no remedy under way: they all succeed at once), the engine's default
+        global limits, the kill switch off and every policy in auto mode."""
+        from engine.runtime import safeguards
+        from engine.runtime.decider import Context
+        from engine.runtime.journal import SafeguardCounts
 
         while self.executions and self.executions[0][0] < now - 86400:
             self.executions.popleft()
-        mine = [t for t, tgt in self.executions if tgt == target]
-        return TargetCounts(
-            last_execution_ts=max(mine) if mine else None,
-            executions_last_hour=sum(t >= now - 3600 for t in mine),
-            in_flight_replicas=0,
-            global_executions_last_hour=sum(t >= now - 3600 for t, _ in self.executions),
-            global_in_flight=0,
-            recent_failures=0,
-        )
+        hour_ago = now - 3600
+        per_target: dict[str, tuple[float | None, int, int]] = {}
+        for target in {d.target for d in decisions}:
+            mine = [t for t, tgt in self.executions if tgt == target]
+            per_target[target] = (max(mine) if mine else None, sum(t >= hour_ago for t in mine), 0)
+        hour = sum(t >= hour_ago for t, _ in self.executions)
+        counts = SafeguardCounts(per_target, {}, hour, 0, 0)
+        return Context(now, counts, set(), False, safeguards.GlobalLimits(), (), replicas)
 
 
 def replay_bundle(
@@ -241,6 +250,7 @@ def replay(
         version=kinds.version,
     )
     ledger = _Ledger()
+    replicas = {name: spec.replicas for name, spec in topology.services.items()}
     windows = _windows(incidents)
     start_s = (since - datetime(1970, 1, 1)).total_seconds()
     decisions: list[ReplayDecision] = []
@@ -260,10 +270,10 @@ def replay(
         if not (made.events or made.changes):
             continue
         anomalies += [e for e in made.events if e.ts >= start_s]
-        for decision in ask(host, made).decided:  # before ``since``: warm-up only
-            at = decision.window_end if decision.window_end is not None else start_s
-            if at >= start_s:
-                decisions.append(_judge(decision, at, ledger, topology, windows))
+        decided = ask(host, made).decided
+        for at, batch in groupby(decided, key=lambda d: start_s if d.window_end is None else d.window_end):
+            if at >= start_s:  # before ``since``: warm-up only
+                decisions += judge(list(batch), at, ledger, replicas, windows)
     if not scored_ts:
         raise InputError(
             f"no complete feature rows in [{since}, {until})",
@@ -310,53 +320,65 @@ def _ticks(points: Any, interval: float, *, progress: bool) -> Any:
     return ticks
 
 
-def _judge(
-    decision: Any,
+def judge(
+    decided: list[Any],
     now: float,
     ledger: _Ledger,
-    topology: Any,
+    replicas: dict[str, int],
     windows: dict[str, list[tuple[float, float, str]]],
-) -> ReplayDecision:
-    from engine.runtime import safeguards
+) -> list[ReplayDecision]:
+    """One tick's decisions through the decider's core (``enact``), as the engine would enact them
+    at ``now`` (module docstring), each with the labeled incident on its target at the time."""
+    from engine.runtime.decider import enact
+    from engine.runtime.journal import DecisionStatus
 
-    replicas = 1
-    spec = topology.services.get(decision.target)
-    if spec is not None:
-        replicas = spec.replicas
-    verdict = safeguards.check(
-        decision,
-        ledger.counts(decision.target, now),
-        now=now,
-        limits=safeguards.GlobalLimits(),
-        replicas=replicas,
-    )
-    if not verdict.allowed:
-        outcome, reason = "blocked", f"{verdict.safeguard}: {verdict.reason}"
-    elif decision.approval.required:
-        ask = decision.approval
-        outcome, reason = "approval", f"approval required (ttl {ask.ttl_s:.0f}s, on expiry {ask.on_expiry})"
-    else:
-        outcome, reason = "execute", "all safeguards passed"
-        ledger.executions.append((now, decision.target))
-    incident = next(
-        (
-            kind
-            for start, end, kind in windows.get(decision.target, [])
-            if start <= now <= end + INCIDENT_SLACK_S
-        ),
-        None,
-    )
-    return ReplayDecision(
-        ts=now,
-        service=decision.service,
-        target=decision.target,
-        action=decision.action,
-        rule=decision.rule,
-        risk=decision.risk,
-        outcome=outcome,
-        reason=reason,
-        incident=incident,
-    )
+    ctx = ledger.context(decided, now, lambda target: replicas.get(target, 1))
+    enactment = enact([(d, None) for d in decided], ctx)
+    outcome: dict[str, tuple[str, str]] = {
+        n["decision_id"]: (
+            "duplicate",
+            "the same remedy is under way on this target (one incident, one action)",
+        )
+        for kind, n in enactment.notes
+        if kind == "duplicate"
+    }
+    for d, status, reason in enactment.records:
+        if status == DecisionStatus.EXECUTING:
+            outcome[d.id] = ("execute", "all safeguards passed")
+        elif status == DecisionStatus.AWAITING_APPROVAL:
+            ask = d.approval
+            outcome[d.id] = (
+                "approval",
+                f"approval required (ttl {ask.ttl_s:.0f}s, on expiry {ask.on_expiry})",
+            )
+        else:
+            outcome[d.id] = (str(status), reason or "")
+    ledger.executions.extend((now, d.target) for d, _ in enactment.starts)
+    out = []
+    for decision in decided:
+        verdict, reason = outcome[decision.id]
+        incident = next(
+            (
+                kind
+                for start, end, kind in windows.get(decision.target, [])
+                if start <= now <= end + INCIDENT_SLACK_S
+            ),
+            None,
+        )
+        out.append(
+            ReplayDecision(
+                ts=now,
+                service=decision.service,
+                target=decision.target,
+                action=decision.action,
+                rule=decision.rule,
+                risk=decision.risk,
+                outcome=verdict,
+                reason=reason,
+                incident=incident,
+            )
+        )
+    return out
 
 
 def _windows(incidents: Any) -> dict[str, list[tuple[float, float, str]]]:
