@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from engine.cli import app
 from engine.diagnosis import DiagnosisStage, KindModel, shipped_model
 from engine.diagnosis.localise import explains, root_of, upstream_closure
-from engine.diagnosis.signature import METRICS, QUIET_Z, WARMUP_S, Baselines
+from engine.diagnosis.signature import METRICS, QUIET_Z, RECENT, RECENT_TAU_S, WARMUP_S, Baselines
 from engine.errors import ConfigError, InputError
 from engine.policy import PolicyHost, load_policies
 from engine.records import AnomalyEvent, Decision, Diagnosis
@@ -44,15 +44,15 @@ def test_signature_is_signed_distance_from_a_learned_normal_and_a_fault_is_not_l
     ts = T0
     for _ in range(int(WARMUP_S / 60) + 60):
         ts += 60
-        z = b.signature("svc", ts, {"latency_p99_ms": 100 + rng.normal(0, 2), "memory_util": 0.5})
+        z, _ = b.signature("svc", ts, {"latency_p99_ms": 100 + rng.normal(0, 2), "memory_util": 0.5})
     assert np.abs(z).max() < QUIET_Z
     level = b.baseline("svc", "latency_p99_ms")["level"]  # type: ignore[index]
     for _ in range(30):  # a fault: latency far up, memory unchanged
         ts += 60
-        z = b.signature("svc", ts, {"latency_p99_ms": 150.0, "memory_util": 0.5})
+        z, _ = b.signature("svc", ts, {"latency_p99_ms": 150.0, "memory_util": 0.5})
     assert z[METRICS.index("latency_p99_ms")] > 10 and z[METRICS.index("memory_util")] == 0
     assert b.baseline("svc", "latency_p99_ms")["level"] == level  # type: ignore[index]  # not absorbed
-    z = b.signature("svc", ts + 60, {"latency_p99_ms": 60.0})
+    z, _ = b.signature("svc", ts + 60, {"latency_p99_ms": 60.0})
     assert z[METRICS.index("latency_p99_ms")] < -10  # down is negative; a missing metric reads 0
     assert z[METRICS.index("memory_util")] == 0
 
@@ -69,7 +69,7 @@ def test_a_leak_slower_than_the_baseline_still_stands_out() -> None:
         b.signature("svc", ts, {"memory_util": 0.5 + rng.normal(0, 0.01)})
     for i in range(120):
         ts += 60
-        z = b.signature("svc", ts, {"memory_util": 0.5 + 0.4 * i / 120 + rng.normal(0, 0.01)})
+        z, _ = b.signature("svc", ts, {"memory_util": 0.5 + 0.4 * i / 120 + rng.normal(0, 0.01)})
     assert z[METRICS.index("memory_util")] > 10
 
 
@@ -77,16 +77,51 @@ def test_a_series_always_at_zero_reads_a_value_off_zero_as_far_out_not_as_an_err
     """No spread learnt and no floor for request_rate: a division by zero stopped the tick."""
     b = Baselines()
     for k in range(int(WARMUP_S / 60) + 5):
-        z = b.signature("idle", T0 + 60 * k, {"request_rate": 0.0})
+        z, _ = b.signature("idle", T0 + 60 * k, {"request_rate": 0.0})
     assert not z.any()
-    z = b.signature("idle", T0 + WARMUP_S + 600, {"request_rate": 5.0})
+    z, _ = b.signature("idle", T0 + WARMUP_S + 600, {"request_rate": 5.0})
     assert z[METRICS.index("request_rate")] == 1 / 0.02
 
 
 def test_a_young_series_gives_no_signature() -> None:
     b = Baselines()
-    assert not b.signature("svc", T0, {"error_rate": 0.01}).any()
-    assert not b.signature("svc", T0 + WARMUP_S / 2, {"error_rate": 0.9}).any()
+    assert not b.signature("svc", T0, {"error_rate": 0.01})[0].any()
+    assert not b.signature("svc", T0 + WARMUP_S / 2, {"error_rate": 0.9})[0].any()
+
+
+def test_recent_latency_adds_up_over_a_creep_and_fades_after_a_one_off_row() -> None:
+    """The recent mean of latency's z (every row, quiet or not) is what tells a creep's first
+    rows, which move latency alone, from noise: the same row's z has a different history."""
+    rng = np.random.default_rng(3)
+    b = Baselines()
+    ts = T0
+    for _ in range(int(WARMUP_S / 60) + 60):
+        ts += 60
+        b.signature("svc", ts, {"latency_p50_ms": 100 + rng.normal(0, 2)})
+        b.signature("creep", ts, {"latency_p50_ms": 100 + rng.normal(0, 2)})
+    p50 = RECENT.index("latency_p50_ms")
+    z, spike = b.signature("svc", ts + 60, {"latency_p50_ms": 120.0})  # one row, far up
+    assert z[METRICS.index("latency_p50_ms")] > QUIET_Z
+    assert abs(spike[p50] - z[METRICS.index("latency_p50_ms")] * (1 - np.exp(-60 / RECENT_TAU_S))) < 0.5
+    for i in range(30):  # latency a little higher each minute: 30 minutes of a creep
+        z, creep = b.signature("creep", ts + 60 * (i + 1), {"latency_p50_ms": 100 + 0.7 * i})
+    assert creep[p50] > 3 * spike[p50]
+    for i in range(20):  # the spike's service back to normal: its mean fades
+        _, after = b.signature("svc", ts + 60 * (i + 2), {"latency_p50_ms": 100 + rng.normal(0, 2)})
+    assert abs(after[p50]) < 0.5 * spike[p50] + 0.5
+
+
+def test_the_shipped_model_reads_the_same_row_by_its_history() -> None:
+    """A service slow by 5 spreads now: after 20 minutes of rising latency it is a creep; as a
+    one-off (its recent mean near 0) it is not. A model of the row's z alone says the same of both."""
+    model = shipped_model()
+    now = z_of(latency_p50_ms=5.0, latency_p99_ms=4.0)
+    one_off = np.zeros(len(RECENT))
+    sustained = np.array([{"latency_p50_ms": 3.0, "latency_p99_ms": 2.5}[m] for m in RECENT])
+    creep = list(model.classes).index("latency_creep")
+    p_sustained, p_one_off = model.proba(np.vstack([now, now]), np.vstack([sustained, one_off]))
+    assert model.predict(now, sustained)[0] == "latency_creep"
+    assert p_sustained[creep] > p_one_off[creep] + 0.2
 
 
 # ------------------------------------------------------------------------------- model
@@ -96,40 +131,103 @@ def _toy_model() -> KindModel:
     stale = np.array([z_of(retrieval_precision=-rng.uniform(4, 20)) for _ in range(40)])
     noise = np.array([z_of(request_rate=rng.normal(0, 4)) for _ in range(40)])
     labels = ["memory_leak"] * 40 + ["stale_index"] * 40 + ["unknown"] * 40
-    return KindModel.fit(np.vstack([leak, stale, noise]), np.array(labels))
+    return KindModel.fit(np.vstack([leak, stale, noise]), np.zeros((120, len(RECENT))), np.array(labels))
 
 
 def test_model_learns_kinds_and_survives_its_json(tmp_path: Path) -> None:
     model = _toy_model()
     rows = np.array([z_of(memory_util=9), z_of(retrieval_precision=-9), z_of(request_rate=1)])
-    assert model.predict(rows).tolist() == ["memory_leak", "stale_index", "unknown"]
-    p = model.proba(rows)
-    assert np.allclose(p.sum(axis=1), 1) and (p.max(axis=1) < 1).all()  # leaves are smoothed
+    recent = np.zeros((3, len(RECENT)))
+    assert model.predict(rows, recent).tolist() == ["memory_leak", "stale_index", "unknown"]
+    p = model.proba(rows, recent)
+    assert np.allclose(p.sum(axis=1), 1)
     again = KindModel.load(model.save(tmp_path / "m.json"))
-    assert np.allclose(again.proba(rows), p, atol=1e-5) and again.version == model.version
-    assert "memory_util z" in model.rules()
+    assert np.allclose(again.proba(rows, recent), p, atol=1e-4) and again.version == model.version
+    said = dict(line.split(None, 1) for line in model.summary().splitlines()[2:])
+    assert said["memory_leak"].startswith("memory_util up")
+    assert "retrieval_precision down" in said["stale_index"]
+
+
+def test_the_forest_says_what_scikit_learn_says_for_any_row() -> None:
+    """``proba`` walks every tree at once in numpy; it must be scikit-learn's ``predict_proba``
+    of the forest it was read from: for rows far from anything it was fitted on, and for inputs
+    exactly on a threshold (fitted on whole numbers, some thresholds are halves: which way a row
+    equal to one goes, and scikit-learn's float32 inputs, decide)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from engine.diagnosis.model import inputs
+
+    rng = np.random.default_rng(3)
+    width = len(METRICS) + len(RECENT)
+    x = rng.integers(-3, 4, (400, width)).astype(float)
+    kinds = np.array(["memory_leak", "unknown", "latency_creep", "stale_index"])
+    labels = kinds[(x[:, 0] > 0).astype(int) + 2 * (x[:, -1] > 1)]
+    labels[rng.random(400) < 0.2] = "unknown"  # noise: leaves of mixed kinds
+    clf = RandomForestClassifier(n_estimators=7, max_depth=6, min_samples_leaf=3, random_state=0).fit(
+        x, labels
+    )
+    model = KindModel.of_sklearn(clf)
+    assert model.trees == 7 and model.depth == max(e.get_depth() for e in clf.estimators_)
+    assert list(model.classes) == list(clf.classes_)
+    on = rng.choice(model.threshold[model.left >= 0], (2000, width))  # every input on some threshold
+    near = on + rng.choice([-1e-7, 0.0, 1e-7], on.shape)
+    for rows in (on, near, rng.normal(0, 10, (2000, width))):
+        assert np.abs(model.proba_of_inputs(rows) - clf.predict_proba(rows)).max() < 1e-12
+    z2, recent2 = rng.normal(0, 10, (500, len(METRICS))), rng.normal(0, 5, (500, len(RECENT)))
+    assert np.abs(model.proba(z2, recent2) - clf.predict_proba(inputs(z2, recent2))).max() < 1e-12
+
+
+def _tree_of_three(raw: dict) -> None:
+    """Two trees in ``raw``: a root with two leaves, then a leaf alone."""
+    raw.update(
+        roots=[0, 3], feature=[0, -2, -2, -2], threshold=[0.0, -2.0, -2.0, -2.0], left=[1, -1, -1, -1],
+        right=[2, -1, -1, -1], share=[1.0, 0.5, 0.5, 1.0], value=[[1 / 3] * 3] * 4,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         ({"format": "other/1"}, "format"),
-        ({"metrics": ["cpu_util"]}, "trained on metrics"),
-        ({"left": [5, -1, -1]}, "do not fit"),
+        ({"inputs": ["cpu_util"]}, "trained on inputs"),
+        ({"format": "selfheal-diagnosis/1"}, "format"),  # one tree over z alone: retrain
+        ({"left": [5, -1, -1, -1]}, "do not fit"),  # past the end
+        ({"left": [3, -1, -1, -1]}, "do not fit"),  # into the next tree
+        ({"right": [2, 1, -1, -1]}, "do not fit"),  # a leaf with a child
+        ({"roots": [1, 3]}, "do not fit"),  # nodes before the first tree
+        ({"roots": [0, 0]}, "do not fit"),
+        ({"roots": [0, 9]}, "do not fit"),
+        ({"share": [1.0, 0.5, 1.5, 1.0]}, "do not fit"),
+        ({"value": [[-1, 1, 1]] * 4}, "do not fit"),
+        ({"feature": [15, -2, -2, -2]}, "do not fit"),  # no such input
         ({"classes": ["memory_leak", "stale_index", "kraken"]}, "do not fit"),
         ({"threshold": "x"}, "unreadable"),
+        ({"roots": None}, "unreadable"),
     ],
 )
 def test_a_bad_model_file_is_refused_with_a_hint(tmp_path: Path, change: dict, message: str) -> None:
     raw = _toy_model().to_dict()
-    if "left" in change:  # a tree of three nodes whose root points past its end
-        raw.update(feature=[0, -2, -2], threshold=[0.0, -2.0, -2.0], right=[2, -1, -1])
-        raw["value"] = [[1 / 3] * 3] * 3
+    if set(change) & {"left", "right", "roots", "share", "value", "feature"}:
+        _tree_of_three(raw)
+    assert "do not fit" not in message or KindModel.from_dict({**raw, "info": {}})  # valid before
     raw.update(change)
     (tmp_path / "m.json").write_text(json.dumps(raw))
     with pytest.raises(ConfigError, match=message) as err:
         KindModel.load(tmp_path / "m.json")
-    assert "selfheal diagnosis train" in (err.value.hint or "")
+    assert "selfheal diagnosis train" in (err.value.hint or "") and str(tmp_path / "m.json") in str(err.value)
+
+
+def test_a_model_whose_nodes_share_children_loads_in_time_linear_in_its_nodes() -> None:
+    """Loading walks the trees once to learn their depth: a file whose nodes both point at the
+    next one (64 levels, 2^63 paths) must not make it walk every path."""
+    n = 64
+    raw = _toy_model().to_dict()
+    raw.update(
+        roots=[0], feature=[0] * (n - 1) + [-2], threshold=[0.0] * n, share=[1.0] * n,
+        left=[*range(1, n), -1], right=[*range(1, n), -1], value=[[1 / 3] * 3] * n,
+    )  # fmt: skip
+    model = KindModel.from_dict(raw)
+    assert model.depth == n - 1 and model.proba_of_inputs(np.zeros((1, len(model.inputs)))).shape == (1, 3)
 
 
 def test_shipped_model_was_evaluated_on_seeds_it_was_not_fitted_on() -> None:
@@ -348,7 +446,8 @@ def test_decision_journal_row_keeps_the_diagnosis() -> None:
 def test_diagnosis_show_prints_the_tree_and_train_refuses_overlapping_seeds(tmp_path: Path) -> None:
     runner = CliRunner()
     shown = runner.invoke(app, ["diagnosis", "show"])
-    assert shown.exit_code == 0 and shipped_model().version in shown.stdout and " z <= " in shown.stdout
+    assert shown.exit_code == 0 and shipped_model().version in shown.stdout
+    assert "50 trees" in shown.stdout and "latency_creep" in shown.stdout and " up (" in shown.stdout
     bad = runner.invoke(
         app, ["--home", str(tmp_path), "diagnosis", "train", "--train-seeds", "1,2", "--eval-seeds", "2,3"]
     )

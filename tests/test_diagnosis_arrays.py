@@ -1,7 +1,8 @@
 """The diagnosis' baselines in arrays give, bit for bit, what they gave per row and metric.
 
 ``ScalarBaselines`` below is the implementation the engine ran before ``Baselines`` computed a
-tick's rows with numpy (kept here as the reference, constants read from the module). The stage
+tick's rows with numpy (kept here as the reference, constants read from the module), with the
+recent means of latency (``RECENT``) written per row the same way. The stage
 over the platform model's telemetry, with every fault kind, several rows of a service in one tick,
 missing and non-finite values, gaps and forgotten services, must hold the same signatures and
 kind probabilities and say the same diagnoses as the stage over the reference; random streams
@@ -50,8 +51,25 @@ class ScalarBaselines:
 
     series: dict[tuple[str, str], _Series] = field(default_factory=dict)
     away: dict[str, float] = field(default_factory=dict)
+    recent: dict[str, tuple[list[float], float]] = field(default_factory=dict)  # means, last time
 
-    def signature(self, service: str, ts: float, values: Mapping[str, float]) -> np.ndarray:
+    def signature(
+        self, service: str, ts: float, values: Mapping[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        z = self._z(service, ts, values)
+        return z, np.array(self._remember(service, ts, z))
+
+    def _remember(self, service: str, ts: float, z: np.ndarray) -> list[float]:
+        means, last = self.recent.get(service, ([0.0] * len(sig.RECENT), math.nan))
+        weight = 1.0 if math.isnan(last) else 1.0 - math.exp(-max(ts - last, 0.0) / sig.RECENT_TAU_S)
+        means = [
+            m + weight * (float(z[METRICS.index(name)]) - m)
+            for m, name in zip(means, sig.RECENT, strict=True)
+        ]
+        self.recent[service] = (means, ts)
+        return means
+
+    def _z(self, service: str, ts: float, values: Mapping[str, float]) -> np.ndarray:
         z = np.zeros(len(METRICS))
         seen: list[tuple[_Series, float]] = []
         for j, metric in enumerate(METRICS):
@@ -96,6 +114,7 @@ class ScalarBaselines:
             del self.series[key]
         for service in gone:
             self.away.pop(service, None)
+            self.recent.pop(service, None)
 
 
 class ReferenceStage(DiagnosisStage):
@@ -107,10 +126,12 @@ class ReferenceStage(DiagnosisStage):
 
     def observe(self, services: Sequence[str], ts: Sequence[float], values: np.ndarray) -> None:
         for service, t, row in zip(services, ts, values, strict=True):
-            z = self.baselines.signature(service, float(t), dict(zip(METRICS, row.tolist(), strict=True)))
+            z, recent = self.baselines.signature(
+                service, float(t), dict(zip(METRICS, row.tolist(), strict=True))
+            )
             held = self.held.setdefault(service, _Held())
             if sig.strength(z) >= sig.QUIET_Z:
-                held.add(float(t), z, self.model.proba(z)[0])
+                held.add(float(t), z, recent, self.model.proba(z, recent)[0])
             held.trim(float(t))
 
 
@@ -119,8 +140,9 @@ def _same_held(a: DiagnosisStage, b: DiagnosisStage) -> None:
     for service, held in a.held.items():
         other = b.held[service].rows
         assert len(held.rows) == len(other), service
-        for (t1, z1, p1), (t2, z2, p2) in zip(held.rows, other, strict=True):
+        for (t1, z1, r1, p1), (t2, z2, r2, p2) in zip(held.rows, other, strict=True):
             assert t1 == t2 and z1.tobytes() == z2.tobytes() and p1.tobytes() == p2.tobytes(), service
+            assert r1.tobytes() == r2.tobytes(), service
 
 
 def _platform(seed: int) -> tuple[PlatformModel, np.ndarray, dict[str, dict[str, np.ndarray]]]:
@@ -220,11 +242,12 @@ def test_random_streams_give_the_same_signatures_and_state(rows: list[Any], batc
         stream.append((service, clock[service], vals))
     for k in range(0, len(stream), batch):
         chunk = stream[k : k + batch]
-        got = new.signatures(
+        got, got_recent = new.signatures(
             [s for s, _, _ in chunk], np.array([t for _, t, _ in chunk]), np.array([v for _, _, v in chunk])
         )
         want = [ref.signature(s, t, dict(zip(METRICS, v, strict=True))) for s, t, v in chunk]
-        assert got.tobytes() == np.array(want).reshape(got.shape).tobytes()
+        assert got.tobytes() == np.array([z for z, _ in want]).reshape(got.shape).tobytes()
+        assert got_recent.tobytes() == np.array([r for _, r in want]).reshape(got_recent.shape).tobytes()
     for (service, metric), s in ref.series.items():
         b = new.baseline(service, metric)
         assert b is not None

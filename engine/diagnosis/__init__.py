@@ -1,7 +1,7 @@
 """Diagnosis: which fault, and where (the stage between event making and the policies).
 
 - ``signature``: each service's metrics as signed distances from its own recent normal;
-- ``model``: the fault kind from a signature (a decision tree, JSON, trained offline);
+- ``model``: the fault kind from a signature (a random forest, JSON arrays, trained offline);
 - ``localise``: the root cause over the topology, held over a window;
 - ``stage``: ``DiagnosisStage``, run by the engine and shadow replay;
 - ``training``: labeled signatures from the synthetic platform, fit, held-out evaluation.

@@ -10,6 +10,12 @@ creep would otherwise be absorbed while it grows).
 The signature is the signed distance ``z = (x - mean) / spread`` of every platform metric the
 service emits (a missing metric reads 0); ``features`` turns it into the classifier's input,
 ``sign(z) * log1p(|z|)``, so a fault twice as strong moves the input a little, not twice as far.
+
+Beside each row's signature the baselines keep how it developed: ``recent``, an exponentially
+weighted mean in time (``RECENT_TAU_S``) of the latency metrics' z over every row, quiet or not.
+A latency creep's first rows move latency alone, as noise does; what tells them apart is that a
+creep has been pushing latency up for many minutes (its mean z is well above 0) where noise is a
+one-off (its mean is near 0).
 """
 
 from __future__ import annotations
@@ -59,9 +65,14 @@ than ``QUIET_Z`` spreads a row, so a 30-minute baseline learnt it as normal whil
 leak's GC thrash then read as a slow service with normal memory (a latency creep's signature)."""
 
 
-_ABS_FLOOR = np.array([ABS_FLOOR.get(m, 0.0) for m in METRICS])
-_TAU = np.array([SLOW_TAU_S if m in NO_TREND else TAU_S for m in METRICS])
-_TRENDED = np.array([m not in NO_TREND for m in METRICS])
+RECENT: tuple[str, ...] = ("latency_p50_ms", "latency_p99_ms")
+"""Metrics whose recent mean z is a signature's second part (``Baselines.signatures``)."""
+RECENT_TAU_S = 1200.0
+"""Time constant of that mean (20 min): a creep's minutes add up, a one-off row fades. Chosen by
+cross-validation over the training seeds among 5-60 minutes and other metric sets (README)."""
+
+RECENT_INDEX = np.array([METRICS.index(m) for m in RECENT], dtype=np.intp)
+"""Where ``RECENT`` are in ``METRICS``."""
 
 
 class Baselines:
@@ -81,6 +92,8 @@ class Baselines:
         self._free: list[int] = []
         self.state = np.full((0, len(_FIELDS), len(METRICS)), np.nan)
         self.away = np.zeros(0)  # per slot: since when the service is not quiet (NaN: it is)
+        self.recent = np.zeros((0, len(RECENT)))  # per slot: the mean z of ``RECENT``
+        self.recent_at = np.zeros(0)  # per slot: the time of its last row (NaN: none yet)
 
     def baseline(self, service: str, metric: str) -> dict[str, float] | None:
         """One series' level, trend (per second), variance, first and last time; None if never seen."""
@@ -90,24 +103,32 @@ class Baselines:
             return None
         return {name: float(self.state[slot, i, j]) for i, name in enumerate(_FIELDS)}
 
-    def signature(self, service: str, ts: float, values: Mapping[str, float]) -> np.ndarray:
-        """The signed z of each of ``METRICS`` at ``ts`` (0 where unknown); learns if it is quiet."""
+    def signature(
+        self, service: str, ts: float, values: Mapping[str, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The signed z of each of ``METRICS`` at ``ts`` (0 where unknown), and the service's mean
+        z of each of ``RECENT`` up to this row; learns if it is quiet."""
         row = np.array([[values.get(m, math.nan) for m in METRICS]], dtype=np.float64)
-        return self.signatures([service], np.array([ts], dtype=np.float64), row)[0]
+        z, recent = self.signatures([service], np.array([ts], dtype=np.float64), row)
+        return z[0], recent[0]
 
-    def signatures(self, services: Sequence[str], ts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def signatures(
+        self, services: Sequence[str], ts: np.ndarray, values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``signature`` of many rows at once (``values``: a row per entry of ``services``,
-        ``METRICS`` columns, NaN where missing); a service's rows are taken in their order."""
+        ``METRICS`` columns, NaN where missing); a service's rows are taken in their order.
+        Returns the z (a row per row, ``METRICS`` columns) and the recent means (``RECENT``)."""
         n = len(services)
         z = np.zeros((n, len(METRICS)))
+        recent = np.zeros((n, len(RECENT)))
         get = self.slots.get
         slots = [get(s) for s in services]
         if None in slots:
             slots = [self._slot(s) for s in services]
         at = np.asarray(slots, dtype=np.intp)
         if len(set(slots)) == n:
-            self._round(np.arange(n), at, ts, values, z)
-            return z
+            self._round(np.arange(n), at, ts, values, z, recent)
+            return z, recent
         count: dict[int, int] = {}  # a service's second row learns from its first: a round each
         nth = []
         for slot in slots:
@@ -116,13 +137,20 @@ class Baselines:
         rounds = np.asarray(nth)
         order = np.argsort(rounds, kind="stable")
         for rows in np.split(order, np.flatnonzero(np.diff(rounds[order])) + 1):
-            self._round(rows, at, ts, values, z)
-        return z
+            self._round(rows, at, ts, values, z, recent)
+        return z, recent
 
     def _round(
-        self, rows: np.ndarray, at: np.ndarray, ts: np.ndarray, values: np.ndarray, out: np.ndarray
+        self,
+        rows: np.ndarray,
+        at: np.ndarray,
+        ts: np.ndarray,
+        values: np.ndarray,
+        out: np.ndarray,
+        out_recent: np.ndarray,
     ) -> None:
-        """Rows of distinct services: their signatures into ``out``; the quiet ones learn."""
+        """Rows of distinct services: their signatures into ``out`` and ``out_recent``; the quiet
+        ones learn."""
         slots, x = at[rows], values[rows]
         t = ts[rows]
         tc = t[:, None]
@@ -139,6 +167,7 @@ class Baselines:
             spread = np.where(spread > 0, spread, REL_FLOOR * np.abs(x))  # a series always at 0
             z = np.where(seen & (tc - first >= WARMUP_S) & (spread > 0), (x - expected) / spread, 0.0)
         out[rows] = z
+        out_recent[rows] = self._remember(slots, t, z[:, RECENT_INDEX])
         quiet = np.max(np.abs(z), axis=1, initial=0.0) < QUIET_Z
         away = self.away[slots]
         since = np.where(quiet, np.nan, np.where(np.isnan(away), t, away))
@@ -156,6 +185,26 @@ class Baselines:
             np.copyto(last, tc, where=new)
         self.state[slots] = state
 
+    def _remember(self, slots: np.ndarray, t: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The slots' recent means moved towards ``z`` at ``t`` (and stored): with ``dt`` the time
+        since the service's last row, ``mean' = mean + (1 - exp(-dt / RECENT_TAU_S)) * (z - mean)``
+        (its first row: ``mean' = z``). Like ``_learn``, ``math.exp`` once per distinct gap."""
+        since = self.recent_at[slots]
+        later = ~np.isnan(since)
+        gaps = np.maximum(t[later] - since[later], 0.0)
+        weight = np.ones((len(slots), 1))
+        if len(gaps) and gaps.min() == gaps.max():  # a tick's rows share their gap: one exp
+            weight[later] = 1.0 - math.exp(-float(gaps[0]) / RECENT_TAU_S)
+        elif len(gaps):
+            distinct, inverse = np.unique(gaps, return_inverse=True)
+            each = np.array([1.0 - math.exp(-d / RECENT_TAU_S) for d in distinct.tolist()])
+            weight[later, 0] = each[inverse]
+        mean = self.recent[slots]
+        mean = mean + weight * (z - mean)
+        self.recent[slots] = mean
+        self.recent_at[slots] = t
+        return mean
+
     def _slot(self, service: str) -> int:
         slot = self.slots.get(service)
         if slot is not None:
@@ -170,7 +219,11 @@ class Baselines:
                 state[: len(self.state)] = self.state
                 away = np.full(size, np.nan)
                 away[: len(self.away)] = self.away
-                self.state, self.away = state, away
+                recent = np.zeros((size, len(RECENT)))
+                recent[: len(self.recent)] = self.recent
+                recent_at = np.full(size, np.nan)
+                recent_at[: len(self.recent_at)] = self.recent_at
+                self.state, self.away, self.recent, self.recent_at = state, away, recent, recent_at
         self.slots[service] = slot
         return slot
 
@@ -180,6 +233,8 @@ class Baselines:
             if slot is not None:
                 self.state[slot] = np.nan
                 self.away[slot] = np.nan
+                self.recent[slot] = 0.0
+                self.recent_at[slot] = np.nan
                 self._free.append(slot)
 
 

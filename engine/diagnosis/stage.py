@@ -19,7 +19,7 @@ import numpy as np
 
 from engine.diagnosis.localise import WINDOW_S, is_fault, own_symptoms, root_of, upstream_closure
 from engine.diagnosis.model import KindModel
-from engine.diagnosis.signature import METRICS, QUIET_Z, Baselines, top_metrics
+from engine.diagnosis.signature import METRICS, QUIET_Z, RECENT_INDEX, Baselines, top_metrics
 from engine.records import Diagnosis
 
 
@@ -32,13 +32,14 @@ class LatestValues(Protocol):
 
 
 class _Held:
-    """One service's anomalous rows of the last window: (ts, signature, kind probabilities)."""
+    """One service's anomalous rows of the last window: (ts, signature, recent means, kind
+    probabilities)."""
 
     def __init__(self) -> None:
-        self.rows: deque[tuple[float, np.ndarray, np.ndarray]] = deque()
+        self.rows: deque[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = deque()
 
-    def add(self, ts: float, z: np.ndarray, p: np.ndarray) -> None:
-        self.rows.append((ts, z, p))
+    def add(self, ts: float, z: np.ndarray, recent: np.ndarray, p: np.ndarray) -> None:
+        self.rows.append((ts, z, recent, p))
 
     def trim(self, now: float) -> None:
         while self.rows and self.rows[0][0] < now - WINDOW_S:
@@ -69,16 +70,16 @@ class DiagnosisStage:
         once, and the kind model once over the rows that stand out: a Python loop per row and
         metric was most of the engine's time between an anomaly and its decision."""
         times = np.asarray(ts, dtype=np.float64)
-        z = self.baselines.signatures(services, times, values)
+        z, recent = self.baselines.signatures(services, times, values)
         standing = np.max(np.abs(z), axis=1, initial=0.0) >= QUIET_Z
-        proba = iter(self.model.proba(z[standing]) if standing.any() else ())
+        proba = iter(self.model.proba(z[standing], recent[standing]) if standing.any() else ())
         held = self.held
         for i, (service, t) in enumerate(zip(services, times.tolist(), strict=True)):
             rows = held.get(service)
             if rows is None:
                 rows = held[service] = _Held()
             if standing[i]:
-                rows.add(t, z[i], next(proba))
+                rows.add(t, z[i], recent[i], next(proba))
             rows.trim(t)
 
     def step(self, scored: Any, tick: Any, observations: LatestValues) -> Any:
@@ -130,7 +131,7 @@ class DiagnosisStage:
         for service, held in self.held.items():
             held.trim(now)
             if held.rows:
-                p = np.mean([r[2] for r in held.rows], axis=0)
+                p = np.mean([r[3] for r in held.rows], axis=0)
                 best = int(np.argmax(p))
                 out[service] = (self.model.classes[best], float(p[best]), held.rows[-1][1], held.rows[0][0])
         first = {s: (kind, z) for s, (kind, _, z, _) in out.items()}
@@ -148,6 +149,12 @@ class DiagnosisStage:
     def _kind(
         self, held: _Held, view: Callable[[np.ndarray], np.ndarray]
     ) -> tuple[str, float, np.ndarray, float]:
-        p = self.model.proba(np.array([view(z) for _, z, _ in held.rows])).mean(axis=0)
+        """The kind of ``held``'s rows read through ``view`` (a signature without some metrics);
+        a recent mean of a metric the view drops is dropped too (0, as the view's z)."""
+        own = np.array([view(z) for _, z, _, _ in held.rows])
+        whole = np.array([z for _, z, _, _ in held.rows])
+        dropped = (own[:, RECENT_INDEX] == 0) & (whole[:, RECENT_INDEX] != 0)
+        recent = np.where(dropped, 0.0, np.array([r for _, _, r, _ in held.rows]))
+        p = self.model.proba(own, recent).mean(axis=0)
         best = int(np.argmax(p))
         return self.model.classes[best], float(p[best]), held.rows[-1][1], held.rows[0][0]

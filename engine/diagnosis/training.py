@@ -5,7 +5,8 @@
 scores minute rows), more incidents a day, and each kind's strength over the range a chaos campaign
 draws (0.5x to 5x the shipped experiments), so the model meets weak and strong faults alike.
 Every service's history goes through the same ``Baselines`` the engine runs, in time order; a row
-is a sample when its service stands out (``QUIET_Z``):
+is a sample when its service stands out (``QUIET_Z``), with its recent latency (``Baselines``'
+recent means, kept over every row as the engine keeps them):
 
 - on an incident's root, inside its window: the incident's kind;
 - anywhere, an hour or more away from every incident: ``unknown`` (noise and load swings).
@@ -26,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.diagnosis.model import KINDS, MAX_DEPTH, KindModel
-from engine.diagnosis.signature import METRICS, QUIET_Z, Baselines, strength
+from engine.diagnosis.model import CREEP_WEIGHT, KINDS, MAX_DEPTH, TREES, KindModel
+from engine.diagnosis.signature import METRICS, QUIET_Z, RECENT, Baselines, strength
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Samples:
     """Signatures with their labels, and for kind rows the incident's magnitude band and id."""
 
     z: np.ndarray
+    recent: np.ndarray
     kind: np.ndarray
     band: np.ndarray
     incident: np.ndarray
@@ -108,6 +110,7 @@ def samples(seed: int, days: float = 7.0) -> Samples:
     wide = data.points.pivot(on="metric", index=["ts", "service"], values="value").sort("ts")
     faults = data.faults
     z_rows: list[np.ndarray] = []
+    recent_rows: list[np.ndarray] = []
     kinds: list[str] = []
     bands: list[str] = []
     incidents: list[int] = []
@@ -123,7 +126,7 @@ def samples(seed: int, days: float = 7.0) -> Samples:
     for i, (ts, service) in enumerate(zip(ts_all.tolist(), service_all, strict=True)):
         row = values_all[i]
         values = {m: float(v) for m, v in zip(cols, row, strict=True) if v == v}
-        z = baselines.signature(service, ts, values)
+        z, recent = baselines.signature(service, ts, values)
         if strength(z) < QUIET_Z:
             continue
         inside = np.flatnonzero((starts <= ts) & (ts < ends))
@@ -141,6 +144,7 @@ def samples(seed: int, days: float = 7.0) -> Samples:
         else:
             continue  # a victim, or a root's recovery: not a sample
         z_rows.append(z)
+        recent_rows.append(recent)
         services.append(service)
     keep = np.ones(len(z_rows), dtype=bool)
     for rows in per.values():
@@ -149,8 +153,10 @@ def samples(seed: int, days: float = 7.0) -> Samples:
             for j, r in enumerate(rows):
                 keep[r] = j in chosen
     z_arr = np.asarray(z_rows).reshape(-1, len(METRICS))
+    recent_arr = np.asarray(recent_rows).reshape(-1, len(RECENT))
     return Samples(
         z_arr[keep],
+        recent_arr[keep],
         np.asarray(kinds)[keep],
         np.asarray(bands)[keep],
         np.asarray(incidents)[keep],
@@ -160,7 +166,7 @@ def samples(seed: int, days: float = 7.0) -> Samples:
 
 def confusion(model: KindModel, s: Samples) -> dict[str, Any]:
     """Rows and incidents of held-out samples: accuracy per kind and band, and the confusion matrix."""
-    predicted = model.predict(s.z)
+    predicted = model.predict(s.z, s.recent)
     labels = [k for k in KINDS if k in set(s.kind) | set(predicted)]
     matrix = [[int(np.sum((s.kind == a) & (predicted == b))) for b in labels] for a in labels]
     per_kind: dict[str, dict[str, Any]] = {}
@@ -198,6 +204,7 @@ def train(
     eval_seeds: list[int],
     *,
     days: float = 7.0,
+    trees: int = TREES,
     max_depth: int = MAX_DEPTH,
     echo: Callable[[str], None] = log.info,
 ) -> tuple[KindModel, dict[str, Any]]:
@@ -212,17 +219,20 @@ def train(
 
     fit_on = Samples.concat([history(s, "fit") for s in train_seeds])
     held = Samples.concat([history(s, "held out") for s in eval_seeds])
-    model = KindModel.fit(fit_on.z, fit_on.kind, max_depth=max_depth)
+    model = KindModel.fit(fit_on.z, fit_on.recent, fit_on.kind, trees=trees, max_depth=max_depth)
     report = {
         "train_seeds": train_seeds,
         "eval_seeds": eval_seeds,
         "days": days,
+        "trees": trees,
         "max_depth": max_depth,
+        "creep_weight": CREEP_WEIGHT,
         "train_rows": len(fit_on.kind),
         "in_sample": confusion(model, fit_on),
         "held_out": confusion(model, held),
     }
-    info = {k: report[k] for k in ("train_seeds", "eval_seeds", "days", "max_depth", "train_rows")}
+    keys = ("train_seeds", "eval_seeds", "days", "trees", "max_depth", "creep_weight", "train_rows")
+    info = {k: report[k] for k in keys}
     info["held_out_accuracy"] = report["held_out"]["accuracy"]
     return dataclasses.replace(model, info=info), report
 
@@ -279,7 +289,9 @@ def log_training(model: KindModel, report: dict[str, Any], model_path: Path, tra
                 "train_seeds": ",".join(map(str, report["train_seeds"])),
                 "eval_seeds": ",".join(map(str, report["eval_seeds"])),
                 "days": report["days"],
+                "trees": report["trees"],
                 "max_depth": report["max_depth"],
+                "creep_weight": report["creep_weight"],
                 "train_rows": report["train_rows"],
             }
         )
