@@ -572,6 +572,23 @@ def test_a_bundle_without_a_diagnosis_model_runs_the_shipped_one_and_says_so(
     assert "shipped model" in caplog.text
 
 
+def test_a_bundle_whose_diagnosis_model_is_of_an_older_format_is_refused_with_the_fix(
+    copy: Path, signing_key: Path
+) -> None:
+    """A bundle built before the forest carries a one-tree model (format 1): loading it fails and
+    says to rebuild the bundle, rather than diagnosing with a model it cannot read."""
+    old = {"format": "selfheal-diagnosis/1", "classes": ["unknown"], "metrics": [], "feature": [-2]}
+    data = json.dumps(old).encode()
+    (copy / "diagnosis" / "kind_model.json").write_bytes(data)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["files"]["diagnosis/kind_model.json"] = {"sha256": sha256_bytes(data), "size": len(data)}
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    resign(copy, signing_key)
+    with pytest.raises(BundleError, match="selfheal-diagnosis/1") as caught:
+        load_bundle(copy)
+    assert "selfheal bundle build" in caught.value.hint
+
+
 # ---------------------------------------------------------------------------------------- inspect
 
 
