@@ -8,8 +8,9 @@ host from the bundle's compiled policies), so replay makes exactly the events an
 engine fed the same points would. The engine's own deciding core (``engine.runtime.decider.enact``:
 one remedy per incident, the safeguards, approvals) then says whether each decision would have
 run, waited for approval, been blocked, or been dropped as a duplicate of a remedy under way;
-actions are assumed to succeed and be verified at once, so none is ever in flight (no decision
-waits for a slot) and a remedy is under way only within its own tick. The history before ``since``
+actions are assumed to succeed and be verified at once, so an action is in flight and its remedy
+under way only within its own tick (a second decision of the tick that meets ``max_concurrent`` is
+reported blocked; the engine would run it once the first is verified). The history before ``since``
 that the features need warms the stages up; only what happens from ``since`` on is reported.
 Nothing is executed and no journal is written. The alarms are scored per service against the
 incidents labeled in the store (``engine.evaluation.events.event_metrics``), and every decision is
@@ -149,7 +150,7 @@ class _Ledger:
 
     def context(self, decisions: list[Any], now: float, replicas: Any) -> Any:
         """What ``enact`` sees at ``now``: the journal's counts as replay knows them (no action in
-        flight, no failure, no remedy under way: they all succeed at once), the engine's default
+        flight, no failure, no remedy under way: earlier ones all succeeded at once), the engine's default
         global limits, the kill switch off and every policy in auto mode."""
         from engine.runtime import safeguards
         from engine.runtime.decider import Context
