@@ -6,6 +6,7 @@ hold when several engines decide at the same moment."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from engine.records import SafeguardSpec
 from engine.runtime import safeguards
 from engine.runtime.decider import Decider
 from engine.runtime.journal import MIGRATIONS, DecisionStatus, Journal
-from engine.runtime.journal_db import open_database, postgres_sql, redacted
+from engine.runtime.journal_db import WRITER_LOCK_GRACE_S, open_database, postgres_sql, redacted
 from engine.runtime.policies import Tick
 from engine.testing.services import PostgresServer
 
@@ -195,6 +196,21 @@ def test_a_second_writer_is_refused_and_migrations_apply_once(postgres_url: str)
         assert again._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(
             MIGRATIONS[-1][0]
         )
+
+
+def test_a_new_writer_waits_for_the_lock_of_a_writer_that_is_closing(postgres_url: str) -> None:
+    """The one-writer lock goes when the server has ended the last writer's session, a moment after
+    its client closed: a journal opened meanwhile waits for it (a restart must not be refused as
+    'in use' by its own predecessor) and is refused only if it is still held after the grace."""
+    first = Journal(postgres_url)
+    closer = threading.Timer(0.5, first.close)
+    started = time.monotonic()
+    closer.start()
+    with Journal(postgres_url) as second:
+        waited = time.monotonic() - started
+        assert second.count("decisions") == 0
+    closer.join()
+    assert 0.4 < waited < WRITER_LOCK_GRACE_S
 
 
 def test_a_journal_newer_than_the_engine_is_refused(postgres_url: str) -> None:

@@ -30,6 +30,7 @@ import hashlib
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -40,6 +41,10 @@ __all__ = ["Database", "Migration", "is_url", "open_database"]
 
 MIN_SQLITE = (3, 38, 0)  # UPDATE ... FROM (multi-row updates), JSON functions built in
 URL_SCHEMES = ("postgresql://", "postgres://")
+WRITER_LOCK_GRACE_S = 3.0
+"""How long a PostgreSQL journal's new writer waits for the one-writer lock before it says the
+journal is in use: the lock of a writer that has just closed is released when the server has ended
+its session, a moment after the client returned (CI saw a journal reopened at once refused)."""
 
 
 class Migration(NamedTuple):
@@ -272,7 +277,11 @@ class PostgresDatabase:
         db.execute("SET default_transaction_read_only = on")
 
     def _one_writer(self, db: Any) -> None:
-        if not db.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]:
+        deadline = time.monotonic() + WRITER_LOCK_GRACE_S
+        while not db.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]:
+            if time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
             raise RuntimeEngineError(
                 f"{self.location}: the journal is in use by another engine",
                 hint="stop the running `selfheal run` first (or give this one another database); "
