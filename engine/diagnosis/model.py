@@ -23,6 +23,7 @@ only how long latency has been up tells them apart.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -166,12 +167,12 @@ class KindModel:
             node = np.where(x[rows, feature[node]] <= threshold[node], left[node], right[node])
         return self.value[node].mean(axis=1)
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
-        """A content hash of the forest: what the journal names the model by."""
-        raw = self.to_dict()
-        digest = hashlib.sha256(json.dumps(raw["roots"] + raw["feature"] + raw["threshold"]).encode())
-        return f"kind-forest-{digest.hexdigest()[:12]}"
+        """A content hash of the forest's questions: what the journal names the model by (worked
+        out once: each engine, replay and chaos run names its model)."""
+        questions = self.roots.tolist() + self.feature.tolist() + self.threshold.tolist()
+        return f"kind-forest-{hashlib.sha256(json.dumps(questions).encode()).hexdigest()[:12]}"
 
     def predict(self, z: np.ndarray, recent: np.ndarray) -> np.ndarray:
         return np.asarray(self.classes)[np.argmax(self.proba(z, recent), axis=1)]

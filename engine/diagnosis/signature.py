@@ -188,17 +188,12 @@ class Baselines:
     def _remember(self, slots: np.ndarray, t: np.ndarray, z: np.ndarray) -> np.ndarray:
         """The slots' recent means moved towards ``z`` at ``t`` (and stored): with ``dt`` the time
         since the service's last row, ``mean' = mean + (1 - exp(-dt / RECENT_TAU_S)) * (z - mean)``
-        (its first row: ``mean' = z``). Like ``_learn``, ``math.exp`` once per distinct gap."""
+        (its first row: ``mean' = z``)."""
         since = self.recent_at[slots]
         later = ~np.isnan(since)
         gaps = np.maximum(t[later] - since[later], 0.0)
         weight = np.ones((len(slots), 1))
-        if len(gaps) and gaps.min() == gaps.max():  # a tick's rows share their gap: one exp
-            weight[later] = 1.0 - math.exp(-float(gaps[0]) / RECENT_TAU_S)
-        elif len(gaps):
-            distinct, inverse = np.unique(gaps, return_inverse=True)
-            each = np.array([1.0 - math.exp(-d / RECENT_TAU_S) for d in distinct.tolist()])
-            weight[later, 0] = each[inverse]
+        weight[later, 0] = 1.0 - _exps(gaps, (RECENT_TAU_S,))[:, 0]
         mean = self.recent[slots]
         mean = mean + weight * (z - mean)
         self.recent[slots] = mean
@@ -273,24 +268,23 @@ def _learn(
 
 
 def _decays(dt: np.ndarray, learn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``exp(-dt / tau)`` per metric and ``exp(-dt / TREND_TAU_S)`` where ``learn`` (garbage
-    elsewhere), with ``math.exp`` once per distinct gap: a tick's rows share one or a few."""
-    gaps = dt[learn]
-    if gaps.min() == gaps.max():
-        d = float(gaps[0])
-        decay = np.where(_TRENDED, math.exp(-d / TAU_S), math.exp(-d / SLOW_TAU_S))
-        return np.broadcast_to(decay, dt.shape), np.full(dt.shape, math.exp(-d / TREND_TAU_S))
-    distinct, inverse = np.unique(gaps, return_inverse=True)
-    each = np.array(
-        [
-            (math.exp(-d / TAU_S), math.exp(-d / SLOW_TAU_S), math.exp(-d / TREND_TAU_S))
-            for d in distinct.tolist()
-        ]
-    )
+    """``exp(-dt / tau)`` per metric and ``exp(-dt / TREND_TAU_S)`` where ``learn`` (1 elsewhere)."""
+    each = _exps(dt[learn], (TAU_S, SLOW_TAU_S, TREND_TAU_S))
     decay, trend_decay = np.ones(dt.shape), np.ones(dt.shape)
-    decay[learn] = np.where(np.broadcast_to(_TRENDED, dt.shape)[learn], each[inverse, 0], each[inverse, 1])
-    trend_decay[learn] = each[inverse, 2]
+    decay[learn] = np.where(np.broadcast_to(_TRENDED, dt.shape)[learn], each[:, 0], each[:, 1])
+    trend_decay[learn] = each[:, 2]
     return decay, trend_decay
+
+
+def _exps(gaps: np.ndarray, taus: tuple[float, ...]) -> np.ndarray:
+    """``exp(-gap / tau)`` for each of ``gaps`` (rows) and ``taus`` (columns), with ``math.exp``
+    once per distinct gap: a tick's rows share one or a few."""
+    if len(gaps) and gaps.min() == gaps.max():
+        d = float(gaps[0])
+        return np.broadcast_to(np.array([math.exp(-d / tau) for tau in taus]), (len(gaps), len(taus)))
+    distinct, inverse = np.unique(gaps, return_inverse=True)
+    table = np.array([[math.exp(-d / tau) for tau in taus] for d in distinct.tolist()])
+    return table.reshape(-1, len(taus))[inverse]
 
 
 def features(z: np.ndarray) -> np.ndarray:
