@@ -19,6 +19,7 @@ converts another's, and no layer has to import another to know what a decision i
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args
 
@@ -33,8 +34,18 @@ EXECUTION_KINDS = ("action", "rollback", "escalation")
 
 
 def new_id(prefix: str) -> str:
-    """Unique ids: a prefix that says what it is, then 64 random bits in hex."""
-    return f"{prefix}-{hex_id(64)}"
+    """Unique ids: a prefix that says what it is, the time it was made in milliseconds (12 hex
+    digits), then 64 random bits (16 hex digits): ``dec-018f3a2b4c5d`` + ``9e8d7c6b5a493827``.
+
+    Why the time first: these ids are the journal's keys (events, decisions, executions and their
+    idempotency keys, verifications), and a B-tree takes keys that grow on the page at its right
+    edge, where random keys each land on a page of their own, which the commit every dispatch waits
+    for then writes out. On a journal of 24,000 decisions a decided tick's commit of 16 took 4.1 ms
+    against 5.4 with random ids (``bench_grown_commit`` in ``tests/benchmarks/bench_journal.py``),
+    and wrote 475 KB of WAL against 790 KB. Uniqueness is the random bits' (a clock set back only
+    costs the order).
+    """
+    return f"{prefix}-{time.time_ns() // 1_000_000:012x}{hex_id(64)}"
 
 
 def severity_for(score: float) -> Severity:

@@ -102,13 +102,13 @@ EXIT = {
 PLACEHOLDERS = (
     (r"\bRUN_ID\b", r"sweep run ([0-9a-f]{32})", "a sweep's run id, printed by `selfheal experiment run`"),
     (
-        r"\bapr-[0-9a-f]{16}\b",
-        r"\b(apr-[0-9a-f]{16})\b",
+        r"\bapr-[0-9a-f]{28}\b",
+        r"\b(apr-[0-9a-f]{28})\b",
         "a waiting approval, from `selfheal approvals list`",
     ),
     (
-        r"\bevt-[0-9a-f]{16}\b",
-        r"\b(evt-[0-9a-f]{16})\b",
+        r"\bevt-[0-9a-f]{28}\b",
+        r"\b(evt-[0-9a-f]{28})\b",
         "an anomaly event, from `selfheal journal --kind events`",
     ),
     (

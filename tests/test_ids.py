@@ -1,11 +1,14 @@
-"""Fast ids: the right width, hex, and no repeats (in a process and across spawned processes)."""
+"""Fast ids: the right width, hex, and no repeats (in a process and across spawned processes);
+the engine's ids sort by when they were made."""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import re
+import time
 
 from engine.ids import hex_id
+from engine.records import new_id
 
 
 def _ids(n: int) -> list[str]:
@@ -24,3 +27,13 @@ def test_spawned_processes_draw_different_ids() -> None:
     with mp.get_context("spawn").Pool(2) as pool:
         a, b = pool.map(_ids, [500, 500])
     assert not set(a) & set(b)
+
+
+def test_new_ids_sort_by_when_they_were_made() -> None:
+    """The journal's keys grow at the right edge of its indexes (``new_id``'s docstring says why)."""
+    first = [new_id("dec") for _ in range(200)]
+    time.sleep(0.003)
+    later = [new_id("dec") for _ in range(200)]
+    assert all(re.fullmatch(r"dec-[0-9a-f]{28}", i) for i in first + later)
+    assert max(first) < min(later)
+    assert len(set(first + later)) == 400

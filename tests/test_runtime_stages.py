@@ -423,14 +423,16 @@ def test_a_commit_dispatches_its_actions_before_any_listener_hears_of_it(
 
 
 def test_the_writer_times_each_wait_from_decision_to_dispatch(tmp_path: Path, pipeline: Any) -> None:
-    """The benchmark splits anomaly -> dispatch into the stages it reports: the decided tick's wait
-    for the writer thread, the commit, and each execution's wait for an actuator thread; each is
-    part of the whole, measured for every decided tick and every dispatched execution."""
+    """The benchmark splits anomaly -> dispatch into the stages it reports: the time until the
+    policies are asked and their own, the decided tick's wait for the writer thread, the commit,
+    and each execution's wait for an actuator thread; each is part of the whole, measured for every
+    decided tick and every dispatched execution."""
     with AdminServer() as admin:
         components = assemble(pipeline, write_rules(tmp_path / "rules", admin.url), bundle_version="b")
-        events = [_event("inference-a", 1), _event("inference-a", 2)]  # the rule's persistence
-        decided = ask(components.policies, TickEvents([], events, 0.0)).decided
-        assert decided
+        components.policies.post(_event("inference-a", 1))  # the rule's persistence: the next decides
+        emitted = time.perf_counter()
+        tick = ask(components.policies, TickEvents([], [_event("inference-a", 2)], emitted))
+        assert tick.decided and emitted < tick.asked
         told: dict[str, list[float]] = {}
         with Journal(tmp_path / "j.sqlite") as journal:
             writer = Writer(
@@ -440,14 +442,17 @@ def test_the_writer_times_each_wait_from_decision_to_dispatch(tmp_path: Path, pi
             )  # fmt: skip
             writer.start()
             try:
-                writer.submit(Tick([], [], time.perf_counter(), decided, []))
+                writer.submit(tick)
                 wait_for(lambda: told.get("event_to_dispatch"), timeout=20.0)
             finally:
                 assert writer.stop(20.0)
-    assert set(told) == {"event_to_decided", "writer_wait", "commit", "event_to_journaled",
-                         "actuator_wait", "event_to_dispatch"}  # fmt: skip
+    assert set(told) == {"event_to_decided", "event_to_policies", "policies", "writer_wait", "commit",
+                         "decided_commit", "event_to_journaled", "actuator_wait",
+                         "event_to_dispatch"}  # fmt: skip
     assert all(len(told[name]) == 1 for name in told if name != "commit")  # then the outcome's
     assert all(s >= 0 for samples in told.values() for s in samples)
+    assert told["decided_commit"][0] in told["commit"]  # the outcome's commit decided nothing
+    assert told["event_to_policies"][0] + told["policies"][0] == pytest.approx(told["event_to_decided"][0])
     journaled, dispatched = told["event_to_journaled"][0], told["event_to_dispatch"][0]
     assert told["event_to_decided"][0] + told["writer_wait"][0] + told["commit"][0] <= journaled
     assert journaled + told["actuator_wait"][0] <= dispatched

@@ -184,7 +184,7 @@ def approvals_approve(
 ) -> None:
     """Approve a waiting high-risk action; the engine runs it at once (after its safeguards).
 
-    Example: selfheal approvals approve apr-1f2e3d4c5b6a7980 --reason "canary looks bad"
+    Example: selfheal approvals approve apr-01a24f25be831f2e3d4c5b6a7980 --reason "canary looks bad"
     """
     from engine.runtime.client import EngineClient
 
@@ -201,7 +201,7 @@ def approvals_reject(
 ) -> None:
     """Reject a waiting high-risk action; it will not run.
 
-    Example: selfheal approvals reject apr-1f2e3d4c5b6a7980 --reason "known issue, fix deploying"
+    Example: selfheal approvals reject apr-01a24f25be831f2e3d4c5b6a7980 --reason "known issue, fix deploying"
     """
     from engine.runtime.client import EngineClient
 
@@ -270,7 +270,7 @@ def journal_label(
     """Label an anomaly a false (or true) alarm, through the running engine; research reads the
     labels after `selfheal journal export --to-store` (the `alarm_labels` table).
 
-    Example: selfheal journal label evt-1a2b3c4d5e6f7a8b --false-alarm --reason "planned load test"
+    Example: selfheal journal label evt-01a24f25bd901a2b3c4d5e6f7a8b --false-alarm --reason "load test"
     """
     from engine.runtime.client import EngineClient
 

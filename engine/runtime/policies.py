@@ -17,6 +17,7 @@ The diagnosis stage (``engine.diagnosis.DiagnosisStage``) runs between event mak
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -51,10 +52,12 @@ class Tick:
     emitted: float  # perf_counter when the events were made (for latency)
     decided: list[Decision]
     notes: list[Note]
+    asked: float = 0.0  # perf_counter when the policies were asked (0: not timed; for latency)
 
 
 def ask(policies: PolicyEngine, tick: TickEvents) -> Tick:
     """The policies' decisions for one tick (module docstring); nothing here touches the journal."""
+    asked = time.perf_counter()
     decided: list[Decision] = []
     notes: list[Note] = []
     for event in tick.changes:
@@ -75,4 +78,4 @@ def ask(policies: PolicyEngine, tick: TickEvents) -> Tick:
     for service, event in last.items():
         if service in posted and not event.anomalous:
             policies.set_health(service, anomalous=False)
-    return Tick(tick.changes, tick.events, tick.emitted, decided, notes)
+    return Tick(tick.changes, tick.events, tick.emitted, decided, notes, asked)

@@ -43,16 +43,21 @@ BATCH_TICKS = 64  # ticks in one commit at most
 Notify = Callable[[str, dict[str, Any]], None]
 Latency = Callable[[str, float], None]
 #: What ``latency`` is told (seconds), on the way from an anomaly event (``emitted``) to its action:
-#: the policies' decisions handed over, their wait for the writer thread to take them (``writer_wait``:
-#: the previous commit, the interpreter), the commit that journals them (its SQL and one fsync),
-#: journaled, each execution's wait from the hand-over to the actuator pool until a pool thread
-#: runs (``actuator_wait``), and dispatched (that thread starts the call); ``arrival_to_event`` is
-#: the scoring side's.
+#: the policies' decisions handed over (``event_to_decided``: of it, ``event_to_policies`` until the
+#: policies were asked, the diagnosis mostly, and ``policies`` their own time), their wait for the
+#: writer thread to take them (``writer_wait``: the previous commit, the interpreter), the commit
+#: that journals them (its SQL and one fsync; ``commit`` times every commit, ``decided_commit`` only
+#: those holding a decision), journaled, each execution's wait from the hand-over to the actuator
+#: pool until a pool thread runs (``actuator_wait``), and dispatched (that thread starts the call);
+#: ``arrival_to_event`` is the scoring side's. The decided ones are timed for decided ticks only.
 LATENCIES = (
     "arrival_to_event",
     "event_to_decided",
+    "event_to_policies",
+    "policies",
     "writer_wait",
     "commit",
+    "decided_commit",
     "event_to_journaled",
     "actuator_wait",
     "event_to_dispatch",
@@ -129,6 +134,9 @@ class Writer:
         now = time.perf_counter()
         if tick.decided:
             self._latency("event_to_decided", now - tick.emitted)
+            if tick.asked:
+                self._latency("event_to_policies", tick.asked - tick.emitted)
+                self._latency("policies", now - tick.asked)
         self.submitted += 1
         self._ticks.put((tick, now))
 
@@ -220,6 +228,8 @@ class Writer:
         committed = self.decider.commit(ticks, writes)
         now = time.perf_counter()
         self._latency("commit", now - began)
+        if committed.decided:
+            self._latency("decided_commit", now - began)
         for emitted in committed.decided:
             self._latency("event_to_journaled", now - emitted)
         # The commit's actions first: they wait on nothing else; escalations, rollbacks and what

@@ -501,6 +501,10 @@ def bench_engine(repeats: int) -> list[Row]:
     def total(key: str) -> int:
         return sum(len(r[key]) if isinstance(r[key], list) else r[key] for r in this)
 
+    def per_tick(key: str) -> str:
+        """How many ``key`` samples a decided tick makes, on average over this build's soaks."""
+        return f"{total(key) / max(total('event_to_decided'), 1):.1f}"
+
     note = (
         f"{len(SERVICES) * len(METRICS)} series; this build: sent {total('sent'):,}, scored"
         f" {total('scored'):,} (unscored {total('sent') - total('scored')}), 429s {total('throttled')}"
@@ -521,6 +525,14 @@ def bench_engine(repeats: int) -> list[Row]:
         Row("anomaly -> policies' decisions handed to the writer p99", "ms",
             per_round(this, "event_to_decided", 99), higher_is_better=False,
             note="events, diagnosis and durable-rules on the engine's interpreter"),
+        Row("decided tick: events made -> policies asked p50", "ms", per_round(this, "event_to_policies", 50),
+            higher_is_better=False, note="the diagnosis, mostly"),
+        Row("decided tick: events made -> policies asked p99", "ms", per_round(this, "event_to_policies", 99),
+            higher_is_better=False),
+        Row("decided tick: the policies p50", "ms", per_round(this, "policies", 50), higher_is_better=False,
+            note=f"{per_tick('event_to_journaled')} decisions and {per_tick('event_to_dispatch')} dispatches"
+            " a decided tick"),
+        Row("decided tick: the policies p99", "ms", per_round(this, "policies", 99), higher_is_better=False),
         Row("decided tick waits for the writer thread p50", "ms", per_round(this, "writer_wait", 50),
             higher_is_better=False, note="the previous commit, then the interpreter"),
         Row("decided tick waits for the writer thread p99", "ms", per_round(this, "writer_wait", 99),
@@ -528,6 +540,11 @@ def bench_engine(repeats: int) -> list[Row]:
         Row("journal commit (SQL + one fsync) p50", "ms", per_round(this, "commit", 50),
             higher_is_better=False, note=f"{total('commit')} commits (ticks, outcomes and verdicts batched)"),
         Row("journal commit (SQL + one fsync) p99", "ms", per_round(this, "commit", 99),
+            higher_is_better=False),
+        Row("decided tick: its commit p50", "ms", per_round(this, "decided_commit", 50),
+            higher_is_better=False,
+            note=f"{total('decided_commit')} commits holding decisions (events, decisions, executions)"),
+        Row("decided tick: its commit p99", "ms", per_round(this, "decided_commit", 99),
             higher_is_better=False),
         row("anomaly -> decision + execution journaled p99", "ms", "event_to_journaled", 99,
             higher_is_better=False),

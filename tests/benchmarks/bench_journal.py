@@ -12,14 +12,18 @@ round trip); with replicas deciding at once, each also waits for the others' com
 
 ``bench_decided_commit`` times the decider's own commit (``Decider.commit``) of a tick in which
 16 events decided, against a tick of one: what each decision of a burst adds to the wait of
-every action of its tick.
+every action of its tick. ``bench_grown_commit`` times the same commit on a journal that already
+holds 24,000 decisions, with the engine's ids (``engine.records.new_id``: the time, then random
+bits) against the random ids of the build before, in the same run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,11 @@ from bench_rules import _deciding_policies, _engine_events
 from harness import Row
 from test_journal import _decision
 
+import engine.policy.host
+import engine.records
+import engine.runtime.decider
+import engine.runtime.journal
+from engine.ids import hex_id
 from engine.policy import PolicyHost
 from engine.runtime.decider import Decider
 from engine.runtime.events import TickEvents
@@ -40,6 +49,7 @@ from engine.testing.services import PostgresServer
 
 COMMITS = 400
 DECIDED_TICKS = 150
+GROWN_TICKS = 1500  # decided ticks of 16 committed before the clock starts: 24,000 decisions
 
 
 def _commits(location: str | Path, n: int, *, lock: bool = True) -> list[float]:
@@ -88,12 +98,14 @@ def bench_journal(repeats: int) -> list[Row]:
     ]  # fmt: skip
 
 
-def _decided_commits(per_tick: int, ticks: int = DECIDED_TICKS) -> list[float]:
+def _decided_commits(per_tick: int, ticks: int = DECIDED_TICKS, *, grown: int = 0) -> list[float]:
     """Milliseconds per ``Decider.commit`` of a tick whose events each decided (SQLite, durable):
     the engine's own commit (events, safeguard counts, decisions, executions) of what the engine
     benchmark's rule decides, the policies run before the clock starts. Between ticks the actions
-    are settled and verified, so every decision of the next tick acts again."""
+    are settled and verified, so every decision of the next tick acts again. The first ``grown``
+    ticks only fill the journal: they are not timed."""
     out = []
+    ticks += grown
     events = _engine_events(per_tick * ticks)
     host = PolicyHost(_deciding_policies(), tick_seconds=15.0)
     with (
@@ -106,7 +118,8 @@ def _decided_commits(per_tick: int, ticks: int = DECIDED_TICKS) -> list[float]:
             tick = ask(host, TickEvents([], batch, time.perf_counter()))
             started = time.perf_counter()
             done = decider.commit([tick])
-            out.append((time.perf_counter() - started) * 1000)
+            if k >= grown:
+                out.append((time.perf_counter() - started) * 1000)
             if len(done.executions) != len(batch):
                 raise RuntimeError(f"{len(batch)} events decided {len(done.executions)} actions")
             with journal.transaction():
@@ -131,4 +144,39 @@ def bench_decided_commit(repeats: int) -> list[Row]:
     ]  # fmt: skip
 
 
-BENCHMARKS = [bench_journal, bench_decided_commit]
+@contextlib.contextmanager
+def _random_ids() -> Iterator[None]:
+    """The ids of the build before ``new_id`` put the time first: a prefix and 64 random bits."""
+
+    def random_id(prefix: str) -> str:
+        return f"{prefix}-{hex_id(64)}"
+
+    modules = [engine.records, engine.runtime.journal, engine.runtime.decider, engine.policy.host]
+    saved = [m.new_id for m in modules]
+    for m in modules:
+        m.new_id = random_id  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for m, made in zip(modules, saved, strict=True):
+            m.new_id = made  # type: ignore[attr-defined]
+
+
+def bench_grown_commit(repeats: int) -> list[Row]:
+    """A decided tick's commit on a journal of 24,000 decisions: this build's ids (time first)
+    against random ones, alternating which goes first (the machine's load drifts)."""
+    ordered: list[float] = []
+    random: list[float] = []
+    for i in range(repeats):
+        for name in ("ordered", "random")[:: 1 if i % 2 == 0 else -1]:
+            with _random_ids() if name == "random" else contextlib.nullcontext():
+                ms = _decided_commits(16, grown=GROWN_TICKS)
+            (ordered if name == "ordered" else random).append(float(np.percentile(ms, 50)))
+    return [
+        Row("decider commit p50, 16 decisions, journal of 24,000", "ms", ordered,
+            "random ids (the build before)", random, higher_is_better=False,
+            note=f"{GROWN_TICKS} ticks of 16 committed first; {DECIDED_TICKS} timed"),
+    ]  # fmt: skip
+
+
+BENCHMARKS = [bench_journal, bench_decided_commit, bench_grown_commit]
