@@ -282,3 +282,94 @@ def test_constant_params_stay_each_rules_own_and_each_decisions_own(tmp_path: Pa
         decision.params["delta"] = 99
     again = host.post(mem_event(service="inference-a", tick=9))
     assert again is not None and again.params["delta"] == 1
+
+
+def test_a_topology_larger_than_one_ruleset_holds_is_sharded(tmp_path: Path) -> None:
+    """durable-rules 2.0.28 loops for ever registering a ruleset in which one test has more than
+    512 successors, which one rule over 513 services made (an engine over such a topology hung at
+    start). The services are sharded, a ruleset each; gating and persistence work across shards."""
+    from engine.policy.compiler import NODE_CHILDREN, SHARD_SERVICES
+
+    n = 1200  # services 0-599 each depend on one of 600-1199
+    lines = [f"  svc-{i:04d}: {{depends_on: [svc-{i + 600:04d}]}}" for i in range(600)]
+    lines += [f"  svc-{i:04d}: {{}}" for i in range(600, n)]
+    (tmp_path / "topology.yaml").write_text("services:\n" + "\n".join(lines) + "\n")
+    (tmp_path / "p.yaml").write_text(
+        "policy: many\nrules:\n  - name: restart-any\n    when:\n      services: ['svc-*']\n"
+        "      persistence: {count: 2, of: 3}\n    then: {action: restart}\n"
+        "    verify: {steady_state: {score_below: 0.5}, deadline: 10m}\n"
+    )
+    compiled = compile_policies(load_policies(tmp_path))
+    # checked before registering anything: a broken cut would hang below instead of failing
+    assert len(compiled.rulesets) > 1
+    for rules in compiled.rulesets:
+        services = {compiled.index[name][1] for name in rules if name != "sink"}
+        assert 0 < len(services) <= SHARD_SERVICES < NODE_CHILDREN
+    assert sorted(compiled.shard_of) == [f"svc-{i:04d}" for i in range(n)]
+    assert compiled.shard_of["svc-0000"] != compiled.shard_of["svc-0600"]
+    assert '"rulesets"' in compiled.to_json()
+
+    host = PolicyHost(compiled)
+
+    def event(service: str, tick: int) -> AnomalyEvent:
+        return mem_event(service=service, tick=tick, ts=1_790_000_000 + 60 * tick)
+
+    host.set_health("svc-0600", anomalous=True)  # its dependent's rules live in another ruleset
+    assert host.post(event("svc-0000", 1)) is None
+    assert host.post(event("svc-0000", 2)) is None  # 2 of 3, but gated by its upstream
+    host.set_health("svc-0600", anomalous=False)
+    decision = host.post(event("svc-0000", 3))
+    assert decision is not None and decision.target == "svc-0000"
+    for service in ("svc-0599", "svc-1199"):  # the first and the last shard's services
+        assert host.post(event(service, 1)) is None
+        last = host.post(event(service, 2))
+        assert last is not None and last.service == service
+    assert host.stats.errors == 0
+    # facts some rule can match are kept: the anomalous upstream, in its dependent's ruleset
+    assert {f["service"] for f in host.facts() if f["t"] == "health"} == {"svc-1199"}
+
+
+def test_one_policy_set_over_few_services_compiles_to_one_ruleset_as_before(policy_set) -> None:  # type: ignore[no-untyped-def]
+    """Bundles keep their bytes: a single ruleset is written as ``ruleset``, not a list."""
+    compiled = compile_policies(policy_set)
+    assert len(compiled.rulesets) == 1
+    text = compiled.to_json()
+    assert '"ruleset"' in text and '"rulesets"' not in text
+
+
+def test_gating_on_more_upstreams_than_one_test_holds_is_refused_with_the_fix(tmp_path: Path) -> None:
+    n = 600  # more than the 511 one rule's gating test can name
+    ups = [f"u-{i:03d}" for i in range(n)]
+    lines = [f"  {u}: {{}}" for u in ups] + [f"  top: {{depends_on: [{', '.join(ups)}]}}"]
+    (tmp_path / "topology.yaml").write_text("services:\n" + "\n".join(lines) + "\n")
+    (tmp_path / "p.yaml").write_text(
+        "policy: wide\nrules:\n  - name: restart-top\n    when: {services: [top]}\n"
+        "    then: {action: restart}\n    verify: {steady_state: {score_below: 0.5}, deadline: 10m}\n"
+    )
+    with pytest.raises(PolicyError, match=f"gates top on {n} upstream") as info:
+        compile_policies(load_policies(tmp_path))
+    assert "upstream_anomalous: false" in (info.value.hint or "")
+
+
+def test_more_rules_on_one_service_than_the_rules_engine_survives_are_refused(tmp_path: Path) -> None:
+    """An event that 65 rules match fails in durable-rules (error 303), and so does every later
+    event of its ruleset: such a policy set is refused at load instead; 64 rules still decide."""
+
+    def policies(n: int) -> Path:
+        folder = tmp_path / str(n)
+        folder.mkdir()
+        (folder / "topology.yaml").write_text("services:\n  a: {}\n")
+        rules = "".join(
+            f"  - name: r{i}\n    when: {{services: [a], score: {{min: {0.5 + i / 1000}}}}}\n"
+            "    then: {action: restart}\n    verify: {steady_state: {score_below: 0.5}, deadline: 10m}\n"
+            for i in range(n)
+        )
+        (folder / "p.yaml").write_text("policy: many\nrules:\n" + rules)
+        return folder
+
+    host = PolicyHost(load_policies(policies(64)))
+    for tick in (1, 2):  # every rule matches: one decides, and the next event still works
+        assert host.post(mem_event(service="a", score=0.9, tick=tick)) is not None
+    with pytest.raises(PolicyError, match="65 rules cover service a") as info:
+        compile_policies(load_policies(policies(65)))
+    assert "at most 64 rules" in (info.value.hint or "")

@@ -54,7 +54,8 @@ def validate(
     compiled = compile_policies(policy_set)
     typer.echo(
         f"ok: {len(policy_set.policies)} policies, {len(policy_set.rules)} rules, "
-        f"{len(compiled.rules)} durable-rules rules; fingerprint {policy_set.fingerprint[:12]}"
+        f"{compiled.rule_count} durable-rules rules in {len(compiled.rulesets)} ruleset(s); "
+        f"fingerprint {policy_set.fingerprint[:12]}"
     )
 
 

@@ -1,4 +1,4 @@
-"""Compile a ``PolicySet`` into one durable-rules ruleset (the JSON form).
+"""Compile a ``PolicySet`` into durable-rules rulesets (the JSON form; one per shard of services).
 
 durable-rules does the matching: the filters of ``when`` on the anomaly event, persistence as a
 join of the event with earlier anomalies of the same service (history facts), dependency gating and
@@ -24,8 +24,10 @@ Rules are expanded per service because each service has its own upstreams. One a
 leads to at most one decision: the event is consumed by the first rule that fires, by ``priority``
 (higher first) then file order. A lowest-priority *sink* rule consumes events that matched no rule
 so that nothing lingers in durable-rules and fires later when a health fact changes (a gated event
-must not act once the gate lifts). Events for services no rule covers match nothing and raise
-``MessageNotHandledException``, which the host reports as "no match".
+must not act once the gate lifts). Events for services no rule covers go to no ruleset, which the
+host reports as "no match". Services are cut into shards of at most ``SHARD_SERVICES``, a ruleset
+each (``CompiledPolicySet``); an event goes to its service's ruleset, a health fact to every ruleset
+whose rules test it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.errors import PolicyError
 from engine.policy.loader import BoundRule, PolicySet
 from engine.policy.model import DAYS, Bounds, MaintenanceWindow, When
 from engine.records import SEVERITY_LEVEL
@@ -45,28 +48,49 @@ ANCHOR_TYPE = "anomaly_streak"  # the first anomaly of the current streak (``per
 HEALTH_TYPE = "health"  # and a service's health fact
 SINK_RULE = "sink"
 SINK_PRIORITY = 10**8
+NODE_CHILDREN = 512  # durable-rules 2.0.28's NEXT_BUCKET_LENGTH: successors of one test, at most
+SHARD_SERVICES = 256  # services (and upstreams named by gated rules) in one ruleset, at most
+RULES_PER_SERVICE = 64  # durable-rules fails an event that 65 rules match, and every event after it
 
 
 @dataclass(frozen=True)
 class CompiledPolicySet:
-    """The ruleset (without its name: the host names it uniquely) and how to read its firings."""
+    """The rulesets (without their names: the host names them uniquely) and how to read their firings.
+
+    One ruleset per shard of the covered services (``shard_of``): durable-rules 2.0.28 loops for
+    ever registering a ruleset in which one test has more than ``NODE_CHILDREN`` successors (a
+    table of fixed size that it probes without end when full), and every service adds one
+    successor to the anomaly test ("service is X"), as every upstream a gated rule names adds one
+    to the health test. A shard holds at most ``SHARD_SERVICES`` services and as many upstreams;
+    a policy set over fewer services compiles to one ruleset, as it always did.
+    """
 
     policy_set: PolicySet
-    rules: dict[str, Any]
+    rulesets: tuple[dict[str, Any], ...]
     index: dict[str, tuple[str, str]]
     history_ticks: int
     keeps_anchor: bool
-    covered_services: tuple[str, ...]
+    shard_of: dict[str, int]  # service -> the ruleset that holds its rules (covered services only)
+    health_shards: dict[str, tuple[int, ...]]  # service -> the rulesets that test its health fact
+
+    @property
+    def rule_count(self) -> int:
+        """durable-rules rules in all the rulesets (each shard has a sink of its own)."""
+        return sum(len(rules) for rules in self.rulesets)
 
     def to_json(self) -> str:
-        """Stable JSON (for bundles and for reading): the ruleset plus the firing index."""
+        """Stable JSON (for bundles and for reading): the ruleset(s) plus the firing index. One
+        ruleset is written as ``ruleset``, as before shards existed, so bundles keep their bytes."""
+        shards: dict[str, Any] = (
+            {"ruleset": self.rulesets[0]} if len(self.rulesets) == 1 else {"rulesets": list(self.rulesets)}
+        )
         return json.dumps(
             {
                 "fingerprint": self.policy_set.fingerprint,
                 "history_ticks": self.history_ticks,
                 "keeps_anchor": self.keeps_anchor,
                 "index": {k: list(v) for k, v in self.index.items()},
-                "ruleset": self.rules,
+                **shards,
             },
             indent=2,
             sort_keys=True,
@@ -195,13 +219,13 @@ def compile_rule(bound: BoundRule, service: str, upstreams: list[str]) -> dict[s
 
 
 def compile_policies(policy_set: PolicySet) -> CompiledPolicySet:
-    """The durable-rules ruleset for every enabled rule of ``policy_set``."""
-    rules: dict[str, Any] = {}
+    """The durable-rules rulesets for every enabled rule of ``policy_set``."""
+    by_service: dict[str, dict[str, Any]] = {}  # service -> its rules, by name (priority order)
+    health: dict[str, set[str]] = {}  # service -> the services whose health facts its rules test
     index: dict[str, tuple[str, str]] = {}
     ordered = sorted(policy_set.rules, key=lambda b: (-b.rule.priority, b.order))
     history_ticks = 0
     keeps_anchor = False
-    covered: set[str] = set()
     for rank, bound in enumerate(ordered):
         per = bound.rule.when.persistence
         if per is not None and per.for_ is not None:
@@ -210,11 +234,71 @@ def compile_policies(policy_set: PolicySet) -> CompiledPolicySet:
             history_ticks = max(history_ticks, per.window)
         for service in bound.services:
             name = f"r{bound.order}_{service}"
-            body = compile_rule(bound, service, policy_set.topology.upstreams(service))
-            rules[name] = {**body, "pri": rank + 1, "run": name}
+            upstreams = policy_set.topology.upstreams(service)
+            body = compile_rule(bound, service, upstreams)
+            by_service.setdefault(service, {})[name] = {**body, "pri": rank + 1, "run": name}
             index[name] = (bound.id, service)
-            covered.add(service)
-    if covered:
-        sink_tests = [{"t": EVENT_TYPE}, *_any_of([{"service": s} for s in sorted(covered)])]
-        rules[SINK_RULE] = {"all": [{"e": {"$and": sink_tests}}], "pri": SINK_PRIORITY, "run": SINK_RULE}
-    return CompiledPolicySet(policy_set, rules, index, history_ticks, keeps_anchor, tuple(sorted(covered)))
+            tested = health.setdefault(service, set())
+            if bound.rule.unless.upstream_anomalous:
+                if len(upstreams) > NODE_CHILDREN - 1:
+                    raise PolicyError(
+                        f"rule {bound.id} gates {service} on {len(upstreams)} upstream services; "
+                        f"the rules engine can test at most {NODE_CHILDREN - 1} in one rule",
+                        hint="set unless.upstream_anomalous: false on this rule, or shorten the "
+                        "depends_on chains of this service in topology.yaml",
+                    )
+                tested.update(upstreams)
+            if bound.rule.unless.in_maintenance:
+                tested.add(service)
+    for service, rules in by_service.items():
+        if len(rules) > RULES_PER_SERVICE:
+            names = ", ".join(index[name][0] for name in list(rules)[:3])
+            raise PolicyError(
+                f"{len(rules)} rules cover service {service} ({names}, ...); the rules engine fails "
+                f"an event that more than {RULES_PER_SERVICE} rules match, and every event after it",
+                hint=f"cover {service} with at most {RULES_PER_SERVICE} rules: merge rules, or narrow "
+                "their when.services",
+            )
+    shards = _shards(sorted(by_service), health)
+    shard_of = {service: k for k, services in enumerate(shards) for service in services}
+    health_shards: dict[str, set[int]] = {}
+    for service, k in shard_of.items():
+        for tested in health[service]:
+            health_shards.setdefault(tested, set()).add(k)
+    rulesets = tuple(_ruleset(services, by_service) for services in shards) or ({},)
+    return CompiledPolicySet(
+        policy_set,
+        rulesets,
+        index,
+        history_ticks,
+        keeps_anchor,
+        shard_of,
+        {service: tuple(sorted(ks)) for service, ks in health_shards.items()},
+    )
+
+
+def _shards(services: list[str], health: dict[str, set[str]]) -> list[list[str]]:
+    """``services`` in order, cut into shards of at most ``SHARD_SERVICES`` services whose rules
+    test at most ``SHARD_SERVICES`` services' health facts (one service whose gating names more
+    stands alone: ``compile_policies`` refused beyond ``NODE_CHILDREN``)."""
+    shards: list[list[str]] = []
+    current: list[str] = []
+    tested: set[str] = set()
+    for service in services:
+        grown = tested | health[service]
+        if current and (len(current) >= SHARD_SERVICES or len(grown) > SHARD_SERVICES):
+            shards.append(current)
+            current, grown = [], set(health[service])
+        current.append(service)
+        tested = grown
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _ruleset(services: list[str], by_service: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One shard's rules, and its sink: it consumes the shard's events that no rule took."""
+    rules = {name: rule for service in services for name, rule in by_service[service].items()}
+    sink_tests = [{"t": EVENT_TYPE}, *_any_of([{"service": s} for s in services])]
+    rules[SINK_RULE] = {"all": [{"e": {"$and": sink_tests}}], "pri": SINK_PRIORITY, "run": SINK_RULE}
+    return rules

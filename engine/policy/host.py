@@ -13,8 +13,11 @@ It owns the durable-rules traps (see DESIGN.md) so that nothing else has to:
 - a healthy tick ends a service's streak (``persistence.for``) but not its history: "5 of the
   last 10 ticks" counts anomalous ticks with healthy ones between them (a weak fault flickers
   at the detector's threshold; clearing on every healthy tick made it "5 in a row");
-- rulesets cannot be unregistered: each PolicyHost owns a fresh Host and a uniquely named ruleset
+- rulesets cannot be unregistered: each PolicyHost owns a fresh Host and uniquely named rulesets
   (registered from a deep copy: durable-rules mutates the definition it is given);
+- a ruleset loops for ever on registration past 512 services: the compiler shards the services
+  (``engine.policy.compiler``), an event goes to its service's ruleset and a health fact to each
+  ruleset that tests it;
 - durable-rules' background dispatch threads are not started: actions run inside ``post`` (we use
   no durable-rules timers), so a decision is known when ``post`` returns.
 
@@ -292,7 +295,9 @@ class PolicyHost:
         self.policy_set = self.compiled.policy_set
         self.tick_seconds = tick_seconds
         self.version = self.policy_set.fingerprint[:12]
-        self.name = f"selfheal_{self.version}_{uuid.uuid4().hex[:8]}"
+        base = f"selfheal_{self.version}_{uuid.uuid4().hex[:8]}"
+        self._names = tuple(f"{base}_{k}" for k in range(len(self.compiled.rulesets)))
+        self._used: set[str] = set()  # rulesets that were sent a message (and so have a state)
         self.stats = HostStats()
         self._lock = threading.RLock()
         self._rules: dict[str, BoundRule] = {b.id: b for b in self.policy_set.rules}
@@ -301,12 +306,18 @@ class PolicyHost:
         self._fired: list[Decision] = []
         self._errors: list[BaseException] = []
         self._current: AnomalyEvent | None = None
-        self._health: dict[str, tuple[HealthFact, dict[str, Any] | None]] = {}
+        # service -> its fact, and the message asserted with the rulesets that took it
+        self._health: dict[str, tuple[HealthFact, dict[str, Any], tuple[str, ...]]] = {}
         self._history: dict[str, deque[dict[str, Any]]] = {}
         self._anchor: dict[str, dict[str, Any]] = {}
         self._host = _Host(self)
         # durable-rules deletes "run" from the definition it is given: hand it a copy
-        self._host.register_rulesets({self.name: copy.deepcopy(self.compiled.rules)})
+        self._host.register_rulesets(
+            {
+                name: copy.deepcopy(rules)
+                for name, rules in zip(self._names, self.compiled.rulesets, strict=True)
+            }
+        )
 
     # ----------------------------------------------------------------- durable-rules callbacks
     def _callback(self, durable_rule: str) -> Any:
@@ -386,11 +397,18 @@ class PolicyHost:
             self.stats.posted += 1
             if evt.service in self.policy_set.topology.services:
                 self._set_health(evt.service, anomalous=True, maintenance=None)
+            shard = self.compiled.shard_of.get(evt.service)
+            if shard is None:  # no rule covers its service: no ruleset would take it
+                self.stats.unmatched += 1
+                log.debug("event %s for %s: no rule covers its service", evt.id, evt.service)
+                return None
+            ruleset = self._names[shard]
+            self._used.add(ruleset)
             self._fired.clear()
             self._errors.clear()
             self._current = evt
             try:
-                state = self._host.post(self.name, message)
+                state = self._host.post(ruleset, message)
             except MessageNotHandledException:
                 self.stats.unmatched += 1
                 log.debug("event %s for %s matched no rule", evt.id, evt.service)
@@ -401,7 +419,7 @@ class PolicyHost:
             if decision is not None:
                 self.stats.decided += 1
                 self._clear_history(evt.service)
-            self._raise_action_error(state, evt, self._fired)
+            self._raise_action_error(state, evt, self._fired, ruleset)
             if decision is None:
                 self.stats.unmatched += 1
                 self._remember(message)
@@ -419,15 +437,18 @@ class PolicyHost:
 
     def health(self) -> dict[str, HealthFact]:
         with self._lock:
-            return {s: fact for s, (fact, _) in self._health.items()}
+            return {s: fact for s, (fact, _, _) in self._health.items()}
 
     def facts(self) -> list[dict[str, Any]]:
         """The facts durable-rules holds right now (for tests and debugging)."""
         with self._lock:
-            return list(self._host.get_facts(self.name))
+            # a ruleset never posted to has no state to read (durable-rules: error 309)
+            return [fact for name in self._names if name in self._used for fact in self._host.get_facts(name)]
 
     # ------------------------------------------------------------------------------- internals
-    def _raise_action_error(self, state: Any, event: AnomalyEvent, fired: Sequence[Decision]) -> None:
+    def _raise_action_error(
+        self, state: Any, event: AnomalyEvent, fired: Sequence[Decision], ruleset: str
+    ) -> None:
         """Raise PolicyRunError if a rule action failed for ``event``, keeping what ``fired``."""
         text = state.get("exception") if isinstance(state, dict) else None
         if not text and not self._errors:
@@ -435,7 +456,7 @@ class PolicyHost:
         self.stats.errors += 1
         cleaned = {k: v for k, v in (state or {}).items() if k != "exception"}
         if cleaned:
-            self._host.update_state(self.name, cleaned)
+            self._host.update_state(ruleset, cleaned)
         cause = self._errors[0] if self._errors else None
         if isinstance(cause, EngineError):
             message = f"policy action failed for event {event.id} ({event.service}): {cause}"
@@ -449,16 +470,27 @@ class PolicyHost:
             hint="fix the rule's then section; `selfheal rules test` reproduces it",
         ) from cause
 
-    def _assert(self, fact: dict[str, Any]) -> bool:
-        try:
-            self._host.assert_fact(self.name, fact)
-        except MessageNotHandledException:
-            return False
-        return True
+    def _assert(self, fact: dict[str, Any], rulesets: Sequence[str]) -> tuple[str, ...]:
+        """Assert ``fact`` in each of ``rulesets``; the ones that took it (a fact no rule tests is
+        refused by durable-rules, and must not be retracted later)."""
+        took = []
+        for name in rulesets:
+            self._used.add(name)
+            try:
+                self._host.assert_fact(name, fact)
+            except MessageNotHandledException:
+                continue
+            took.append(name)
+        return tuple(took)
 
-    def _retract(self, fact: dict[str, Any]) -> None:
-        with contextlib.suppress(MessageNotHandledException):
-            self._host.retract_fact(self.name, fact)
+    def _retract(self, fact: dict[str, Any], rulesets: Sequence[str]) -> None:
+        for name in rulesets:
+            with contextlib.suppress(MessageNotHandledException):
+                self._host.retract_fact(name, fact)
+
+    def _ruleset(self, service: str) -> tuple[str, ...]:
+        """The ruleset of a covered service's events, history and streak facts."""
+        return (self._names[self.compiled.shard_of[service]],)
 
     def _set_health(self, service: str, *, anomalous: bool, maintenance: bool | None) -> None:
         old = self._health.get(service)
@@ -467,10 +499,11 @@ class PolicyHost:
         if old is not None and (old[0].anomalous, old[0].maintenance) == (anomalous, maintenance):
             return  # unchanged (the usual case in a burst): no fact to build
         fact = HealthFact(service=service, anomalous=anomalous, maintenance=maintenance)
-        if old is not None and old[1] is not None:
-            self._retract(old[1])
+        if old is not None:
+            self._retract(old[1], old[2])
         message = {"t": HEALTH_TYPE, "id": hex_id(), **fact.model_dump()}
-        self._health[service] = (fact, message if self._assert(message) else None)
+        rulesets = [self._names[k] for k in self.compiled.health_shards.get(service, ())]
+        self._health[service] = (fact, message, self._assert(message, rulesets))
 
     def _remember(self, message: dict[str, Any]) -> None:
         """Keep this anomaly as history for persistence rules (bounded per service), and as the
@@ -478,29 +511,29 @@ class PolicyHost:
         service = message["service"]
         if self.compiled.keeps_anchor and service not in self._anchor:
             anchor = {**message, "t": ANCHOR_TYPE, "id": f"a-{message['id']}"}
-            if self._assert(anchor):
+            if self._assert(anchor, self._ruleset(service)):
                 self._anchor[service] = anchor
         if not self.compiled.history_ticks:
             return
         fact = {**message, "t": HISTORY_TYPE, "id": f"h-{message['id']}"}
-        if not self._assert(fact):
+        if not self._assert(fact, self._ruleset(service)):
             return
         queue = self._history.setdefault(service, deque())
         queue.append(fact)
         oldest = fact["tick"] - self.compiled.history_ticks
         while queue and (queue[0]["tick"] <= oldest or len(queue) > self.compiled.history_ticks):
-            self._retract(queue.popleft())
+            self._retract(queue.popleft(), self._ruleset(service))
 
     def _clear_history(self, service: str) -> None:
         """After a decision: its evidence counts no more (the count and the streak start again)."""
         for fact in self._history.pop(service, deque()):
-            self._retract(fact)
+            self._retract(fact, self._ruleset(service))
         self._end_streak(service)
 
     def _end_streak(self, service: str) -> None:
         anchor = self._anchor.pop(service, None)
         if anchor is not None:
-            self._retract(anchor)
+            self._retract(anchor, self._ruleset(service))
 
 
 def _specs(bound: BoundRule) -> tuple[SafeguardSpec, VerifySpec, ApprovalSpec]:
