@@ -45,7 +45,8 @@ services:
 
 # Tests marked `alone` drive the engine against a simulated clock running 720x the wall clock: a
 # busy neighbour test makes the engine lag that clock by more than a verification deadline's slack
-# (CI once saw the demo's game day "not verified"), so they run afterwards, one at a time.
+# (CI once saw the demo's game day "not verified"), so they run afterwards, one at a time; so do
+# the three engine replicas that balance partitions on 4 s leases (CI once saw them not settle).
 test: $(STAMP) browser services
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not alone"
 	$(BIN)/python -m pytest -m alone

@@ -57,7 +57,10 @@ BASE = {
 STEP_S = 15.0  # one point per series every 15 s of platform time (Prometheus' default scrape)
 TARGET_RATE = 50_000.0  # points/s offered during the soak (or 80% of saturation if lower)
 LOAD_FRACTION = float(os.environ.get("SELFHEAL_BENCH_LOAD", "0.6"))  # soak rate / saturation rate
-BURST_EVERY = 40  # feature buckets between anomaly bursts (one service, 3 buckets)
+BURST_EVERY = 8  # feature buckets from one anomaly burst to the next (one service's, BURST_BUCKETS long);
+# a service's turn comes every 34 x 8 = 272 buckets, after its last burst has left the features'
+# 240-bucket windows
+BURST_BUCKETS = 3
 T0 = 1_700_000_000.0  # in the past: the engine refuses points more than 10 minutes ahead
 BASELINE_COMMIT = os.environ.get("SELFHEAL_BENCH_BASELINE", "a7da661")
 """The build compared against: by default the last one before the runtime's stage split;
@@ -143,32 +146,40 @@ def _rules(folder: Path, admin_url: str) -> Path:
 def _bodies(t_start: float, out: Any, stop: Any) -> None:
     """Producer thread: NDJSON bodies in timestamp order, each covering STEPS_PER_BODY steps.
 
-    One step (every series once) is pre-rendered with a timestamp placeholder: 16 normal variants
-    and one per anomalous service, so the generator costs a string replace per step and never
-    limits the rate it measures.
+    One step (every series once) is pre-rendered with a timestamp placeholder, service by service:
+    16 normal variants, and each service's anomalous values. A burst step is a normal variant with
+    its victim's values swapped in, so a burst is one service's, as planted: the other services
+    keep values their history has seen. (Until 2026-12-07 a burst step drew fresh values for every
+    service, which the detector flagged on ~10 of the 34, against a history of a few variants:
+    each burst was a storm of ~16 decisions in one tick; and the variants were counted from each
+    generator's start, so the soak's first buckets, after its jump of the clock, mixed variants
+    their history had never seen: another storm.) The generator costs a join and a string replace
+    per step and never limits the rate it measures.
     """
     rng = np.random.default_rng(1)
 
-    def step(victim: str | None) -> str:
+    def values(service: str, anomalous: bool) -> str:
         return "\n".join(
-            f'{{"ts":@TS@,"service":"{s}","metric":"{m}","value":{v:.6g}}}'
-            for s in SERVICES
-            for m, v in zip(METRICS, _values(rng, s == victim), strict=True)
+            f'{{"ts":@TS@,"service":"{service}","metric":"{m}","value":{v:.6g}}}'
+            for m, v in zip(METRICS, _values(rng, anomalous), strict=True)
         )
 
-    normal = [step(None) for _ in range(16)]
-    burst = {s: step(s) for s in SERVICES}
+    variants = [[values(s, False) for s in SERVICES] for _ in range(16)]
+    normal = ["\n".join(v) for v in variants]
+    burst = [values(s, True) for s in SERVICES]
     n = STEPS_PER_BODY * len(SERVICES) * len(METRICS)
     t = t_start
-    i = 0
     while not stop.is_set():
         parts = []
         for k in range(STEPS_PER_BODY):
             ts = t + k * STEP_S
             bucket = int(ts // 60)
-            victim = SERVICES[(bucket // BURST_EVERY) % len(SERVICES)] if bucket % BURST_EVERY < 3 else None
-            template = burst[victim] if victim else normal[i % len(normal)]
-            i += 1
+            v = int(ts // STEP_S) % len(normal)  # by the clock: the soak's jump keeps each bucket's variants
+            if bucket % BURST_EVERY < BURST_BUCKETS:
+                victim = (bucket // BURST_EVERY) % len(SERVICES)
+                template = "\n".join([*variants[v][:victim], burst[victim], *variants[v][victim + 1 :]])
+            else:
+                template = normal[v]
             parts.append(template.replace("@TS@", repr(ts)))
         t += STEPS_PER_BODY * STEP_S
         body = ("\n".join(parts).encode(), n)
