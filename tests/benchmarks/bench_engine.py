@@ -174,7 +174,7 @@ def _bodies(t_start: float, out: Any, stop: Any) -> None:
         for k in range(STEPS_PER_BODY):
             ts = t + k * STEP_S
             bucket = int(ts // 60)
-            v = int(ts // STEP_S) % len(normal)  # by the clock: the soak's jump keeps each bucket's variants
+            v = int(ts // STEP_S) % len(normal)  # by the clock, not from the generator's start
             if bucket % BURST_EVERY < BURST_BUCKETS:
                 victim = (bucket // BURST_EVERY) % len(SERVICES)
                 template = "\n".join([*variants[v][:victim], burst[victim], *variants[v][victim + 1 :]])
@@ -182,7 +182,7 @@ def _bodies(t_start: float, out: Any, stop: Any) -> None:
                 template = normal[v]
             parts.append(template.replace("@TS@", repr(ts)))
         t += STEPS_PER_BODY * STEP_S
-        body = ("\n".join(parts).encode(), n)
+        body = ("\n".join(parts).encode(), n, t)
         while not stop.is_set():
             try:
                 out.put(body, timeout=0.1)
@@ -192,22 +192,25 @@ def _bodies(t_start: float, out: Any, stop: Any) -> None:
 
 
 def _generate(url: str, seconds: float, rate: float, t_start: float) -> None:
-    """Push for ``seconds`` at ``rate`` points/s (0: as fast as accepted); print totals as JSON.
+    """Push for ``seconds`` at ``rate`` points/s (0: as fast as accepted); print totals as JSON,
+    with the platform time the next push should start at (``next_ts``: the end of the last body
+    accepted).
 
     Bodies are built by a producer thread while the previous request is in flight, and sent in
     order on one connection (points of a series must arrive in time order).
     """
     import httpx
 
-    bodies: queue.Queue[tuple[bytes, int]] = queue.Queue(maxsize=8)
+    bodies: queue.Queue[tuple[bytes, int, float]] = queue.Queue(maxsize=8)
     stop_event = threading.Event()
     producer = threading.Thread(target=_bodies, args=(t_start, bodies, stop_event), daemon=True)
     producer.start()
     sent = throttled = 0
+    next_ts = t_start
     began = time.monotonic()
     stop = began + seconds
     with httpx.Client(timeout=30) as client:
-        body: tuple[bytes, int] | None = None
+        body: tuple[bytes, int, float] | None = None
         while time.monotonic() < stop:
             if rate and sent > (time.monotonic() - began) * rate:
                 time.sleep(0.002)
@@ -223,9 +226,10 @@ def _generate(url: str, seconds: float, rate: float, t_start: float) -> None:
                 continue
             r.raise_for_status()
             sent += body[1]
+            next_ts = body[2]
             body = None
     stop_event.set()
-    print(json.dumps({"sent": sent, "throttled": throttled}))
+    print(json.dumps({"sent": sent, "throttled": throttled, "next_ts": next_ts}))
 
 
 def _admin_main() -> None:
@@ -328,14 +332,15 @@ def _engine_cpu(proc: Any, generator_pid: int) -> float:
     return total
 
 
-def _finish(gen: subprocess.Popen[str], engine: Any, seconds: float) -> tuple[int, int]:
-    """Wait for the generator (it runs ``seconds``), then until all it got accepted has been scored."""
+def _finish(gen: subprocess.Popen[str], engine: Any, seconds: float) -> tuple[int, int, float]:
+    """Wait for the generator (it runs ``seconds``), then until all it got accepted has been
+    scored; its totals: points sent, 429s, and the platform time where it stopped."""
     out, _ = gen.communicate(timeout=seconds + 120)
     totals = json.loads(out.strip().splitlines()[-1])
     deadline = time.monotonic() + 60
     while engine.queue.accepted_total > engine.points_scored and time.monotonic() < deadline:
         time.sleep(0.05)
-    return int(totals["sent"]), int(totals["throttled"])
+    return int(totals["sent"]), int(totals["throttled"]), float(totals["next_ts"])
 
 
 def _assemble() -> Any:
@@ -400,7 +405,7 @@ def _measure(repeats: int, offered: float = 0.0) -> dict[str, Any]:
                 done = engine.points_scored - p0
                 rates.append(done / (time.perf_counter() - t0))
                 cpu_per_point.append((_engine_cpu(proc, gen.pid) - c0) / max(done, 1) * 1e6)
-            sent, throttled = _finish(gen, engine, warmup + window * repeats)
+            sent, throttled, next_ts = _finish(gen, engine, warmup + window * repeats)
             # Phase 2, soak at a fixed offered rate below saturation: latency and memory.
             offered = offered or min(TARGET_RATE, LOAD_FRACTION * float(np.median(rates)))
             lat = engine.latencies
@@ -409,8 +414,11 @@ def _measure(repeats: int, offered: float = 0.0) -> dict[str, Any]:
                 samples.clear()
             actions_before = admin.restarts()
             rss_start = proc.memory_info().rss / 2**20
-            gen = _generator(server.url, soak, offered, T0 + 10_000_000)
-            soak_sent, _ = _finish(gen, engine, soak)
+            # It goes on from the platform time where the first phase stopped. (Until 2026-12-07
+            # it jumped 10^7 s ahead: its first tick then flagged ~5 services at once, a storm of
+            # decisions that was half of a soak's slowest dispatches.)
+            gen = _generator(server.url, soak, offered, next_ts)
+            soak_sent, _, _ = _finish(gen, engine, soak)
             rss_end = proc.memory_info().rss / 2**20
             out = {k: [x * 1000 for x in v] for k, v in lat.items()}
             dispatched = admin.restarts() - actions_before
