@@ -15,7 +15,7 @@ from conftest import REPO
 from typer.testing import CliRunner
 
 from engine.cli import app
-from engine.diagnosis import DiagnosisStage, KindModel, shipped_model
+from engine.diagnosis import DiagnosisStage, KindModel, Signer, shipped_model
 from engine.diagnosis.localise import explains, root_of, upstream_closure
 from engine.diagnosis.signature import METRICS, QUIET_Z, RECENT, RECENT_TAU_S, WARMUP_S, Baselines
 from engine.errors import ConfigError, InputError
@@ -304,11 +304,11 @@ def _run_stage(faults: list[Fault], until: float, seed: int = 3) -> DiagnosisSta
     model = PlatformModel(load_config(), seed=seed)
     t = np.arange(T0, until, 60.0)
     values = model.values(t, faults, np.random.default_rng(seed))
-    stage = DiagnosisStage(shipped_model(), TOPOLOGY)
+    stage, signer = DiagnosisStage(shipped_model(), TOPOLOGY), Signer(shipped_model())
     services = list(model.services)
     x = np.array([[values[s].get(m, np.full(len(t), np.nan)) for m in METRICS] for s in services])
     for i, ts in enumerate(t.tolist()):
-        stage.observe(services, [ts] * len(services), x[:, :, i])
+        stage.hold(services, [ts] * len(services), signer.sign(services, [ts] * len(services), x[:, :, i]))
     return stage
 
 

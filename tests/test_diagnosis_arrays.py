@@ -2,7 +2,7 @@
 
 ``ScalarBaselines`` below is the implementation the engine ran before ``Baselines`` computed a
 tick's rows with numpy (kept here as the reference, constants read from the module), with the
-recent means of latency (``RECENT``) written per row the same way. The stage
+recent means of latency (``RECENT``) written per row the same way. The signer and stage
 over the platform model's telemetry, with every fault kind, several rows of a service in one tick,
 missing and non-finite values, gaps and forgotten services, must hold the same signatures and
 kind probabilities and say the same diagnoses as the stage over the reference; random streams
@@ -20,11 +20,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.diagnosis import DiagnosisStage, shipped_model
+from engine.diagnosis import DiagnosisStage, Signer, shipped_model
 from engine.diagnosis import signature as sig
 from engine.diagnosis.signature import METRICS, Baselines
-from engine.diagnosis.stage import _Held
-from engine.runtime.events import Observations
+from engine.diagnosis.stage import Signs
 from engine.simulation.config import load_config
 from engine.simulation.faults import Fault
 from engine.simulation.model import PlatformModel
@@ -117,22 +116,22 @@ class ScalarBaselines:
             self.recent.pop(service, None)
 
 
-class ReferenceStage(DiagnosisStage):
-    """The stage as it observed before: one row at a time, the model on each row that stands out."""
+class ReferenceSigner(Signer):
+    """The signer as it was before: one row at a time, the model on each row that stands out."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: Any) -> None:
+        super().__init__(model)
         self.baselines = ScalarBaselines()  # type: ignore[assignment]
 
-    def observe(self, services: Sequence[str], ts: Sequence[float], values: np.ndarray) -> None:
-        for service, t, row in zip(services, ts, values, strict=True):
+    def sign(self, services: Sequence[str], ts: Sequence[float], values: np.ndarray) -> Signs:
+        out: Signs = {}
+        for i, (service, t, row) in enumerate(zip(services, ts, values, strict=True)):
             z, recent = self.baselines.signature(
                 service, float(t), dict(zip(METRICS, row.tolist(), strict=True))
             )
-            held = self.held.setdefault(service, _Held())
             if sig.strength(z) >= sig.QUIET_Z:
-                held.add(float(t), z, recent, self.model.proba(z, recent)[0])
-            held.trim(float(t))
+                out[i] = (z, recent, self.model.proba(z, recent)[0])
+        return out
 
 
 def _same_held(a: DiagnosisStage, b: DiagnosisStage) -> None:
@@ -163,7 +162,8 @@ def test_the_stage_in_arrays_holds_and_says_what_the_per_row_stage_did() -> None
     model, t, values = _platform(seed=7)
     rng = np.random.default_rng(7)
     services = list(model.services)
-    new, ref = (cls(shipped_model(), model.topology) for cls in (DiagnosisStage, ReferenceStage))
+    new, ref = (DiagnosisStage(shipped_model(), model.topology) for _ in range(2))
+    signers = {id(new): Signer(shipped_model()), id(ref): ReferenceSigner(shipped_model())}
     per_tick = 3  # three minutes a tick: a service's rows learn from each other in one batch
     diagnosed = 0
     for k in range(0, len(t), per_tick):
@@ -174,12 +174,13 @@ def test_the_stage_in_arrays_holds_and_says_what_the_per_row_stage_did() -> None
         ts = [float(t[i]) for _, i in rows]
         if rng.random() < 0.05:  # a gap: the tick arrives late
             ts = [v + 30.0 for v in ts]
+        names = [s for s, _ in rows]
         for stage in (new, ref):
-            stage.observe([s for s, _ in rows], ts, x)
-            stage._memo = None
+            stage.hold(names, ts, signers[id(stage)].sign(names, ts, x))
         if k == 200:  # an idle service is forgotten, and comes back
             for stage in (new, ref):
                 stage.forget(["inference-b"])
+                signers[id(stage)].forget(["inference-b"])
         _same_held(new, ref)
         for service in services:
             a, b = new.diagnose(service, ts[-1]), ref.diagnose(service, ts[-1])
@@ -188,10 +189,13 @@ def test_the_stage_in_arrays_holds_and_says_what_the_per_row_stage_did() -> None
     assert diagnosed > 100  # the faults were diagnosed, not only quiet rows compared
 
 
-def test_the_stage_step_reads_each_service_latest_values_once() -> None:
+def test_the_signer_reads_each_service_latest_values_of_a_tick() -> None:
+    """Every row of a tick reads its service's latest values (the tick's last, or an earlier
+    tick's for a series this one did not bring), as the engine's observations did."""
     model, t, values = _platform(seed=11)
     services = list(model.services)
-    new, ref = (cls(shipped_model(), model.topology) for cls in (DiagnosisStage, ReferenceStage))
+    new, ref = (DiagnosisStage(shipped_model(), model.topology) for _ in range(2))
+    signer, reference = Signer(shipped_model()), ReferenceSigner(shipped_model())
     from engine.runtime.events import TickEvents
     from engine.runtime.scoring import Scored
 
@@ -199,16 +203,26 @@ def test_the_stage_step_reads_each_service_latest_values_once() -> None:
         def __init__(self, service: str, ts: float) -> None:
             self.service, self.ts = service, ts
 
+    seen: dict[tuple[str, str], float] = {}
     for k in range(0, 400, 2):
-        obs = Observations()
-        for s in services:
-            for m, v in values[s].items():
-                obs.metrics[(s, m)] = (float(v[k + 1]), 0.0)
+        latest = {
+            (s, m): float(v[k + 1])
+            for s in services
+            for m, v in values[s].items()
+            if (k // 2) % 7 or m != "latency_p50_ms"  # a series missing from a tick now and then
+        }
+        seen.update(latest)
         rows = [Row(s, float(t[i])) for i in (k, k + 1) for s in services]
-        new.step(Scored(rows=rows), TickEvents([], [], 0.0), obs)
-        latest = obs.latest(services, METRICS)
-        ref.observe([r.service for r in rows], [r.ts for r in rows], np.vstack([latest, latest]))
+        signer.saw(latest)
+        new.step(Scored(rows=rows, signs=signer.sign_rows(rows)), TickEvents([], [], 0.0))
+        x = np.array([[seen.get((s, m), math.nan) for m in METRICS] for s in services])
+        ref.hold(
+            [r.service for r in rows],
+            [r.ts for r in rows],
+            reference.sign([r.service for r in rows], [r.ts for r in rows], np.vstack([x, x])),
+        )
     _same_held(new, ref)
+    assert sum(len(h.rows) for h in new.held.values()) > 0  # rows stood out: the test compares them
 
 
 _rows = st.lists(

@@ -25,6 +25,8 @@ from test_runtime_support import (
     write_rules,
 )
 
+from engine.diagnosis import Signer, shipped_model
+from engine.diagnosis.signature import METRICS, QUIET_Z, RECENT
 from engine.features.online import FeatureRow
 from engine.policy import PolicyHost, load_policies
 from engine.records import ActionCall, AnomalyEvent, Decision, Diagnosis, Execution, Outcome
@@ -47,8 +49,8 @@ def pipeline() -> Any:
     return fit_pipeline()
 
 
-def _feed(stage: ScoringStage, t0: float, seconds: int, **override: float) -> Scored:
-    """One tick of every service's points, second by second; ``override`` sets a service's latency."""
+def _tick(t0: float, seconds: int, **override: float) -> list[tuple[float, str, str, float]]:
+    """Every service's points, second by second; ``override`` sets a service's latency."""
     tick = []
     for k in range(seconds):
         for service in SERVICES:
@@ -59,7 +61,12 @@ def _feed(stage: ScoringStage, t0: float, seconds: int, **override: float) -> Sc
                     else p["value"]
                 )
                 tick.append((p["ts"], p["service"], p["metric"], value))
-    return stage.step([(1.0, tick)])
+    return tick
+
+
+def _feed(stage: ScoringStage, t0: float, seconds: int, **override: float) -> Scored:
+    """One tick of ``_tick``'s points through ``stage``."""
+    return stage.step([(1.0, _tick(t0, seconds, **override))])
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -147,6 +154,85 @@ def test_rows_the_detector_refuses_are_refused_alone_and_the_rest_scored(pipelin
     assert all(5e6 in r.values and "could not score" in r.reason for r in scored.refused)
     assert len(scored.scores) == len(scored.rows)
     assert [r.ts for r in scored.rows] == sorted(r.ts for r in scored.rows)  # push order kept
+
+
+# ------------------------------------------------------------------------------------ signing
+# The diagnosis' per-service half (``engine.diagnosis.Signer``) runs where rows are scored.
+
+WARM = [(T0 + k, 100) for k in range(0, 1000, 100)]  # past the signatures' 900 s warm-up
+"""Ticks of normal points (start, seconds)."""
+
+
+def _signs(scored: Scored) -> dict[tuple[str, float], tuple[bytes, bytes, bytes]]:
+    return {
+        (scored.rows[i].service, scored.rows[i].ts): tuple(a.tobytes() for a in sign)  # type: ignore[misc]
+        for i, sign in scored.signs.items()
+    }
+
+
+def test_the_scoring_stage_signs_the_rows_that_stand_out(pipeline: Any) -> None:
+    """A row that stands out carries its signature and kind probabilities, by its index among the
+    tick's scored rows; a row the detector refused is not signed."""
+    stage = ScoringStage(_Picky(pipeline), signer=Signer(shipped_model()))
+    for t0, seconds in WARM:
+        assert _feed(stage, t0, seconds).signs == {}  # normal rows stand out of nothing
+    scored = _feed(stage, T0 + 1000, 3, vector_db=5e6, gateway=1000.0)
+    assert {r.service for r in scored.refused} == {"vector-db"}
+    signed = _signs(scored)
+    assert {service for service, _ in signed} <= {"gateway", "vector-db"}  # a row reads its service's latest
+    assert {(r.service, r.ts) for r in scored.rows if r.service == "gateway"} <= signed.keys()
+    assert not {(r.service, r.ts) for r in scored.refused} & signed.keys()
+    for z, recent, p in scored.signs.values():
+        assert z[METRICS.index("latency_p99_ms")] >= QUIET_Z
+        assert recent.shape == (len(RECENT),) and p.sum() == pytest.approx(
+            1.0, abs=1e-4
+        )  # leaves are rounded
+
+
+class _FailingSigner:
+    """A signer whose signatures fail (a model that does not fit the rows, say)."""
+
+    def saw(self, latest: Any) -> None:
+        return None
+
+    def sign_rows(self, rows: Any) -> Any:
+        raise ValueError("shapes do not fit")
+
+    def forget(self, services: Any) -> None:
+        return None
+
+
+def test_a_failing_signer_costs_the_tick_its_diagnosis_only(pipeline: Any) -> None:
+    errors: list[str] = []
+    stage = ScoringStage(pipeline, signer=_FailingSigner(), on_error=errors.append)
+    clean = ScoringStage(pipeline)
+    for each in (stage, clean):
+        _feed(each, T0, 3)
+    errors.clear()
+    scored, expected = _feed(stage, T0 + 3, 4), _feed(clean, T0 + 3, 4)
+    assert scored.rows and _keys(scored.rows) == _keys(expected.rows)
+    assert scored.scores.tolist() == expected.scores.tolist() and scored.signs == {}
+    assert errors == ["diagnosis"]  # counted once a tick (and logged once while it repeats)
+
+
+def test_scoring_workers_sign_their_services_rows_as_the_stage_in_process(pipeline: Any) -> None:
+    """Each worker signs its services' rows with its own copy of the signer: the signs are those
+    of one stage in the engine's process, row for row."""
+    from engine.runtime.shards import ShardPool
+
+    ticks = [_tick(t0, seconds) for t0, seconds in WARM] + [_tick(T0 + 1000, 3, gateway=1000.0)]
+    here = ScoringStage(pipeline, signer=Signer(shipped_model()))
+    expected = {k: v for tick in ticks for k, v in _signs(here.step([(1.0, tick)])).items()}
+    got: list[Scored] = []
+    pool = ShardPool(pipeline, 2, got.append, None, Signer(shipped_model()))
+    try:
+        for tick in ticks:
+            pool.submit([(1.0, tick)])
+        assert pool.wait_idle(60)
+    finally:
+        pool.close()
+    assert {service for service, _ in expected} == {"gateway"}
+    assert {k: v for scored in got for k, v in _signs(scored).items()} == expected
 
 
 # ------------------------------------------------------------------------------------ events

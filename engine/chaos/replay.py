@@ -213,7 +213,7 @@ def replay(
     progress: bool = False,
 ) -> ReplayResult:
     """Replay a fitted stream detector and policies (a ``PolicySet`` or its compiled form) over history."""
-    from engine.diagnosis import DiagnosisStage, shipped_model
+    from engine.diagnosis import DiagnosisStage, Signer, shipped_model
     from engine.errors import InputError
     from engine.policy.host import PolicyHost
     from engine.runtime.events import EventMaker, Observations
@@ -235,7 +235,8 @@ def replay(
         )
     host = PolicyHost(policies, tick_seconds=interval)
     topology = host.policy_set.topology
-    scoring = ScoringStage(detector)
+    kinds = shipped_model()  # what the engine runs (``engine.runtime.components``), version and all
+    scoring = ScoringStage(detector, signer=Signer(kinds))
     events = EventMaker(
         detector=detector.detector,
         threshold=detector.threshold_,
@@ -244,7 +245,6 @@ def replay(
         detector_version=detector_version,
     )
     observations = Observations()
-    kinds = shipped_model()  # what the engine runs (``engine.runtime.components``), version and all
     diagnosis = DiagnosisStage(
         kinds,
         {name: tuple(spec.depends_on) for name, spec in topology.services.items()},
@@ -262,7 +262,7 @@ def replay(
     for tick in _ticks(points, interval, progress=progress):
         scored = scoring.step([(0.0, tick)])
         observations.saw(scored, tick[-1][0])
-        made = diagnosis.step(scored, events.step(scored, observations), observations)
+        made = diagnosis.step(scored, events.step(scored, observations))
         for row, alarm in zip(scored.rows, scored.alarms.tolist(), strict=True):
             if row.ts >= start_s:
                 scored_ts.append(row.ts)

@@ -3,7 +3,7 @@
 - ``signature``: each service's metrics as signed distances from its own recent normal;
 - ``model``: the fault kind from a signature (a random forest, JSON arrays, trained offline);
 - ``localise``: the root cause over the topology, held over a window;
-- ``stage``: ``DiagnosisStage``, run by the engine and shadow replay;
+- ``stage``: ``Signer`` (with scoring) and ``DiagnosisStage``, run by the engine and shadow replay;
 - ``training``: labeled signatures from the synthetic platform, fit, held-out evaluation.
 
 The shipped model (``experiments/diagnosis/kind_model.json``) is what ``selfheal diagnosis
@@ -16,10 +16,10 @@ from functools import cache
 from pathlib import Path
 
 from engine.diagnosis.model import KINDS, KindModel
-from engine.diagnosis.stage import DiagnosisStage
+from engine.diagnosis.stage import DiagnosisStage, Signer
 from engine.shipped import shipped
 
-__all__ = ["KINDS", "DiagnosisStage", "KindModel", "shipped_model", "shipped_model_path"]
+__all__ = ["KINDS", "DiagnosisStage", "KindModel", "Signer", "shipped_model", "shipped_model_path"]
 
 
 def shipped_model_path() -> Path:

@@ -1,19 +1,30 @@
 """The diagnosis stage: between event making and the policies, it says what is wrong and where.
 
-``step(scored, tick)`` reads every scored row's service's latest values (the engine's
-``Observations``), updates that service's signature (``Baselines``) and its kind probabilities
-(``KindModel``), holds both over ``WINDOW_S``, and returns the tick with a ``Diagnosis`` on each
-anomaly event: the kind of the event's root cause, the root (``localise.root_of``), this service's
-role, the root's victims and its evidence. Health changes pass unchanged. Like every stage it is a
-plain object driven one tick at a time by one owner; the engine and shadow replay both run it.
+It runs in two halves, because one of them needs only a service's own rows and the other the whole
+platform:
+
+- ``Signer`` (where rows are scored: the scoring stage, in each scoring worker for its services):
+  each scored row's service's latest values update that service's signature (``Baselines``), and
+  the rows that stand out get their kind probabilities (``KindModel``). Its output travels with the
+  tick's scores (``Scored.signs``). It used to run in the engine's event thread, where it was most
+  of a decided tick's time between its events and the policies (2.7 ms p50 of ~6 at 50,000
+  points/s; README, "Where the time goes").
+- ``DiagnosisStage`` (the engine's event thread): ``step(scored, tick)`` holds those rows over
+  ``WINDOW_S`` and returns the tick with a ``Diagnosis`` on each anomaly event: the kind of the
+  event's root cause, the root (``localise.root_of``), this service's role, the root's victims
+  and its evidence. Health changes pass unchanged.
+
+Like every stage each is a plain object driven one tick at a time by one owner; the engine and
+shadow replay both run them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -22,17 +33,65 @@ from engine.diagnosis.model import KindModel
 from engine.diagnosis.signature import METRICS, QUIET_Z, RECENT_INDEX, Baselines, top_metrics
 from engine.records import Diagnosis
 
+Signs = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""The rows of a tick that stand out, by their index in the tick: (signature, recent means, kind
+probabilities). Rows that do not stand out are not in it."""
 
-class LatestValues(Protocol):
-    """What the stage reads of the engine's observations (``engine.runtime.events.Observations``)."""
 
-    def latest(self, services: Sequence[str], names: Sequence[str]) -> np.ndarray:
-        """Each service's latest value of each name (a row per service; NaN where none)."""
-        ...
+class Signer:
+    """The per-service half of the diagnosis (module docstring): one per place that scores rows,
+    owning the baselines and latest values of the services scored there. Picklable: the engine
+    sends one to each scoring worker."""
+
+    def __init__(self, model: KindModel) -> None:
+        self.model = model
+        self.baselines = Baselines()
+        self.values: dict[str, list[float]] = {}  # service -> its latest value of each of METRICS
+        self._column = {m: j for j, m in enumerate(METRICS)}
+
+    def saw(self, latest: Mapping[tuple[str, str], float]) -> None:
+        """A tick's latest value of each series (``Scored.latest``), every tick, rows or none."""
+        column, values = self._column, self.values
+        for (service, metric), value in latest.items():
+            j = column.get(metric)
+            if j is not None:
+                row = values.get(service)
+                if row is None:
+                    row = values[service] = [math.nan] * len(METRICS)
+                row[j] = value
+
+    def sign_rows(self, rows: Sequence[Any]) -> Signs:
+        """``sign`` of scored rows (``service``, ``ts``), each read as its service's latest values
+        (the tick's last, which ``saw`` was just given)."""
+        services = [row.service for row in rows]
+        nan = [math.nan] * len(METRICS)
+        latest = {s: self.values.get(s, nan) for s in dict.fromkeys(services)}
+        values = np.array([latest[s] for s in services], dtype=np.float64).reshape(
+            len(services), len(METRICS)
+        )
+        return self.sign(services, [float(row.ts) for row in rows], values)
+
+    def sign(self, services: Sequence[str], ts: Sequence[float], values: np.ndarray) -> Signs:
+        """Rows (one per service and time; ``values``: ``METRICS`` columns, NaN where missing):
+        their signatures, and the kind model once over the rows that stand out. Numpy over all the
+        rows at once: a Python loop per row and metric was most of the engine's time between an
+        anomaly and its decision."""
+        z, recent = self.baselines.signatures(services, np.asarray(ts, dtype=np.float64), values)
+        standing = np.flatnonzero(np.max(np.abs(z), axis=1, initial=0.0) >= QUIET_Z)
+        if not len(standing):
+            return {}
+        proba = self.model.proba(z[standing], recent[standing])
+        return {int(i): (z[i], recent[i], proba[k]) for k, i in enumerate(standing.tolist())}
+
+    def forget(self, services: Iterable[str]) -> None:
+        gone = list(services)
+        self.baselines.forget(gone)
+        for service in gone:
+            self.values.pop(service, None)
 
 
 class _Held:
-    """One service's anomalous rows of the last window: (ts, signature, recent means, kind
+    """One service's rows that stood out in the last window: (ts, signature, recent means, kind
     probabilities)."""
 
     def __init__(self) -> None:
@@ -47,49 +106,42 @@ class _Held:
 
 
 class DiagnosisStage:
-    """Signatures, kinds and roots for a stream of scored ticks (module docstring)."""
+    """The platform's half of the diagnosis (module docstring): the window of rows that stood out,
+    kinds and roots."""
 
     def __init__(self, model: KindModel, topology: Mapping[str, Iterable[str]], *, version: str = "") -> None:
         self.model = model
         self.version = version
         self.upstreams = upstream_closure({s: tuple(d) for s, d in topology.items()})
-        self.baselines = Baselines()
         self.held: dict[str, _Held] = {}
         self._memo: tuple[float, dict[str, Any], dict[str, Any], dict[str, str]] | None = None
         """(now, anomalous services, their (kind, signature), roots): one picture per tick's moment."""
 
     def forget(self, services: Iterable[str]) -> None:
-        gone = list(services)
-        self.baselines.forget(gone)
-        for service in gone:
+        for service in services:
             self.held.pop(service, None)
 
-    def observe(self, services: Sequence[str], ts: Sequence[float], values: np.ndarray) -> None:
-        """Rows (one per service and time; ``values``: ``METRICS`` columns, NaN where missing):
-        their signatures, each held for the window if it stands out. Numpy over all the rows at
-        once, and the kind model once over the rows that stand out: a Python loop per row and
-        metric was most of the engine's time between an anomaly and its decision."""
-        times = np.asarray(ts, dtype=np.float64)
-        z, recent = self.baselines.signatures(services, times, values)
-        standing = np.max(np.abs(z), axis=1, initial=0.0) >= QUIET_Z
-        proba = iter(self.model.proba(z[standing], recent[standing]) if standing.any() else ())
+    def hold(self, services: Sequence[str], ts: Sequence[float], signs: Signs) -> None:
+        """A tick's rows (their services and times, in order) and their ``Signer`` signs: each row
+        that stands out is held for the window, and every row's service's window moves on."""
+        self._memo = None  # new rows: the window's picture changes
         held = self.held
-        for i, (service, t) in enumerate(zip(services, times.tolist(), strict=True)):
+        for i, (service, t) in enumerate(zip(services, ts, strict=True)):
             rows = held.get(service)
             if rows is None:
                 rows = held[service] = _Held()
-            if standing[i]:
-                rows.add(t, z[i], recent[i], next(proba))
+            sign = signs.get(i)
+            if sign is not None:
+                rows.add(t, *sign)
             rows.trim(t)
 
-    def step(self, scored: Any, tick: Any, observations: LatestValues) -> Any:
-        """The tick (``TickEvents``) with a diagnosis on each anomaly event."""
-        self._memo = None  # new rows: the window's picture changes
+    def step(self, scored: Any, tick: Any) -> Any:
+        """The tick (``TickEvents``) with a diagnosis on each anomaly event; ``scored.signs`` are
+        its rows' signs (``Signer``, run where they were scored)."""
         if scored.rows:
-            services = [row.service for row in scored.rows]
-            at = {service: i for i, service in enumerate(dict.fromkeys(services))}
-            latest = observations.latest(list(at), METRICS)  # every row reads its service's latest
-            self.observe(services, [float(row.ts) for row in scored.rows], latest[[at[s] for s in services]])
+            self.hold(
+                [row.service for row in scored.rows], [float(row.ts) for row in scored.rows], scored.signs
+            )
         if not tick.events:
             return tick
         events = [e.model_copy(update={"diagnosis": self.diagnose(e.service, e.moment)}) for e in tick.events]

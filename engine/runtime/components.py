@@ -66,6 +66,15 @@ class EngineComponents:
         deps = {name: info.dependencies for name, info in self.topology.items()}
         return DiagnosisStage(self.diagnosis, deps, version=self.diagnosis.version)
 
+    def signer(self) -> Any:
+        """The diagnosis' per-service half for a place that scores rows (``Signer``), or None
+        without a model."""
+        if self.diagnosis is None:
+            return None
+        from engine.diagnosis.stage import Signer
+
+        return Signer(self.diagnosis)
+
     def replicas(self, service: str) -> int:
         info = self.topology.get(service)
         return info.replicas if info else 1

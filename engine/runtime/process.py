@@ -1,9 +1,9 @@
 """The engine's process: threads, queues and lifecycle around the stages.
 
-The stages, each a module whose core is tested without threads: scoring (``scoring``), event
-making (``events``), diagnosis (``engine.diagnosis``), the policies (``policies``), deciding
-(``decider``), executing (``executor``) and supervising (``supervisor``); ``recovery`` runs once
-at start. The seam between them is the tick. Here:
+The stages, each a module whose core is tested without threads: scoring (``scoring``, with the
+diagnosis' per-service half), event making (``events``), diagnosis (``engine.diagnosis``), the
+policies (``policies``), deciding (``decider``), executing (``executor``) and supervising
+(``supervisor``); ``recovery`` runs once at start. The seam between them is the tick. Here:
 - sources (HTTP handlers, file tails, scrapers) only parse and hand their points to the door
   (``intake.Door``: the series cap, the bounded queue, the dead letter);
 - one scoring thread takes a tick's batches and scores them (or hands them to scoring worker
@@ -67,8 +67,9 @@ class Engine:
         self.metrics = EngineMetrics(self._state)  # first: every stage counts its errors there
         self.states_path = settings.states_path(journal_path)
         store = None if settings.workers else state_store(settings, self.states_path, scorer)  # else theirs
+        snapshot_s, signer = settings.state_snapshot_s or 0, None if settings.workers else components.signer()
         self.scoring = ScoringStage(
-            scorer, store=store, snapshot_s=settings.state_snapshot_s or 0, on_error=self.metrics.error
+            scorer, store=store, snapshot_s=snapshot_s, on_error=self.metrics.error, signer=signer
         )
         self.score_log = ScoreLog(settings.scores_file) if settings.scores_file else None
         self.events = EventMaker(
@@ -125,9 +126,9 @@ class Engine:
         s = self.settings
         self.notifier.start()
         self.events.health.update(self.writer.start())  # recovery first, then its threads
-        if s.workers:
-            states = StatesAt(s, self.states_path)
-            self.shards = ShardPool(self.components.pipeline, s.workers, self._scored, states=states)
+        if s.workers:  # each worker signs its services' rows for the diagnosis (a Signer copy each)
+            at, signer = StatesAt(s, self.states_path), self.components.signer()
+            self.shards = ShardPool(self.components.pipeline, s.workers, self._scored, at, signer)
         failed = lambda url: self.metrics.scrape_errors.labels(url).inc()  # noqa: E731
         loops = source_loops(s.sources, self.intake.names, self.door.sink, self._sources_stop, failed)
         for name, loop in [("score", self._score_loop), *loops]:
@@ -254,7 +255,7 @@ class Engine:
             self.rows_scored += len(scored.rows)
             made = self.events.step(scored, self.observations)
             if self.diagnosis is not None:
-                made = self.diagnosis.step(scored, made, self.observations)
+                made = self.diagnosis.step(scored, made)
             if not (made.events or made.changes):
                 return
             for event in made.events:

@@ -105,6 +105,17 @@ class Scored:
     latest: dict[tuple[str, str], float] = field(default_factory=dict)  # last value of each series
     refused: list[Refused] = field(default_factory=list)
     seconds: float = 0.0  # spent in the detector
+    signs: dict[int, Any] = field(default_factory=dict)
+    """The diagnosis' signs of the rows that stand out, by row index (``RowSigner``)."""
+
+
+class RowSigner(Protocol):
+    """The per-service half of the diagnosis (``engine.diagnosis.stage.Signer``): it runs where the
+    rows are scored, as it needs only their services' own values."""
+
+    def saw(self, latest: dict[tuple[str, str], float]) -> None: ...
+    def sign_rows(self, rows: Sequence[Any]) -> dict[int, Any]: ...
+    def forget(self, services: Iterable[str]) -> None: ...
 
 
 class ScoringStage:
@@ -119,10 +130,13 @@ class ScoringStage:
         store: StateStore | None = None,
         snapshot_s: float = 60.0,
         on_error: Callable[[str], None] = lambda stage: None,
+        signer: RowSigner | None = None,
     ) -> None:
         self.detector = detector
+        self.signer = signer
         self._on_error = on_error
         self._snapshots = Repeating(log, "writing the detector states")
+        self._signing = Repeating(log, "the diagnosis' signatures")
         self.states: MutableMapping[str, Any] = states if states is not None else {}
         self.store = store
         self._snapshot_s = snapshot_s
@@ -226,6 +240,8 @@ class ScoringStage:
                 self.states.pop(service, None)
                 if self.store is not None:
                     self._dirty.add(service)  # the next snapshot deletes it
+            if self.signer is not None:
+                self.signer.forget(services)
 
     def score(
         self,
@@ -235,11 +251,25 @@ class ScoringStage:
         points: int = 0,
         latest: dict[tuple[str, str], float] | None = None,
     ) -> Scored:
-        """Score rows ``push``/``flush`` returned, in push order, as one micro-batch."""
+        """Score rows ``push``/``flush`` returned, in push order, as one micro-batch; with a
+        signer, the scored rows' signs too."""
         out = Scored(points=points, latest=latest or {}, refused=self._refused)
         self._refused = []
+        if self.signer is not None:
+            self.signer.saw(out.latest)
         if not rows:
             return out
+        self._score(out, rows, arrivals)
+        if self.signer is not None and out.rows:
+            try:
+                out.signs = self.signer.sign_rows(out.rows)
+                self._signing.worked()
+            except Exception:  # the tick's scores leave all the same; its events say "unknown"
+                self._signing.failed("the diagnosis' signatures failed (scoring goes on)")
+                self._on_error("diagnosis")
+        return out
+
+    def _score(self, out: Scored, rows: list[Any], arrivals: list[float]) -> None:
         started = time.perf_counter()
         closed = [self._closed.pop(id(row)) for row in rows]
         scored = self.detector.score_rows(closed)
@@ -247,7 +277,7 @@ class ScoringStage:
         if all(s is not None for s in scored):
             out.rows, out.scores, out.arrivals = rows, np.array([s.score for s in scored]), arrivals
             out.alarms = np.array([s.anomalous for s in scored], dtype=bool)
-            return out
+            return
         keep = [i for i, s in enumerate(scored) if s is not None]
         for i, s in enumerate(scored):
             if s is None:
@@ -258,7 +288,6 @@ class ScoringStage:
         out.scores = np.array([scored[i].score for i in keep], dtype=np.float64)
         out.alarms = np.array([scored[i].anomalous for i in keep], dtype=bool)
         out.arrivals = [arrivals[i] for i in keep]
-        return out
 
     def _accept(self, closed: list[tuple[Any, Any]]) -> list[FeatureRow]:
         out = []

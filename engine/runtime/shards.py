@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.errors import RuntimeEngineError
-from engine.runtime.scoring import Scored, ScoringStage
+from engine.runtime.scoring import RowSigner, Scored, ScoringStage
 from engine.runtime.states import state_store
 from engine.telemetry.columns import PointColumns, partition
 from engine.telemetry.points import Point, Points
@@ -53,12 +53,15 @@ class WorkerShare:
         return partition(service, self.shards) == self.shard
 
 
-def _worker(conn: Any, pipeline_bytes: bytes, states: StatesAt | None, owns: WorkerShare) -> None:
-    """Worker process: the scoring stage on the points of its services, tick by tick."""
+def _worker(
+    conn: Any, pipeline_bytes: bytes, states: StatesAt | None, owns: WorkerShare, signer: RowSigner | None
+) -> None:
+    """Worker process: the scoring stage (and the diagnosis' signatures) on the points of its
+    services, tick by tick."""
     detector = pickle.loads(pipeline_bytes)  # the engine pickled its own (verified) pipeline
     store = state_store(states.settings, states.path, detector, owns) if states else None
     snapshot_s = states.settings.state_snapshot_s if states else None
-    stage = ScoringStage(detector, store=store, snapshot_s=snapshot_s or 0)
+    stage = ScoringStage(detector, store=store, snapshot_s=snapshot_s or 0, signer=signer)
     gc.collect()
     gc.freeze()  # a dedicated process: keep full collections off the loaded pipeline (see server.py)
     conn.send("ready")
@@ -91,8 +94,9 @@ class ShardPool:
         pipeline: Any,
         workers: int,
         on_scored: OnScored,
-        *,
         states: StatesAt | None = None,
+        signer: RowSigner | None = None,
+        *,
         start_timeout_s: float = 120.0,
     ) -> None:
         ctx = mp.get_context("spawn")
@@ -109,7 +113,7 @@ class ShardPool:
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=_worker,
-                args=(child, blob, states, WorkerShare(i, workers)),
+                args=(child, blob, states, WorkerShare(i, workers), signer),  # a copy each
                 name=f"selfheal-shard-{i}",
                 daemon=True,
             )

@@ -545,7 +545,7 @@ def bench_engine(repeats: int) -> list[Row]:
             per_round(this, "event_to_decided", 99), higher_is_better=False,
             note="events, diagnosis and durable-rules on the engine's interpreter"),
         Row("decided tick: events made -> policies asked p50", "ms", per_round(this, "event_to_policies", 50),
-            higher_is_better=False, note="the diagnosis, mostly"),
+            higher_is_better=False, note="the diagnosis' window and roots (its signatures run with scoring)"),
         Row("decided tick: events made -> policies asked p99", "ms", per_round(this, "event_to_policies", 99),
             higher_is_better=False),
         Row("decided tick: the policies p50", "ms", per_round(this, "policies", 50), higher_is_better=False,
