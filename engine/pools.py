@@ -33,6 +33,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import ExitStack
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
@@ -179,6 +180,31 @@ def _free_ports(n: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
+def _ensure_token() -> None:
+    """A token for the Ray started here, made where Ray looks for it (``~/.ray/auth_token``) unless
+    one is there or given (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH``).
+
+    Why: Ray starts its clusters with token authentication, and ``ray start`` refuses to start in
+    that mode without a token; only a ``ray.init()`` that starts its own Ray makes one. On a
+    machine that had never run Ray, ``--executor ray`` failed with Ray's AuthenticationError.
+    Ray's own command makes it (``ray get-auth-token --generate``; the token is not printed here).
+    """
+    given = os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if given or (Path.home() / ".ray" / "auth_token").exists():
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=RAY_START_S,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise ConfigError(
+            f"could not make the token a local Ray needs: {done.stderr.strip()[-500:]}",
+            hint="run `ray get-auth-token --generate` (it writes ~/.ray/auth_token), or start one with "
+            "`ray start --head` and pass --address HOST:PORT; or use --executor local",
+        )
+
+
 def import_ray() -> Any:
     """The ``ray`` module, or a clear error saying how to install the extra.
 
@@ -236,6 +262,7 @@ class RayPool(Pool):
             self.ray.init(address=address, **options)
             self.started = True
             return
+        _ensure_token()
         ports = _free_ports(4)
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 (open until close)
             prefix="selfheal-ray-", suffix=".log", delete=False

@@ -6,6 +6,7 @@ stop it; they skip, saying why, where Ray is not installed (``make test`` instal
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,28 @@ def test_ray_pool_relays_lines_and_raises_the_tasks_error() -> None:
 
     _check(pool)
     assert not ray.is_initialized() and pool._head is None  # the Ray it started is stopped
+
+
+@needs_ray
+@on_one_ray
+@pytest.mark.slow
+def test_a_local_ray_starts_on_a_machine_that_never_ran_ray(tmp_path: Path) -> None:
+    """A home with no ``~/.ray``: ``ray start`` refuses to start without a token, and failed
+    ``--executor ray`` on a fresh machine (Ray's AuthenticationError) until the pool made one."""
+    code = (
+        "from engine.pools import RayPool\n"
+        "from engine.testing.pools import square\n"
+        "with RayPool(1) as pool:\n"
+        "    print(sorted(pool.map(square, 10, [1, 2])))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "HOME": str(tmp_path)},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[(0, 10), (1, 40)]"
+    assert (tmp_path / ".ray" / "auth_token").stat().st_size > 0
 
 
 def _runs(uri: str, experiment: str) -> tuple[Any, dict[str, Any]]:
