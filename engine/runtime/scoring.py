@@ -10,6 +10,11 @@ post-processing. The detector is fixed; everything it remembers per series lives
 ``states`` (``SeriesState``: explicit and serialisable with ``StreamDetector.state_to_bytes``; its
 ``names`` are the series' features, which place its rows in the union layout).
 
+With a ``signer`` (``RowSigner``: the diagnosis' per-service half, ``engine.diagnosis.Signer``)
+the stage also signs the rows it scored (``Scored.signs``): in the scoring workers, off the
+engine's event thread. A signer that fails costs its tick the signs (``on_error("diagnosis")``:
+the diagnosis goes on the rows its window held before), not its scores.
+
 Rows leave the stage in the detector's union layout (``feature_names``: each row's role features in
 their columns, NaN elsewhere), so events name contributing metrics alike for every service.
 
@@ -264,7 +269,7 @@ class ScoringStage:
             try:
                 out.signs = self.signer.sign_rows(out.rows)
                 self._signing.worked()
-            except Exception:  # the tick's scores leave all the same; its events say "unknown"
+            except Exception:  # the tick's scores leave all the same
                 self._signing.failed("the diagnosis' signatures failed (scoring goes on)")
                 self._on_error("diagnosis")
         return out
