@@ -95,6 +95,15 @@ def test_rules_test_exit_codes_and_output(tmp_path: Path) -> None:
     code, out, _ = run("rules", "test", str(RULES), "--event", str(unsure))
     assert code == 1 and "diagnosis bad_deploy (0.45) is not bad_deploy with probability >= 0.6" in out
 
+    bad_facts = [{"service": "vector-db", "anomalus": True}, {"service": "gateway", "anomalous": "maybe"}]
+    (tmp_path / "bad_facts.json").write_text(json.dumps(bad_facts))
+    code, _, err = run(
+        "rules", "test", str(RULES), "--event", str(match), "--facts", str(tmp_path / "bad_facts.json")
+    )
+    assert code == 2  # each fact's problem with its path and the one wording, not pydantic's text
+    assert "health[0]: unknown key 'anomalus' (did you mean 'anomalous'?)" in err
+    assert "health[1].anomalous" in err and "pydantic" not in err
+
     (tmp_path / "bad_event.json").write_text(json.dumps({"service": "x", "score": "high"}))
     code, _, err = run("rules", "test", str(RULES), "--event", str(tmp_path / "bad_event.json"))
     assert code == 2 and "score" in err and "detector" in err

@@ -61,13 +61,20 @@ def parse_facts(doc: Any, file: str) -> list[HealthFact]:
     """Health facts from ``[{service, anomalous, maintenance}]`` or ``{"health": [...]}``."""
     from pydantic import ValidationError
 
+    from engine.specs import problems_from
+
     items = doc.get("health", []) if isinstance(doc, dict) else doc
     if not isinstance(items, list):
         raise SpecError([Problem(file, "", 'expected a list of health facts or {"health": [...]}')])
-    try:
-        return [HealthFact.model_validate(item) for item in items]
-    except ValidationError as exc:
-        raise SpecError([Problem(file, "health", str(exc))]) from exc
+    facts, problems = [], []
+    for i, item in enumerate(items):
+        try:
+            facts.append(HealthFact.model_validate(item))
+        except ValidationError as exc:  # every fact's problems at once, each with its path
+            problems += problems_from(exc, file=file, model=HealthFact, prefix=f"health[{i}]")
+    if problems:
+        raise SpecError(problems)
+    return facts
 
 
 def evaluate(
