@@ -297,6 +297,12 @@ class PolicyHost:
         self.version = self.policy_set.fingerprint[:12]
         base = f"selfheal_{self.version}_{uuid.uuid4().hex[:8]}"
         self._names = tuple(f"{base}_{k}" for k in range(len(self.compiled.rulesets)))
+        # worked out once, not per message: a covered service's ruleset (its events, history and
+        # streak facts), and the rulesets that test a service's health fact
+        self._ruleset_of = {s: (self._names[k],) for s, k in self.compiled.shard_of.items()}
+        self._health_rulesets = {
+            s: tuple(self._names[k] for k in ks) for s, ks in self.compiled.health_shards.items()
+        }
         self._used: set[str] = set()  # rulesets that were sent a message (and so have a state)
         self.stats = HostStats()
         self._lock = threading.RLock()
@@ -397,12 +403,12 @@ class PolicyHost:
             self.stats.posted += 1
             if evt.service in self.policy_set.topology.services:
                 self._set_health(evt.service, anomalous=True, maintenance=None)
-            shard = self.compiled.shard_of.get(evt.service)
-            if shard is None:  # no rule covers its service: no ruleset would take it
+            rulesets = self._ruleset_of.get(evt.service)
+            if rulesets is None:  # no rule covers its service: no ruleset would take it
                 self.stats.unmatched += 1
                 log.debug("event %s for %s: no rule covers its service", evt.id, evt.service)
                 return None
-            ruleset = self._names[shard]
+            (ruleset,) = rulesets
             self._used.add(ruleset)
             self._fired.clear()
             self._errors.clear()
@@ -488,10 +494,6 @@ class PolicyHost:
             with contextlib.suppress(MessageNotHandledException):
                 self._host.retract_fact(name, fact)
 
-    def _ruleset(self, service: str) -> tuple[str, ...]:
-        """The ruleset of a covered service's events, history and streak facts."""
-        return (self._names[self.compiled.shard_of[service]],)
-
     def _set_health(self, service: str, *, anomalous: bool, maintenance: bool | None) -> None:
         old = self._health.get(service)
         keep_maintenance = old[0].maintenance if old else False
@@ -502,38 +504,38 @@ class PolicyHost:
         if old is not None:
             self._retract(old[1], old[2])
         message = {"t": HEALTH_TYPE, "id": hex_id(), **fact.model_dump()}
-        rulesets = [self._names[k] for k in self.compiled.health_shards.get(service, ())]
-        self._health[service] = (fact, message, self._assert(message, rulesets))
+        self._health[service] = (fact, message, self._assert(message, self._health_rulesets.get(service, ())))
 
     def _remember(self, message: dict[str, Any]) -> None:
         """Keep this anomaly as history for persistence rules (bounded per service), and as the
         start of the service's streak when it has none."""
         service = message["service"]
+        rulesets = self._ruleset_of[service]
         if self.compiled.keeps_anchor and service not in self._anchor:
             anchor = {**message, "t": ANCHOR_TYPE, "id": f"a-{message['id']}"}
-            if self._assert(anchor, self._ruleset(service)):
+            if self._assert(anchor, rulesets):
                 self._anchor[service] = anchor
         if not self.compiled.history_ticks:
             return
         fact = {**message, "t": HISTORY_TYPE, "id": f"h-{message['id']}"}
-        if not self._assert(fact, self._ruleset(service)):
+        if not self._assert(fact, rulesets):
             return
         queue = self._history.setdefault(service, deque())
         queue.append(fact)
         oldest = fact["tick"] - self.compiled.history_ticks
         while queue and (queue[0]["tick"] <= oldest or len(queue) > self.compiled.history_ticks):
-            self._retract(queue.popleft(), self._ruleset(service))
+            self._retract(queue.popleft(), rulesets)
 
     def _clear_history(self, service: str) -> None:
         """After a decision: its evidence counts no more (the count and the streak start again)."""
         for fact in self._history.pop(service, deque()):
-            self._retract(fact, self._ruleset(service))
+            self._retract(fact, self._ruleset_of[service])
         self._end_streak(service)
 
     def _end_streak(self, service: str) -> None:
         anchor = self._anchor.pop(service, None)
         if anchor is not None:
-            self._retract(anchor, self._ruleset(service))
+            self._retract(anchor, self._ruleset_of[service])
 
 
 def _specs(bound: BoundRule) -> tuple[SafeguardSpec, VerifySpec, ApprovalSpec]:

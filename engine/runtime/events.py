@@ -13,7 +13,7 @@ the wall time seen): events carry the service's latest values, verification comp
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +85,6 @@ class Observations:
     def values_of(self, service: str, names: list[str]) -> dict[str, float]:
         metrics = self.metrics
         return {m: metrics[(service, m)][0] for m in names if (service, m) in metrics}
-
-    def latest(self, services: Sequence[str], names: Sequence[str]) -> np.ndarray:
-        """Each service's latest value of each name, a row per service (NaN where none seen)."""
-        get, missing = self.metrics.get, (np.nan, 0.0)
-        return np.array([[get((s, m), missing)[0] for m in names] for s in services], dtype=np.float64)
 
 
 @dataclass(frozen=True)
